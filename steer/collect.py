@@ -1,0 +1,86 @@
+"""Collect: batched forward passes with hooks on the residual stream.
+
+Activations are read at the input of every decoder layer (the residual stream before layer
+l, `hidden_states[l]` of `output_hidden_states`) at the last `n_positions` tokens of each
+prompt. With left padding these are the post-instruction template tokens of every row.
+Means are accumulated as float64 sums, so memory does not grow with the number of prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from .adapters import resolve
+from .errors import SteerError
+
+
+def encode_batches(tokenizer, texts: list[str], batch_size: int) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """Yield (original indices, left-padded batch) in order of token length (less padding)."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: (len(ids[i]), i))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(ids[i]) for i in idx)
+        input_ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            input_ids[row, width - len(ids[i]):] = torch.tensor(ids[i])
+            mask[row, width - len(ids[i]):] = 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        yield idx, {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
+
+
+def last_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Float32 logits [batch, vocab] at the last position (the model's first answer token)."""
+    device = model.get_input_embeddings().weight.device
+    out = model(**{k: v.to(device) for k, v in batch.items()}, logits_to_keep=1, use_cache=False)
+    return out.logits[:, -1].float().cpu()
+
+
+@torch.inference_mode()
+def batched_last_logits(model, tokenizer, texts: list[str], batch_size: int = 16, desc: str | None = None) -> torch.Tensor:
+    """Last-position logits [len(texts), vocab] for chat-formatted texts, in input order."""
+    out: list[torch.Tensor | None] = [None] * len(texts)
+    with tqdm(total=len(texts), desc=desc, disable=desc is None, leave=False) as bar:
+        for idx, batch in encode_batches(tokenizer, texts, batch_size):
+            for i, row in zip(idx, last_logits(model, batch)):
+                out[i] = row
+            bar.update(len(idx))
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+@torch.inference_mode()
+def residual_means(model, tokenizer, texts: list[str], n_positions: int, batch_size: int = 16, desc: str | None = None) -> torch.Tensor:
+    """Mean residual stream [n_layers, n_positions, d_model] (float64) before each decoder layer.
+
+    Position p indexes the last n_positions tokens (p = n_positions - 1 is the last token).
+    """
+    if not texts:
+        raise SteerError("no prompts to collect activations from")
+    layers = resolve(model).layers
+    d_model = model.get_input_embeddings().weight.shape[1]
+    sums = torch.zeros(len(layers), n_positions, d_model, dtype=torch.float64)
+
+    def hook(i: int):
+        def read(module, args, kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            sums[i] += h[:, -n_positions:, :].to(device="cpu", dtype=torch.float64).sum(0)
+        return read
+
+    handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        with tqdm(total=len(texts), desc=desc, disable=desc is None, leave=False) as bar:
+            for idx, batch in encode_batches(tokenizer, texts, batch_size):
+                last_logits(model, batch)
+                bar.update(len(idx))
+    finally:
+        for h in handles:
+            h.remove()
+    means = sums / len(texts)
+    bad = torch.nonzero(~torch.isfinite(means).all(-1).all(-1)).flatten().tolist()
+    if bad:
+        raise SteerError(f"non-finite activations (NaN/inf) at layers {bad}: check the checkpoint's weights and dtype")
+    return means

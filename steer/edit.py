@@ -1,0 +1,141 @@
+"""Edit: remove directions from the residual stream, in the weights or with hooks.
+
+All weight edits go through `project_out`; hook ablation applies the very same projection to
+the outputs of the same modules, so the two agree up to float rounding (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import einops
+import torch
+
+from .adapters import Resolved, resolve
+
+Side = Literal["out", "in"]
+
+
+def orthonormal_basis(directions: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis [d_model, k] (float32) spanning directions [k, d_model] or [d_model]."""
+    vecs = directions.reshape(-1, directions.shape[-1]).to(torch.float64)
+    q, r = torch.linalg.qr(vecs.T)
+    if torch.any(r.diagonal().abs() < 1e-12 * vecs.norm(dim=1).max()):
+        raise ValueError("directions are linearly dependent or zero")
+    return q.to(torch.float32)
+
+
+def project_out(weight: torch.Tensor, basis: torch.Tensor, side: Side) -> torch.Tensor:
+    """Return `weight` with span(basis) removed from its residual-stream side.
+
+    basis: [d_model, k], orthonormal columns (B^T B = I).
+    side="out": weight is [d_model, d_in], a map that writes into the residual stream
+        (nn.Linear.weight of o_proj/down_proj; a bias [d_model] is treated as d_in = 1):
+        W <- W - B (B^T W).  Every output then has no component in span(B).
+    side="in": weight is [n, d_model], rows living in the residual stream (embedding rows):
+        W <- W - (W B) B^T.
+    The maths runs in float32 (float64 for float64 weights); the result has weight's dtype.
+    Idempotent: project_out(project_out(W)) == project_out(W) up to rounding.
+    """
+    compute = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    w = weight.to(compute)
+    b = basis.to(device=w.device, dtype=compute)
+    if side == "out":
+        w2 = w.unsqueeze(-1) if w.dim() == 1 else w
+        coeff = einops.einsum(b, w2, "d k, d n -> k n")
+        w2 = w2 - einops.einsum(b, coeff, "d k, k n -> d n")
+        w = w2.squeeze(-1) if w.dim() == 1 else w2
+    elif side == "in":
+        coeff = einops.einsum(w, b, "n d, d k -> n k")
+        w = w - einops.einsum(coeff, b, "n k, d k -> n d")
+    else:
+        raise ValueError(f"side must be 'out' or 'in', not {side!r}")
+    return w.to(weight.dtype)
+
+
+def writer_basis(resolved: Resolved, basis: torch.Tensor, norm: torch.nn.Module | None) -> torch.Tensor:
+    """Basis to project a writer's output against so the *residual update* avoids span(basis).
+
+    Without a post-norm the update is the output itself. With an RMSNorm y = s * x / rms(x)
+    (s = norm_offset + weight, Gemma 2/3), r.y = (s*r).x / rms(x), so removing s*r from x
+    removes r from y exactly: the basis is the orthonormalized s-scaled directions.
+    """
+    if norm is None:
+        return basis
+    scale = resolved.adapter.norm_offset + norm.weight.detach().to(torch.float32).cpu()
+    return orthonormal_basis((basis * scale[:, None]).T)
+
+
+@torch.no_grad()
+def orthogonalize(model: torch.nn.Module, directions: torch.Tensor) -> int:
+    """Orthogonalize the model's residual writers against directions [d_model] or [k, d_model], in place.
+
+    Edits the embedding and every writer (weight and bias) listed by the adapter. A tied
+    unembedding is untied first so the readout stays as it was. Returns the number of
+    tensors edited.
+    """
+    res = resolve(model)
+    basis = orthonormal_basis(directions)
+    _untie(model, res)
+    res.embed.weight.copy_(project_out(res.embed.weight, basis, "in"))
+    edited = 1
+    for layer_writers in res.writers:
+        for linear, norm in layer_writers:
+            wb = writer_basis(res, basis, norm)
+            linear.weight.copy_(project_out(linear.weight, wb, "out"))
+            edited += 1
+            if linear.bias is not None:
+                linear.bias.copy_(project_out(linear.bias, wb, "out"))
+                edited += 1
+    return edited
+
+
+def _untie(model: torch.nn.Module, res: Resolved) -> None:
+    if res.lm_head.weight is res.embed.weight or res.lm_head.weight.data_ptr() == res.embed.weight.data_ptr():
+        res.lm_head.weight = torch.nn.Parameter(res.embed.weight.detach().clone())
+        for config in (model.config, getattr(model.config, "text_config", None)):
+            if config is not None and hasattr(config, "tie_word_embeddings"):
+                config.tie_word_embeddings = False
+
+
+def _project_output_hook(basis: torch.Tensor):
+    def hook(module, args, output):
+        b = basis.to(device=output.device, dtype=output.dtype)
+        return output - (output @ b) @ b.T
+    return hook
+
+
+@contextmanager
+def ablated(model: torch.nn.Module, directions: torch.Tensor) -> Iterator[None]:
+    """Preview the edit without changing weights: project the same modules' outputs."""
+    res = resolve(model)
+    basis = orthonormal_basis(directions)
+    handles = [res.embed.register_forward_hook(_project_output_hook(basis))]
+    for layer_writers in res.writers:
+        for linear, norm in layer_writers:
+            handles.append(linear.register_forward_hook(_project_output_hook(writer_basis(res, basis, norm))))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def added(model: torch.nn.Module, layer: int, vector: torch.Tensor) -> Iterator[None]:
+    """Activation addition: add `vector` [d_model] to the residual stream entering `layer`, all positions."""
+    target = resolve(model).layers[layer]
+
+    def hook(module, args, kwargs):
+        key = "hidden_states"
+        h = args[0] if args else kwargs[key]
+        h = h + vector.to(device=h.device, dtype=h.dtype)
+        return ((h,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, key: h})
+
+    handle = target.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()

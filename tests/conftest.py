@@ -1,0 +1,70 @@
+"""Tiny random models of several architectures and a byte-level tokenizer, built in-process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>"]
+VOCAB = 256 + len(SPECIALS)
+
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+              pad_token_id=0, bos_token_id=1, eos_token_id=2)
+CONFIGS = {
+    "qwen2": lambda: transformers.Qwen2Config(**COMMON, tie_word_embeddings=False),
+    "llama": lambda: transformers.LlamaConfig(**COMMON, attention_bias=True, tie_word_embeddings=False),
+    "mistral": lambda: transformers.MistralConfig(**COMMON, tie_word_embeddings=False),
+    "phi3": lambda: transformers.Phi3Config(**COMMON, tie_word_embeddings=False),
+    "gemma2": lambda: transformers.Gemma2Config(**COMMON, head_dim=16, tie_word_embeddings=True),
+    "gemma3": lambda: transformers.Gemma3TextConfig(**COMMON, head_dim=16, tie_word_embeddings=True),
+}
+ARCHS = list(CONFIGS)
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer (one token per byte) with ChatML specials and a chat template."""
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for ch in sorted(byte_chars):
+        vocab[ch] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<|im_start|>",
+                                  eos_token="<|im_end|>", additional_special_tokens=SPECIALS[1:])
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"
+    return tok
+
+
+def make_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = CONFIGS[arch]()
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    # Random norm weights so post-norm handling (Gemma) is actually exercised.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.3)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request) -> str:
+    return request.param
+
+
+PROMPTS = ["Hello there, how are you?", "Tell me about rivers.", "你好，今天怎么样？", "x", "Write a short poem about the sea and the wind."]

@@ -1,0 +1,43 @@
+import torch
+
+from conftest import PROMPTS, make_model
+from steer.collect import batched_last_logits, encode_batches, residual_means
+from steer.prompts import chat_texts, post_instruction_length
+
+
+def test_means_equal_output_hidden_states(arch, tokenizer):
+    model = make_model(arch)
+    texts = chat_texts(tokenizer, PROMPTS)
+    n_pos = post_instruction_length(tokenizer)
+    assert n_pos == 13  # <|im_end|> \n <|im_start|> a-s-s-i-s-t-a-n-t \n, one token per byte
+    means = residual_means(model, tokenizer, texts, n_pos, batch_size=2)
+    # Reference: one prompt at a time, no padding at all.
+    ref = torch.zeros_like(means)
+    for t in texts:
+        ids = tokenizer(t, add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            hs = model(**ids, output_hidden_states=True).hidden_states
+        for layer in range(means.shape[0]):
+            ref[layer] += hs[layer][0, -n_pos:].double()
+    ref /= len(texts)
+    assert means.dtype == torch.float64
+    torch.testing.assert_close(means, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_left_padding_does_not_change_last_logits(tokenizer):
+    model = make_model("qwen2")
+    texts = chat_texts(tokenizer, PROMPTS)
+    batched = batched_last_logits(model, tokenizer, texts, batch_size=5)
+    single = batched_last_logits(model, tokenizer, texts, batch_size=1)
+    torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-4)
+
+
+def test_batches_are_length_sorted_and_cover_all(tokenizer):
+    texts = ["a" * n for n in (5, 1, 9, 3)]
+    seen = []
+    widths = []
+    for idx, batch in encode_batches(tokenizer, texts, 2):
+        seen += idx
+        widths.append(batch["input_ids"].shape[1])
+        assert (batch["attention_mask"][:, -1] == 1).all()  # left padded
+    assert sorted(seen) == [0, 1, 2, 3] and widths == sorted(widths)

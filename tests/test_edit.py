@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from conftest import PROMPTS, make_model
+from steer.adapters import resolve
+from steer.collect import batched_last_logits
+from steer.edit import ablated, orthogonalize, orthonormal_basis, project_out
+from steer.prompts import chat_texts
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_projection_is_idempotent_and_orthogonal(k):
+    g = torch.Generator().manual_seed(0)
+    basis = orthonormal_basis(torch.randn(k, 32, generator=g))
+    w_out = torch.randn(32, 20, generator=g)
+    w_in = torch.randn(50, 32, generator=g)
+    p_out = project_out(w_out, basis, "out")
+    p_in = project_out(w_in, basis, "in")
+    assert basis.T @ p_out == pytest.approx(torch.zeros(k, 20), abs=1e-5)
+    assert p_in @ basis == pytest.approx(torch.zeros(50, k), abs=1e-5)
+    torch.testing.assert_close(project_out(p_out, basis, "out"), p_out, atol=1e-6, rtol=0)
+    torch.testing.assert_close(project_out(p_in, basis, "in"), p_in, atol=1e-6, rtol=0)
+    # the part along the basis is what was removed
+    torch.testing.assert_close(w_out - p_out, basis @ (basis.T @ w_out), atol=1e-5, rtol=0)
+
+
+def test_projection_keeps_dtype_and_handles_bias():
+    basis = orthonormal_basis(torch.randn(16))
+    bias = torch.randn(16, dtype=torch.bfloat16)
+    out = project_out(bias, basis, "out")
+    assert out.dtype == torch.bfloat16 and out.shape == (16,)
+    assert abs(float(basis[:, 0] @ out.float())) < 0.05
+
+
+def test_dependent_directions_are_rejected():
+    v = torch.randn(8)
+    with pytest.raises(ValueError):
+        orthonormal_basis(torch.stack([v, 2 * v]))
+
+
+def test_hook_ablation_equals_weight_edit(arch, tokenizer):
+    model = make_model(arch)
+    d = model.config.hidden_size
+    direction = torch.randn(2, d, generator=torch.Generator().manual_seed(1))
+    texts = chat_texts(tokenizer, PROMPTS)
+    base = batched_last_logits(model, tokenizer, texts)
+    with ablated(model, direction):
+        hooked = batched_last_logits(model, tokenizer, texts)
+    edited = orthogonalize(model, direction)
+    assert edited >= 1 + 2 * model.config.num_hidden_layers
+    weights = batched_last_logits(model, tokenizer, texts)
+    assert (hooked - base).abs().max() > 1e-3  # the ablation does something
+    assert (hooked - weights).abs().max() < 1e-4
+
+
+def test_edit_removes_direction_from_residual_stream(tokenizer):
+    """For pre-norm models every residual-stream state is orthogonal to r after the edit."""
+    model = make_model("llama")
+    r = torch.randn(model.config.hidden_size)
+    orthogonalize(model, r)
+    ids = tokenizer(chat_texts(tokenizer, PROMPTS[:1]), return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        hs = model(**ids, output_hidden_states=True).hidden_states
+    unit = r / r.norm()
+    for h in hs[:-1]:  # the last entry is after the final norm
+        assert (h @ unit).abs().max() < 1e-4
+
+
+def test_post_norm_writers_remove_direction_exactly():
+    """Gemma adds RMSNorm(o_proj(x)); the edit must make that norm output orthogonal to r."""
+    model = make_model("gemma2")
+    r = torch.randn(model.config.hidden_size)
+    orthogonalize(model, r)
+    layer = resolve(model).layers[0]
+    x = torch.randn(3, model.config.intermediate_size)
+    y = layer.post_feedforward_layernorm(layer.mlp.down_proj(x))
+    assert (y @ (r / r.norm())).abs().max() < 1e-4
+
+
+def test_tied_embeddings_are_untied_and_readout_kept():
+    model = make_model("gemma2")
+    res = resolve(model)
+    assert res.lm_head.weight is res.embed.weight
+    before = res.lm_head.weight.detach().clone()
+    orthogonalize(model, torch.randn(model.config.hidden_size))
+    res = resolve(model)
+    assert res.lm_head.weight.data_ptr() != res.embed.weight.data_ptr()
+    assert torch.equal(res.lm_head.weight, before)
+    assert model.config.tie_word_embeddings is False
