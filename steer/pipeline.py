@@ -1,0 +1,173 @@
+"""The library API: compute directions, abliterate (directions + edit + before/after), edit.
+
+    from steer.pipeline import Settings, abliterate
+    report = abliterate(None, "out/qwen-abliterated", Settings())
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .collect import residual_means
+from .directions import DirectionSet, diff_in_means, project_off
+from .edit import orthogonalize
+from .evaluate import kl_summary, prompt_logits, refusal_eval
+from .load import Loaded, checkpoint_hash, load_model
+from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash
+from .report import before_after_table, plot_selection, write_report
+from .save import atomic_dir, check_output, save_checkpoint, write_json
+from .select import find_refusal_tokens, select_direction
+
+
+@dataclass
+class Settings:
+    target: str = "sensitive"  # prompts whose refusals are removed (shipped set name or file)
+    baseline: str = "harmless"  # prompts the model answers
+    n_val: int = 32  # validation prompts per side for selection
+    projected: bool = False  # remove the baseline-mean component from each direction
+    kl_max: float = 0.1
+    screen: int = 8  # candidates scored in full after the bypass screen
+    eval_limit: int = 80  # held-out prompts per evaluation group (seeded sample)
+    max_new_tokens: int = 48
+    batch_size: int = 16
+    seed: int = 0
+
+
+def _log(msg: str) -> None:
+    print(f"[steer] {msg}", file=sys.stderr, flush=True)
+
+
+def _sample(prompts: list[Prompt], n: int, seed: int) -> list[Prompt]:
+    if len(prompts) <= n:
+        return prompts
+    picked = random.Random(seed).sample(range(len(prompts)), n)
+    return [prompts[i] for i in sorted(picked)]
+
+
+def train_val(source: str, n_val: int, seed: int) -> tuple[list[Prompt], list[Prompt]]:
+    """Train and (sampled) validation prompts: the file's own split, else a seeded 80/20 cut."""
+    prompts = load_prompts(source)
+    if any(p.split != "?" for p in prompts):
+        train = [p for p in prompts if p.split == "train"]
+        val = [p for p in prompts if p.split == "val"]
+    else:
+        order = list(range(len(prompts)))
+        random.Random(seed).shuffle(order)
+        cut = max(1, len(order) // 5)
+        val, train = [prompts[i] for i in sorted(order[:cut])], [prompts[i] for i in sorted(order[cut:])]
+    if not train or not val:
+        from .errors import SteerError
+        raise SteerError(f"prompt set {source} needs at least 2 prompts (train and validation)")
+    return train, _sample(val, n_val, seed)
+
+
+def compute_directions(loaded: Loaded, settings: Settings) -> DirectionSet:
+    """Collect means on the train splits, take differences, select on the validation splits."""
+    model, tok = loaded.model, loaded.tokenizer
+    torch.manual_seed(settings.seed)
+    t_train, t_val = train_val(settings.target, settings.n_val, settings.seed)
+    b_train, b_val = train_val(settings.baseline, settings.n_val, settings.seed)
+    n_pos = post_instruction_length(tok)
+    texts = lambda ps: chat_texts(tok, [p.text for p in ps])  # noqa: E731
+    _log(f"collecting activations: {len(t_train)} target + {len(b_train)} baseline prompts, {n_pos} positions")
+    mean_t = residual_means(model, tok, texts(t_train), n_pos, settings.batch_size, desc="target")
+    mean_b = residual_means(model, tok, texts(b_train), n_pos, settings.batch_size, desc="baseline")
+    directions = diff_in_means(mean_t, mean_b)
+    if settings.projected:
+        directions = project_off(directions, mean_b)
+    dirs = DirectionSet(directions, mean_t, mean_b)
+    _log("finding refusal tokens from the model's own refusals")
+    b_logits = prompt_logits(model, tok, b_train[:64], settings.batch_size)
+    ref_tokens = find_refusal_tokens(model, tok, texts(t_train[:48]), b_logits, settings.batch_size)
+    _log(f"refusal tokens {[tok.decode([t]) for t in ref_tokens]}; selecting among {directions.shape[0]} layers x {n_pos} positions")
+    sel = select_direction(model, tok, dirs, texts(t_val), texts(b_val), ref_tokens, kl_max=settings.kl_max,
+                           screen=settings.screen, batch_size=settings.batch_size)
+    selection = sel.to_dict() | {"refusal_token_strings": [tok.decode([t]) for t in ref_tokens]}
+    dirs.meta = {
+        "steer_version": __version__,
+        "model": loaded.source,
+        "hidden_size": int(directions.shape[-1]),
+        "method": "diff-in-means" + (" (projected)" if settings.projected else ""),
+        "layout": "[layer, position, d_model]; layer l = residual stream entering decoder layer l; position -1 = last token",
+        "prompts": {name: {"n": len(ps), "sha256": prompts_hash(ps)} for name, ps in
+                    {"target_train": t_train, "baseline_train": b_train, "target_val": t_val, "baseline_val": b_val}.items()},
+        "settings": asdict(settings),
+        "selected": {"layer": sel.layer, "position": sel.position},
+        "selection": selection,
+    }
+    return dirs
+
+
+def eval_groups(settings: Settings) -> dict[str, list[Prompt]]:
+    """Held-out test prompts: sensitive (English, Chinese), harmless and harmful, seeded samples."""
+    n, s = settings.eval_limit, settings.seed
+    return {
+        "sensitive/en": _sample(load_prompts("sensitive", "test", "en"), n, s),
+        "sensitive/zh": _sample(load_prompts("sensitive", "test", "zh"), n, s),
+        "harmless": _sample(load_prompts("harmless", "test"), n, s),
+        "harmful": _sample(load_prompts("harmful", "test"), n, s),
+    }
+
+
+def abliterate(model: str | None, out: Path, settings: Settings | None = None, force: bool = False) -> dict:
+    """Find the refusal direction, orthogonalize it out, evaluate before/after, save to `out`."""
+    settings = settings or Settings()
+    check_output(Path(out), force, (Path(model) if model else None,))
+    started = time.time()
+    loaded = load_model(model)
+    _log(f"loaded {loaded.source} ({type(loaded.model).__name__}, {loaded.model.config.num_hidden_layers} layers)")
+    dirs = compute_directions(loaded, settings)
+    groups = eval_groups(settings)
+    m, tok = loaded.model, loaded.tokenizer
+    _log("evaluating the base model on held-out prompts")
+    before = refusal_eval(m, tok, groups, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, desc="before")
+    base_logits = prompt_logits(m, tok, groups["harmless"], settings.batch_size)
+    n_edited = orthogonalize(m, dirs.vector())
+    _log(f"orthogonalized {n_edited} tensors against layer {dirs.selected[0]}, position {dirs.selected[1]}; evaluating")
+    after = refusal_eval(m, tok, groups, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, desc="after")
+    after["kl_harmless"] = kl_summary(base_logits, prompt_logits(m, tok, groups["harmless"], settings.batch_size))
+    report = {
+        "model": loaded.source,
+        "settings": asdict(settings),
+        "selection": dirs.meta["selection"] | {"candidates": None},
+        "before": before,
+        "after": after,
+    }
+    with atomic_dir(Path(out), force) as tmp:
+        save_checkpoint(m, tok, tmp)
+        dirs.save(tmp / "directions.safetensors")
+        plot_selection(dirs.meta["selection"], m.config.num_hidden_layers, tmp / "selection.png")
+        report["elapsed_s"] = round(time.time() - started, 1)
+        write_report(tmp, report)
+        write_json(tmp / "steer_manifest.json", manifest(loaded, dirs, report, tmp))
+    print(before_after_table(before, after))
+    return report
+
+
+def manifest(loaded: Loaded, dirs: DirectionSet, report: dict | None, folder: Path) -> dict:
+    """What is needed to rebuild (and verify) the output weights."""
+    import transformers
+
+    return {
+        "steer_version": __version__,
+        "command": " ".join(sys.argv),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0]},
+        "input": {"model": loaded.source, "sha256": checkpoint_hash(loaded.path) if loaded.path else None},
+        "prompts": dirs.meta.get("prompts"),
+        "settings": dirs.meta.get("settings"),
+        "direction": {"layer": dirs.selected[0], "position": dirs.selected[1], "method": dirs.meta.get("method"),
+                      "refusal_tokens": dirs.meta.get("selection", {}).get("refusal_token_strings")},
+        "metrics": None if report is None else {
+            "before": {g: v["refusal_rate"] for g, v in report["before"]["groups"].items()},
+            "after": {g: v["refusal_rate"] for g, v in report["after"]["groups"].items()},
+            "kl_harmless": report["after"].get("kl_harmless"),
+        },
+        "output_sha256": checkpoint_hash(folder),
+    }

@@ -1,0 +1,117 @@
+"""Select: score candidate directions with the criteria of Arditi et al. (no decoding).
+
+Refusal score: log p(refusal tokens) - log(1 - p(refusal tokens)) at the last prompt
+position, where the refusal tokens are the first tokens of the model's own refusals.
+For each candidate (layer, position):
+  bypass  - mean refusal score on target (sensitive) prompts with the direction ablated;
+  induce  - mean refusal score on harmless prompts with the raw direction added at its layer;
+  kl      - mean first-token KL(base || ablated) on harmless prompts.
+Candidates in the last 20% of layers are excluded; the chosen one has the lowest bypass
+among those with induce > 0 and kl < kl_max. To fit a CPU budget every candidate is first
+screened by bypass on a few prompts and only the best `screen` are scored in full.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .collect import batched_last_logits
+from .directions import DirectionSet
+from .edit import ablated, added
+from .errors import SteerError
+from .generation import generate
+from .judge import is_refusal
+
+
+def refusal_score(logits: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
+    """Per-row log-odds of the refusal tokens: logits [B, vocab] -> [B]."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    lp = torch.logsumexp(logp[:, token_ids], dim=-1).clamp(max=-1e-12)
+    return lp - torch.log(-torch.expm1(lp))
+
+
+def first_token_kl(base: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(base || new) of next-token distributions: logits [B, vocab] -> [B]."""
+    lp, lq = torch.log_softmax(base.double(), -1), torch.log_softmax(new.double(), -1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+def find_refusal_tokens(model, tokenizer, target_texts: list[str], harmless_logits: torch.Tensor,
+                        batch_size: int = 16, max_tokens: int = 4) -> list[int]:
+    """First tokens of the model's own refusals on target prompts (not a per-family list).
+
+    Greedy-decodes a few tokens per prompt, keeps the refusals (steer.judge), counts their
+    first tokens and drops any that also open over 20% of harmless answers.
+    """
+    first = batched_last_logits(model, tokenizer, target_texts, batch_size).argmax(-1).tolist()
+    answers = generate(model, tokenizer, target_texts, max_new_tokens=16, batch_size=batch_size, desc="refusal tokens")
+    counts = Counter(tok for tok, ans in zip(first, answers) if is_refusal(ans))
+    harmless_first = Counter(harmless_logits.argmax(-1).tolist())
+    keep = [t for t, _ in counts.most_common() if harmless_first[t] <= 0.2 * len(harmless_logits)][:max_tokens]
+    if not keep:
+        raise SteerError(f"the model refused none of {len(target_texts)} target prompts (judge: steer.judge); nothing to remove")
+    return keep
+
+
+@dataclass
+class Candidate:
+    layer: int
+    position: int
+    screen_bypass: float
+    bypass: float | None = None
+    induce: float | None = None
+    kl: float | None = None
+    passes: bool | None = None
+
+
+@dataclass
+class Selection:
+    layer: int
+    position: int
+    refusal_tokens: list[int]
+    base_target_score: float
+    base_harmless_score: float
+    candidates: list[Candidate]
+    fallback: str | None  # why the chosen candidate does not pass all filters, if it doesn't
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.inference_mode()
+def select_direction(model, tokenizer, dirs: DirectionSet, target_texts: list[str], harmless_texts: list[str],
+                     refusal_tokens: list[int], *, kl_max: float = 0.1, max_layer_frac: float = 0.8,
+                     screen: int = 8, screen_prompts: int = 8, batch_size: int = 16) -> Selection:
+    n_layers, n_pos, _ = dirs.directions.shape
+    base_t = batched_last_logits(model, tokenizer, target_texts, batch_size)
+    base_h = batched_last_logits(model, tokenizer, harmless_texts, batch_size)
+    screen_texts = target_texts[:screen_prompts]
+    grid = [(layer, pos) for layer in range(max(1, int(n_layers * max_layer_frac))) for pos in range(-n_pos, 0)]
+    cands = []
+    for layer, pos in tqdm(grid, desc="screen candidates", leave=False):
+        with ablated(model, dirs.vector(layer, pos)):
+            score = refusal_score(batched_last_logits(model, tokenizer, screen_texts, batch_size), refusal_tokens)
+        cands.append(Candidate(layer, pos, float(score.mean())))
+    for c in tqdm(sorted(cands, key=lambda c: c.screen_bypass)[:screen], desc="score candidates", leave=False):
+        with ablated(model, dirs.vector(c.layer, c.position)):
+            logits = batched_last_logits(model, tokenizer, target_texts + harmless_texts, batch_size)
+        c.bypass = float(refusal_score(logits[: len(target_texts)], refusal_tokens).mean())
+        c.kl = float(first_token_kl(base_h, logits[len(target_texts):]).mean())
+        with added(model, c.layer, dirs.directions[c.layer, c.position].float()):
+            c.induce = float(refusal_score(batched_last_logits(model, tokenizer, harmless_texts, batch_size), refusal_tokens).mean())
+        c.passes = c.induce > 0 and c.kl < kl_max
+    scored = sorted((c for c in cands if c.bypass is not None), key=lambda c: c.bypass)
+    passing = [c for c in scored if c.passes]
+    fallback = None
+    if passing:
+        best = passing[0]
+    else:
+        low_kl = [c for c in scored if c.kl < kl_max]
+        best = (low_kl or scored)[0]
+        fallback = "no candidate had induce > 0 and kl < kl_max; took the lowest bypass" + (" with kl < kl_max" if low_kl else "")
+    return Selection(best.layer, best.position, refusal_tokens, float(refusal_score(base_t, refusal_tokens).mean()),
+                     float(refusal_score(base_h, refusal_tokens).mean()), cands, fallback)
