@@ -29,7 +29,8 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", default="sensitive", help="prompts to stop refusing: shipped set or file (.txt/.jsonl/.csv[:col]) (default: sensitive)")
     g.add_argument("--baseline", default="harmless", help="prompts the model answers (default: harmless)")
     g.add_argument("--n-val", type=int, default=32, help="validation prompts per side for selection (default: 32)")
-    g.add_argument("--projected", action="store_true", help="remove the baseline-mean component from each direction")
+    g.add_argument("--projected", action=argparse.BooleanOptionalAction, default=True,
+                   help="remove the baseline-mean component from each direction (default: on)")
     g.add_argument("--kl-max", type=float, default=0.1, help="max first-token KL on harmless prompts for a candidate (default: 0.1)")
     g.add_argument("--screen", type=int, default=8, help="candidates scored in full after the bypass screen (default: 8)")
     g.add_argument("--batch-size", type=int, default=16)
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # steer prints its own progress
     try:
         return COMMANDS[args.command](args)
     except SteerError as exc:
@@ -108,13 +112,15 @@ def _abliterate(args) -> int:
 
 def _directions(args) -> int:
     from .load import load_model
-    from .pipeline import compute_directions
+    from .pipeline import check_prompts, compute_directions
     from .report import plot_selection
     from .save import atomic_dir, check_output
 
     check_output(args.out, args.force)
+    settings = _settings(args)
+    check_prompts(settings)
     loaded = load_model(args.model)
-    dirs = compute_directions(loaded, _settings(args))
+    dirs = compute_directions(loaded, settings)
     with atomic_dir(args.out, args.force) as tmp:
         dirs.save(tmp / "directions.safetensors")
         plot_selection(dirs.meta["selection"], loaded.model.config.num_hidden_layers, tmp / "selection.png")

@@ -71,7 +71,7 @@ class DirectionSet:
         path = Path(path)
         tensors = {"directions": self.directions, "target_mean": self.target_mean, "baseline_mean": self.baseline_mean}
         tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "steer-directions"})
+        save_file({k: v.detach().clone() for k, v in tensors.items()}, str(tmp), metadata={"format": "steer-directions"})
         os.replace(tmp, path)
         side = sidecar(path)
         tmp_json = side.with_name(f".{side.name}.tmp")

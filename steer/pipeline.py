@@ -23,7 +23,7 @@ from .load import Loaded, checkpoint_hash, load_model
 from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash
 from .report import before_after_table, plot_selection, write_report
 from .save import atomic_dir, check_output, save_checkpoint, write_json
-from .select import find_refusal_tokens, select_direction
+from .select import find_refusal_tokens, select_direction, split_by_score
 
 
 @dataclass
@@ -31,9 +31,10 @@ class Settings:
     target: str = "sensitive"  # prompts whose refusals are removed (shipped set name or file)
     baseline: str = "harmless"  # prompts the model answers
     n_val: int = 32  # validation prompts per side for selection
-    projected: bool = False  # remove the baseline-mean component from each direction
+    projected: bool = True  # remove the baseline-mean component from each direction (grimjim)
     kl_max: float = 0.1
     screen: int = 8  # candidates scored in full after the bypass screen
+    screen_prompts: int = 8  # target prompts used to screen every candidate
     eval_limit: int = 80  # held-out prompts per evaluation group (seeded sample)
     max_new_tokens: int = 48
     batch_size: int = 16
@@ -51,8 +52,8 @@ def _sample(prompts: list[Prompt], n: int, seed: int) -> list[Prompt]:
     return [prompts[i] for i in sorted(picked)]
 
 
-def train_val(source: str, n_val: int, seed: int) -> tuple[list[Prompt], list[Prompt]]:
-    """Train and (sampled) validation prompts: the file's own split, else a seeded 80/20 cut."""
+def train_val(source: str, seed: int) -> tuple[list[Prompt], list[Prompt]]:
+    """Train and validation prompts: the file's own split, else a seeded 80/20 cut."""
     prompts = load_prompts(source)
     if any(p.split != "?" for p in prompts):
         train = [p for p in prompts if p.split == "train"]
@@ -65,30 +66,45 @@ def train_val(source: str, n_val: int, seed: int) -> tuple[list[Prompt], list[Pr
     if not train or not val:
         from .errors import SteerError
         raise SteerError(f"prompt set {source} needs at least 2 prompts (train and validation)")
-    return train, _sample(val, n_val, seed)
+    return train, val
+
+
+def check_prompts(settings: Settings) -> None:
+    """Read every prompt source up front, so bad input fails before the model loads."""
+    train_val(settings.target, settings.seed)
+    train_val(settings.baseline, settings.seed)
 
 
 def compute_directions(loaded: Loaded, settings: Settings) -> DirectionSet:
     """Collect means on the train splits, take differences, select on the validation splits."""
     model, tok = loaded.model, loaded.tokenizer
     torch.manual_seed(settings.seed)
-    t_train, t_val = train_val(settings.target, settings.n_val, settings.seed)
-    b_train, b_val = train_val(settings.baseline, settings.n_val, settings.seed)
+    t_train, t_val = train_val(settings.target, settings.seed)
+    b_train, b_val = train_val(settings.baseline, settings.seed)
+    # Sample twice what selection needs: filtering by refusal below drops some.
+    t_val, b_val = _sample(t_val, 2 * settings.n_val, settings.seed), _sample(b_val, 2 * settings.n_val, settings.seed)
     n_pos = post_instruction_length(tok)
     texts = lambda ps: chat_texts(tok, [p.text for p in ps])  # noqa: E731
-    _log(f"collecting activations: {len(t_train)} target + {len(b_train)} baseline prompts, {n_pos} positions")
+    logits = lambda ps: prompt_logits(model, tok, ps, settings.batch_size)  # noqa: E731
+    _log(f"finding refusal tokens from the model's own refusals ({len(t_train)} target, {len(b_train)} baseline train prompts)")
+    t_logits, b_logits = logits(t_train), logits(b_train)
+    probe = sorted(random.Random(settings.seed).sample(range(len(t_train)), min(64, len(t_train))))
+    ref_tokens = find_refusal_tokens(model, tok, texts([t_train[i] for i in probe]), t_logits[probe], b_logits, settings.batch_size)
+    keep = lambda ps, lg, refused: [ps[i] for i in split_by_score(lg, ref_tokens, refused)]  # noqa: E731
+    t_train, b_train = keep(t_train, t_logits, True), keep(b_train, b_logits, False)
+    t_val = keep(t_val, logits(t_val), True)[: settings.n_val]
+    b_val = keep(b_val, logits(b_val), False)[: settings.n_val]
+    _log(f"refusal tokens {[tok.decode([t]) for t in ref_tokens]}; kept {len(t_train)} refused target and "
+         f"{len(b_train)} answered baseline train prompts; collecting activations at {n_pos} positions")
     mean_t = residual_means(model, tok, texts(t_train), n_pos, settings.batch_size, desc="target")
     mean_b = residual_means(model, tok, texts(b_train), n_pos, settings.batch_size, desc="baseline")
     directions = diff_in_means(mean_t, mean_b)
     if settings.projected:
         directions = project_off(directions, mean_b)
     dirs = DirectionSet(directions, mean_t, mean_b)
-    _log("finding refusal tokens from the model's own refusals")
-    b_logits = prompt_logits(model, tok, b_train[:64], settings.batch_size)
-    ref_tokens = find_refusal_tokens(model, tok, texts(t_train[:48]), b_logits, settings.batch_size)
-    _log(f"refusal tokens {[tok.decode([t]) for t in ref_tokens]}; selecting among {directions.shape[0]} layers x {n_pos} positions")
+    _log(f"selecting among {directions.shape[0]} layers x {n_pos} positions on {len(t_val)} + {len(b_val)} validation prompts")
     sel = select_direction(model, tok, dirs, texts(t_val), texts(b_val), ref_tokens, kl_max=settings.kl_max,
-                           screen=settings.screen, batch_size=settings.batch_size)
+                           screen=settings.screen, screen_prompts=settings.screen_prompts, batch_size=settings.batch_size)
     selection = sel.to_dict() | {"refusal_token_strings": [tok.decode([t]) for t in ref_tokens]}
     dirs.meta = {
         "steer_version": __version__,
@@ -120,6 +136,7 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     """Find the refusal direction, orthogonalize it out, evaluate before/after, save to `out`."""
     settings = settings or Settings()
     check_output(Path(out), force, (Path(model) if model else None,))
+    check_prompts(settings)
     started = time.time()
     loaded = load_model(model)
     _log(f"loaded {loaded.source} ({type(loaded.model).__name__}, {loaded.model.config.num_hidden_layers} layers)")

@@ -9,6 +9,8 @@ For each candidate (layer, position):
 Candidates in the last 20% of layers are excluded; the chosen one has the lowest bypass
 among those with induce > 0 and kl < kl_max. To fit a CPU budget every candidate is first
 screened by bypass on a few prompts and only the best `screen` are scored in full.
+As in Arditi et al., directions and scores use only target prompts the model refuses and
+baseline prompts it answers (`split_by_score`).
 """
 
 from __future__ import annotations
@@ -40,14 +42,15 @@ def first_token_kl(base: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     return (lp.exp() * (lp - lq)).sum(-1)
 
 
-def find_refusal_tokens(model, tokenizer, target_texts: list[str], harmless_logits: torch.Tensor,
-                        batch_size: int = 16, max_tokens: int = 4) -> list[int]:
+def find_refusal_tokens(model, tokenizer, target_texts: list[str], target_logits: torch.Tensor,
+                        harmless_logits: torch.Tensor, batch_size: int = 16, max_tokens: int = 4) -> list[int]:
     """First tokens of the model's own refusals on target prompts (not a per-family list).
 
-    Greedy-decodes a few tokens per prompt, keeps the refusals (steer.judge), counts their
-    first tokens and drops any that also open over 20% of harmless answers.
+    Greedy-decodes a few tokens per target prompt, keeps the refusals (steer.judge), counts
+    their first tokens (the argmax of target_logits) and drops any token that also opens
+    over 20% of harmless answers.
     """
-    first = batched_last_logits(model, tokenizer, target_texts, batch_size).argmax(-1).tolist()
+    first = target_logits.argmax(-1).tolist()
     answers = generate(model, tokenizer, target_texts, max_new_tokens=16, batch_size=batch_size, desc="refusal tokens")
     counts = Counter(tok for tok, ans in zip(first, answers) if is_refusal(ans))
     harmless_first = Counter(harmless_logits.argmax(-1).tolist())
@@ -55,6 +58,16 @@ def find_refusal_tokens(model, tokenizer, target_texts: list[str], harmless_logi
     if not keep:
         raise SteerError(f"the model refused none of {len(target_texts)} target prompts (judge: steer.judge); nothing to remove")
     return keep
+
+
+def split_by_score(logits: torch.Tensor, token_ids: list[int], refused: bool, min_keep: int = 4) -> list[int]:
+    """Indices of prompts the model refuses (score > 0) or answers (score < 0), as Arditi et al.
+
+    Falls back to all indices when fewer than min_keep qualify, so tiny sets still work.
+    """
+    scores = refusal_score(logits, token_ids)
+    idx = [i for i, s in enumerate(scores.tolist()) if (s > 0) == refused]
+    return idx if len(idx) >= min_keep else list(range(len(scores)))
 
 
 @dataclass
@@ -90,7 +103,11 @@ def select_direction(model, tokenizer, dirs: DirectionSet, target_texts: list[st
     base_t = batched_last_logits(model, tokenizer, target_texts, batch_size)
     base_h = batched_last_logits(model, tokenizer, harmless_texts, batch_size)
     screen_texts = target_texts[:screen_prompts]
-    grid = [(layer, pos) for layer in range(max(1, int(n_layers * max_layer_frac))) for pos in range(-n_pos, 0)]
+    norms = dirs.directions.norm(dim=-1)
+    # Template tokens are identical across prompts at the embedding: those differences are ~0.
+    usable = norms > 1e-6 * norms.max()
+    grid = [(layer, pos) for layer in range(max(1, int(n_layers * max_layer_frac))) for pos in range(-n_pos, 0)
+            if usable[layer, pos]]
     cands = []
     for layer, pos in tqdm(grid, desc="screen candidates", leave=False):
         with ablated(model, dirs.vector(layer, pos)):

@@ -1,0 +1,95 @@
+"""The command line as a user runs it, on tiny checkpoints: outputs, errors, determinism."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_model
+from steer.adapters import resolve
+from steer.cli import main
+from steer.collect import residual_means
+from steer.directions import DirectionSet, diff_in_means
+from steer.load import checkpoint_hash, load_model
+from steer.prompts import chat_texts, post_instruction_length
+from steer.save import save_checkpoint
+
+
+@pytest.fixture
+def setup(tmp_path, tokenizer):
+    model = make_model("llama")
+    save_checkpoint(model, tokenizer, tmp_path / "model")
+    n_pos = post_instruction_length(tokenizer)
+    a = residual_means(model, tokenizer, chat_texts(tokenizer, ["Tell me about 1989.", "Who rules?"]), n_pos)
+    b = residual_means(model, tokenizer, chat_texts(tokenizer, ["Bake bread.", "Sum 2 and 3."]), n_pos)
+    DirectionSet(diff_in_means(a, b), a, b, {"selected": {"layer": 1, "position": -1}}).save(tmp_path / "directions.safetensors")
+    return tmp_path
+
+
+def test_help_explains_itself(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("abliterate", "directions", "edit", "generate", "chat", "steer[demo]"):
+        assert word in out
+
+
+def test_edit_writes_a_loadable_orthogonalized_checkpoint(setup):
+    before = checkpoint_hash(setup / "model")
+    assert main(["edit", str(setup / "model"), "--directions", str(setup), "--out", str(setup / "edited")]) == 0
+    assert checkpoint_hash(setup / "model") == before  # input untouched
+    edited = load_model(str(setup / "edited")).model
+    r = DirectionSet.load(setup / "directions.safetensors").vector()
+    for layer in resolve(edited).writers:
+        for linear, _ in layer:
+            assert (r @ linear.weight).abs().max() < 1e-5
+    manifest = json.loads((setup / "edited" / "steer_manifest.json").read_text())
+    assert manifest["input"]["sha256"] == before and manifest["direction"]["layer"] == 1
+    assert manifest["output_sha256"] == checkpoint_hash(setup / "edited")
+
+
+def test_same_inputs_give_byte_identical_weights(setup):
+    for out in ("a", "b"):
+        assert main(["edit", str(setup / "model"), "--directions", str(setup), "--out", str(setup / out)]) == 0
+    assert checkpoint_hash(setup / "a") == checkpoint_hash(setup / "b")
+    assert (setup / "a" / "model.safetensors").read_bytes() == (setup / "b" / "model.safetensors").read_bytes()
+
+
+def _fails(argv, capsys, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]  # progress lines may come first; the error is the last line
+    assert last.startswith("steer: error:") and message in last and "Traceback" not in err
+
+
+def test_bad_input_is_one_clear_line(setup, capsys, tmp_path):
+    model, dirs = str(setup / "model"), str(setup)
+    (setup / "exists").mkdir()
+    _fails(["edit", model, "--directions", dirs, "--out", str(setup / "exists")], capsys, "already exists")
+    _fails(["edit", str(tmp_path / "missing"), "--directions", dirs, "--out", str(setup / "o1")], capsys, "no such model folder")
+    _fails(["edit", model, "--directions", str(tmp_path / "x.safetensors"), "--out", str(setup / "o2")], capsys, "no such directions file")
+    _fails(["edit", model, "--directions", dirs, "--layer", "99", "--out", str(setup / "o3")], capsys, "no direction at layer 99")
+    (setup / "empty.txt").write_text("")
+    _fails(["directions", model, "--target", str(setup / "empty.txt"), "--out", str(setup / "o4")], capsys, "is empty")
+    assert not any((setup / f"o{i}").exists() for i in range(1, 5))
+    assert [p.name for p in setup.iterdir() if p.name.startswith(".")] == []  # no temp folders left
+
+
+def test_hidden_size_mismatch(setup, capsys, tokenizer):
+    other = make_model("qwen2")
+    other.config.hidden_size = 64
+    d = torch.randn(3, 2, 32, dtype=torch.float64)
+    DirectionSet(d, d, d, {"selected": {"layer": 0, "position": -1}}).save(setup / "small.safetensors")
+    _fails(["edit", str(setup / "model"), "--directions", str(setup / "small.safetensors"), "--out", str(setup / "o")],
+           capsys, "hidden size 32, model has 64")
+
+
+def test_model_that_never_refuses_is_reported(setup, capsys):
+    """A random tiny model refuses nothing: `directions` must say so, not crash."""
+    _fails(["directions", str(setup / "model"), "--n-val", "2", "--out", str(setup / "d")], capsys, "refused none of")
+
+
+def test_generate_prints_answers(setup, capsys):
+    assert main(["generate", str(setup / "model"), "Hello?", "--max-new-tokens", "4"]) == 0
+    assert ">>> Hello?" in capsys.readouterr().out

