@@ -33,7 +33,7 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
                    help="remove the baseline-mean component from each direction (default: on)")
     g.add_argument("--kl-max", type=float, default=0.1, help="max first-token KL on harmless prompts for a candidate (default: 0.1)")
     g.add_argument("--screen", type=int, default=8, help="candidates scored in full after the bypass screen (default: 8)")
-    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass or generation batch (default: 32)")
     g.add_argument("--seed", type=int, default=0)
 
 

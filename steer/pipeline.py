@@ -37,7 +37,7 @@ class Settings:
     screen_prompts: int = 8  # target prompts used to screen every candidate
     eval_limit: int = 80  # held-out prompts per evaluation group (seeded sample)
     max_new_tokens: int = 48
-    batch_size: int = 16
+    batch_size: int = 32
     seed: int = 0
 
 
@@ -92,8 +92,8 @@ def compute_directions(loaded: Loaded, settings: Settings) -> DirectionSet:
     ref_tokens = find_refusal_tokens(model, tok, texts([t_train[i] for i in probe]), t_logits[probe], b_logits, settings.batch_size)
     keep = lambda ps, lg, refused: [ps[i] for i in split_by_score(lg, ref_tokens, refused)]  # noqa: E731
     t_train, b_train = keep(t_train, t_logits, True), keep(b_train, b_logits, False)
-    t_val = keep(t_val, logits(t_val), True)[: settings.n_val]
-    b_val = keep(b_val, logits(b_val), False)[: settings.n_val]
+    t_val = _sample(keep(t_val, logits(t_val), True), settings.n_val, settings.seed)
+    b_val = _sample(keep(b_val, logits(b_val), False), settings.n_val, settings.seed)
     _log(f"refusal tokens {[tok.decode([t]) for t in ref_tokens]}; kept {len(t_train)} refused target and "
          f"{len(b_train)} answered baseline train prompts; collecting activations at {n_pos} positions")
     mean_t = residual_means(model, tok, texts(t_train), n_pos, settings.batch_size, desc="target")

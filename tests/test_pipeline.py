@@ -1,0 +1,75 @@
+"""`abliterate` end to end on a tiny random model.
+
+A random model refuses nothing, so the refusal tokens are fixed here (monkeypatched);
+everything else (filtering, collection, selection, evaluation, edit, save) runs for real.
+"""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from conftest import make_model, make_tokenizer
+from steer import pipeline, select
+from steer.load import checkpoint_hash, load_model
+from steer.pipeline import Settings, abliterate
+from steer.save import save_checkpoint
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    save_checkpoint(make_model("qwen2"), make_tokenizer(), tmp_path / "model")
+    monkeypatch.setattr(pipeline, "find_refusal_tokens", lambda *a, **k: [70, 71])
+    return tmp_path
+
+
+def _run(tiny, name):
+    settings = Settings(n_val=4, screen=2, screen_prompts=2, eval_limit=3, max_new_tokens=4)
+    return abliterate(str(tiny / "model"), tiny / name, settings)
+
+
+def test_abliterate_end_to_end_is_deterministic(tiny):
+    input_hash = checkpoint_hash(tiny / "model")
+    report = _run(tiny, "a")
+    _run(tiny, "b")
+    assert checkpoint_hash(tiny / "model") == input_hash  # input untouched
+    assert (tiny / "a" / "model.safetensors").read_bytes() == (tiny / "b" / "model.safetensors").read_bytes()
+    for name in ("report.md", "report.json", "directions.safetensors", "directions.json", "selection.png", "steer_manifest.json"):
+        assert (tiny / "a" / name).is_file(), name
+    manifest = json.loads((tiny / "a" / "steer_manifest.json").read_text())
+    assert manifest["input"]["sha256"] == input_hash
+    assert manifest["output_sha256"] == checkpoint_hash(tiny / "a")
+    assert manifest["settings"]["seed"] == 0 and manifest["prompts"]["target_train"]["sha256"]
+    assert set(report["before"]["groups"]) == {"sensitive/en", "sensitive/zh", "harmless", "harmful"}
+    assert report["after"]["kl_harmless"]["mean"] >= 0
+    assert "| refusal, sensitive prompts (English) | 3 |" in (tiny / "a" / "report.md").read_text()
+    # The saved checkpoint is a normal Hugging Face one.
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny / "a")
+    layer, pos = manifest["direction"]["layer"], manifest["direction"]["position"]
+    dirs = json.loads((tiny / "a" / "directions.json").read_text())
+    assert dirs["selected"] == {"layer": layer, "position": pos}
+    assert isinstance(model, transformers.Qwen2ForCausalLM)
+
+
+def test_selection_respects_layer_cutoff_and_reports_all_candidates(tiny):
+    _run(tiny, "a")
+    sel = json.loads((tiny / "a" / "directions.json").read_text())["selection"]
+    n_layers = load_model(str(tiny / "model")).model.config.num_hidden_layers
+    layers = {c["layer"] for c in sel["candidates"]}
+    assert max(layers) < max(1, int(0.8 * n_layers))
+    scored = [c for c in sel["candidates"] if c["bypass"] is not None]
+    assert len(scored) == 2
+    best = min((c for c in scored if c["passes"]), key=lambda c: c["bypass"], default=None)
+    if best is not None:
+        assert (sel["layer"], sel["position"]) == (best["layer"], best["position"])
+
+
+def test_refusal_score_and_kl():
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0]])
+    score = select.refusal_score(logits, [0])
+    assert score[0] == pytest.approx(torch.log(torch.tensor(1 / 3)).item(), abs=1e-6)  # p = 1/4 -> log(1/4 / 3/4)
+    assert score[1] == pytest.approx(10 - torch.log(torch.tensor(3.0)).item(), abs=1e-6)  # odds e^10 / 3
+    kl = select.first_token_kl(logits, logits)
+    assert torch.allclose(kl, torch.zeros(2, dtype=kl.dtype))
+    assert select.first_token_kl(logits[:1], logits[1:])[0] > 0
