@@ -33,6 +33,7 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
                    help="remove the baseline-mean component from each direction (default: on)")
     g.add_argument("--kl-max", type=float, default=0.1, help="max first-token KL on harmless prompts for a candidate (default: 0.1)")
     g.add_argument("--screen", type=int, default=8, help="candidates scored in full after the bypass screen (default: 8)")
+    g.add_argument("--screen-prompts", type=int, default=8, help="target prompts used to screen every candidate (default: 8)")
     g.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass or generation batch (default: 32)")
     g.add_argument("--seed", type=int, default=0)
 
@@ -41,7 +42,7 @@ def _settings(args):
     from .pipeline import Settings
 
     values = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
-    for name in ("n_val", "screen", "batch_size", "eval_limit", "max_new_tokens"):
+    for name in ("n_val", "screen", "screen_prompts", "batch_size", "eval_limit", "max_new_tokens"):
         if name in values and values[name] < 1:
             raise SteerError(f"--{name.replace('_', '-')} must be at least 1")
     return Settings(**values)

