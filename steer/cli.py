@@ -28,7 +28,7 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("directions and selection")
     g.add_argument("--target", default="sensitive", help="prompts to stop refusing: shipped set or file (.txt/.jsonl/.csv[:col]) (default: sensitive)")
     g.add_argument("--baseline", default="harmless", help="prompts the model answers (default: harmless)")
-    g.add_argument("--n-val", type=int, default=32, help="validation prompts per side for selection (default: 32)")
+    g.add_argument("--n-val", type=int, default=32, help="target validation prompts for selection; twice as many harmless ones for KL (default: 32)")
     g.add_argument("--projected", action=argparse.BooleanOptionalAction, default=True,
                    help="remove the baseline-mean component from each direction (default: on)")
     g.add_argument("--kl-max", type=float, default=0.1, help="max first-token KL on harmless prompts for a candidate (default: 0.1)")

@@ -30,7 +30,7 @@ from .select import find_refusal_tokens, select_direction, split_by_score
 class Settings:
     target: str = "sensitive"  # prompts whose refusals are removed (shipped set name or file)
     baseline: str = "harmless"  # prompts the model answers
-    n_val: int = 32  # validation prompts per side for selection
+    n_val: int = 32  # target validation prompts for selection (twice as many baseline prompts for KL)
     projected: bool = True  # remove the baseline-mean component from each direction (grimjim)
     kl_max: float = 0.1
     screen: int = 8  # candidates scored in full after the bypass screen
@@ -82,7 +82,7 @@ def compute_directions(loaded: Loaded, settings: Settings) -> DirectionSet:
     t_train, t_val = train_val(settings.target, settings.seed)
     b_train, b_val = train_val(settings.baseline, settings.seed)
     # Sample twice what selection needs: filtering by refusal below drops some.
-    t_val, b_val = _sample(t_val, 2 * settings.n_val, settings.seed), _sample(b_val, 2 * settings.n_val, settings.seed)
+    t_val, b_val = _sample(t_val, 2 * settings.n_val, settings.seed), _sample(b_val, 3 * settings.n_val, settings.seed)
     n_pos = post_instruction_length(tok)
     texts = lambda ps: chat_texts(tok, [p.text for p in ps])  # noqa: E731
     logits = lambda ps: prompt_logits(model, tok, ps, settings.batch_size)  # noqa: E731
@@ -93,7 +93,7 @@ def compute_directions(loaded: Loaded, settings: Settings) -> DirectionSet:
     keep = lambda ps, lg, refused: [ps[i] for i in split_by_score(lg, ref_tokens, refused)]  # noqa: E731
     t_train, b_train = keep(t_train, t_logits, True), keep(b_train, b_logits, False)
     t_val = _sample(keep(t_val, logits(t_val), True), settings.n_val, settings.seed)
-    b_val = _sample(keep(b_val, logits(b_val), False), settings.n_val, settings.seed)
+    b_val = _sample(keep(b_val, logits(b_val), False), 2 * settings.n_val, settings.seed)  # KL needs more prompts
     _log(f"refusal tokens {[tok.decode([t]) for t in ref_tokens]}; kept {len(t_train)} refused target and "
          f"{len(b_train)} answered baseline train prompts; collecting activations at {n_pos} positions")
     mean_t = residual_means(model, tok, texts(t_train), n_pos, settings.batch_size, desc="target")
@@ -149,7 +149,13 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     n_edited = orthogonalize(m, dirs.vector())
     _log(f"orthogonalized {n_edited} tensors against layer {dirs.selected[0]}, position {dirs.selected[1]}; evaluating")
     after = refusal_eval(m, tok, groups, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, desc="after")
-    after["kl_harmless"] = kl_summary(base_logits, prompt_logits(m, tok, groups["harmless"], settings.batch_size))
+    new_logits = prompt_logits(m, tok, groups["harmless"], settings.batch_size)
+    after["kl_harmless"] = kl_summary(base_logits, new_logits)
+    # Where the base model over-refused a harmless prompt, a change is the point of the edit;
+    # damage is the change on the harmless prompts it already answered.
+    answered = torch.tensor([not item["refusal"] for item in before["groups"]["harmless"]["items"]])
+    if answered.any():
+        after["kl_harmless_answered"] = kl_summary(base_logits[answered], new_logits[answered])
     report = {
         "model": loaded.source,
         "settings": asdict(settings),

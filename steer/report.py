@@ -25,9 +25,10 @@ def before_after_table(before: dict, after: dict) -> str:
         a = after["groups"][group]
         label = ROW_LABELS.get(group, f"refusal, {group}")
         lines.append(f"| {label} | {b['n']} | {_pct(b['refusal_rate'])} | {_pct(a['refusal_rate'])} |")
-    kl = after.get("kl_harmless")
-    if kl is not None:
-        lines.append(f"| first-token KL vs base, harmless prompts | {kl['n']} | 0 | {kl['mean']:.4f} |")
+    for key, label in (("kl_harmless", "harmless prompts"), ("kl_harmless_answered", "harmless prompts the base model answers")):
+        kl = after.get(key)
+        if kl is not None:
+            lines.append(f"| first-token KL vs base, {label} | {kl['n']} | 0 | {kl['mean']:.4f} |")
     return "\n".join(lines)
 
 

@@ -7,7 +7,9 @@ For each candidate (layer, position):
   induce  - mean refusal score on harmless prompts with the raw direction added at its layer;
   kl      - mean first-token KL(base || ablated) on harmless prompts.
 Candidates in the last 20% of layers are excluded; the chosen one has the lowest bypass
-among those with induce > 0 and kl < kl_max. To fit a CPU budget every candidate is first
+among those with induce > 0 and kl < kl_max, where kl is judged by the upper end of its 95%
+confidence interval over the validation prompts (a validation mean just under the threshold
+too often lands above it on held-out prompts: the per-prompt KL is heavy-tailed). To fit a CPU budget every candidate is first
 screened by bypass on a few prompts and only the best `screen` are scored in full.
 As in Arditi et al., directions and scores use only target prompts the model refuses and
 baseline prompts it answers (`split_by_score`).
@@ -78,6 +80,7 @@ class Candidate:
     bypass: float | None = None
     induce: float | None = None
     kl: float | None = None
+    kl_ucb: float | None = None  # upper end of the 95% confidence interval of kl
     passes: bool | None = None
 
 
@@ -117,18 +120,20 @@ def select_direction(model, tokenizer, dirs: DirectionSet, target_texts: list[st
         with ablated(model, dirs.vector(c.layer, c.position)):
             logits = batched_last_logits(model, tokenizer, target_texts + harmless_texts, batch_size)
         c.bypass = float(refusal_score(logits[: len(target_texts)], refusal_tokens).mean())
-        c.kl = float(first_token_kl(base_h, logits[len(target_texts):]).mean())
+        kl = first_token_kl(base_h, logits[len(target_texts):])
+        c.kl = float(kl.mean())
+        c.kl_ucb = c.kl + 1.96 * float(kl.std()) / len(kl) ** 0.5 if len(kl) > 1 else c.kl
         with added(model, c.layer, dirs.directions[c.layer, c.position].float()):
             c.induce = float(refusal_score(batched_last_logits(model, tokenizer, harmless_texts, batch_size), refusal_tokens).mean())
-        c.passes = c.induce > 0 and c.kl < kl_max
+        c.passes = c.induce > 0 and c.kl_ucb < kl_max
     scored = sorted((c for c in cands if c.bypass is not None), key=lambda c: c.bypass)
     passing = [c for c in scored if c.passes]
     fallback = None
     if passing:
         best = passing[0]
     else:
-        low_kl = [c for c in scored if c.kl < kl_max]
+        low_kl = [c for c in scored if c.kl_ucb < kl_max]
         best = (low_kl or scored)[0]
-        fallback = "no candidate had induce > 0 and kl < kl_max; took the lowest bypass" + (" with kl < kl_max" if low_kl else "")
+        fallback = "no candidate had induce > 0 and kl_ucb < kl_max; took the lowest bypass" + (" with kl_ucb < kl_max" if low_kl else "")
     return Selection(best.layer, best.position, refusal_tokens, float(refusal_score(base_t, refusal_tokens).mean()),
                      float(refusal_score(base_h, refusal_tokens).mean()), cands, fallback)
