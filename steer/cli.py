@@ -126,9 +126,9 @@ def _directions(args) -> int:
         dirs.save(tmp / "directions.safetensors")
         plot_selection(dirs.meta["selection"], loaded.model.config.num_hidden_layers, tmp / "selection.png")
     sel = dirs.meta["selection"]
-    print(f"selected layer {sel['layer']}, position {sel['position']}: bypass score "
-          f"{next(c['bypass'] for c in sel['candidates'] if c['layer'] == sel['layer'] and c['position'] == sel['position']):.2f} "
-          f"(base {sel['base_target_score']:.2f}); saved to {args.out}")
+    chosen = next(c for c in sel["candidates"] if (c["layer"], c["position"]) == (sel["layer"], sel["position"]))
+    print(f"selected layer {sel['layer']}, position {sel['position']}: refusal score {chosen['bypass']:.2f} with it "
+          f"removed (base {sel['base_target_score']:.2f}), harmless KL {chosen['kl']:.3f}; saved to {args.out}")
     return 0
 
 
@@ -192,13 +192,12 @@ def _chat(args) -> int:
 
 def load_model_with_preview(args):
     from .directions import DirectionSet
-    from .edit import ablated
+    from .edit import ablation_hooks
     from .load import load_model
 
     loaded = load_model(args.model)
     if args.ablate:
-        # Keep the hooks for the life of the process: this is a preview, weights untouched.
-        ablated(loaded.model, DirectionSet.load(args.ablate).vector()).__enter__()
+        ablation_hooks(loaded.model, DirectionSet.load(args.ablate).vector())  # weights untouched
     return loaded
 
 

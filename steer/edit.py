@@ -107,15 +107,24 @@ def _project_output_hook(basis: torch.Tensor):
     return hook
 
 
-@contextmanager
-def ablated(model: torch.nn.Module, directions: torch.Tensor) -> Iterator[None]:
-    """Preview the edit without changing weights: project the same modules' outputs."""
+def ablation_hooks(model: torch.nn.Module, directions: torch.Tensor) -> list[torch.utils.hooks.RemovableHandle]:
+    """Register hooks that project the embedding's and every writer's output like the weight edit.
+
+    The caller removes the returned handles; `ablated` does so on exit.
+    """
     res = resolve(model)
     basis = orthonormal_basis(directions)
     handles = [res.embed.register_forward_hook(_project_output_hook(basis))]
     for layer_writers in res.writers:
         for linear, norm in layer_writers:
             handles.append(linear.register_forward_hook(_project_output_hook(writer_basis(res, basis, norm))))
+    return handles
+
+
+@contextmanager
+def ablated(model: torch.nn.Module, directions: torch.Tensor) -> Iterator[None]:
+    """Preview the edit without changing weights, for the duration of the block."""
+    handles = ablation_hooks(model, directions)
     try:
         yield
     finally:

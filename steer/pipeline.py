@@ -18,6 +18,7 @@ from . import __version__
 from .collect import residual_means
 from .directions import DirectionSet, diff_in_means, project_off
 from .edit import orthogonalize
+from .errors import SteerError
 from .evaluate import kl_summary, prompt_logits, refusal_eval
 from .load import Loaded, checkpoint_hash, load_model
 from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash
@@ -64,7 +65,6 @@ def train_val(source: str, seed: int) -> tuple[list[Prompt], list[Prompt]]:
         cut = max(1, len(order) // 5)
         val, train = [prompts[i] for i in sorted(order[:cut])], [prompts[i] for i in sorted(order[cut:])]
     if not train or not val:
-        from .errors import SteerError
         raise SteerError(f"prompt set {source} needs at least 2 prompts (train and validation)")
     return train, val
 

@@ -93,3 +93,10 @@ def test_model_that_never_refuses_is_reported(setup, capsys):
 def test_generate_prints_answers(setup, capsys):
     assert main(["generate", str(setup / "model"), "Hello?", "--max-new-tokens", "4"]) == 0
     assert ">>> Hello?" in capsys.readouterr().out
+
+
+def test_generate_with_ablation_preview_leaves_weights(setup, capsys):
+    before = checkpoint_hash(setup / "model")
+    assert main(["generate", str(setup / "model"), "Hello?", "--max-new-tokens", "4", "--ablate", str(setup)]) == 0
+    assert ">>> Hello?" in capsys.readouterr().out
+    assert checkpoint_hash(setup / "model") == before
