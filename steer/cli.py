@@ -114,7 +114,7 @@ def _abliterate(args) -> int:
 def _directions(args) -> int:
     from .load import load_model
     from .pipeline import check_prompts, compute_directions
-    from .report import plot_selection
+    from .report import plot_selection, selection_table
     from .save import atomic_dir, check_output
 
     check_output(args.out, args.force)
@@ -126,6 +126,7 @@ def _directions(args) -> int:
         dirs.save(tmp / "directions.safetensors")
         plot_selection(dirs.meta["selection"], loaded.model.config.num_hidden_layers, tmp / "selection.png")
     sel = dirs.meta["selection"]
+    print(selection_table(sel) + "\n")
     chosen = next(c for c in sel["candidates"] if (c["layer"], c["position"]) == (sel["layer"], sel["position"]))
     print(f"selected layer {sel['layer']}, position {sel['position']}: refusal score {chosen['bypass']:.2f} with it "
           f"removed (base {sel['base_target_score']:.2f}), harmless KL {chosen['kl']:.3f}; saved to {args.out}")

@@ -22,7 +22,7 @@ from .errors import SteerError
 from .evaluate import kl_summary, prompt_logits, refusal_eval
 from .load import Loaded, checkpoint_hash, load_model
 from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash
-from .report import before_after_table, plot_selection, write_report
+from .report import before_after_table, plot_selection, selection_table, write_report
 from .save import atomic_dir, check_output, save_checkpoint, write_json
 from .select import find_refusal_tokens, select_direction, split_by_score
 
@@ -159,7 +159,7 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     report = {
         "model": loaded.source,
         "settings": asdict(settings),
-        "selection": dirs.meta["selection"] | {"candidates": None},
+        "selection": dirs.meta["selection"],
         "before": before,
         "after": after,
     }
@@ -170,6 +170,7 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
         report["elapsed_s"] = round(time.time() - started, 1)
         write_report(tmp, report)
         write_json(tmp / "steer_manifest.json", manifest(loaded, dirs, report, tmp))
+    print(selection_table(dirs.meta["selection"]) + "\n")
     print(before_after_table(before, after))
     return report
 

@@ -61,6 +61,9 @@ def write_report(folder: Path, report: dict) -> str:
         f"(refusal tokens {sel.get('refusal_token_strings')}); judge: refusal markers (docs/judging.md); "
         f"greedy decoding, {report['settings']['max_new_tokens']} new tokens; seed {report['settings']['seed']}.",
         "",
+        "## Direction selection (validation split)\n",
+        selection_table(sel) if sel.get("candidates") else "",
+        "",
         "## Examples (held-out test split)\n",
         examples_markdown(before, after),
     ]
@@ -97,3 +100,24 @@ def plot_selection(selection: dict, n_layers: int, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def selection_table(selection: dict) -> str:
+    """Per-layer Markdown table: best screened bypass per layer, full scores where measured."""
+    fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    lines = ["| layer | position | bypass (screen) | bypass (val) | induce | KL | KL 95% bound |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    by_layer: dict[int, dict] = {}
+    for c in selection["candidates"]:
+        best = by_layer.get(c["layer"])
+        if best is None or c["screen_bypass"] < best["screen_bypass"]:
+            by_layer[c["layer"]] = c
+    for layer in sorted(by_layer):
+        c = by_layer[layer]
+        mark = " (chosen)" if (layer, c["position"]) == (selection["layer"], selection["position"]) else ""
+        lines.append(f"| {layer}{mark} | {c['position']} | {fmt(c['screen_bypass'])} | {fmt(c['bypass'])} | "
+                     f"{fmt(c['induce'])} | {fmt(c['kl'])} | {fmt(c.get('kl_ucb'))} |")
+    lines.append(f"\nRefusal score without ablation: {selection['base_target_score']:.2f} on target, "
+                 f"{selection['base_harmless_score']:.2f} on harmless prompts.")
+    if selection.get("fallback"):
+        lines.append(f"Note: {selection['fallback']}.")
+    return "\n".join(lines)

@@ -43,7 +43,9 @@ def test_abliterate_end_to_end_is_deterministic(tiny):
     assert manifest["settings"]["seed"] == 0 and manifest["prompts"]["target_train"]["sha256"]
     assert set(report["before"]["groups"]) == {"sensitive/en", "sensitive/zh", "harmless", "harmful"}
     assert report["after"]["kl_harmless"]["mean"] >= 0
-    assert "| refusal, sensitive prompts (English) | 3 |" in (tiny / "a" / "report.md").read_text()
+    md = (tiny / "a" / "report.md").read_text()
+    assert "| refusal, sensitive prompts (English) | 3 |" in md
+    assert "(chosen)" in md and "## Direction selection" in md
     # The saved checkpoint is a normal Hugging Face one.
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny / "a")
     layer, pos = manifest["direction"]["layer"], manifest["direction"]["position"]
