@@ -128,10 +128,10 @@ def weight_files(folder: Path) -> list[Path]:
         for f in files:
             if not f.is_file():
                 raise SteerError(f"{index} names a missing shard: {f.name}")
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]  # what from_pretrained reads; other .safetensors are not weights
     else:
-        files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise SteerError(f"no safetensors weights in {folder}")
+        raise SteerError(f"no model.safetensors or model.safetensors.index.json in {folder}")
     for f in files:
         check_safetensors(f)
     return files

@@ -75,3 +75,17 @@ def test_refusal_score_and_kl():
     kl = select.first_token_kl(logits, logits)
     assert torch.allclose(kl, torch.zeros(2, dtype=kl.dtype))
     assert select.first_token_kl(logits[:1], logits[1:])[0] > 0
+
+
+def test_directions_then_edit_cli(tiny, capsys):
+    """`steer directions` then `steer edit` gives the same weights as `abliterate`'s edit."""
+    from steer.cli import main
+
+    args = ["--n-val", "4", "--screen", "2", "--screen-prompts", "2"]
+    assert main(["directions", str(tiny / "model"), "--out", str(tiny / "d")] + args) == 0
+    out = capsys.readouterr().out
+    assert "(chosen)" in out and "selected layer" in out
+    assert (tiny / "d" / "directions.safetensors").is_file() and (tiny / "d" / "selection.png").is_file()
+    assert main(["edit", str(tiny / "model"), "--directions", str(tiny / "d"), "--out", str(tiny / "e")]) == 0
+    _run(tiny, "a")
+    assert checkpoint_hash(tiny / "e") == checkpoint_hash(tiny / "a")
