@@ -37,6 +37,8 @@ def main() -> None:
     import torch
     import transformers
 
+    from steer.load import sha256_file
+
     info = {
         "command": " ".join(command),
         "made_by": "python experiments/abliterate_embedded.py " + " ".join(sys.argv[1:]),
@@ -44,6 +46,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "python": platform.python_version()},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "output_sha256": json.loads((run_dir / "steer_manifest.json").read_text())["output_sha256"],
+        "model_safetensors_sha256": sha256_file(run_dir / "model.safetensors"),
     }
     (dest / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))
