@@ -100,3 +100,10 @@ def test_generate_with_ablation_preview_leaves_weights(setup, capsys):
     assert main(["generate", str(setup / "model"), "Hello?", "--max-new-tokens", "4", "--ablate", str(setup)]) == 0
     assert ">>> Hello?" in capsys.readouterr().out
     assert checkpoint_hash(setup / "model") == before
+
+
+def test_chat_keeps_history_and_quits_on_empty_line(setup, capsys, monkeypatch):
+    lines = iter(["Hello?", "And again?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", str(setup / "model"), "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.count("model> ") == 2
