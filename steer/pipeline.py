@@ -69,6 +69,15 @@ def train_val(source: str, seed: int) -> tuple[list[Prompt], list[Prompt]]:
     return train, val
 
 
+def _kept_sample(prompts: list[Prompt], logits: torch.Tensor, ref_tokens: list[int], refused: bool, n: int,
+                 seed: int) -> tuple[list[Prompt], torch.Tensor]:
+    """Prompts the model refuses (or answers), a seeded sample of n of them, and their logits."""
+    idx = split_by_score(logits, ref_tokens, refused)
+    if len(idx) > n:
+        idx = [idx[i] for i in sorted(random.Random(seed).sample(range(len(idx)), n))]
+    return [prompts[i] for i in idx], logits[idx]
+
+
 def check_prompts(settings: Settings) -> None:
     """Read every prompt source up front, so bad input fails before the model loads."""
     train_val(settings.target, settings.seed)
@@ -92,8 +101,9 @@ def compute_directions(loaded: Loaded, settings: Settings) -> DirectionSet:
     ref_tokens = find_refusal_tokens(model, tok, texts([t_train[i] for i in probe]), t_logits[probe], b_logits, settings.batch_size)
     keep = lambda ps, lg, refused: [ps[i] for i in split_by_score(lg, ref_tokens, refused)]  # noqa: E731
     t_train, b_train = keep(t_train, t_logits, True), keep(b_train, b_logits, False)
-    t_val = _sample(keep(t_val, logits(t_val), True), settings.n_val, settings.seed)
-    b_val = _sample(keep(b_val, logits(b_val), False), 2 * settings.n_val, settings.seed)  # KL needs more prompts
+    # Validation prompts keep their base logits: selection reuses them instead of a second pass.
+    t_val, t_val_logits = _kept_sample(t_val, logits(t_val), ref_tokens, True, settings.n_val, settings.seed)
+    b_val, b_val_logits = _kept_sample(b_val, logits(b_val), ref_tokens, False, 2 * settings.n_val, settings.seed)
     _log(f"refusal tokens {[tok.decode([t]) for t in ref_tokens]}; kept {len(t_train)} refused target and "
          f"{len(b_train)} answered baseline train prompts; collecting activations at {n_pos} positions")
     mean_t = residual_means(model, tok, texts(t_train), n_pos, settings.batch_size, desc="target")
@@ -104,7 +114,8 @@ def compute_directions(loaded: Loaded, settings: Settings) -> DirectionSet:
     dirs = DirectionSet(directions, mean_t, mean_b)
     _log(f"selecting among {directions.shape[0]} layers x {n_pos} positions on {len(t_val)} + {len(b_val)} validation prompts")
     sel = select_direction(model, tok, dirs, texts(t_val), texts(b_val), ref_tokens, kl_max=settings.kl_max,
-                           screen=settings.screen, screen_prompts=settings.screen_prompts, batch_size=settings.batch_size)
+                           screen=settings.screen, screen_prompts=settings.screen_prompts, batch_size=settings.batch_size,
+                           base_logits=(t_val_logits, b_val_logits))
     selection = sel.to_dict() | {"refusal_token_strings": [tok.decode([t]) for t in ref_tokens]}
     dirs.meta = {
         "steer_version": __version__,

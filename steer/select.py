@@ -101,10 +101,13 @@ class Selection:
 @torch.inference_mode()
 def select_direction(model, tokenizer, dirs: DirectionSet, target_texts: list[str], harmless_texts: list[str],
                      refusal_tokens: list[int], *, kl_max: float = 0.1, max_layer_frac: float = 0.8,
-                     screen: int = 8, screen_prompts: int = 8, batch_size: int = 16) -> Selection:
+                     screen: int = 8, screen_prompts: int = 8, batch_size: int = 16,
+                     base_logits: tuple[torch.Tensor, torch.Tensor] | None = None) -> Selection:
+    """base_logits: the unedited model's last logits on (target_texts, harmless_texts), if already known."""
     n_layers, n_pos, _ = dirs.directions.shape
-    base_t = batched_last_logits(model, tokenizer, target_texts, batch_size)
-    base_h = batched_last_logits(model, tokenizer, harmless_texts, batch_size)
+    if base_logits is None:
+        base_logits = tuple(batched_last_logits(model, tokenizer, t, batch_size) for t in (target_texts, harmless_texts))
+    base_t, base_h = base_logits
     screen_texts = target_texts[:screen_prompts]
     norms = dirs.directions.norm(dim=-1)
     # Template tokens are identical across prompts at the embedding: those differences are ~0.
