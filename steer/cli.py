@@ -21,7 +21,17 @@ typical use:
   steer directions --out runs/dirs                  # compute and select directions only
   steer edit --directions runs/dirs --out runs/qwen-edited
   steer generate runs/qwen-edited "What happened at Tiananmen Square in 1989?"
+  steer eval runs/qwen-edited --suite censorship,refusal --out runs/eval
+  steer compare embedded runs/qwen-edited --suite all --data-dir ../shared/data --limit 100 --out runs/cmp
+
+Use "embedded" for MODEL/BASE to name the embedded default model explicitly.
 """
+
+EVAL_HELP = """suites: censorship (held-out sensitive prompts, EN/ZH: refusal and censorship
+rates), refusal (harmful and harmless prompts), xstest (safe prompts: over-refusal), kl
+(first-token and multi-token KL vs the base/reference model on harmless prompts), mmlu,
+gsm8k, math500, aime24, aime25 (need --data-dir); "all" runs every suite.
+Answers are cached per item in $STEER_CACHE/eval, so an interrupted run resumes."""
 
 
 def _settings_args(p: argparse.ArgumentParser) -> None:
@@ -76,6 +86,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--position", type=int, help="token position counted from the end (-1 = last)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--force", action="store_true")
+
+    for name in ("eval", "compare"):
+        help_ = ("evaluate one model on named suites" if name == "eval" else
+                 "evaluate a base and an edited model on the same items, with paired tests")
+        p = sub.add_parser(name, help=help_, description=help_ + ".\n\n" + EVAL_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == "eval":
+            p.add_argument("model", nargs="?", metavar="MODEL")
+            p.add_argument("--reference", metavar="BASE", help="base model for the kl suite")
+        else:
+            p.add_argument("base", metavar="BASE")
+            p.add_argument("edited", metavar="EDITED")
+        p.add_argument("--suite", default="censorship,refusal", help="comma-separated suites or 'all' (default: censorship,refusal)")
+        p.add_argument("--data-dir", type=Path, help="benchmark data folder (layout: docs/evaluation.md), e.g. ../shared/data")
+        p.add_argument("--limit", default=None, help="items per suite: N for all suites, or suite=N,... (seeded, stratified); default all")
+        p.add_argument("--max-new-tokens", default=None, help="suite=N,... overrides of generation lengths")
+        p.add_argument("--shots", type=int, default=0, choices=(0, 5), help="MMLU few-shot examples from the dev split (default: 0)")
+        p.add_argument("--judge", default="markers", help="'markers' (default) or an OpenAI-compatible URL, e.g. http://localhost:8080/v1#model")
+        p.add_argument("--batch-size", type=int, default=16)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--no-cache", action="store_true", help="do not read or write the per-item cache")
+        p.add_argument("--out", required=True, type=Path, help="output folder (JSON, items/*.jsonl, report.md, plots)")
+        p.add_argument("--force", action="store_true", help="replace an existing output folder")
 
     for name, help_ in (("generate", "greedy answers to prompts"), ("chat", "interactive chat in the terminal")):
         p = sub.add_parser(name, help=help_)
@@ -202,7 +235,62 @@ def load_model_with_preview(args):
     return loaded
 
 
-COMMANDS = {"abliterate": _abliterate, "directions": _directions, "edit": _edit, "generate": _generate, "chat": _chat}
+def _per_suite(spec: str | None, what: str) -> dict:
+    """'100' -> {'*': 100}; 'mmlu=2850,gsm8k=100' -> per suite."""
+    if not spec:
+        return {}
+    out = {}
+    for part in spec.split(","):
+        name, _, value = part.rpartition("=")
+        try:
+            n = int(value)
+        except ValueError:
+            raise SteerError(f"{what} {spec!r}: expected N or suite=N,... (e.g. mmlu=2850,gsm8k=100)") from None
+        if n < 1:
+            raise SteerError(f"{what} must be at least 1, got {n}")
+        out[name.strip() or "*"] = n
+    return out
+
+
+def _eval_config(args):
+    from .evaluate import EvalConfig, parse_suites
+
+    suites = parse_suites(args.suite)
+    limits = _per_suite(args.limit, "--limit")
+    tokens = _per_suite(args.max_new_tokens, "--max-new-tokens")
+    for name in set(limits) | set(tokens):
+        if name != "*" and name not in suites:
+            raise SteerError(f"--limit/--max-new-tokens name suite {name!r}, which is not in --suite {args.suite}")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise SteerError(f"--data-dir {args.data_dir} does not exist")
+    if args.batch_size < 1:
+        raise SteerError("--batch-size must be at least 1")
+    return EvalConfig(suites, args.data_dir, limits, args.seed, args.batch_size, args.shots, tokens)
+
+
+def _eval(args) -> int:
+    from .compare import evaluate_model
+    from .judge import make_judge
+
+    config = _eval_config(args)
+    evaluate_model(args.model, config, args.out, reference=args.reference,
+                   judge=make_judge(args.judge), force=args.force, cache=not args.no_cache)
+    print(f"\nsaved to {args.out} (summary.json, report.md, items/*.jsonl, metrics.png)")
+    return 0
+
+
+def _compare(args) -> int:
+    from .compare import compare_models
+    from .judge import make_judge
+
+    config = _eval_config(args)
+    compare_models(args.base, args.edited, config, args.out, judge=make_judge(args.judge),
+                   force=args.force, cache=not args.no_cache)
+    print(f"\nsaved to {args.out} (comparison.json, report.md, base/ and edited/ items, plots)")
+    return 0
+
+
+COMMANDS = {"eval": _eval, "compare": _compare, "abliterate": _abliterate, "directions": _directions, "edit": _edit, "generate": _generate, "chat": _chat}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,39 +1,218 @@
-"""Evaluate: refusal rates from greedy generations, and first-token KL on harmless prompts.
+"""Evaluate: run named suites on one model with the cached engine; judge, KL and damage checks.
 
-(First version; the validated judge and capability benchmarks build on this module.)
+Suites (see SUITES): censorship, refusal, xstest (judged answers); kl (needs a reference model);
+mmlu, gsm8k, math500, aime24, aime25 (steer.capability). Each returns
+    {"metrics": {name: {"value", "ci": [lo, hi], "n"}}, "items": [per-item dicts], "paired": [...]}
+where `paired` names the boolean item fields that `steer compare` tests item by item.
 """
 
 from __future__ import annotations
 
+import csv
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import torch
+from tqdm.auto import tqdm
 
-from .collect import batched_last_logits
-from .generation import generate
-from .judge import is_refusal
-from .prompts import Prompt, chat_texts
-from .select import first_token_kl
+from .engine import GenSpec, ItemCache, generate_cached
+from .errors import SteerError
+from .judge import Judge, MarkerJudge, degenerate
+from .prompts import Prompt, chat_texts, load_prompts
+from .stats import bootstrap_ci, wilson_ci
 
-
-def refusal_eval(model, tokenizer, groups: dict[str, list[Prompt]], *, max_new_tokens: int = 64,
-                 batch_size: int = 16, desc: str | None = None) -> dict:
-    """Generate once for all groups (better batching) and report the refusal rate of each."""
-    flat = [p for prompts in groups.values() for p in prompts]
-    answers = generate(model, tokenizer, chat_texts(tokenizer, [p.text for p in flat]), max_new_tokens, batch_size, desc=desc)
-    out, start = {}, 0
-    for name, prompts in groups.items():
-        items = [
-            {"id": p.id, "lang": p.lang, "topic": p.topic, "prompt": p.text, "answer": a, "refusal": is_refusal(a)}
-            for p, a in zip(prompts, answers[start:start + len(prompts)])
-        ]
-        start += len(prompts)
-        out[name] = {"n": len(items), "refusal_rate": sum(i["refusal"] for i in items) / len(items), "items": items}
-    return {"groups": out}
+JUDGED_TOKENS = 48  # answer length the judge was validated on (docs/judging.md)
+KL_TOKENS = 32  # tokens of the base model's greedy continuation used for multi-token KL
 
 
-def prompt_logits(model, tokenizer, prompts: list[Prompt], batch_size: int = 16) -> torch.Tensor:
-    return batched_last_logits(model, tokenizer, chat_texts(tokenizer, [p.text for p in prompts]), batch_size)
+@dataclass
+class EvalConfig:
+    suites: list[str]
+    data_dir: Path | None = None
+    limits: dict[str, int | None] = field(default_factory=dict)  # per suite; missing = all items
+    seed: int = 0
+    batch_size: int = 16
+    shots: int = 0  # MMLU few-shot examples from the dev split
+    max_new_tokens: dict[str, int] = field(default_factory=dict)  # per suite overrides
+
+    def limit(self, suite: str) -> int | None:
+        return self.limits.get(suite, self.limits.get("*"))
+
+    def tokens(self, suite: str, default: int) -> int:
+        return self.max_new_tokens.get(suite, default)
 
 
-def kl_summary(base_logits: torch.Tensor, new_logits: torch.Tensor) -> dict:
-    kl = first_token_kl(base_logits, new_logits)
-    return {"n": len(kl), "mean": float(kl.mean()), "max": float(kl.max())}
+@dataclass
+class Ctx:
+    model: torch.nn.Module
+    tokenizer: object
+    model_id: str  # weights fingerprint (engine.fingerprint): cache key
+    cache: ItemCache
+    config: EvalConfig
+    judge: Judge = field(default_factory=MarkerJudge)
+    reference: Ctx | None = None  # base model for KL
+
+    def data_dir(self, suite: str) -> Path:
+        if self.config.data_dir is None:
+            raise SteerError(f"suite {suite} reads benchmark data: pass --data-dir (e.g. ../shared/data)")
+        if not Path(self.config.data_dir).is_dir():
+            raise SteerError(f"data folder {self.config.data_dir} does not exist (suite {suite})")
+        return Path(self.config.data_dir)
+
+
+def rate(values: list[bool]) -> dict:
+    k, n = sum(values), len(values)
+    return {"value": k / n if n else float("nan"), "ci": list(wilson_ci(k, n)), "n": n}
+
+
+def mean(values: list[float], seed: int = 0) -> dict:
+    return {"value": sum(values) / len(values) if values else float("nan"), "ci": list(bootstrap_ci(values, seed)), "n": len(values)}
+
+
+def sample(prompts: list[Prompt], limit: int | None, seed: int) -> list[Prompt]:
+    """Seeded subset stratified by topic (proportional), in the original order."""
+    if limit is None or limit >= len(prompts):
+        return prompts
+    from .benchmarks import Item, stratified_subset
+
+    items = [Item(str(i), "", "", group=p.topic) for i, p in enumerate(prompts)]
+    return [prompts[int(it.id)] for it in stratified_subset(items, limit, seed)]
+
+
+def judged(ctx: Ctx, suite: str, groups: dict[str, list[Prompt]]) -> dict:
+    """Greedy answers (cached) for every group, labelled by the judge; rates per group."""
+    flat = [(g, p) for g, ps in groups.items() for p in ps]
+    spec = GenSpec(ctx.config.tokens(suite, JUDGED_TOKENS))
+    texts = chat_texts(ctx.tokenizer, [p.text for _, p in flat])
+    outs = generate_cached(ctx.model, ctx.tokenizer, texts, spec, ctx.cache, ctx.model_id, ctx.config.batch_size, desc=suite)
+    labels = ctx.judge.classify([p.text for _, p in flat], [o["text"] for o in outs])
+    items = [{"id": p.id, "group": g, "lang": p.lang, "topic": p.topic, "prompt": p.text, "output": o["text"],
+              "label": lab, "refused": lab == "denial", "censored": lab != "complete", "degenerate": degenerate(o["text"])}
+             for (g, p), o, lab in zip(flat, outs, labels)]
+    metrics = {}
+    for g in groups:
+        rows = [i for i in items if i["group"] == g]
+        metrics[f"refusal/{g}"] = rate([i["refused"] for i in rows])
+        if suite == "censorship":
+            metrics[f"censorship/{g}"] = rate([i["censored"] for i in rows])
+    metrics["degenerate"] = rate([i["degenerate"] for i in items])
+    return {"metrics": metrics, "items": items, "paired": ["refused", "censored", "degenerate"]}
+
+
+def suite_censorship(ctx: Ctx) -> dict:
+    lim, s = ctx.config.limit("censorship"), ctx.config.seed
+    return judged(ctx, "censorship", {lang: sample(load_prompts("sensitive", "test", lang), lim, s) for lang in ("en", "zh")})
+
+
+def suite_refusal(ctx: Ctx) -> dict:
+    lim, s = ctx.config.limit("refusal"), ctx.config.seed
+    return judged(ctx, "refusal", {g: sample(load_prompts(g, "test"), lim, s) for g in ("harmful", "harmless")})
+
+
+def load_xstest(data_dir: Path) -> list[Prompt]:
+    path = data_dir / "overrefusal" / "xstest_prompts.csv"
+    if not path.exists():
+        raise SteerError(f"no XSTest data: expected {path}")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"id", "prompt", "type", "label"} <= set(rows[0]):
+        raise SteerError(f"{path}: expected columns id, prompt, type, label")
+    return [Prompt(f"xstest-{r['id']}", r["prompt"], "en", r["type"]) for r in rows if r["label"] == "safe"]
+
+
+def suite_xstest(ctx: Ctx) -> dict:
+    prompts = sample(load_xstest(ctx.data_dir("xstest")), ctx.config.limit("xstest"), ctx.config.seed)
+    return judged(ctx, "xstest", {"safe": prompts})
+
+
+@torch.inference_mode()
+def token_kl(base_fn: Callable, new_fn: Callable, pad_id: int, seqs: list[list[int]], n_prompt: list[int],
+             batch_size: int = 16, desc: str | None = None) -> list[list[float]]:
+    """Per-token KL(base || new) along teacher-forced sequences.
+
+    seqs[i] = prompt ids + the base model's greedy continuation; n_prompt[i] = prompt length.
+    base_fn/new_fn map a left-padded batch {input_ids, attention_mask, position_ids} to logits
+    [B, T, vocab]. Returns, per sequence, the KL at each predicted continuation token: entry 0
+    is the first answer token (first-token KL), entry j the (j+1)-th.
+    """
+    out: list[list[float]] = [[] for _ in seqs]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, leave=False):
+        idx = order[start:start + batch_size]
+        width = max(len(seqs[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, i in enumerate(idx):
+            ids[r, width - len(seqs[i]):], mask[r, width - len(seqs[i]):] = torch.tensor(seqs[i]), 1
+        batch = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        lp = torch.log_softmax(base_fn(batch).double(), -1)
+        lq = torch.log_softmax(new_fn(batch).double(), -1)
+        kl = (lp.exp() * (lp - lq)).sum(-1)  # [B, width]
+        for r, i in enumerate(idx):
+            first = width - len(seqs[i]) + n_prompt[i] - 1  # position predicting the first answer token
+            out[i] = kl[r, first:width - 1].tolist() if len(seqs[i]) > n_prompt[i] else kl[r, first:first + 1].tolist()
+    return out
+
+
+def logits_fn(model: torch.nn.Module) -> Callable:
+    device = model.get_input_embeddings().weight.device
+    return lambda b: model(**{k: v.to(device) for k, v in b.items()}, use_cache=False).logits.float().cpu()
+
+
+def suite_kl(ctx: Ctx, new_fn: Callable | None = None) -> dict:
+    """First-token and multi-token KL(base || model) on harmless test prompts.
+
+    Multi-token KL is teacher-forced on the base model's own greedy continuation
+    (KL_TOKENS tokens, cached) and averaged over its tokens per prompt.
+    """
+    ref = ctx.reference
+    if ref is None:
+        raise SteerError("suite kl needs a reference model: `steer eval MODEL --reference BASE`, or use `steer compare`")
+    prompts = sample(load_prompts("harmless", "test"), ctx.config.limit("kl"), ctx.config.seed)
+    texts = chat_texts(ctx.tokenizer, [p.text for p in prompts])
+    cont = generate_cached(ref.model, ref.tokenizer, texts, GenSpec(KL_TOKENS), ref.cache, ref.model_id, ctx.config.batch_size, desc="kl: base")
+    prompt_ids = ctx.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    seqs = [p + c["ids"] for p, c in zip(prompt_ids, cont)]
+    per_token = token_kl(logits_fn(ref.model), new_fn or logits_fn(ctx.model), ctx.tokenizer.pad_token_id, seqs,
+                         [len(p) for p in prompt_ids], ctx.config.batch_size, desc="kl")
+    items = [{"id": p.id, "prompt": p.text, "base_continuation": c["text"], "kl_first": k[0], "kl_mean": sum(k) / len(k),
+              "kl_tokens": [round(x, 6) for x in k]} for p, c, k in zip(prompts, cont, per_token)]
+    s = ctx.config.seed
+    return {"metrics": {"kl/first_token": mean([i["kl_first"] for i in items], s),
+                        "kl/multi_token": mean([i["kl_mean"] for i in items], s)}, "items": items, "paired": []}
+
+
+def _capability(name: str) -> Callable[[Ctx], dict]:
+    def run(ctx: Ctx) -> dict:
+        from . import capability
+
+        return capability.run(name, ctx)
+    return run
+
+
+SUITES: dict[str, Callable[[Ctx], dict]] = {
+    "censorship": suite_censorship,
+    "refusal": suite_refusal,
+    "xstest": suite_xstest,
+    "kl": suite_kl,
+    **{name: _capability(name) for name in ("mmlu", "gsm8k", "math500", "aime24", "aime25")},
+}
+
+
+def parse_suites(spec: str) -> list[str]:
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if names == ["all"]:
+        return list(SUITES)
+    unknown = [s for s in names if s not in SUITES]
+    if unknown or not names:
+        raise SteerError(f"unknown suite {', '.join(unknown) or repr(spec)}: choose from {', '.join(SUITES)} (or all)")
+    return names
+
+
+def run_suites(ctx: Ctx, suites: list[str] | None = None) -> dict[str, dict]:
+    """Every suite in order; a suite's failure on bad data stops the run with its message."""
+    random.seed(ctx.config.seed)
+    torch.manual_seed(ctx.config.seed)
+    return {name: SUITES[name](ctx) for name in (suites or ctx.config.suites)}

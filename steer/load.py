@@ -159,10 +159,11 @@ def architecture(folder: Path) -> str:
 
 
 def load_model(spec: str | None = None, dtype: torch.dtype = torch.float32) -> Loaded:
-    """Load MODEL as given on the command line: None (embedded default), a folder, a .gguf file or a hub id."""
+    """Load MODEL as given on the command line: None or "embedded" (the embedded default), a folder,
+    a .gguf file or a hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if spec is None:
+    if spec is None or (spec == "embedded" and not Path(spec).exists()):
         path, source = embedded_checkpoint(), f"embedded:{EMBEDDED_NAME}"
     else:
         path, source = Path(spec), spec

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .collect import residual_means
+from .collect import batched_last_logits, residual_means
 from .directions import DirectionSet, diff_in_means, project_off
-from .edit import orthogonalize
+from .edit import ablated, orthogonalize
 from .errors import SteerError
-from .evaluate import kl_summary, prompt_logits, refusal_eval
+from .evaluate import EvalConfig, logits_fn, run_suites, suite_kl
 from .load import Loaded, checkpoint_hash, load_model
 from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash
 from .report import before_after_table, plot_selection, selection_table, write_report
@@ -94,7 +94,7 @@ def compute_directions(loaded: Loaded, settings: Settings) -> DirectionSet:
     t_val, b_val = _sample(t_val, 2 * settings.n_val, settings.seed), _sample(b_val, 3 * settings.n_val, settings.seed)
     n_pos = post_instruction_length(tok)
     texts = lambda ps: chat_texts(tok, [p.text for p in ps])  # noqa: E731
-    logits = lambda ps: prompt_logits(model, tok, ps, settings.batch_size)  # noqa: E731
+    logits = lambda ps: batched_last_logits(model, tok, texts(ps), settings.batch_size)  # noqa: E731
     _log(f"finding refusal tokens from the model's own refusals ({len(t_train)} target, {len(b_train)} baseline train prompts)")
     t_logits, b_logits = logits(t_train), logits(b_train)
     probe = sorted(random.Random(settings.seed).sample(range(len(t_train)), min(64, len(t_train))))
@@ -132,19 +132,37 @@ def compute_directions(loaded: Loaded, settings: Settings) -> DirectionSet:
     return dirs
 
 
-def eval_groups(settings: Settings) -> dict[str, list[Prompt]]:
-    """Held-out test prompts: sensitive (English, Chinese), harmless and harmful, seeded samples."""
-    n, s = settings.eval_limit, settings.seed
-    return {
-        "sensitive/en": _sample(load_prompts("sensitive", "test", "en"), n, s),
-        "sensitive/zh": _sample(load_prompts("sensitive", "test", "zh"), n, s),
-        "harmless": _sample(load_prompts("harmless", "test"), n, s),
-        "harmful": _sample(load_prompts("harmful", "test"), n, s),
-    }
+def eval_config(settings: Settings) -> EvalConfig:
+    """The before/after evaluation: held-out sensitive (EN, ZH), harmful and harmless prompts."""
+    return EvalConfig(["censorship", "refusal"], limits={"*": settings.eval_limit}, seed=settings.seed,
+                      batch_size=settings.batch_size,
+                      max_new_tokens={"censorship": settings.max_new_tokens, "refusal": settings.max_new_tokens})
+
+
+def _kl(ctx, vector: torch.Tensor, answered: set[str]) -> dict:
+    """KL(base || edited) on harmless test prompts, the edit previewed with hooks (weights untouched)."""
+    from .evaluate import mean
+
+    ctx.reference = ctx
+    base_fn = logits_fn(ctx.model)
+
+    def edited_fn(batch):
+        with ablated(ctx.model, vector):
+            return base_fn(batch)
+
+    kl = suite_kl(ctx, edited_fn)
+    ctx.reference = None
+    # Where the base model over-refused a harmless prompt, a change is the point of the edit;
+    # damage is the change on the harmless prompts it already answered.
+    kept = [i["kl_first"] for i in kl["items"] if i["id"] in answered]
+    kl["metrics"]["kl/first_token (base answers)"] = mean(kept, ctx.config.seed)
+    return kl
 
 
 def abliterate(model: str | None, out: Path, settings: Settings | None = None, force: bool = False) -> dict:
     """Find the refusal direction, orthogonalize it out, evaluate before/after, save to `out`."""
+    from .compare import context
+
     settings = settings or Settings()
     check_output(Path(out), force, (Path(model) if model else None,))
     check_prompts(settings)
@@ -152,32 +170,22 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     loaded = load_model(model)
     _log(f"loaded {loaded.source} ({type(loaded.model).__name__}, {loaded.model.config.num_hidden_layers} layers)")
     dirs = compute_directions(loaded, settings)
-    groups = eval_groups(settings)
-    m, tok = loaded.model, loaded.tokenizer
+    config = eval_config(settings)
     _log("evaluating the base model on held-out prompts")
-    before = refusal_eval(m, tok, groups, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, desc="before")
-    base_logits = prompt_logits(m, tok, groups["harmless"], settings.batch_size)
-    n_edited = orthogonalize(m, dirs.vector())
+    ctx = context(loaded, config)
+    before = run_suites(ctx)
+    answered = {i["id"] for i in before["refusal"]["items"] if i["group"] == "harmless" and not i["refused"]}
+    kl = _kl(ctx, dirs.vector(), answered)
+    n_edited = orthogonalize(loaded.model, dirs.vector())
     _log(f"orthogonalized {n_edited} tensors against layer {dirs.selected[0]}, position {dirs.selected[1]}; evaluating")
-    after = refusal_eval(m, tok, groups, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size, desc="after")
-    new_logits = prompt_logits(m, tok, groups["harmless"], settings.batch_size)
-    after["kl_harmless"] = kl_summary(base_logits, new_logits)
-    # Where the base model over-refused a harmless prompt, a change is the point of the edit;
-    # damage is the change on the harmless prompts it already answered.
-    answered = torch.tensor([not item["refusal"] for item in before["groups"]["harmless"]["items"]])
-    if answered.any():
-        after["kl_harmless_answered"] = kl_summary(base_logits[answered], new_logits[answered])
-    report = {
-        "model": loaded.source,
-        "settings": asdict(settings),
-        "selection": dirs.meta["selection"],
-        "before": before,
-        "after": after,
-    }
+    after = run_suites(context(loaded, config))
+    after["kl"] = kl
+    report = {"model": loaded.source, "settings": asdict(settings), "selection": dirs.meta["selection"],
+              "before": before, "after": after}
     with atomic_dir(Path(out), force) as tmp:
-        save_checkpoint(m, tok, tmp)
+        save_checkpoint(loaded.model, loaded.tokenizer, tmp)
         dirs.save(tmp / "directions.safetensors")
-        plot_selection(dirs.meta["selection"], m.config.num_hidden_layers, tmp / "selection.png")
+        plot_selection(dirs.meta["selection"], loaded.model.config.num_hidden_layers, tmp / "selection.png")
         report["elapsed_s"] = round(time.time() - started, 1)
         write_report(tmp, report)
         write_json(tmp / "steer_manifest.json", manifest(loaded, dirs, report, tmp))
@@ -200,9 +208,8 @@ def manifest(loaded: Loaded, dirs: DirectionSet, report: dict | None, folder: Pa
         "direction": {"layer": dirs.selected[0], "position": dirs.selected[1], "method": dirs.meta.get("method"),
                       "refusal_tokens": dirs.meta.get("selection", {}).get("refusal_token_strings")},
         "metrics": None if report is None else {
-            "before": {g: v["refusal_rate"] for g, v in report["before"]["groups"].items()},
-            "after": {g: v["refusal_rate"] for g, v in report["after"]["groups"].items()},
-            "kl_harmless": report["after"].get("kl_harmless"),
+            side: {f"{suite}/{name}": m["value"] for suite, r in report[side].items() for name, m in r["metrics"].items()}
+            for side in ("before", "after")
         },
         "output_sha256": checkpoint_hash(folder),
     }

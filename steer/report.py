@@ -6,41 +6,35 @@ from pathlib import Path
 
 from .save import write_json
 
-ROW_LABELS = {
-    "sensitive/en": "refusal, sensitive prompts (English)",
-    "sensitive/zh": "refusal, sensitive prompts (Chinese)",
-    "harmless": "refusal, harmless prompts",
-    "harmful": "refusal, harmful prompts",
-}
-
-
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+    return "-" if x is None or x != x else f"{100 * x:.1f}%"
 
 
 def before_after_table(before: dict, after: dict) -> str:
-    """Markdown table of refusal rates per group and harmless KL, before vs after the edit."""
-    lines = ["| metric | n | before | after |", "|---|---:|---:|---:|"]
-    for group, b in before["groups"].items():
-        a = after["groups"][group]
-        label = ROW_LABELS.get(group, f"refusal, {group}")
-        lines.append(f"| {label} | {b['n']} | {_pct(b['refusal_rate'])} | {_pct(a['refusal_rate'])} |")
-    for key, label in (("kl_harmless", "harmless prompts"), ("kl_harmless_answered", "harmless prompts the base model answers")):
-        kl = after.get(key)
-        if kl is not None:
-            lines.append(f"| first-token KL vs base, {label} | {kl['n']} | 0 | {kl['mean']:.4f} |")
+    """Markdown table of every metric (rates in %, KL in nats) before vs after the edit, with n."""
+    lines = ["| suite | metric | n | before | after |", "|---|---|---:|---:|---:|"]
+    for suite, r in after.items():
+        for name, m in r["metrics"].items():
+            b = before.get(suite, {}).get("metrics", {}).get(name)
+            if suite == "kl":
+                lines.append(f"| {suite} | {name} | {m['n']} | 0 | {m['value']:.4f} [{m['ci'][0]:.4f}, {m['ci'][1]:.4f}] |")
+            else:
+                lines.append(f"| {suite} | {name} | {m['n']} | {_pct(b['value']) if b else '-'} | {_pct(m['value'])} |")
     return "\n".join(lines)
 
 
 def examples_markdown(before: dict, after: dict, per_group: int = 3) -> str:
     out = []
-    for group, b in before["groups"].items():
-        a = after["groups"][group]
-        out.append(f"### {group}\n")
-        for item_b, item_a in list(zip(b["items"], a["items"]))[:per_group]:
-            out.append(f"**{item_b['prompt']}**\n")
-            out.append(f"- before: {_quote(item_b['answer'])}")
-            out.append(f"- after: {_quote(item_a['answer'])}\n")
+    for suite in ("censorship", "refusal"):
+        if suite not in before or suite not in after:
+            continue
+        for group in dict.fromkeys(i["group"] for i in before[suite]["items"]):
+            pairs = [(b, a) for b, a in zip(before[suite]["items"], after[suite]["items"]) if b["group"] == group]
+            out.append(f"### {suite}: {group}\n")
+            for b, a in pairs[:per_group]:
+                out.append(f"**{b['prompt']}**\n")
+                out.append(f"- before ({b['label']}): {_quote(b['output'])}")
+                out.append(f"- after ({a['label']}): {_quote(a['output'])}\n")
     return "\n".join(out)
 
 
@@ -58,8 +52,9 @@ def write_report(folder: Path, report: dict) -> str:
         before_after_table(before, after),
         "",
         f"Direction: layer {sel.get('layer')}, position {sel.get('position')} "
-        f"(refusal tokens {sel.get('refusal_token_strings')}); judge: refusal markers (docs/judging.md); "
-        f"greedy decoding, {report['settings']['max_new_tokens']} new tokens; seed {report['settings']['seed']}.",
+        f"(refusal tokens {sel.get('refusal_token_strings')}); judge: markers-v2 (docs/judging.md): refusal = denial, "
+        f"censorship = denial + evasive; greedy decoding, {report['settings']['max_new_tokens']} new tokens; "
+        f"seed {report['settings']['seed']}; KL with 95% bootstrap CI.",
         "",
         "## Direction selection (validation split)\n",
         selection_table(sel) if sel.get("candidates") else "",
@@ -121,3 +116,105 @@ def selection_table(selection: dict) -> str:
     if selection.get("fallback"):
         lines.append(f"Note: {selection['fallback']}.")
     return "\n".join(lines)
+
+
+# ---- steer eval / steer compare ----
+
+def _ci(m: dict) -> str:
+    lo, hi = m.get("ci") or (None, None)
+    return "" if lo is None or hi is None or lo != lo else f" [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or x != x:
+        return "-"
+    return f"{x:.4f}" if abs(x) < 0.01 and x != 0 else f"{x:.3f}"
+
+
+def _metric_rows(results: dict) -> list[tuple[str, str, dict]]:
+    return [(suite, name, m) for suite, r in results.items() for name, m in r["metrics"].items()]
+
+
+def eval_markdown(summary: dict) -> str:
+    """One model: every metric with n and its 95% CI (Wilson for rates, bootstrap for means)."""
+    meta = summary["meta"]
+    lines = [f"# steer eval: {meta['models']['model']}\n", "| suite | metric | n | value | 95% CI |", "|---|---|---:|---:|---|"]
+    for suite, name, m in _metric_rows(summary["results"]):
+        lines.append(f"| {suite} | {name} | {m['n']} | {_fmt(m['value'])} | {_ci(m).strip()} |")
+    lines.append(_meta_line(meta))
+    return "\n".join(lines)
+
+
+def _meta_line(meta: dict) -> str:
+    return (f"\nseed {meta['seed']}; limits {meta['limits'] or 'none (all items)'}; MMLU shots {meta['shots']}; judge "
+            f"{meta['judge']}; steer {meta['steer_version']}, torch {meta['versions']['torch']}, transformers "
+            f"{meta['versions']['transformers']}; {meta['elapsed_s']} s.\n\n`{meta['command']}`")
+
+
+def compare_markdown(comparison: dict) -> str:
+    """Base vs edited per metric, plus the paired tests (exact McNemar, bootstrap CI of the delta)."""
+    meta, base, edited = comparison["meta"], comparison["base"], comparison["edited"]
+    lines = [f"# steer compare: {meta['models']['base']} vs {meta['models']['edited']}\n",
+             "| suite | metric | n | base [95% CI] | edited [95% CI] |", "|---|---|---:|---|---|"]
+    for suite, name, m in _metric_rows(edited):
+        b = base.get(suite, {}).get("metrics", {}).get(name)
+        lines.append(f"| {suite} | {name} | {m['n']} | {_fmt(b['value']) + _ci(b) if b else '-'} | {_fmt(m['value'])}{_ci(m)} |")
+    lines += ["", "## Paired tests (same items, base vs edited)\n",
+              "| suite/field/group | n | base | edited | delta [95% CI] | changed (base only / edited only) | p (McNemar) |",
+              "|---|---:|---:|---:|---|---|---:|"]
+    for name, t in comparison["paired"].items():
+        lo, hi = t["delta_ci"]
+        lines.append(f"| {name} | {t['n']} | {_fmt(t['base'])} | {_fmt(t['edited'])} | {t['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+                     f"{t['base_only']} / {t['edited_only']} | {t['p_value']:.3g} |")
+    lines.append(_meta_line(meta))
+    return "\n".join(lines)
+
+
+def plot_metrics(base: dict, edited: dict | None, path: Path) -> None:
+    """Horizontal bars with 95% CIs for every metric (base and edited side by side)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [("base" if edited else "model", base)] + ([("edited", edited)] if edited else [])
+    rows = _metric_rows(edited or base)
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    h = 0.8 / len(runs)
+    for k, (label, res) in enumerate(runs):
+        ys, vals, errs = [], [], [[], []]
+        for y, (suite, name, _) in enumerate(rows):
+            m = res.get(suite, {}).get("metrics", {}).get(name)
+            if m is None or m["value"] != m["value"]:
+                continue
+            lo, hi = m.get("ci") or (None, None)
+            ys.append(y + k * h)
+            vals.append(m["value"])
+            errs[0].append(0 if lo is None else max(0.0, m["value"] - lo))
+            errs[1].append(0 if hi is None else max(0.0, hi - m["value"]))
+        ax.barh(ys, vals, height=h, xerr=errs, label=label, capsize=2)
+    ax.set_yticks([y + h * (len(runs) - 1) / 2 for y in range(len(rows))], [f"{s}: {n}" for s, n, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("value (rates and accuracies as fractions; KL in nats), 95% CI")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_subject_deltas(base: dict[str, float], edited: dict[str, float], path: Path) -> None:
+    """MMLU accuracy change per subject (edited - base), sorted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    deltas = sorted(((edited[s] - base[s], s) for s in base if s in edited))
+    fig, ax = plt.subplots(figsize=(8, 0.16 * len(deltas) + 1.2))
+    ax.barh(range(len(deltas)), [100 * d for d, _ in deltas], color=["tab:red" if d < 0 else "tab:blue" for d, _ in deltas])
+    ax.set_yticks(range(len(deltas)), [s.replace("_", " ") for _, s in deltas], fontsize=6)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("MMLU accuracy change, edited - base (points)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -27,6 +27,14 @@ def bootstrap_ci(values: list[float], seed: int = 0, n_boot: int = 2000) -> tupl
     return (means[int(0.025 * n_boot)], means[int(0.975 * n_boot) - 1])
 
 
+def paired_bootstrap_ci(base: list[bool] | list[float], edited: list[bool] | list[float], seed: int = 0,
+                        n_boot: int = 2000) -> tuple[float, float]:
+    """95% bootstrap interval of mean(edited - base), resampling items (pairs stay together)."""
+    if len(base) != len(edited):
+        raise ValueError("paired interval needs the same items for both models")
+    return bootstrap_ci([float(e) - float(b) for b, e in zip(base, edited)], seed, n_boot)
+
+
 def mcnemar_exact(base: list[bool], edited: list[bool]) -> dict:
     """Exact two-sided McNemar test on paired outcomes (same items, base vs edited).
 

@@ -57,6 +57,12 @@ def make_model(arch: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+@pytest.fixture(autouse=True)
+def _eval_cache(tmp_path, monkeypatch):
+    """Per-item evaluation caches go to the test's own folder, never the user's."""
+    monkeypatch.setenv("STEER_EVAL_CACHE", str(tmp_path / "eval-cache"))
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()

@@ -41,10 +41,11 @@ def test_abliterate_end_to_end_is_deterministic(tiny):
     assert manifest["input"]["sha256"] == input_hash
     assert manifest["output_sha256"] == checkpoint_hash(tiny / "a")
     assert manifest["settings"]["seed"] == 0 and manifest["prompts"]["target_train"]["sha256"]
-    assert set(report["before"]["groups"]) == {"sensitive/en", "sensitive/zh", "harmless", "harmful"}
-    assert report["after"]["kl_harmless"]["mean"] >= 0
+    assert set(report["before"]) == {"censorship", "refusal"} and set(report["after"]) == {"censorship", "refusal", "kl"}
+    assert set(report["before"]["censorship"]["metrics"]) >= {"refusal/en", "censorship/zh", "degenerate"}
+    assert report["after"]["kl"]["metrics"]["kl/first_token"]["value"] >= 0
     md = (tiny / "a" / "report.md").read_text()
-    assert "| refusal, sensitive prompts (English) | 3 |" in md
+    assert "| censorship | refusal/en | 3 |" in md and "| kl | kl/multi_token |" in md
     assert "(chosen)" in md and "## Direction selection" in md
     # The saved checkpoint is a normal Hugging Face one.
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny / "a")
