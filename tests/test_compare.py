@@ -1,0 +1,89 @@
+"""`steer eval` and `steer compare` as a user runs them, on tiny checkpoints: outputs, paired
+tests, resumable caching, and one-line errors."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_model
+from steer import engine
+from steer.cli import main
+from steer.compare import paired
+from steer.save import save_checkpoint
+
+
+@pytest.fixture
+def ckpts(tmp_path, tokenizer):
+    save_checkpoint(make_model("qwen2"), tokenizer, tmp_path / "base")
+    edited = make_model("qwen2")
+    with torch.no_grad():
+        edited.model.layers[0].mlp.down_proj.weight.mul_(0.5)
+    save_checkpoint(edited, tokenizer, tmp_path / "edited")
+    return tmp_path
+
+
+ARGS = ["--limit", "3", "--max-new-tokens", "censorship=4,xstest=4,gsm8k=6"]
+
+
+def test_compare_writes_json_markdown_plots_and_items(ckpts, data_dir, capsys):
+    out = ckpts / "cmp"
+    rc = main(["compare", str(ckpts / "base"), str(ckpts / "edited"), "--suite", "censorship,xstest,kl,mmlu,gsm8k",
+               "--data-dir", str(data_dir), "--out", str(out), *ARGS])
+    assert rc == 0
+    comp = json.loads((out / "comparison.json").read_text())
+    assert set(comp["edited"]) == {"censorship", "xstest", "kl", "mmlu", "gsm8k"} and "kl" not in comp["base"]
+    assert comp["meta"]["limits"] == {"*": 3} and comp["meta"]["versions"]["torch"]
+    test = comp["paired"]["mmlu/correct"]
+    assert test["n"] == 3 and 0 <= test["p_value"] <= 1 and len(test["delta_ci"]) == 2
+    assert "censorship/censored/en" in comp["paired"]
+    for name in ("report.md", "metrics.png", "mmlu_subjects.png", "base/items/mmlu.jsonl", "edited/items/gsm8k.jsonl",
+                 "edited/items/kl.jsonl"):
+        assert (out / name).is_file(), name
+    item = json.loads((out / "edited" / "items" / "gsm8k.jsonl").read_text().splitlines()[0])
+    assert set(item) >= {"id", "prompt", "output", "extracted", "correct"}
+    md = (out / "report.md").read_text()
+    assert "## Paired tests" in md and "| mmlu | accuracy | 3 |" in md
+    assert "steer compare" in capsys.readouterr().out
+
+
+def test_eval_twice_reuses_the_cache_and_refuses_to_overwrite(ckpts, data_dir, monkeypatch, capsys):
+    args = ["eval", str(ckpts / "base"), "--suite", "censorship,gsm8k", "--data-dir", str(data_dir), "--limit", "3",
+            "--max-new-tokens", "censorship=4,gsm8k=6"]
+    assert main(args + ["--out", str(ckpts / "e1")]) == 0
+    first = (ckpts / "e1" / "items" / "gsm8k.jsonl").read_text()
+    assert main(args + ["--out", str(ckpts / "e1")]) == 2
+    assert "already exists (use --force" in capsys.readouterr().err
+    monkeypatch.setattr(engine, "generate_ids", lambda *a, **k: pytest.fail("regenerated a cached item"))
+    assert main(args + ["--out", str(ckpts / "e1"), "--force"]) == 0
+    assert (ckpts / "e1" / "items" / "gsm8k.jsonl").read_text() == first
+    summary = json.loads((ckpts / "e1" / "summary.json").read_text())
+    assert summary["results"]["censorship"]["metrics"]["refusal/en"]["n"] == 3
+
+
+def test_identical_models_have_no_significant_difference():
+    items = [{"id": str(i), "correct": i % 2 == 0} for i in range(10)]
+    res = paired({"mmlu": {"items": items, "paired": ["correct"]}}, {"mmlu": {"items": items, "paired": ["correct"]}})
+    assert res["mmlu/correct"]["delta"] == 0 and res["mmlu/correct"]["p_value"] == 1.0
+    flipped = [{"id": str(i), "correct": True} for i in range(10)]
+    res = paired({"mmlu": {"items": items, "paired": ["correct"]}}, {"mmlu": {"items": flipped, "paired": ["correct"]}})
+    assert res["mmlu/correct"]["edited_only"] == 5 and res["mmlu/correct"]["delta"] == 0.5
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--suite", "mmlu,bogus"], "unknown suite bogus"),
+    (["--suite", "mmlu", "--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data does not exist"),
+    (["--suite", "mmlu", "--limit", "ten"], "expected N or suite=N"),
+    (["--suite", "mmlu", "--limit", "gsm8k=5"], "not in --suite"),
+    (["--suite", "kl"], "kl needs a reference model"),
+])
+def test_eval_bad_input_is_one_line(ckpts, extra, message, capsys):
+    assert main(["eval", str(ckpts / "base"), "--out", str(ckpts / "x"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (ckpts / "x").exists()
+
+
+def test_eval_wrong_layout_names_the_expected_path(ckpts, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", str(ckpts / "base"), "--suite", "mmlu", "--data-dir", str(tmp_path / "empty"), "--out", str(ckpts / "x")]) == 2
+    assert f"no MMLU data: expected {tmp_path / 'empty'}/capability/mmlu/test" in capsys.readouterr().err

@@ -1,0 +1,78 @@
+"""The evaluation engine: item cache, resumable mapping, batched greedy generation, stop strings."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_model
+from steer import engine
+from steer.engine import GenSpec, ItemCache, cached_map, fingerprint, generate_cached, generate_ids, truncate
+from steer.prompts import chat_texts
+
+PROMPTS = ["Hi", "Tell me a long story about a dragon.", "2+2?", "Name three rivers in Europe, please."]
+
+
+def test_item_cache_survives_reload_and_a_cut_last_line(tmp_path):
+    path = tmp_path / "c.jsonl"
+    ItemCache(path).put({"a": {"x": 1}, "b": [1, 2]})
+    with open(path, "a") as fh:
+        fh.write('{"key": "c", "val')  # an interrupted write
+    cache = ItemCache(path)
+    assert cache["a"] == {"x": 1} and cache["b"] == [1, 2] and "c" not in cache
+
+
+def test_cached_map_computes_only_missing_items(tmp_path):
+    cache, calls = ItemCache(tmp_path / "c.jsonl"), []
+
+    def compute(idx):
+        calls.append(list(idx))
+        return [i * 10 for i in idx]
+
+    keys = [f"k{i}" for i in range(5)]
+    assert cached_map(cache, keys[:3], compute, chunk=2) == [0, 10, 20]
+    assert cached_map(cache, keys, compute, chunk=2, order=lambda i: -i) == [0, 10, 20, 30, 40]
+    assert calls == [[0, 1], [2], [4, 3]]  # the second call computed 3 and 4 only (longest first)
+    reloaded = ItemCache(tmp_path / "c.jsonl")
+    assert cached_map(reloaded, keys, lambda idx: pytest.fail("recomputed"), chunk=2) == [0, 10, 20, 30, 40]
+
+
+def test_batched_generation_matches_one_at_a_time(tokenizer):
+    model = make_model("qwen2")
+    texts = chat_texts(tokenizer, PROMPTS)
+    batched = generate_ids(model, tokenizer, texts, GenSpec(12), batch_size=4)
+    single = [generate_ids(model, tokenizer, [t], GenSpec(12), batch_size=1)[0] for t in texts]
+    assert [b["ids"] for b in batched] == [s["ids"] for s in single]
+    assert all(0 < len(b["ids"]) <= 12 for b in batched)
+
+
+def test_stop_strings_cut_the_answer(tokenizer):
+    model = make_model("llama")
+    texts = chat_texts(tokenizer, PROMPTS[:2])
+    free = generate_ids(model, tokenizer, texts, GenSpec(16))
+    text = free[0]["text"]
+    stop = text[3:5]
+    assert len(stop) == 2
+    stopped = generate_ids(model, tokenizer, texts[:1], GenSpec(16, (stop,)))[0]
+    assert stop not in stopped["text"] and text.startswith(stopped["text"]) and len(stopped["text"]) < len(text)
+    assert truncate("abc STOP def", ["STOP", "de"]) == "abc "
+
+
+def test_fingerprint_follows_the_weights():
+    a, b = make_model("mistral"), make_model("mistral")
+    assert fingerprint(a) == fingerprint(b)
+    with torch.no_grad():
+        b.lm_head.weight[0, 0] += 1e-3
+    assert fingerprint(a) != fingerprint(b)
+
+
+def test_generate_cached_reuses_answers(tokenizer, tmp_path, monkeypatch):
+    model = make_model("qwen2")
+    texts = chat_texts(tokenizer, PROMPTS)
+    cache = ItemCache(tmp_path / "c.jsonl")
+    first = generate_cached(model, tokenizer, texts, GenSpec(6), cache, fingerprint(model))
+    monkeypatch.setattr(engine, "generate_ids", lambda *a, **k: pytest.fail("regenerated a cached item"))
+    again = generate_cached(model, tokenizer, texts, GenSpec(6), ItemCache(tmp_path / "c.jsonl"), fingerprint(model))
+    assert again == first
+    lines = (tmp_path / "c.jsonl").read_text().splitlines()
+    assert len(lines) == len(PROMPTS) and all(json.loads(line)["value"]["ids"] for line in lines)

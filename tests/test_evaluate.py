@@ -1,0 +1,73 @@
+"""Evaluation suites on a tiny model and a miniature data folder: structure, KL maths, errors."""
+
+import pytest
+import torch
+
+from conftest import make_model
+from steer.engine import ItemCache, fingerprint
+from steer.errors import SteerError
+from steer.evaluate import Ctx, EvalConfig, logits_fn, parse_suites, run_suites, token_kl
+from steer.prompts import chat_texts
+from steer.select import first_token_kl
+
+
+def ctx_for(model, tokenizer, config, tmp_path):
+    return Ctx(model, tokenizer, fingerprint(model), ItemCache(tmp_path / "cache.jsonl"), config)
+
+
+@torch.no_grad()
+def test_token_kl_is_zero_for_the_same_model_and_matches_first_token_kl(tokenizer):
+    base, other = make_model("qwen2", seed=0), make_model("qwen2", seed=1)
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in chat_texts(tokenizer, ["Hi", "A longer question here?"])]
+    seqs = [prompts[0] + [65, 66, 67], prompts[1] + [70]]
+    same = token_kl(logits_fn(base), logits_fn(base), tokenizer.pad_token_id, seqs, [len(p) for p in prompts])
+    assert [len(k) for k in same] == [3, 1] and max(abs(x) for k in same for x in k) < 1e-9
+    kl = token_kl(logits_fn(base), logits_fn(other), tokenizer.pad_token_id, seqs, [len(p) for p in prompts])
+    for p, k in zip(prompts, kl):
+        ids = torch.tensor([p])
+        ref = first_token_kl(base(ids).logits[:, -1], other(ids).logits[:, -1])
+        assert k[0] == pytest.approx(float(ref[0]), rel=1e-4)  # entry 0 = first answer token
+    # Entry j = KL at the (j+1)-th continuation token, computed unbatched here.
+    ids = torch.tensor([seqs[0]])
+    lp = torch.log_softmax(base(ids).logits[0].double(), -1)
+    lq = torch.log_softmax(other(ids).logits[0].double(), -1)
+    manual = (lp.exp() * (lp - lq)).sum(-1)[len(prompts[0]) - 1:-1]
+    assert kl[0] == pytest.approx(manual.tolist(), rel=1e-4)
+
+
+def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
+    model = make_model("llama")
+    config = EvalConfig(parse_suites("all"), data_dir, {"*": 4, "mmlu": 4}, max_new_tokens={"gsm8k": 8, "math500": 8, "aime24": 8,
+                        "aime25": 8, "censorship": 6, "refusal": 6, "xstest": 6})
+    ctx = ctx_for(model, tokenizer, config, tmp_path)
+    ctx.reference = ctx_for(make_model("llama", seed=3), tokenizer, config, tmp_path)
+    res = run_suites(ctx)
+    assert list(res) == ["censorship", "refusal", "xstest", "kl", "mmlu", "gsm8k", "math500", "aime24", "aime25"]
+    for suite, r in res.items():
+        for name, m in r["metrics"].items():
+            assert m["n"] > 0 and (m["value"] != m["value"] or 0 <= m["value"]), (suite, name)
+    assert res["censorship"]["metrics"]["refusal/en"]["n"] == 4 and "censorship/zh" in res["censorship"]["metrics"]
+    assert res["xstest"]["metrics"]["refusal/safe"]["n"] == 2  # only the safe prompts
+    assert {i["subject"] for i in res["mmlu"]["items"]} == {"anatomy", "astronomy"}  # 2 per subject
+    assert set(res["mmlu"]["per_subject"]) == {"anatomy", "astronomy"}
+    assert res["kl"]["metrics"]["kl/first_token"]["value"] > 0
+    item = res["gsm8k"]["items"][0]
+    assert set(item) >= {"id", "prompt", "output", "extracted", "answer", "correct"}
+    lo, hi = res["mmlu"]["metrics"]["accuracy"]["ci"]
+    assert 0 <= lo <= res["mmlu"]["metrics"]["accuracy"]["value"] <= hi <= 1
+
+
+def test_suite_errors_name_what_was_expected(tokenizer, tmp_path, data_dir):
+    model = make_model("qwen2")
+    with pytest.raises(SteerError, match="unknown suite mmluu: choose from censorship"):
+        parse_suites("censorship,mmluu")
+    with pytest.raises(SteerError, match="pass --data-dir"):
+        run_suites(ctx_for(model, tokenizer, EvalConfig(["gsm8k"]), tmp_path))
+    with pytest.raises(SteerError, match="kl needs a reference model"):
+        run_suites(ctx_for(model, tokenizer, EvalConfig(["kl"]), tmp_path))
+    (data_dir / "capability" / "gsm8k" / "test.jsonl").unlink()
+    with pytest.raises(SteerError, match=r"no GSM8K data: expected .*capability/gsm8k/test.jsonl"):
+        run_suites(ctx_for(model, tokenizer, EvalConfig(["gsm8k"], data_dir), tmp_path))
+    (data_dir / "overrefusal" / "xstest_prompts.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SteerError, match="expected columns id, prompt, type, label"):
+        run_suites(ctx_for(model, tokenizer, EvalConfig(["xstest"], data_dir), tmp_path))
