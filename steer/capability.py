@@ -15,6 +15,7 @@ import re
 from .answers import boxed, equivalent, last_number
 from .benchmarks import LOADERS, Item, load_mmlu, stratified_subset
 from .engine import GenSpec, cached_map, generate_cached, key
+from .judge import degenerate
 from .mmlu import score_mmlu, summarize
 from .prompts import chat_texts
 
@@ -69,12 +70,13 @@ def run_generative(suite: str, ctx) -> dict:
         pred = extract(suite, o["text"])
         results.append({"id": it.id, "group": it.group, "prompt": it.question, "output": o["text"], "extracted": pred,
                         "answer": it.answer, "correct": equivalent(pred, it.answer),
-                        "hit_limit": len(o["ids"]) >= spec.max_new_tokens})
+                        "hit_limit": len(o["ids"]) >= spec.max_new_tokens, "degenerate": degenerate(o["text"])})
     from .evaluate import rate
 
     return {"metrics": {"accuracy": rate([r["correct"] for r in results]),
-                        "hit_token_limit": rate([r["hit_limit"] for r in results])},
-            "items": results, "paired": ["correct"]}
+                        "hit_token_limit": rate([r["hit_limit"] for r in results]),
+                        "degenerate": rate([r["degenerate"] for r in results])},
+            "items": results, "paired": ["correct", "degenerate"]}
 
 
 def run(suite: str, ctx) -> dict:
