@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import einops
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -33,6 +34,57 @@ def project_off(directions: torch.Tensor, reference: torch.Tensor) -> torch.Tens
     """
     unit = reference.double() / reference.double().norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return directions.double() - (directions.double() * unit).sum(-1, keepdim=True) * unit
+
+
+def remove_span(directions: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """Remove from each direction its component in span(others): the part left is orthogonal to all.
+
+    directions: [..., d]; others: [..., d] (one vector per leading index), [..., m, d] (m vectors
+    per leading index) or [d] (one vector for all). Float64.
+    Used to make the censorship direction orthogonal to the harmful-refusal direction (and the
+    harmless mean), so removing it leaves safety refusals in place.
+    """
+    d = directions.double()
+    o = others.double()
+    if o.dim() == 1 or o.dim() == d.dim():
+        o = o.unsqueeze(-2)
+    if o.dim() != d.dim() + 1:
+        raise ValueError(f"others {tuple(others.shape)} does not match directions {tuple(directions.shape)}")
+    q, _ = torch.linalg.qr(o.transpose(-1, -2))  # [..., d, m] orthonormal columns
+    coeff = einops.einsum(d, q, "... d, ... d m -> ... m")
+    return d - einops.einsum(coeff, q, "... m, ... d m -> ... d")
+
+
+def principal_directions(diffs: torch.Tensor, k: int, mean_direction: torch.Tensor | None = None) -> torch.Tensor:
+    """Top-k principal directions [k, d] (unit, float64) of per-prompt differences diffs [n, d].
+
+    diffs are target activations minus the baseline mean (one row per target prompt), so the
+    first component is close to the diff-in-means direction and the next ones span the rest of
+    the refusal "cone". Signs are fixed so each component points along mean_direction (default:
+    the mean of diffs) where it has a component, making the result deterministic.
+    """
+    if not 1 <= k <= min(diffs.shape):
+        raise ValueError(f"k must be between 1 and {min(diffs.shape)}, got {k}")
+    x = diffs.double()
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)  # uncentred: the mean shift is the signal
+    comps = vh[:k]
+    ref = (x.mean(0) if mean_direction is None else mean_direction.double())
+    signs = torch.sign(comps @ ref)
+    signs[signs == 0] = 1
+    return comps * signs[:, None]
+
+
+def interpolate(directions: torch.Tensor, index: float, position: int = -1) -> torch.Tensor:
+    """Unit direction [d] at a fractional layer index: linear blend of the two neighbouring
+    layers' unit directions at `position` (index 10.25 = 0.75 * layer 10 + 0.25 * layer 11)."""
+    n = directions.shape[0]
+    if not 0 <= index <= n - 1:
+        raise ValueError(f"direction index {index} outside 0..{n - 1}")
+    lo = int(index)
+    hi = min(lo + 1, n - 1)
+    unit = lambda v: v.double() / v.double().norm().clamp_min(1e-12)  # noqa: E731
+    v = (1 - (index - lo)) * unit(directions[lo, position]) + (index - lo) * unit(directions[hi, position])
+    return unit(v)
 
 
 @dataclass

@@ -27,17 +27,22 @@ def orthonormal_basis(directions: torch.Tensor) -> torch.Tensor:
     return q.to(torch.float32)
 
 
-def project_out(weight: torch.Tensor, basis: torch.Tensor, side: Side) -> torch.Tensor:
+def project_out(weight: torch.Tensor, basis: torch.Tensor, side: Side, strength: float = 1.0,
+                preserve_norm: bool = False) -> torch.Tensor:
     """Return `weight` with span(basis) removed from its residual-stream side.
 
     basis: [d_model, k], orthonormal columns (B^T B = I).
     side="out": weight is [d_model, d_in], a map that writes into the residual stream
         (nn.Linear.weight of o_proj/down_proj; a bias [d_model] is treated as d_in = 1):
-        W <- W - B (B^T W).  Every output then has no component in span(B).
+        W <- W - s B (B^T W).  With s = 1 every output has no component in span(B).
     side="in": weight is [n, d_model], rows living in the residual stream (embedding rows):
-        W <- W - (W B) B^T.
+        W <- W - s (W B) B^T.
+    strength s scales the removal (0 = unchanged, 1 = full projection).
+    preserve_norm: afterwards rescale every residual-space vector (a column of an "out" weight,
+    a row of an "in" weight) back to its original norm; directions stay as projected, only
+    magnitudes are restored (norm-preserving abliteration).
     The maths runs in float32 (float64 for float64 weights); the result has weight's dtype.
-    Idempotent: project_out(project_out(W)) == project_out(W) up to rounding.
+    With s = 1: idempotent, project_out(project_out(W)) == project_out(W) up to rounding.
     """
     compute = torch.float64 if weight.dtype == torch.float64 else torch.float32
     w = weight.to(compute)
@@ -45,11 +50,16 @@ def project_out(weight: torch.Tensor, basis: torch.Tensor, side: Side) -> torch.
     if side == "out":
         w2 = w.unsqueeze(-1) if w.dim() == 1 else w
         coeff = einops.einsum(b, w2, "d k, d n -> k n")
-        w2 = w2 - einops.einsum(b, coeff, "d k, k n -> d n")
-        w = w2.squeeze(-1) if w.dim() == 1 else w2
+        new = w2 - strength * einops.einsum(b, coeff, "d k, k n -> d n")
+        if preserve_norm:
+            new = new * (w2.norm(dim=0) / new.norm(dim=0).clamp_min(1e-12))[None, :]
+        w = new.squeeze(-1) if w.dim() == 1 else new
     elif side == "in":
         coeff = einops.einsum(w, b, "n d, d k -> n k")
-        w = w - einops.einsum(coeff, b, "n k, d k -> n d")
+        new = w - strength * einops.einsum(coeff, b, "n k, d k -> n d")
+        if preserve_norm:
+            new = new * (w.norm(dim=1) / new.norm(dim=1).clamp_min(1e-12))[:, None]
+        w = new
     else:
         raise ValueError(f"side must be 'out' or 'in', not {side!r}")
     return w.to(weight.dtype)

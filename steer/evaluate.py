@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .benchmarks import Item, stratified_subset
 from .engine import GenSpec, ItemCache, generate_cached
 from .errors import SteerError
 from .judge import Judge, MarkerJudge, degenerate
@@ -75,8 +76,6 @@ def sample(prompts: list[Prompt], limit: int | None, seed: int) -> list[Prompt]:
     """Seeded subset stratified by topic (proportional), in the original order."""
     if limit is None or limit >= len(prompts):
         return prompts
-    from .benchmarks import Item, stratified_subset
-
     items = [Item(str(i), "", "", group=p.topic) for i, p in enumerate(prompts)]
     return [prompts[int(it.id)] for it in stratified_subset(items, limit, seed)]
 

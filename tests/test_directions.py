@@ -46,3 +46,47 @@ def test_corrupt_directions_file(tmp_path):
         DirectionSet.load(tmp_path)
     with pytest.raises(SteerError, match="no such directions file"):
         DirectionSet.load(tmp_path / "missing.safetensors")
+
+
+def test_remove_span_leaves_a_direction_orthogonal_to_the_others():
+    from steer.directions import remove_span
+
+    g = torch.Generator().manual_seed(0)
+    censor, harmful = torch.randn(4, 3, 16, generator=g), torch.randn(4, 3, 16, generator=g)
+    mean = torch.randn(4, 3, 16, generator=g)
+    both = torch.stack([harmful, mean], dim=-2)  # [L, P, 2, d]: orthogonal to the harmful direction and the mean
+    out = remove_span(censor, both)
+    assert (out * harmful.double()).sum(-1).abs().max() < 1e-10 and (out * mean.double()).sum(-1).abs().max() < 1e-10
+    # What was already orthogonal is untouched; a direction inside the span vanishes.
+    ortho = remove_span(censor, harmful)
+    assert torch.allclose(remove_span(ortho, harmful), ortho)
+    assert remove_span(2 * harmful - mean, both).norm(dim=-1).max() < 1e-10
+
+
+def test_principal_directions_are_orthonormal_signed_and_lead_with_the_mean_shift():
+    from steer.directions import principal_directions
+
+    g = torch.Generator().manual_seed(1)
+    shift = torch.zeros(32, dtype=torch.float64)
+    shift[3] = 5.0
+    diffs = torch.randn(64, 32, generator=g, dtype=torch.float64) * 0.3 + shift
+    comps = principal_directions(diffs, 4)
+    assert comps.shape == (4, 32)
+    assert torch.allclose(comps @ comps.T, torch.eye(4, dtype=torch.float64), atol=1e-10)
+    assert comps[0, 3] > 0.99  # first component = the mean shift, pointing along it
+    assert torch.equal(comps, principal_directions(diffs, 4))
+    with pytest.raises(ValueError):
+        principal_directions(diffs, 0)
+
+
+def test_interpolated_index_blends_neighbouring_layers():
+    from steer.directions import interpolate
+
+    dirs = torch.zeros(3, 1, 4, dtype=torch.float64)
+    dirs[0, 0, 0], dirs[1, 0, 1], dirs[2, 0, 2] = 1, 2, 3
+    assert torch.allclose(interpolate(dirs, 1.0), torch.tensor([0, 1, 0, 0.0], dtype=torch.float64))
+    mid = interpolate(dirs, 0.5)
+    assert torch.allclose(mid, torch.tensor([1, 1, 0, 0.0], dtype=torch.float64) / 2**0.5)
+    assert torch.allclose(interpolate(dirs, 2.0), torch.tensor([0, 0, 1, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError):
+        interpolate(dirs, 2.5)

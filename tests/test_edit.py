@@ -87,3 +87,39 @@ def test_tied_embeddings_are_untied_and_readout_kept():
     assert res.lm_head.weight.data_ptr() != res.embed.weight.data_ptr()
     assert torch.equal(res.lm_head.weight, before)
     assert model.config.tie_word_embeddings is False
+
+
+def test_subspace_projection_removes_rank_k_and_is_idempotent():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(32, 12, generator=g)
+    basis = orthonormal_basis(torch.randn(3, 32, generator=g))
+    out = project_out(w, basis, "out")
+    assert (basis.T @ out).abs().max() < 1e-5  # no output in span(B)
+    assert torch.allclose(project_out(out, basis, "out"), out, atol=1e-6)
+    # The change has rank k = 3 (it lies in span(B)) and everything orthogonal to B is kept.
+    assert torch.linalg.matrix_rank(w - out) == 3
+    perp = torch.eye(32) - basis @ basis.T
+    assert torch.allclose(perp @ out, perp @ w, atol=1e-5)
+
+
+def test_strength_scales_the_removal():
+    g = torch.Generator().manual_seed(3)
+    w, basis = torch.randn(16, 5, generator=g), orthonormal_basis(torch.randn(16, generator=g))
+    half = project_out(w, basis, "out", strength=0.5)
+    assert torch.allclose(basis.T @ half, 0.5 * (basis.T @ w), atol=1e-5)
+    assert torch.equal(project_out(w, basis, "out", strength=0.0), w)
+
+
+@pytest.mark.parametrize("side", ["out", "in"])
+def test_norm_preserving_projection_keeps_vector_norms(side):
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(24, 10, generator=g) if side == "out" else torch.randn(10, 24, generator=g)
+    basis = orthonormal_basis(torch.randn(2, 24, generator=g))
+    out = project_out(w, basis, side, preserve_norm=True)
+    dim = 0 if side == "out" else 1
+    assert torch.allclose(out.norm(dim=dim), w.norm(dim=dim), atol=1e-5)
+    resid = basis.T @ out if side == "out" else out @ basis
+    assert resid.abs().max() < 1e-5  # still orthogonal to the removed span
+    plain = project_out(w, basis, side)
+    cos = torch.nn.functional.cosine_similarity(out, plain, dim=dim)
+    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)  # same directions, only rescaled
