@@ -52,8 +52,7 @@ def test_remove_span_leaves_a_direction_orthogonal_to_the_others():
     from steer.directions import remove_span
 
     g = torch.Generator().manual_seed(0)
-    censor, harmful = torch.randn(4, 3, 16, generator=g), torch.randn(4, 3, 16, generator=g)
-    mean = torch.randn(4, 3, 16, generator=g)
+    censor, harmful, mean = (torch.randn(4, 3, 16, generator=g, dtype=torch.float64) for _ in range(3))
     both = torch.stack([harmful, mean], dim=-2)  # [L, P, 2, d]: orthogonal to the harmful direction and the mean
     out = remove_span(censor, both)
     assert (out * harmful.double()).sum(-1).abs().max() < 1e-10 and (out * mean.double()).sum(-1).abs().max() < 1e-10
