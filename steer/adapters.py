@@ -22,6 +22,7 @@ class Writer:
     """A linear map in each decoder layer whose output is added to the residual stream."""
 
     module: str  # path relative to the decoder layer, e.g. "self_attn.o_proj"
+    component: str  # "attn" or "mlp": edit-strength profiles are set per component
     post_norm: str | None = None  # RMSNorm applied to the output before the residual add
 
 
@@ -45,15 +46,15 @@ _PRE_NORM = Adapter(
     layers="model.layers",
     embed="model.embed_tokens",
     lm_head="lm_head",
-    writers=(Writer("self_attn.o_proj"), Writer("mlp.down_proj")),
+    writers=(Writer("self_attn.o_proj", "attn"), Writer("mlp.down_proj", "mlp")),
 )
 _GEMMA = Adapter(
     layers="model.layers",
     embed="model.embed_tokens",
     lm_head="lm_head",
     writers=(
-        Writer("self_attn.o_proj", post_norm="post_attention_layernorm"),
-        Writer("mlp.down_proj", post_norm="post_feedforward_layernorm"),
+        Writer("self_attn.o_proj", "attn", post_norm="post_attention_layernorm"),
+        Writer("mlp.down_proj", "mlp", post_norm="post_feedforward_layernorm"),
     ),
     norm_offset=1.0,
 )

@@ -6,8 +6,10 @@ the outputs of the same modules, so the two agree up to float rounding (tested).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import einops
@@ -78,26 +80,57 @@ def writer_basis(resolved: Resolved, basis: torch.Tensor, norm: torch.nn.Module 
     return orthonormal_basis((basis * scale[:, None]).T)
 
 
+@dataclass(frozen=True)
+class Profile:
+    """Edit strength per layer for one component (attention or MLP output): `peak` at the
+    fractional layer `center`, falling linearly to `floor` at `width` layers away and staying
+    there. The default, Profile(), is strength 1 at every layer (plain abliteration)."""
+
+    peak: float = 1.0
+    center: float = 0.0
+    width: float = math.inf
+    floor: float = 1.0
+
+    def weights(self, n_layers: int) -> list[float]:
+        return [self.floor + (self.peak - self.floor) * max(0.0, 1 - abs(i - self.center) / self.width)
+                for i in range(n_layers)]
+
+
+def _strengths(res: Resolved, profiles: dict[str, Profile] | None) -> list[list[float]]:
+    """Per layer, per writer: the strength its component's profile gives at that layer."""
+    profiles = profiles or {}
+    unknown = set(profiles) - {w.component for w in res.adapter.writers}
+    if unknown:
+        raise ValueError(f"no writer component {sorted(unknown)}; have {sorted({w.component for w in res.adapter.writers})}")
+    n = len(res.layers)
+    per = {w.component: profiles.get(w.component, Profile()).weights(n) for w in res.adapter.writers}
+    return [[per[w.component][i] for w in res.adapter.writers] for i in range(n)]
+
+
 @torch.no_grad()
-def orthogonalize(model: torch.nn.Module, directions: torch.Tensor) -> int:
+def orthogonalize(model: torch.nn.Module, directions: torch.Tensor, *, profiles: dict[str, Profile] | None = None,
+                  embed: float = 1.0, preserve_norm: bool = False) -> int:
     """Orthogonalize the model's residual writers against directions [d_model] or [k, d_model], in place.
 
-    Edits the embedding and every writer (weight and bias) listed by the adapter. A tied
-    unembedding is untied first so the readout stays as it was. Returns the number of
-    tensors edited.
+    Edits the embedding (strength `embed`) and every writer (weight and bias) listed by the
+    adapter, with the strength its component's profile gives at its layer (default 1
+    everywhere); `preserve_norm` keeps every written vector's norm (see project_out). A tied
+    unembedding is untied first so the readout stays as it was. Returns the number of tensors
+    edited.
     """
     res = resolve(model)
     basis = orthonormal_basis(directions)
+    strengths = _strengths(res, profiles)
     _untie(model, res)
-    res.embed.weight.copy_(project_out(res.embed.weight, basis, "in"))
+    res.embed.weight.copy_(project_out(res.embed.weight, basis, "in", embed, preserve_norm))
     edited = 1
-    for layer_writers in res.writers:
-        for linear, norm in layer_writers:
+    for layer_writers, layer_strengths in zip(res.writers, strengths):
+        for (linear, norm), s in zip(layer_writers, layer_strengths):
             wb = writer_basis(res, basis, norm)
-            linear.weight.copy_(project_out(linear.weight, wb, "out"))
+            linear.weight.copy_(project_out(linear.weight, wb, "out", s, preserve_norm))
             edited += 1
             if linear.bias is not None:
-                linear.bias.copy_(project_out(linear.bias, wb, "out"))
+                linear.bias.copy_(project_out(linear.bias, wb, "out", s, preserve_norm))
                 edited += 1
     return edited
 
@@ -110,31 +143,32 @@ def _untie(model: torch.nn.Module, res: Resolved) -> None:
                 config.tie_word_embeddings = False
 
 
-def _project_output_hook(basis: torch.Tensor):
+def _project_output_hook(basis: torch.Tensor, strength: float = 1.0):
     def hook(module, args, output):
         b = basis.to(device=output.device, dtype=output.dtype)
-        return output - (output @ b) @ b.T
+        return output - strength * (output @ b) @ b.T
     return hook
 
 
-def ablation_hooks(model: torch.nn.Module, directions: torch.Tensor) -> list[torch.utils.hooks.RemovableHandle]:
-    """Register hooks that project the embedding's and every writer's output like the weight edit.
-
-    The caller removes the returned handles; `ablated` does so on exit.
+def ablation_hooks(model: torch.nn.Module, directions: torch.Tensor, *, profiles: dict[str, Profile] | None = None,
+                   embed: float = 1.0) -> list[torch.utils.hooks.RemovableHandle]:
+    """Register hooks that project the embedding's and every writer's output like the weight edit
+    (same strengths; the norm-preserving variant has no hook form). The caller removes the
+    returned handles; `ablated` does so on exit.
     """
     res = resolve(model)
     basis = orthonormal_basis(directions)
-    handles = [res.embed.register_forward_hook(_project_output_hook(basis))]
-    for layer_writers in res.writers:
-        for linear, norm in layer_writers:
-            handles.append(linear.register_forward_hook(_project_output_hook(writer_basis(res, basis, norm))))
+    handles = [res.embed.register_forward_hook(_project_output_hook(basis, embed))]
+    for layer_writers, layer_strengths in zip(res.writers, _strengths(res, profiles)):
+        for (linear, norm), s in zip(layer_writers, layer_strengths):
+            handles.append(linear.register_forward_hook(_project_output_hook(writer_basis(res, basis, norm), s)))
     return handles
 
 
 @contextmanager
-def ablated(model: torch.nn.Module, directions: torch.Tensor) -> Iterator[None]:
-    """Preview the edit without changing weights, for the duration of the block."""
-    handles = ablation_hooks(model, directions)
+def ablated(model: torch.nn.Module, directions: torch.Tensor, **strengths) -> Iterator[None]:
+    """Preview the edit without changing weights, for the duration of the block (profiles=, embed=)."""
+    handles = ablation_hooks(model, directions, **strengths)
     try:
         yield
     finally:

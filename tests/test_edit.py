@@ -123,3 +123,43 @@ def test_norm_preserving_projection_keeps_vector_norms(side):
     plain = project_out(w, basis, side)
     cos = torch.nn.functional.cosine_similarity(out, plain, dim=dim)
     assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)  # same directions, only rescaled
+
+
+def test_profile_weights_peak_and_fall_off():
+    from steer.edit import Profile
+
+    assert Profile().weights(4) == [1.0] * 4
+    w = Profile(peak=1.0, center=2.0, width=2.0, floor=0.2).weights(6)
+    assert w[2] == 1.0 and w[0] == pytest.approx(0.2) and w[5] == pytest.approx(0.2) and w[3] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma2"])
+def test_profiled_hooks_equal_profiled_weight_edit(arch, tokenizer):
+    from steer.edit import Profile
+
+    model = make_model(arch)
+    direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(5))
+    profiles = {"attn": Profile(peak=1.0, center=1.0, width=0.5, floor=0.0), "mlp": Profile(peak=0.7, center=0.0, width=3, floor=0.1)}
+    texts = chat_texts(tokenizer, PROMPTS)
+    with ablated(model, direction, profiles=profiles, embed=0.5):
+        hooked = batched_last_logits(model, tokenizer, texts)
+    with ablated(model, direction):
+        full = batched_last_logits(model, tokenizer, texts)
+    orthogonalize(model, direction, profiles=profiles, embed=0.5)
+    weights = batched_last_logits(model, tokenizer, texts)
+    assert (hooked - weights).abs().max() < 1e-4
+    assert (hooked - full).abs().max() > 1e-3  # partial strengths differ from the full edit
+    res = resolve(model)  # attention strength 0 at layer 0: that writer is untouched
+    assert torch.equal(res.writers[0][0][0].weight, make_model(arch).get_submodule("model.layers.0.self_attn.o_proj").weight)
+
+
+def test_norm_preserving_edit_keeps_writer_column_norms(tokenizer):
+    model, ref = make_model("llama"), make_model("llama")
+    direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(6))
+    orthogonalize(model, direction, preserve_norm=True)
+    for name in ("model.layers.1.mlp.down_proj", "model.layers.2.self_attn.o_proj"):
+        w, w0 = model.get_submodule(name).weight, ref.get_submodule(name).weight
+        assert torch.allclose(w.norm(dim=0), w0.norm(dim=0), atol=1e-5)
+        assert (direction / direction.norm() @ w).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="no writer component"):
+        orthogonalize(model, direction, profiles={"moe": None})
