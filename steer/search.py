@@ -1,0 +1,200 @@
+"""Search: choose the edit's parameters with Optuna, scored without decoding.
+
+A trial picks EditParams (fractional direction index and position, subspace size k, projected
+or plain direction, attention and MLP strength profiles, embedding strength, norm-preserving or
+not), previews the edit (hooks, or a reversible weight edit for the norm-preserving variant) and
+measures on validation prompts, one forward pass each:
+  - target score: mean refusal score (log-odds of the refusal tokens) on refused target prompts
+    (minimized);
+  - KL: mean first-token KL(base || edited) on harmless prompts (minimized);
+  - keep score: mean refusal score on harmful prompts, which must stay above a floor (a
+    constraint, so safety refusals survive).
+The study is multi-objective (TPE, seeded) and stored in a journal file, so a search resumes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .adapters import resolve
+from .collect import batched_last_logits
+from .directions import interpolate, remove_span
+from .edit import Profile, ablated, orthogonalize
+from .select import first_token_kl, refusal_score
+
+
+@dataclass(frozen=True)
+class EditParams:
+    """Everything needed to rebuild an edit from a directions file (stored in the manifest)."""
+
+    index: float  # fractional layer of the main direction (interpolated between layers)
+    position: int  # post-instruction position (-1 = last token)
+    k: int = 1  # subspace size: the main direction plus k - 1 principal components
+    projected: bool = True  # direction variant: projected off the harmless mean, or plain
+    attn: Profile = field(default_factory=Profile)
+    mlp: Profile = field(default_factory=Profile)
+    embed: float = 1.0
+    preserve_norm: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EditParams:
+        return cls(**{**d, "attn": Profile(**d["attn"]), "mlp": Profile(**d["mlp"])})
+
+
+@dataclass
+class SearchInputs:
+    """Directions the search draws from, all float64.
+
+    directions: {"projected": [L, P, d], "plain": [L, P, d]} candidate directions;
+    components: [L, P, K, d] principal components of per-prompt differences (or None: k = 1);
+    keep: [L, P, m, d] vectors every edit direction is made orthogonal to (the harmful-refusal
+    direction, the harmless mean), or None.
+    """
+
+    directions: dict[str, torch.Tensor]
+    components: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
+
+
+def edit_basis(inputs: SearchInputs, p: EditParams) -> torch.Tensor:
+    """The k directions [k, d] (float64) an edit removes, orthogonal to `keep` where given."""
+    dirs = inputs.directions["projected" if p.projected else "plain"]
+    layer = int(round(p.index))
+    vecs = [interpolate(dirs, p.index, p.position)]
+    if p.k > 1:
+        if inputs.components is None or inputs.components.shape[2] < p.k - 1:
+            raise ValueError(f"k = {p.k} needs {p.k - 1} principal components per layer")
+        vecs += list(inputs.components[layer, p.position, : p.k - 1].double())
+    basis = torch.stack(vecs)
+    if inputs.keep is not None:
+        basis = remove_span(basis, inputs.keep[layer, p.position].expand(len(basis), *inputs.keep.shape[2:]))
+    # Orthonormalize in order (the main direction first), dropping what the removal of `keep`
+    # made dependent.
+    q: list[torch.Tensor] = []
+    for v in basis:
+        for u in q:
+            v = v - (u @ v) * u
+        if v.norm() > 1e-6:
+            q.append(v / v.norm())
+    if not q:
+        raise ValueError("the edit direction lies inside the span it must stay orthogonal to")
+    return torch.stack(q)
+
+
+@contextmanager
+def edited(model: torch.nn.Module, basis: torch.Tensor, p: EditParams) -> Iterator[None]:
+    """Preview the edit: hooks, or for the norm-preserving variant a weight edit undone on exit."""
+    profiles = {"attn": p.attn, "mlp": p.mlp}
+    if not p.preserve_norm:
+        with ablated(model, basis.float(), profiles=profiles, embed=p.embed):
+            yield
+        return
+    res = resolve(model)
+    modules = [res.embed] + [lin for layer in res.writers for lin, _ in layer]
+    saved = [(m, m.weight.detach().clone(), None if getattr(m, "bias", None) is None else m.bias.detach().clone()) for m in modules]
+    head, tied = res.lm_head.weight, getattr(model.config, "tie_word_embeddings", None)
+    try:
+        orthogonalize(model, basis.float(), profiles=profiles, embed=p.embed, preserve_norm=True)
+        yield
+    finally:
+        with torch.no_grad():
+            for m, w, b in saved:
+                m.weight.copy_(w)
+                if b is not None:
+                    m.bias.copy_(b)
+        res.lm_head.weight = head
+        if tied is not None:
+            model.config.tie_word_embeddings = tied
+
+
+@dataclass
+class ValData:
+    """Validation prompts (chat-formatted) with the base model's last-position logits."""
+
+    target: list[str]
+    keep: list[str]
+    harmless: list[str]
+    base_target: torch.Tensor
+    base_keep: torch.Tensor
+    base_harmless: torch.Tensor
+    refusal_tokens: list[int]
+
+
+@torch.inference_mode()
+def score(model, tokenizer, basis: torch.Tensor, p: EditParams, val: ValData, batch_size: int = 16) -> dict:
+    """Target and keep refusal scores and harmless first-token KL with the edit applied."""
+    with edited(model, basis, p):
+        logits = batched_last_logits(model, tokenizer, val.target + val.keep + val.harmless, batch_size)
+    t, k = len(val.target), len(val.keep)
+    kl = first_token_kl(val.base_harmless, logits[t + k:])
+    return {"target_score": float(refusal_score(logits[:t], val.refusal_tokens).mean()),
+            "keep_score": float(refusal_score(logits[t:t + k], val.refusal_tokens).mean()) if k else math.nan,
+            "kl": float(kl.mean()), "kl_ucb": float(kl.mean() + 1.96 * kl.std() / len(kl) ** 0.5) if len(kl) > 1 else float(kl.mean())}
+
+
+def suggest(trial, n_layers: int, n_positions: int, k_max: int, layer_frac: tuple[float, float] = (0.2, 0.8)) -> EditParams:
+    """The search space (Optuna trial -> EditParams)."""
+    lo, hi = layer_frac[0] * (n_layers - 1), layer_frac[1] * (n_layers - 1)
+
+    def profile(name: str) -> Profile:
+        return Profile(peak=trial.suggest_float(f"{name}_peak", 0.5, 1.5), center=trial.suggest_float(f"{name}_center", 0, n_layers - 1),
+                       width=trial.suggest_float(f"{name}_width", 1.0, float(n_layers)), floor=trial.suggest_float(f"{name}_floor", 0.0, 1.0))
+
+    return EditParams(index=trial.suggest_float("index", lo, hi), position=trial.suggest_int("position", -n_positions, -1),
+                      k=trial.suggest_int("k", 1, k_max), projected=trial.suggest_categorical("projected", [True, False]),
+                      attn=profile("attn"), mlp=profile("mlp"), embed=trial.suggest_float("embed", 0.0, 1.0),
+                      preserve_norm=trial.suggest_categorical("preserve_norm", [False, True]))
+
+
+def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials: int, seed: int, storage: Path | None = None,
+               keep_floor: float | None = None, batch_size: int = 16, study_name: str = "steer") -> object:
+    """Run (or resume) a seeded multi-objective study: minimize (target score, KL) subject to
+    keep score >= keep_floor. Returns the optuna Study; trial user attrs hold the metrics."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    n_layers, n_pos, _ = inputs.directions["projected"].shape
+    k_max = 1 if inputs.components is None else 1 + inputs.components.shape[2]
+
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    store = None
+    if storage is not None:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        store = JournalStorage(JournalFileBackend(str(storage)))
+    study = optuna.create_study(study_name=study_name, storage=store, sampler=sampler, load_if_exists=True,
+                                directions=["minimize", "minimize"])
+
+    def objective(trial) -> tuple[float, float]:
+        p = suggest(trial, n_layers, n_pos, k_max)
+        m = score(model, tokenizer, edit_basis(inputs, p), p, val, batch_size)
+        for key, value in m.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("params", p.to_dict())
+        if keep_floor is not None:  # feasible when <= 0: harmful prompts still score as refused
+            trial.set_user_attr("violation", keep_floor - m["keep_score"])
+            trial.set_constraint("keep_floor", keep_floor - m["keep_score"])
+        return m["target_score"], m["kl"]
+
+    remaining = n_trials - len([t for t in study.trials if t.state.is_finished()])
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, show_progress_bar=True)
+    return study
+
+
+def pareto(study) -> list[dict]:
+    """Feasible non-dominated trials, lowest KL first: their params and metrics."""
+    feasible = [t for t in study.best_trials if t.user_attrs.get("violation", 0.0) <= 0]
+    rows = [{"trial": t.number, **{k: v for k, v in t.user_attrs.items() if k != "params"}, "params": t.user_attrs["params"]}
+            for t in feasible]
+    return sorted(rows, key=lambda r: r["kl"])

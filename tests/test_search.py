@@ -1,0 +1,75 @@
+"""The edit-parameter search on a tiny model: bases, reversible previews, seeded and resumable studies."""
+
+import pytest
+import torch
+
+pytest.importorskip("optuna")
+
+from conftest import PROMPTS, make_model  # noqa: E402
+from steer.collect import batched_last_logits  # noqa: E402
+from steer.edit import Profile  # noqa: E402
+from steer.prompts import chat_texts  # noqa: E402
+from steer.search import EditParams, SearchInputs, ValData, edit_basis, edited, pareto, run_search, score  # noqa: E402
+
+
+def inputs(d=64, layers=3, pos=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    return SearchInputs({"projected": r(layers, pos, d), "plain": r(layers, pos, d)}, components=r(layers, pos, 2, d),
+                        keep=r(layers, pos, 1, d))
+
+
+def test_edit_basis_is_orthonormal_and_orthogonal_to_keep():
+    inp = inputs()
+    p = EditParams(index=1.3, position=-1, k=3)
+    basis = edit_basis(inp, p)
+    assert basis.shape == (3, 64)
+    assert torch.allclose(basis @ basis.T, torch.eye(3, dtype=torch.float64), atol=1e-10)
+    assert (basis @ inp.keep[1, -1, 0]).abs().max() < 1e-10
+    assert edit_basis(inp, EditParams(index=1.0, position=-2, k=1)).shape == (1, 64)
+
+
+def test_norm_preserving_preview_is_undone(tokenizer):
+    model = make_model("gemma2")  # tied embeddings and post-norms
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    p = EditParams(index=1.0, position=-1, preserve_norm=True, attn=Profile(peak=0.8, center=1, width=2, floor=0.2))
+    texts = chat_texts(tokenizer, PROMPTS)
+    base = batched_last_logits(model, tokenizer, texts)
+    with edited(model, edit_basis(inputs(), p), p):
+        during = batched_last_logits(model, tokenizer, texts)
+    after = model.state_dict()
+    assert (during - base).abs().max() > 1e-4
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def _val(model, tokenizer):
+    t, k, h = (chat_texts(tokenizer, PROMPTS[i::3]) for i in range(3))
+    logits = lambda x: batched_last_logits(model, tokenizer, x)  # noqa: E731
+    return ValData(t, k, h, logits(t), logits(k), logits(h), refusal_tokens=[70, 71])
+
+
+def test_score_is_zero_kl_for_a_zero_strength_edit(tokenizer):
+    model = make_model("qwen2")
+    val = _val(model, tokenizer)
+    zero = Profile(peak=0.0, floor=0.0)
+    p = EditParams(index=1.0, position=-1, attn=zero, mlp=zero, embed=0.0)
+    m = score(model, tokenizer, edit_basis(inputs(), p), p, val)
+    assert m["kl"] < 1e-9
+    assert m["target_score"] == pytest.approx(float(__import__("steer.select", fromlist=["x"]).refusal_score(val.base_target, [70, 71]).mean()), abs=1e-5)
+
+
+def test_search_is_reproducible_with_a_seed_and_resumes(tokenizer, tmp_path):
+    model = make_model("qwen2")
+    val = _val(model, tokenizer)
+    a = run_search(model, tokenizer, inputs(), val, n_trials=4, seed=3, keep_floor=-100.0)
+    b = run_search(model, tokenizer, inputs(), val, n_trials=4, seed=3, keep_floor=-100.0)
+    assert [t.params for t in a.trials] == [t.params for t in b.trials]
+    assert [t.values for t in a.trials] == [t.values for t in b.trials]
+    store = tmp_path / "study.log"
+    first = run_search(model, tokenizer, inputs(), val, n_trials=2, seed=3, storage=store)
+    resumed = run_search(model, tokenizer, inputs(), val, n_trials=4, seed=3, storage=store)
+    assert len(resumed.trials) == 4 and resumed.trials[0].params == first.trials[0].params
+    front = pareto(a)
+    assert front and all(set(r) >= {"trial", "kl", "target_score", "params"} for r in front)
+    assert EditParams.from_dict(front[0]["params"]).to_dict() == front[0]["params"]
