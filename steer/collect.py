@@ -52,35 +52,67 @@ def batched_last_logits(model, tokenizer, texts: list[str], batch_size: int = 16
     return torch.stack(out)  # type: ignore[arg-type]
 
 
-@torch.inference_mode()
-def residual_means(model, tokenizer, texts: list[str], n_positions: int, batch_size: int = 16, desc: str | None = None) -> torch.Tensor:
-    """Mean residual stream [n_layers, n_positions, d_model] (float64) before each decoder layer.
-
-    Position p indexes the last n_positions tokens (p = n_positions - 1 is the last token).
-    """
+def _read_residuals(model, tokenizer, texts: list[str], n_positions: int, batch_size: int, desc: str | None, sink) -> None:
+    """Run every batch with pre-hooks on all decoder layers; sink(layer, row_indices, h) gets the
+    residual stream h [batch, n_positions, d_model] entering each layer."""
     if not texts:
         raise SteerError("no prompts to collect activations from")
     layers = resolve(model).layers
-    d_model = model.get_input_embeddings().weight.shape[1]
-    sums = torch.zeros(len(layers), n_positions, d_model, dtype=torch.float64)
+    rows: list[int] = []
 
     def hook(i: int):
         def read(module, args, kwargs):
             h = args[0] if args else kwargs["hidden_states"]
-            sums[i] += h[:, -n_positions:, :].to(device="cpu", dtype=torch.float64).sum(0)
+            sink(i, rows, h[:, -n_positions:, :].detach().to("cpu"))
         return read
 
     handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     try:
         with tqdm(total=len(texts), desc=desc, disable=desc is None, leave=False) as bar:
             for idx, batch in encode_batches(tokenizer, texts, batch_size):
+                rows[:] = idx
                 last_logits(model, batch)
                 bar.update(len(idx))
     finally:
         for h in handles:
             h.remove()
-    means = sums / len(texts)
-    bad = torch.nonzero(~torch.isfinite(means).all(-1).all(-1)).flatten().tolist()
+
+
+def _check_finite(x: torch.Tensor, layer_dim: int) -> None:
+    bad = torch.nonzero(~torch.isfinite(x).movedim(layer_dim, 0).flatten(1).all(-1)).flatten().tolist()
     if bad:
         raise SteerError(f"non-finite activations (NaN/inf) at layers {bad}: check the checkpoint's weights and dtype")
+
+
+@torch.inference_mode()
+def residual_means(model, tokenizer, texts: list[str], n_positions: int, batch_size: int = 16, desc: str | None = None) -> torch.Tensor:
+    """Mean residual stream [n_layers, n_positions, d_model] (float64) before each decoder layer.
+
+    Position p indexes the last n_positions tokens (p = n_positions - 1 is the last token).
+    Sums are accumulated in float64, so memory does not grow with the number of prompts.
+    """
+    n_layers, d_model = len(resolve(model).layers), model.get_input_embeddings().weight.shape[1]
+    sums = torch.zeros(n_layers, n_positions, d_model, dtype=torch.float64)
+
+    def sink(layer, rows, h):
+        sums[layer] += h.to(torch.float64).sum(0)
+
+    _read_residuals(model, tokenizer, texts, n_positions, batch_size, desc, sink)
+    means = sums / len(texts)
+    _check_finite(means, 0)
     return means
+
+
+@torch.inference_mode()
+def residual_stack(model, tokenizer, texts: list[str], n_positions: int, batch_size: int = 16, desc: str | None = None) -> torch.Tensor:
+    """Per-prompt residual stream [n_prompts, n_layers, n_positions, d_model] (float32), in input
+    order: what principal components of per-prompt differences are computed from."""
+    n_layers, d_model = len(resolve(model).layers), model.get_input_embeddings().weight.shape[1]
+    out = torch.zeros(len(texts), n_layers, n_positions, d_model, dtype=torch.float32)
+
+    def sink(layer, rows, h):
+        out[rows, layer] = h.to(torch.float32)
+
+    _read_residuals(model, tokenizer, texts, n_positions, batch_size, desc, sink)
+    _check_finite(out, 1)
+    return out

@@ -41,3 +41,16 @@ def test_batches_are_length_sorted_and_cover_all(tokenizer):
         widths.append(batch["input_ids"].shape[1])
         assert (batch["attention_mask"][:, -1] == 1).all()  # left padded
     assert sorted(seen) == [0, 1, 2, 3] and widths == sorted(widths)
+
+
+def test_residual_stack_rows_average_to_residual_means(tokenizer):
+    from steer.collect import residual_stack
+
+    model = make_model("qwen2")
+    texts = chat_texts(tokenizer, PROMPTS)
+    stack = residual_stack(model, tokenizer, texts, 3, batch_size=2)
+    means = residual_means(model, tokenizer, texts, 3, batch_size=3)
+    assert stack.shape == (len(texts), model.config.num_hidden_layers, 3, model.config.hidden_size)
+    assert torch.allclose(stack.double().mean(0), means, atol=1e-5)
+    one = residual_stack(model, tokenizer, texts[1:2], 3)  # row order follows the input, not the batching
+    assert torch.allclose(stack[1], one[0], atol=1e-5)
