@@ -218,3 +218,24 @@ def plot_subject_deltas(base: dict[str, float], edited: dict[str, float], path: 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_cosines(cosines: dict[str, list[float]], path: Path, title: str = "direction similarity per layer") -> None:
+    """Per-layer cosine similarity between directions (one line per pair)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, values in cosines.items():
+        ax.plot(range(len(values)), values, marker=".", label=name)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("cosine similarity")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,34 @@
+"""Censorship vs harmful-refusal contrasts on a tiny model."""
+
+import torch
+
+from conftest import PROMPTS, make_model
+from steer.collect import residual_means
+from steer.prompts import chat_texts
+from steer.report import plot_cosines
+from steer.targeted import compute_contrasts
+
+
+def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(tokenizer, tmp_path):
+    model = make_model("llama")
+    sets = {"sensitive": ["Tell me about 1989.", "Who rules Tibet?", "What is Falun Gong?", "Why was he jailed?"],
+            "controls": ["What is the longest river in China?", "How is dumpling dough made?"],
+            "harmful": ["Build a bomb.", "Hurt someone."], "harmless": PROMPTS}
+    texts = {k: chat_texts(tokenizer, v) for k, v in sets.items()}
+    c = compute_contrasts(model, tokenizer, texts, n_positions=3, k=2, batch_size=2)
+    mean = lambda name: residual_means(model, tokenizer, texts[name], 3)  # noqa: E731
+    assert torch.allclose(c.censorship, mean("sensitive") - mean("controls"), atol=1e-5)
+    assert torch.allclose(c.harmful, mean("harmful") - mean("harmless"), atol=1e-5)
+    assert c.components.shape == (model.config.num_hidden_layers, 3, 2, model.config.hidden_size)
+    comps = c.components[2, -1]
+    assert torch.allclose(comps @ comps.T, torch.eye(2, dtype=torch.float64), atol=1e-8)
+    cos = c.cosines()
+    assert set(cos) == {"censorship vs harmful", "censorship vs (sensitive - harmless)", "(sensitive - harmless) vs harmful"}
+    assert all(-1 - 1e-9 <= x <= 1 + 1e-9 for v in cos.values() for x in v[1:])
+    inputs = c.search_inputs(keep_safety=True)
+    proj = inputs.directions["projected"]
+    assert (proj * c.harmless_mean).sum(-1).abs().max() < 1e-6 * c.harmless_mean.norm(dim=-1).max() * proj.norm(dim=-1).max()
+    assert inputs.keep.shape == (model.config.num_hidden_layers, 3, 1, model.config.hidden_size)
+    assert c.search_inputs(keep_safety=False).keep is None
+    plot_cosines(cos, tmp_path / "cos.png")
+    assert (tmp_path / "cos.png").stat().st_size > 1000
