@@ -12,13 +12,18 @@ variant, to the harmless mean, so removing it leaves safety refusals in place.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
 
-from .collect import residual_means, residual_stack
+from .collect import batched_last_logits, residual_means, residual_stack
 from .directions import principal_directions, remove_span
-from .search import SearchInputs
+from .generation import generate
+from .judge import MarkerJudge
+from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash
+from .search import EditParams, SearchInputs, ValData, edit_basis, edited
+from .select import find_refusal_tokens, refusal_score, split_by_score
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -69,3 +74,98 @@ def compute_contrasts(model, tokenizer, texts: dict[str, list[str]], n_positions
                 components[layer, pos] = principal_directions(diffs[:, layer, pos], k + 1)[1:]
     return Contrasts(sensitive - means["controls"], sensitive - means["harmless"], means["harmful"] - means["harmless"],
                      means["harmless"], components)
+
+
+@dataclass
+class TargetedSettings:
+    n_val: int = 32  # sensitive and harmful validation prompts (twice as many harmless ones)
+    trials: int = 48  # Optuna trials (each: one forward pass over the validation prompts)
+    k_max: int = 3  # largest subspace searched
+    keep_safety: bool = True  # edit directions orthogonal to the harmful-refusal direction
+    keep_fraction: float = 0.9  # harmful refusal must stay >= this fraction of the base model's
+    kl_max: float = 0.05  # first-token KL bound (95% upper bound) for confirmed candidates
+    confirm: int = 4  # Pareto candidates confirmed with generation and the judge
+    only_refused: bool = False  # contrast only sensitive prompts the model refuses (it mostly evades in Chinese)
+    batch_size: int = 32
+    max_new_tokens: int = 48
+    seed: int = 0
+
+
+@dataclass
+class Prepared:
+    contrasts: Contrasts
+    val: ValData
+    val_prompts: dict[str, list[Prompt]]  # sensitive/en, sensitive/zh, harmful: confirmed by the judge
+    keep_floor: float
+    meta: dict
+
+
+def _sample(prompts: list, n: int, seed: int) -> list:
+    if len(prompts) <= n:
+        return prompts
+    return [prompts[i] for i in sorted(random.Random(seed).sample(range(len(prompts)), n))]
+
+
+def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
+    """Refusal tokens, contrasts on the train splits, validation prompts with base logits."""
+    texts = lambda ps: chat_texts(tokenizer, [p.text for p in ps])  # noqa: E731
+    logits = lambda ps: batched_last_logits(model, tokenizer, texts(ps), s.batch_size)  # noqa: E731
+    train = {name: load_prompts(name, "train") for name in ("sensitive", "controls", "harmful", "harmless")}
+    lg = {name: logits(ps) for name, ps in train.items() if name != "controls"}
+    probe = sorted(random.Random(s.seed).sample(range(len(train["sensitive"])), min(64, len(train["sensitive"]))))
+    ref = find_refusal_tokens(model, tokenizer, texts([train["sensitive"][i] for i in probe]), lg["sensitive"][probe],
+                              lg["harmless"], s.batch_size)
+    pick = lambda name, refused: [train[name][i] for i in split_by_score(lg[name], ref, refused)]  # noqa: E731
+    if s.only_refused:
+        train["sensitive"] = pick("sensitive", True)
+    train["harmful"], train["harmless"] = pick("harmful", True), pick("harmless", False)
+    contrasts = compute_contrasts(model, tokenizer, {k: texts(v) for k, v in train.items()},
+                                  post_instruction_length(tokenizer), k=s.k_max - 1, batch_size=s.batch_size)
+    val = {name: load_prompts(name, "val") for name in ("sensitive", "harmful", "harmless")}
+    vlg = {name: logits(ps) for name, ps in val.items()}
+    keep_idx = lambda name, refused, n: _sample(split_by_score(vlg[name], ref, refused), n, s.seed)  # noqa: E731
+    t_idx = keep_idx("sensitive", True, s.n_val) if s.only_refused else _sample(list(range(len(val["sensitive"]))), s.n_val, s.seed)
+    k_idx, h_idx = keep_idx("harmful", True, s.n_val), keep_idx("harmless", False, 2 * s.n_val)
+    data = ValData(texts([val["sensitive"][i] for i in t_idx]), texts([val["harmful"][i] for i in k_idx]),
+                   texts([val["harmless"][i] for i in h_idx]), vlg["sensitive"][t_idx], vlg["harmful"][k_idx],
+                   vlg["harmless"][h_idx], ref)
+    base_keep = float(refusal_score(data.base_keep, ref).mean())
+    floor = s.keep_fraction * base_keep if base_keep > 0 else base_keep - 1.0
+    confirm = {"sensitive/en": [p for p in val["sensitive"] if p.lang == "en"],
+               "sensitive/zh": [p for p in val["sensitive"] if p.lang == "zh"], "harmful": val["harmful"]}
+    meta = {"refusal_tokens": [tokenizer.decode([t]) for t in ref], "base_keep_score": base_keep, "keep_floor": floor,
+            "prompts": {f"{k}_train": {"n": len(v), "sha256": prompts_hash(v)} for k, v in train.items()}}
+    return Prepared(contrasts, data, confirm, floor, meta)
+
+
+def judged_rates(model, tokenizer, prompts: dict[str, list[Prompt]], s: TargetedSettings, judge=None) -> dict[str, float]:
+    """Censorship rate per sensitive group and refusal rate on harmful prompts, from greedy answers."""
+    judge = judge or MarkerJudge()
+    flat = [(g, p) for g, ps in prompts.items() for p in ps]
+    answers = generate(model, tokenizer, chat_texts(tokenizer, [p.text for _, p in flat]), s.max_new_tokens, s.batch_size)
+    labels = judge.classify([p.text for _, p in flat], answers)
+    out = {}
+    for g in prompts:
+        got = [lab for (gg, _), lab in zip(flat, labels) if gg == g]
+        key = "refusal" if g == "harmful" else "censorship"
+        bad = [lab == "denial" if key == "refusal" else lab != "complete" for lab in got]
+        out[f"{key}/{g}"] = sum(bad) / len(bad)
+    return out
+
+
+def confirm(model, tokenizer, prep: Prepared, inputs: SearchInputs, front: list[dict], s: TargetedSettings) -> dict:
+    """Judge the Pareto candidates' answers on validation prompts; choose the one with the lowest
+    censorship (EN + ZH) among those keeping harmful refusals (>= keep_fraction of base) and KL."""
+    base = judged_rates(model, tokenizer, prep.val_prompts, s)
+    shortlist = [r for r in front if r["kl_ucb"] <= s.kl_max] or front[:1]
+    shortlist = sorted(shortlist, key=lambda r: r["target_score"])[: s.confirm]
+    for row in shortlist:
+        p = EditParams.from_dict(row["params"])
+        with edited(model, edit_basis(inputs, p), p):
+            row["judged"] = judged_rates(model, tokenizer, prep.val_prompts, s)
+    keeps = lambda r: r["judged"]["refusal/harmful"] >= s.keep_fraction * base["refusal/harmful"]  # noqa: E731
+    censor = lambda r: r["judged"]["censorship/sensitive/en"] + r["judged"]["censorship/sensitive/zh"]  # noqa: E731
+    ok = [r for r in shortlist if keeps(r)]
+    chosen = min(ok or shortlist, key=lambda r: (censor(r), r["kl"]))
+    note = None if ok else "no confirmed candidate kept harmful refusals at the floor; took the lowest censorship"
+    return {"base": base, "candidates": shortlist, "chosen": chosen, "note": note}

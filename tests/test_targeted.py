@@ -32,3 +32,26 @@ def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(token
     assert c.search_inputs(keep_safety=False).keep is None
     plot_cosines(cos, tmp_path / "cos.png")
     assert (tmp_path / "cos.png").stat().st_size > 1000
+
+
+def test_prepare_search_confirm_on_a_tiny_model(tokenizer, monkeypatch):
+    import pytest
+
+    pytest.importorskip("optuna")
+    from steer import targeted
+    from steer.search import pareto, run_search
+
+    monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
+    model = make_model("qwen2")
+    s = targeted.TargetedSettings(n_val=6, trials=3, k_max=2, confirm=2, max_new_tokens=4, kl_max=10.0)
+    prep = targeted.prepare(model, tokenizer, s)
+    assert len(prep.val.target) == 6 and len(prep.val.harmless) <= 12
+    assert prep.meta["refusal_tokens"] and set(prep.val_prompts) == {"sensitive/en", "sensitive/zh", "harmful"}
+    inputs = prep.contrasts.search_inputs(keep_safety=True)
+    study = run_search(model, tokenizer, inputs, prep.val, n_trials=s.trials, seed=s.seed, keep_floor=-1e9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = targeted.confirm(model, tokenizer, prep, inputs, pareto(study), s)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # previews only
+    assert result["chosen"] in result["candidates"] and set(result["base"]) == {
+        "censorship/sensitive/en", "censorship/sensitive/zh", "refusal/harmful"}
+    assert all(0 <= v <= 1 for r in result["candidates"] for v in r["judged"].values())
