@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import sys
 import time
@@ -139,15 +141,16 @@ def eval_config(settings: Settings) -> EvalConfig:
                       max_new_tokens={"censorship": settings.max_new_tokens, "refusal": settings.max_new_tokens})
 
 
-def _kl(ctx, vector: torch.Tensor, answered: set[str]) -> dict:
-    """KL(base || edited) on harmless test prompts, the edit previewed with hooks (weights untouched)."""
+def _kl(ctx, preview, answered: set[str]) -> dict:
+    """KL(base || edited) on harmless test prompts, the edit previewed by `preview()` (a context
+    manager: hooks, or a reversible weight edit), so the base weights are the reference."""
     from .evaluate import mean
 
     ctx.reference = ctx
     base_fn = logits_fn(ctx.model)
 
     def edited_fn(batch):
-        with ablated(ctx.model, vector):
+        with preview():
             return base_fn(batch)
 
     kl = suite_kl(ctx, edited_fn)
@@ -159,10 +162,25 @@ def _kl(ctx, vector: torch.Tensor, answered: set[str]) -> dict:
     return kl
 
 
-def abliterate(model: str | None, out: Path, settings: Settings | None = None, force: bool = False) -> dict:
-    """Find the refusal direction, orthogonalize it out, evaluate before/after, save to `out`."""
+def before_after(loaded: Loaded, config: EvalConfig, preview, apply) -> tuple[dict, dict]:
+    """Evaluate the base model, measure KL against the previewed edit, apply the edit to the
+    weights (apply()), evaluate again. The same engine and suites as `steer eval`."""
     from .compare import context
 
+    _log("evaluating the base model on held-out prompts")
+    ctx = context(loaded, config)
+    before = run_suites(ctx)
+    answered = {i["id"] for i in before["refusal"]["items"] if i["group"] == "harmless" and not i["refused"]}
+    kl = _kl(ctx, preview, answered)
+    apply()
+    _log("evaluating the edited model")
+    after = run_suites(context(loaded, config))
+    after["kl"] = kl
+    return before, after
+
+
+def abliterate(model: str | None, out: Path, settings: Settings | None = None, force: bool = False) -> dict:
+    """Find the refusal direction, orthogonalize it out, evaluate before/after, save to `out`."""
     settings = settings or Settings()
     check_output(Path(out), force, (Path(model) if model else None,))
     check_prompts(settings)
@@ -170,16 +188,13 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     loaded = load_model(model)
     _log(f"loaded {loaded.source} ({type(loaded.model).__name__}, {loaded.model.config.num_hidden_layers} layers)")
     dirs = compute_directions(loaded, settings)
-    config = eval_config(settings)
-    _log("evaluating the base model on held-out prompts")
-    ctx = context(loaded, config)
-    before = run_suites(ctx)
-    answered = {i["id"] for i in before["refusal"]["items"] if i["group"] == "harmless" and not i["refused"]}
-    kl = _kl(ctx, dirs.vector(), answered)
-    n_edited = orthogonalize(loaded.model, dirs.vector())
-    _log(f"orthogonalized {n_edited} tensors against layer {dirs.selected[0]}, position {dirs.selected[1]}; evaluating")
-    after = run_suites(context(loaded, config))
-    after["kl"] = kl
+    vector = dirs.vector()
+
+    def apply():
+        n = orthogonalize(loaded.model, vector)
+        _log(f"orthogonalized {n} tensors against layer {dirs.selected[0]}, position {dirs.selected[1]}")
+
+    before, after = before_after(loaded, eval_config(settings), lambda: ablated(loaded.model, vector), apply)
     report = {"model": loaded.source, "settings": asdict(settings), "selection": dirs.meta["selection"],
               "before": before, "after": after}
     with atomic_dir(Path(out), force) as tmp:
@@ -191,6 +206,66 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
         write_json(tmp / "steer_manifest.json", manifest(loaded, dirs, report, tmp))
     print(selection_table(dirs.meta["selection"]) + "\n")
     print(before_after_table(before, after))
+    return report
+
+
+def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Settings | None = None, force: bool = False,
+                        study: Path | None = None) -> dict:
+    """Remove censorship but keep safety refusals: contrasts (sensitive vs controls, harmful vs
+    harmless), an Optuna search scored without decoding, judge-confirmed Pareto candidates, then
+    the same edit-evaluate-save path as `abliterate`. `study` (a journal file) makes the search
+    resumable; by default it lives in $STEER_CACHE/search/."""
+    from .load import cache_dir
+    from .report import pareto_table, plot_cosines, plot_pareto
+    from .search import EditParams, edit_basis, edited, pareto, run_search, trial_rows
+    from .targeted import TargetedSettings, confirm, prepare
+
+    ts, settings = ts or TargetedSettings(), settings or Settings()
+    check_output(Path(out), force, (Path(model) if model else None,))
+    started = time.time()
+    loaded = load_model(model)
+    m, tok = loaded.model, loaded.tokenizer
+    torch.manual_seed(ts.seed)
+    _log(f"loaded {loaded.source}; measuring censorship and harmful-refusal contrasts")
+    prep = prepare(m, tok, ts)
+    inputs = prep.contrasts.search_inputs(ts.keep_safety)
+    key = hashlib.sha256(json.dumps(asdict(ts), sort_keys=True).encode()).hexdigest()[:16]
+    study = study or cache_dir() / "search" / f"{checkpoint_hash(loaded.path)[:16] if loaded.path else 'model'}-{key}.journal"
+    study.parent.mkdir(parents=True, exist_ok=True)
+    _log(f"searching {ts.trials} trials (study {study}; resumes if interrupted)")
+    st = run_search(m, tok, inputs, prep.val, n_trials=ts.trials, seed=ts.seed, storage=study, keep_floor=prep.keep_floor,
+                    batch_size=ts.batch_size)
+    front = pareto(st)
+    if not front:
+        raise SteerError(f"no search trial kept harmful refusals above the floor {prep.keep_floor:.2f}; try more --trials")
+    _log(f"confirming up to {ts.confirm} of {len(front)} Pareto candidates with generation and the judge")
+    conf = confirm(m, tok, prep, inputs, front, ts)
+    params = EditParams.from_dict(conf["chosen"]["params"])
+    basis = edit_basis(inputs, params)
+    profiles = {"attn": params.attn, "mlp": params.mlp}
+    before, after = before_after(loaded, eval_config(settings), lambda: edited(m, basis, params),
+                                 lambda: orthogonalize(m, basis.float(), profiles=profiles, embed=params.embed,
+                                               preserve_norm=params.preserve_norm))
+    report = {"model": loaded.source, "mode": "targeted", "targeted_settings": asdict(ts), "settings": asdict(settings),
+              "edit": params.to_dict(), "prepare": prep.meta, "confirm": conf, "pareto": front,
+              "cosines": prep.contrasts.cosines(), "before": before, "after": after}
+    with atomic_dir(Path(out), force) as tmp:
+        save_checkpoint(m, tok, tmp)
+        prep.contrasts.save(tmp / "contrasts.safetensors", {"edit": params.to_dict(), "keep_safety": ts.keep_safety})
+        plot_cosines(report["cosines"], tmp / "cosines.png", "cosine similarity per layer (last position)")
+        plot_pareto(trial_rows(st), front, conf["chosen"], tmp / "pareto.png")
+        report["elapsed_s"] = round(time.time() - started, 1)
+        write_json(tmp / "report.json", report)
+        md = "\n".join([f"# steer abliterate --keep-safety: {loaded.source}\n", before_after_table(before, after), "",
+                        f"Edit: {params.to_dict()}", "", "## Pareto front (validation split)\n",
+                        pareto_table(front, conf["candidates"], conf["chosen"]), "", conf["note"] or ""])
+        (tmp / "report.md").write_text(md + "\n", encoding="utf-8")
+        write_json(tmp / "steer_manifest.json", {
+            "steer_version": __version__, "command": " ".join(sys.argv), "input": {"model": loaded.source,
+            "sha256": checkpoint_hash(loaded.path) if loaded.path else None}, "edit": params.to_dict(),
+            "targeted_settings": asdict(ts), "prompts": prep.meta["prompts"], "study": str(study),
+            "output_sha256": checkpoint_hash(tmp)})
+    print(md)
     return report
 
 

@@ -239,3 +239,42 @@ def plot_cosines(cosines: dict[str, list[float]], path: Path, title: str = "dire
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_pareto(trials: list[dict], front: list[dict], chosen: dict | None, path: Path) -> None:
+    """Search trials: target refusal score vs first-token KL; the feasible Pareto front joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ok = [t for t in trials if t.get("violation", 0) <= 0]
+    bad = [t for t in trials if t.get("violation", 0) > 0]
+    ax.scatter([t["kl"] for t in ok], [t["target_score"] for t in ok], s=14, c="tab:blue", label="trial (keeps harmful refusals)")
+    ax.scatter([t["kl"] for t in bad], [t["target_score"] for t in bad], s=14, c="lightgray", label="trial (below harmful floor)")
+    pts = sorted((r["kl"], r["target_score"]) for r in front)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "k-o", ms=4, label="Pareto front")
+    if chosen:
+        ax.scatter([chosen["kl"]], [chosen["target_score"]], marker="*", s=200, c="tab:red", label="chosen", zorder=3)
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel("first-token KL on harmless validation prompts")
+    ax.set_ylabel("refusal score on sensitive validation prompts")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def pareto_table(front: list[dict], confirmed: list[dict], chosen: dict | None) -> str:
+    """Markdown: the Pareto front (search metrics) and, where confirmed, the judged rates."""
+    judged = {r["trial"]: r.get("judged", {}) for r in confirmed}
+    lines = ["| trial | target score | harmful score | KL | KL 95% bound | k | censorship EN / ZH (judged) | harmful refusal (judged) |",
+             "|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in front:
+        j = judged.get(r["trial"], {})
+        mark = " (chosen)" if chosen and r["trial"] == chosen["trial"] else ""
+        cens = f"{_pct(j.get('censorship/sensitive/en'))} / {_pct(j.get('censorship/sensitive/zh'))}" if j else "-"
+        lines.append(f"| {r['trial']}{mark} | {r['target_score']:.2f} | {r['keep_score']:.2f} | {r['kl']:.4f} | {r['kl_ucb']:.4f} | "
+                     f"{r['params']['k']} | {cens} | {_pct(j.get('refusal/harmful')) if j else '-'} |")
+    return "\n".join(lines)

@@ -192,6 +192,12 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
     return study
 
 
+def trial_rows(study) -> list[dict]:
+    """Every finished trial's number, metrics and params."""
+    return [{"trial": t.number, **{k: v for k, v in t.user_attrs.items() if k != "params"}, "params": t.user_attrs["params"]}
+            for t in study.trials if t.state.is_finished() and "params" in t.user_attrs]
+
+
 def pareto(study) -> list[dict]:
     """Feasible non-dominated trials, lowest KL first: their params and metrics."""
     feasible = [t for t in study.best_trials if t.user_attrs.get("violation", 0.0) <= 0]

@@ -12,10 +12,13 @@ variant, to the harmless mean, so removing it leaves safety refusals in place.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .collect import batched_last_logits, residual_means, residual_stack
 from .directions import principal_directions, remove_span
@@ -46,6 +49,18 @@ class Contrasts:
             "censorship vs (sensitive - harmless)": _cos(at(self.censorship), at(self.versus_harmless)).tolist(),
             "(sensitive - harmless) vs harmful": _cos(at(self.versus_harmless), at(self.harmful)).tolist(),
         }
+
+    def save(self, path: Path, meta: dict) -> None:
+        """Tensors as safetensors (what an edit is rebuilt from) and meta as a JSON sidecar."""
+        tensors = {k: getattr(self, k).detach().contiguous() for k in ("censorship", "versus_harmless", "harmful",
+                                                                         "harmless_mean", "components")}
+        save_file(tensors, str(path), metadata={"format": "steer-contrasts"})
+        Path(path).with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False, default=str) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Contrasts:
+        t = load_file(str(path))
+        return cls(t["censorship"], t["versus_harmless"], t["harmful"], t["harmless_mean"], t["components"])
 
     def search_inputs(self, keep_safety: bool = True) -> SearchInputs:
         """Directions for steer.search: projected (off the harmless mean) and plain variants;

@@ -90,3 +90,25 @@ def test_directions_then_edit_cli(tiny, capsys):
     assert main(["edit", str(tiny / "model"), "--directions", str(tiny / "d"), "--out", str(tiny / "e")]) == 0
     _run(tiny, "a")
     assert checkpoint_hash(tiny / "e") == checkpoint_hash(tiny / "a")
+
+
+def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
+    pytest.importorskip("optuna")
+    from steer import targeted
+    from steer.pipeline import targeted_abliterate
+    from steer.targeted import TargetedSettings
+
+    monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
+    ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=2, max_new_tokens=4, kl_max=10.0)
+    settings = Settings(eval_limit=3, max_new_tokens=4)
+    input_hash = checkpoint_hash(tiny / "model")
+    report = targeted_abliterate(str(tiny / "model"), tiny / "t1", ts, settings, study=tiny / "s1.journal")
+    targeted_abliterate(str(tiny / "model"), tiny / "t2", ts, settings, study=tiny / "s2.journal")
+    assert checkpoint_hash(tiny / "model") == input_hash
+    assert (tiny / "t1" / "model.safetensors").read_bytes() == (tiny / "t2" / "model.safetensors").read_bytes()
+    for name in ("report.md", "report.json", "contrasts.safetensors", "cosines.png", "pareto.png", "steer_manifest.json"):
+        assert (tiny / "t1" / name).is_file(), name
+    manifest = json.loads((tiny / "t1" / "steer_manifest.json").read_text())
+    assert manifest["edit"] == report["edit"] and manifest["output_sha256"] == checkpoint_hash(tiny / "t1")
+    assert set(report["after"]) == {"censorship", "refusal", "kl"} and report["pareto"]
+    assert "## Pareto front" in (tiny / "t1" / "report.md").read_text()
