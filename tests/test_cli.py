@@ -107,3 +107,20 @@ def test_chat_keeps_history_and_quits_on_empty_line(setup, capsys, monkeypatch):
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     assert main(["chat", str(setup / "model"), "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.count("model> ") == 2
+
+
+def test_search_writes_the_pareto_front(setup, monkeypatch, capsys):
+    pytest.importorskip("optuna")
+    from steer import targeted
+
+    monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
+    out = setup / "search"
+    rc = main(["search", str(setup / "model"), "--out", str(out), "--trials", "3", "--k-max", "2", "--n-val", "4",
+               "--confirm", "1", "--study", str(setup / "study.journal")])
+    assert rc == 0
+    data = json.loads((out / "pareto.json").read_text())
+    assert data["front"] and len(data["trials"]) == 3 and data["confirm"]["chosen"]["params"]["k"] in (1, 2)
+    for name in ("pareto.png", "cosines.png", "contrasts.safetensors", "search.md"):
+        assert (out / name).is_file(), name
+    assert main(["search", str(setup / "model"), "--out", str(setup / "x"), "--keep-fraction", "2"]) == 2
+    assert "--keep-fraction must be in (0, 1]" in capsys.readouterr().err
