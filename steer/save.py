@@ -26,11 +26,14 @@ def check_output(out: Path, force: bool, inputs: tuple[Path | None, ...] = ()) -
     for src in inputs:
         if src is not None and out.resolve() == Path(src).resolve():
             raise SteerError(f"output folder {out} is the input checkpoint; choose another --out")
+    # Missing parent folders are created (runs/x works on a fresh checkout); the nearest one
+    # that exists must be a writable folder.
     parent = out.resolve().parent
-    if not parent.is_dir():
-        raise SteerError(f"cannot create {out}: parent folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise SteerError(f"cannot create {out}: parent folder {parent} is not writable")
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise SteerError(f"cannot create {out}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        raise SteerError(f"cannot create {out}: folder {existing} is not writable")
 
 
 @contextmanager
@@ -38,6 +41,7 @@ def atomic_dir(out: Path, force: bool) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `out`, on any error it is removed."""
     out = Path(out)
     check_output(out, force)
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.resolve().parent))
     try:
         yield tmp

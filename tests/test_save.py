@@ -32,6 +32,11 @@ def test_output_must_not_be_input(tmp_path):
         check_output(tmp_path / "m", force=True, inputs=(tmp_path / "m",))
 
 
-def test_output_parent_must_exist(tmp_path):
-    with pytest.raises(SteerError, match="parent folder .* does not exist"):
-        check_output(tmp_path / "a" / "b", force=False)
+def test_missing_parents_are_created_but_a_file_in_the_way_is_an_error(tmp_path):
+    check_output(tmp_path / "a" / "b", force=False)  # fine: parents are created on write
+    with atomic_dir(tmp_path / "a" / "b", force=False) as tmp:
+        (tmp / "x").write_text("1")
+    assert (tmp_path / "a" / "b" / "x").read_text() == "1"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SteerError, match="is not a folder"):
+        check_output(tmp_path / "file" / "out", force=False)
