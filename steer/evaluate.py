@@ -132,9 +132,11 @@ def token_kl(base_fn: Callable, new_fn: Callable, pad_id: int, seqs: list[list[i
     """Per-token KL(base || new) along teacher-forced sequences.
 
     seqs[i] = prompt ids + the base model's greedy continuation; n_prompt[i] = prompt length.
-    base_fn/new_fn map a left-padded batch {input_ids, attention_mask, position_ids} to logits
-    [B, T, vocab]. Returns, per sequence, the KL at each predicted continuation token: entry 0
-    is the first answer token (first-token KL), entry j the (j+1)-th.
+    base_fn/new_fn map (left-padded batch {input_ids, attention_mask, position_ids}, keep) to the
+    logits of the last `keep` positions [B, keep, vocab]: only positions that predict answer
+    tokens are computed, so memory grows with the continuation, not the prompt. Returns, per
+    sequence, the KL at each predicted continuation token: entry 0 is the first answer token
+    (first-token KL), entry j the (j+1)-th.
     """
     out: list[list[float]] = [[] for _ in seqs]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
@@ -146,18 +148,22 @@ def token_kl(base_fn: Callable, new_fn: Callable, pad_id: int, seqs: list[list[i
         for r, i in enumerate(idx):
             ids[r, width - len(seqs[i]):], mask[r, width - len(seqs[i]):] = torch.tensor(seqs[i]), 1
         batch = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-        lp = torch.log_softmax(base_fn(batch).double(), -1)
-        lq = torch.log_softmax(new_fn(batch).double(), -1)
-        kl = (lp.exp() * (lp - lq)).sum(-1)  # [B, width]
-        for r, i in enumerate(idx):
-            first = width - len(seqs[i]) + n_prompt[i] - 1  # position predicting the first answer token
-            out[i] = kl[r, first:width - 1].tolist() if len(seqs[i]) > n_prompt[i] else kl[r, first:first + 1].tolist()
+        n_cont = [len(seqs[i]) - n_prompt[i] for i in idx]
+        keep = max(n_cont) + 1  # the last prompt position predicts the first answer token
+        base, new = base_fn(batch, keep), new_fn(batch, keep)
+        for r, i in enumerate(idx):  # row by row: [keep, vocab] in float64 stays small
+            lp, lq = torch.log_softmax(base[r].double(), -1), torch.log_softmax(new[r].double(), -1)
+            kl = (lp.exp() * (lp - lq)).sum(-1)  # [keep]; the last position predicts past the answer
+            first = keep - 1 - n_cont[r]
+            out[i] = kl[first:keep - 1].tolist() if n_cont[r] > 0 else kl[first:first + 1].tolist()
     return out
 
 
 def logits_fn(model: torch.nn.Module) -> Callable:
+    """(batch, keep) -> float32 logits of the last `keep` positions [B, keep, vocab] (on CPU)."""
     device = model.get_input_embeddings().weight.device
-    return lambda b: model(**{k: v.to(device) for k, v in b.items()}, use_cache=False).logits.float().cpu()
+    return lambda b, keep: model(**{k: v.to(device) for k, v in b.items()}, logits_to_keep=keep,
+                                 use_cache=False).logits.float().cpu()
 
 
 def suite_kl(ctx: Ctx, new_fn: Callable | None = None) -> dict:

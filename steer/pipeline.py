@@ -149,9 +149,9 @@ def _kl(ctx, preview, answered: set[str]) -> dict:
     ctx.reference = ctx
     base_fn = logits_fn(ctx.model)
 
-    def edited_fn(batch):
+    def edited_fn(batch, keep):
         with preview():
-            return base_fn(batch)
+            return base_fn(batch, keep)
 
     kl = suite_kl(ctx, edited_fn)
     ctx.reference = None
