@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("edit", help="orthogonalize a saved direction out of a checkpoint and save it")
     p.add_argument("model", nargs="?", metavar="MODEL")
-    p.add_argument("--directions", required=True, type=Path, help="directions.safetensors (or its folder)")
+    p.add_argument("--directions", required=True, type=Path,
+                   help="directions.safetensors, or contrasts.safetensors of a --keep-safety run (rebuilds that edit), or their folder")
     p.add_argument("--layer", type=int, help="use this layer's direction instead of the selected one")
     p.add_argument("--position", type=int, help="token position counted from the end (-1 = last)")
     p.add_argument("--out", required=True, type=Path)
@@ -236,6 +237,18 @@ def _edit(args) -> int:
     from .save import atomic_dir, check_output, save_checkpoint, write_json
 
     check_output(args.out, args.force, (Path(args.model) if args.model else None,))
+    from .targeted import is_contrasts_file, rebuild
+
+    source = args.directions / "contrasts.safetensors" if args.directions.is_dir() else args.directions
+    if is_contrasts_file(source):  # a targeted edit: rebuild it from the recorded parameters
+        loaded = load_model(args.model)
+        params = rebuild(loaded.model, source)
+        with atomic_dir(args.out, args.force) as tmp:
+            save_checkpoint(loaded.model, loaded.tokenizer, tmp)
+            write_json(tmp / "steer_manifest.json", {"input": {"model": loaded.source}, "edit": params.to_dict(),
+                                                     "contrasts": str(source)})
+        print(f"rebuilt the targeted edit {params.to_dict()}; saved to {args.out}")
+        return 0
     dirs = DirectionSet.load(args.directions)
     vector = dirs.vector(args.layer, args.position)
     loaded = load_model(args.model)

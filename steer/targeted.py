@@ -115,6 +115,30 @@ class Prepared:
     meta: dict
 
 
+def rebuild(model: torch.nn.Module, contrasts_file: Path) -> EditParams:
+    """Apply the edit recorded beside a contrasts file (its JSON sidecar holds the chosen
+    EditParams and keep_safety): the same weights `steer abliterate --keep-safety` saved."""
+    from .edit import orthogonalize
+
+    side = Path(contrasts_file).with_suffix(".json")
+    meta = json.loads(side.read_text(encoding="utf-8"))
+    params = EditParams.from_dict(meta.get("edit") or meta["chosen"])
+    basis = edit_basis(Contrasts.load(contrasts_file).search_inputs(meta.get("keep_safety", True)), params)
+    orthogonalize(model, basis.float(), profiles={"attn": params.attn, "mlp": params.mlp}, embed=params.embed,
+                  preserve_norm=params.preserve_norm)
+    return params
+
+
+def is_contrasts_file(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return (fh.metadata() or {}).get("format") == "steer-contrasts"
+    except Exception:
+        return False
+
+
 def _sample(prompts: list, n: int, seed: int) -> list:
     if len(prompts) <= n:
         return prompts

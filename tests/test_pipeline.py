@@ -112,3 +112,17 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
     assert manifest["edit"] == report["edit"] and manifest["output_sha256"] == checkpoint_hash(tiny / "t1")
     assert set(report["after"]) == {"censorship", "refusal", "kl"} and report["pareto"]
     assert "## Pareto front" in (tiny / "t1" / "report.md").read_text()
+
+
+def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):
+    pytest.importorskip("optuna")
+    from steer import targeted
+    from steer.cli import main
+    from steer.pipeline import targeted_abliterate
+    from steer.targeted import TargetedSettings
+
+    monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
+    ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=1, max_new_tokens=4, kl_max=10.0)
+    targeted_abliterate(str(tiny / "model"), tiny / "t", ts, Settings(eval_limit=2, max_new_tokens=4), study=tiny / "s.journal")
+    assert main(["edit", str(tiny / "model"), "--directions", str(tiny / "t"), "--out", str(tiny / "rebuilt")]) == 0
+    assert (tiny / "rebuilt" / "model.safetensors").read_bytes() == (tiny / "t" / "model.safetensors").read_bytes()
