@@ -177,7 +177,11 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
 
     def objective(trial) -> tuple[float, float]:
         p = suggest(trial, n_layers, n_pos, k_max)
-        m = score(model, tokenizer, edit_basis(inputs, p), p, val, batch_size)
+        try:
+            basis = edit_basis(inputs, p)
+        except ValueError:  # no direction left at this layer/position (e.g. identical template tokens)
+            raise optuna.TrialPruned() from None
+        m = score(model, tokenizer, basis, p, val, batch_size)
         for key, value in m.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("params", p.to_dict())
