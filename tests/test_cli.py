@@ -110,7 +110,6 @@ def test_chat_keeps_history_and_quits_on_empty_line(setup, capsys, monkeypatch):
 
 
 def test_search_writes_the_pareto_front(setup, monkeypatch, capsys):
-    pytest.importorskip("optuna")
     from steer import targeted
 
     monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])

@@ -93,7 +93,6 @@ def test_directions_then_edit_cli(tiny, capsys):
 
 
 def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
-    pytest.importorskip("optuna")
     from steer import targeted
     from steer.pipeline import targeted_abliterate
     from steer.targeted import TargetedSettings
@@ -115,7 +114,6 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
 
 
 def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):
-    pytest.importorskip("optuna")
     from steer import targeted
     from steer.cli import main
     from steer.pipeline import targeted_abliterate

@@ -3,13 +3,12 @@
 import pytest
 import torch
 
-pytest.importorskip("optuna")
 
-from conftest import PROMPTS, make_model  # noqa: E402
-from steer.collect import batched_last_logits  # noqa: E402
-from steer.edit import Profile  # noqa: E402
-from steer.prompts import chat_texts  # noqa: E402
-from steer.search import EditParams, SearchInputs, ValData, edit_basis, edited, pareto, run_search, score  # noqa: E402
+from conftest import PROMPTS, make_model
+from steer.collect import batched_last_logits
+from steer.edit import Profile
+from steer.prompts import chat_texts
+from steer.search import EditParams, SearchInputs, ValData, edit_basis, edited, pareto, run_search, score
 
 
 def inputs(d=64, layers=3, pos=2, seed=0):

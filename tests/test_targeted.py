@@ -35,9 +35,6 @@ def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(token
 
 
 def test_prepare_search_confirm_on_a_tiny_model(tokenizer, monkeypatch):
-    import pytest
-
-    pytest.importorskip("optuna")
     from steer import targeted
     from steer.search import pareto, run_search
 
