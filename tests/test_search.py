@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-
 from conftest import PROMPTS, make_model
 from steer.collect import batched_last_logits
 from steer.edit import Profile
