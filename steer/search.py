@@ -37,6 +37,7 @@ class EditParams:
     position: int  # post-instruction position (-1 = last token)
     k: int = 1  # subspace size: the main direction plus k - 1 principal components
     projected: bool = True  # direction variant: projected off the harmless mean, or plain
+    contrast: str = "censorship"  # which contrast the main direction comes from (SearchInputs.directions)
     attn: Profile = field(default_factory=Profile)
     mlp: Profile = field(default_factory=Profile)
     embed: float = 1.0
@@ -54,7 +55,7 @@ class EditParams:
 class SearchInputs:
     """Directions the search draws from, all float64.
 
-    directions: {"projected": [L, P, d], "plain": [L, P, d]} candidate directions;
+    directions: {"<contrast>/projected" or "<contrast>/plain": [L, P, d]} candidate directions;
     components: [L, P, K, d] principal components of per-prompt differences (or None: k = 1);
     keep: [L, P, m, d] vectors every edit direction is made orthogonal to (the harmful-refusal
     direction, the harmless mean), or None.
@@ -67,7 +68,7 @@ class SearchInputs:
 
 def edit_basis(inputs: SearchInputs, p: EditParams) -> torch.Tensor:
     """The k directions [k, d] (float64) an edit removes, orthogonal to `keep` where given."""
-    dirs = inputs.directions["projected" if p.projected else "plain"]
+    dirs = inputs.directions[f"{p.contrast}/{'projected' if p.projected else 'plain'}"]
     layer = int(round(p.index))
     vecs = [interpolate(dirs, p.index, p.position)]
     if p.k > 1:
@@ -141,7 +142,8 @@ def score(model, tokenizer, basis: torch.Tensor, p: EditParams, val: ValData, ba
             "kl": float(kl.mean()), "kl_ucb": float(kl.mean() + 1.96 * kl.std() / len(kl) ** 0.5) if len(kl) > 1 else float(kl.mean())}
 
 
-def suggest(trial, n_layers: int, n_positions: int, k_max: int, layer_frac: tuple[float, float] = (0.2, 0.8)) -> EditParams:
+def suggest(trial, n_layers: int, n_positions: int, k_max: int, contrasts: list[str],
+            layer_frac: tuple[float, float] = (0.2, 0.8)) -> EditParams:
     """The search space (Optuna trial -> EditParams)."""
     lo, hi = layer_frac[0] * (n_layers - 1), layer_frac[1] * (n_layers - 1)
 
@@ -151,6 +153,7 @@ def suggest(trial, n_layers: int, n_positions: int, k_max: int, layer_frac: tupl
 
     return EditParams(index=trial.suggest_float("index", lo, hi), position=trial.suggest_int("position", -n_positions, -1),
                       k=trial.suggest_int("k", 1, k_max), projected=trial.suggest_categorical("projected", [True, False]),
+                      contrast=trial.suggest_categorical("contrast", contrasts),
                       attn=profile("attn"), mlp=profile("mlp"), embed=trial.suggest_float("embed", 0.0, 1.0),
                       preserve_norm=trial.suggest_categorical("preserve_norm", [False, True]))
 
@@ -162,7 +165,8 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    n_layers, n_pos, _ = inputs.directions["projected"].shape
+    n_layers, n_pos, _ = next(iter(inputs.directions.values())).shape
+    contrasts = sorted({name.split("/")[0] for name in inputs.directions})
     k_max = 1 if inputs.components is None else 1 + inputs.components.shape[2]
 
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
@@ -176,7 +180,7 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
                                 directions=["minimize", "minimize"])
 
     def objective(trial) -> tuple[float, float]:
-        p = suggest(trial, n_layers, n_pos, k_max)
+        p = suggest(trial, n_layers, n_pos, k_max, contrasts)
         try:
             basis = edit_basis(inputs, p)
         except ValueError:  # no direction left at this layer/position (e.g. identical template tokens)

@@ -63,10 +63,14 @@ class Contrasts:
         return cls(t["censorship"], t["versus_harmless"], t["harmful"], t["harmless_mean"], t["components"])
 
     def search_inputs(self, keep_safety: bool = True) -> SearchInputs:
-        """Directions for steer.search: projected (off the harmless mean) and plain variants;
-        with keep_safety every edit direction is made orthogonal to the harmful direction."""
+        """Directions for steer.search: the censorship and the sensitive-vs-harmless contrasts, each
+        projected (off the harmless mean) and plain; with keep_safety every edit direction is made
+        orthogonal to the harmful direction."""
+        dirs = {}
+        for name, d in (("censorship", self.censorship), ("versus_harmless", self.versus_harmless)):
+            dirs[f"{name}/projected"], dirs[f"{name}/plain"] = remove_span(d, self.harmless_mean), d.double()
         return SearchInputs(
-            directions={"projected": remove_span(self.censorship, self.harmless_mean), "plain": self.censorship.double()},
+            directions=dirs,
             components=self.components,
             keep=self.harmful.double().unsqueeze(-2) if keep_safety else None,
         )
@@ -100,7 +104,9 @@ class TargetedSettings:
     keep_fraction: float = 0.9  # harmful refusal must stay >= this fraction of the base model's
     kl_max: float = 0.05  # first-token KL bound (95% upper bound) for confirmed candidates
     confirm: int = 4  # Pareto candidates confirmed with generation and the judge
-    only_refused: bool = False  # contrast only sensitive prompts the model refuses (it mostly evades in Chinese)
+    # Score (and contrast) only sensitive prompts the model refuses: with all of them the search
+    # found low-KL edits whose answers did not change (a first real-model run, session 2).
+    only_refused: bool = True
     batch_size: int = 32
     max_new_tokens: int = 48
     seed: int = 0

@@ -13,7 +13,8 @@ from steer.search import EditParams, SearchInputs, ValData, edit_basis, edited, 
 def inputs(d=64, layers=3, pos=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    return SearchInputs({"projected": r(layers, pos, d), "plain": r(layers, pos, d)}, components=r(layers, pos, 2, d),
+    return SearchInputs({"censorship/projected": r(layers, pos, d), "censorship/plain": r(layers, pos, d)},
+                        components=r(layers, pos, 2, d),
                         keep=r(layers, pos, 1, d))
 
 

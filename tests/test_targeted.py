@@ -26,7 +26,8 @@ def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(token
     assert set(cos) == {"censorship vs harmful", "censorship vs (sensitive - harmless)", "(sensitive - harmless) vs harmful"}
     assert all(-1 - 1e-9 <= x <= 1 + 1e-9 for v in cos.values() for x in v[1:])
     inputs = c.search_inputs(keep_safety=True)
-    proj = inputs.directions["projected"]
+    assert set(inputs.directions) == {"censorship/projected", "censorship/plain", "versus_harmless/projected", "versus_harmless/plain"}
+    proj = inputs.directions["censorship/projected"]
     assert (proj * c.harmless_mean).sum(-1).abs().max() < 1e-6 * c.harmless_mean.norm(dim=-1).max() * proj.norm(dim=-1).max()
     assert inputs.keep.shape == (model.config.num_hidden_layers, 3, 1, model.config.hidden_size)
     assert c.search_inputs(keep_safety=False).keep is None
