@@ -19,7 +19,6 @@ import json
 import re
 import urllib.error
 import urllib.request
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from difflib import SequenceMatcher
 from typing import Protocol
@@ -187,14 +186,6 @@ def make_judge(spec: str | None) -> Judge:
 def is_refusal(response: str) -> bool:
     """Denial by the marker rules (used where no prompt is at hand, e.g. finding refusal tokens)."""
     return classify("", response) == "denial"
-
-
-def rates(labels: list[str]) -> dict:
-    """Counts and shares of each label; refusal = denial, censorship = denial + evasive."""
-    n, c = len(labels), Counter(labels)
-    share = (lambda k: k / n) if n else (lambda k: float("nan"))
-    return {"n": n, "counts": {k: c[k] for k in LABELS}, "refusal_rate": share(c["denial"]),
-            "censorship_rate": share(c["denial"] + c["evasive"])}
 
 
 def agreement(gold: list[str], pred: list[str]) -> dict:

@@ -23,7 +23,7 @@ from .edit import ablated, orthogonalize
 from .errors import SteerError
 from .evaluate import EvalConfig, logits_fn, run_suites, suite_kl
 from .load import Loaded, checkpoint_hash, load_model
-from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash
+from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash, seeded_sample
 from .report import before_after_table, plot_selection, selection_table, write_report
 from .save import atomic_dir, check_output, save_checkpoint, write_json
 from .select import find_refusal_tokens, select_direction, split_by_score
@@ -48,13 +48,6 @@ def _log(msg: str) -> None:
     print(f"[steer] {msg}", file=sys.stderr, flush=True)
 
 
-def _sample(prompts: list[Prompt], n: int, seed: int) -> list[Prompt]:
-    if len(prompts) <= n:
-        return prompts
-    picked = random.Random(seed).sample(range(len(prompts)), n)
-    return [prompts[i] for i in sorted(picked)]
-
-
 def train_val(source: str, seed: int) -> tuple[list[Prompt], list[Prompt]]:
     """Train and validation prompts: the file's own split, else a seeded 80/20 cut."""
     prompts = load_prompts(source)
@@ -74,9 +67,7 @@ def train_val(source: str, seed: int) -> tuple[list[Prompt], list[Prompt]]:
 def _kept_sample(prompts: list[Prompt], logits: torch.Tensor, ref_tokens: list[int], refused: bool, n: int,
                  seed: int) -> tuple[list[Prompt], torch.Tensor]:
     """Prompts the model refuses (or answers), a seeded sample of n of them, and their logits."""
-    idx = split_by_score(logits, ref_tokens, refused)
-    if len(idx) > n:
-        idx = [idx[i] for i in sorted(random.Random(seed).sample(range(len(idx)), n))]
+    idx = seeded_sample(split_by_score(logits, ref_tokens, refused), n, seed)
     return [prompts[i] for i in idx], logits[idx]
 
 
@@ -93,7 +84,7 @@ def compute_directions(loaded: Loaded, settings: Settings) -> DirectionSet:
     t_train, t_val = train_val(settings.target, settings.seed)
     b_train, b_val = train_val(settings.baseline, settings.seed)
     # Sample twice what selection needs: filtering by refusal below drops some.
-    t_val, b_val = _sample(t_val, 2 * settings.n_val, settings.seed), _sample(b_val, 3 * settings.n_val, settings.seed)
+    t_val, b_val = seeded_sample(t_val, 2 * settings.n_val, settings.seed), seeded_sample(b_val, 3 * settings.n_val, settings.seed)
     n_pos = post_instruction_length(tok)
     texts = lambda ps: chat_texts(tok, [p.text for p in ps])  # noqa: E731
     logits = lambda ps: batched_last_logits(model, tok, texts(ps), settings.batch_size)  # noqa: E731

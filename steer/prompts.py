@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,13 @@ def _read_csv(path: Path, column: str | None) -> list[Prompt]:
         if col is None or col not in fields:
             raise SteerError(f"{path}: no column {column or '/'.join(TEXT_KEYS)} (columns: {', '.join(fields) or 'none'}); name one with {path}:COLUMN")
         return [Prompt(f"{path.stem}-{i}", row[col].strip()) for i, row in enumerate(reader, 1) if (row[col] or "").strip()]
+
+
+def seeded_sample(items: list, n: int, seed: int) -> list:
+    """n items drawn with a seeded RNG, kept in their original order (all of them if n >= len)."""
+    if len(items) <= n:
+        return items
+    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), n))]
 
 
 def prompts_hash(prompts: list[Prompt]) -> str:

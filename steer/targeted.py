@@ -24,7 +24,7 @@ from .collect import batched_last_logits, residual_means, residual_stack
 from .directions import principal_directions, remove_span
 from .generation import generate
 from .judge import MarkerJudge
-from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash
+from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash, seeded_sample
 from .search import EditParams, SearchInputs, ValData, edit_basis, edited
 from .select import find_refusal_tokens, refusal_score, split_by_score
 
@@ -145,12 +145,6 @@ def is_contrasts_file(path: Path) -> bool:
         return False
 
 
-def _sample(prompts: list, n: int, seed: int) -> list:
-    if len(prompts) <= n:
-        return prompts
-    return [prompts[i] for i in sorted(random.Random(seed).sample(range(len(prompts)), n))]
-
-
 def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
     """Refusal tokens, contrasts on the train splits, validation prompts with base logits."""
     texts = lambda ps: chat_texts(tokenizer, [p.text for p in ps])  # noqa: E731
@@ -168,8 +162,8 @@ def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
                                   post_instruction_length(tokenizer), k=s.k_max - 1, batch_size=s.batch_size)
     val = {name: load_prompts(name, "val") for name in ("sensitive", "harmful", "harmless")}
     vlg = {name: logits(ps) for name, ps in val.items()}
-    keep_idx = lambda name, refused, n: _sample(split_by_score(vlg[name], ref, refused), n, s.seed)  # noqa: E731
-    t_idx = keep_idx("sensitive", True, s.n_val) if s.only_refused else _sample(list(range(len(val["sensitive"]))), s.n_val, s.seed)
+    keep_idx = lambda name, refused, n: seeded_sample(split_by_score(vlg[name], ref, refused), n, s.seed)  # noqa: E731
+    t_idx = keep_idx("sensitive", True, s.n_val) if s.only_refused else seeded_sample(list(range(len(val["sensitive"]))), s.n_val, s.seed)
     k_idx, h_idx = keep_idx("harmful", True, s.n_val), keep_idx("harmless", False, 2 * s.n_val)
     data = ValData(texts([val["sensitive"][i] for i in t_idx]), texts([val["harmful"][i] for i in k_idx]),
                    texts([val["harmless"][i] for i in h_idx]), vlg["sensitive"][t_idx], vlg["harmful"][k_idx],
