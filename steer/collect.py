@@ -33,9 +33,16 @@ def encode_batches(tokenizer, texts: list[str], batch_size: int) -> Iterator[tup
         yield idx, {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
 
 
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where input ids go: the embedding's device. An embedding offloaded by accelerate has its
+    weight on "meta"; its hooks then take CPU inputs and move them where the weight is loaded."""
+    device = model.get_input_embeddings().weight.device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 def last_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Float32 logits [batch, vocab] at the last position (the model's first answer token)."""
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     out = model(**{k: v.to(device) for k, v in batch.items()}, logits_to_keep=1, use_cache=False)
     return out.logits[:, -1].float().cpu()
 

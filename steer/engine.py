@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from .collect import encode_batches
+from .collect import encode_batches, input_device
 
 
 def key(*parts) -> str:
@@ -94,7 +94,7 @@ def generate_ids(model, tokenizer, texts: list[str], spec: GenSpec, batch_size: 
     eos = set(eos if isinstance(eos, list) else [eos])
     config = GenerationConfig(max_new_tokens=spec.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=sorted(eos), stop_strings=list(spec.stop) or None)
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     out: list[dict] = [{}] * len(texts)
     bar = tqdm(total=len(texts), desc=desc, disable=desc is None, leave=False)
     for idx, batch in encode_batches(tokenizer, texts, batch_size):

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .benchmarks import Item, stratified_subset
+from .collect import input_device
 from .engine import GenSpec, ItemCache, generate_cached
 from .errors import SteerError
 from .judge import Judge, MarkerJudge, degenerate
@@ -161,7 +162,7 @@ def token_kl(base_fn: Callable, new_fn: Callable, pad_id: int, seqs: list[list[i
 
 def logits_fn(model: torch.nn.Module) -> Callable:
     """(batch, keep) -> float32 logits of the last `keep` positions [B, keep, vocab] (on CPU)."""
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     return lambda b, keep: model(**{k: v.to(device) for k, v in b.items()}, logits_to_keep=keep,
                                  use_cache=False).logits.float().cpu()
 

@@ -158,9 +158,15 @@ def architecture(folder: Path) -> str:
     return archs[0]
 
 
-def load_model(spec: str | None = None, dtype: torch.dtype = torch.float32) -> Loaded:
+def load_model(spec: str | None = None, dtype: torch.dtype = torch.float32, device_map: str | dict | None = None,
+               offload_folder: Path | None = None, max_memory: dict | None = None) -> Loaded:
     """Load MODEL as given on the command line: None or "embedded" (the embedded default), a folder,
-    a .gguf file or a hub id."""
+    a .gguf file or a hub id.
+
+    device_map / max_memory / offload_folder go to accelerate (through from_pretrained): layers
+    that do not fit go to other devices, CPU or disk, so directions can be measured on a model
+    larger than memory (docs/memory.md). Weight edits of such a model use the streaming editor.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec is None or (spec == "embedded" and not Path(spec).exists()):
@@ -170,31 +176,35 @@ def load_model(spec: str | None = None, dtype: torch.dtype = torch.float32) -> L
         if path.suffix == ".gguf":
             if not path.is_file():
                 raise SteerError(f"no such GGUF file: {path}")
+            if device_map is not None:
+                raise SteerError(f"--device-map needs a safetensors checkpoint, not {path}: convert the GGUF first")
             model, tok = _load_gguf(path, dtype)
             adapter_for(type(model).__name__)
             return Loaded(model.eval(), _prepare(tok), source, None)
         if not path.exists():
             if spec.count("/") == 1 and not spec.startswith((".", "/")):
-                return _load_hub(spec, dtype)
+                return _load_hub(spec, dtype, device_map, offload_folder, max_memory)
             raise SteerError(f"no such model folder: {path}")
     architecture(path)
     weight_files(path)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        placement = {} if device_map is None else {"device_map": device_map, "offload_folder": offload_folder,
+                                                   "max_memory": max_memory}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **placement)
     except Exception as exc:
         raise SteerError(f"cannot load checkpoint {path}: {_one_line(exc)}") from None
     return Loaded(model.eval(), _prepare(tok), source, path)
 
 
-def _load_hub(repo: str, dtype: torch.dtype) -> Loaded:
+def _load_hub(repo: str, dtype: torch.dtype, *placement) -> Loaded:
     from huggingface_hub import snapshot_download
 
     try:
         folder = Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
     except Exception as exc:
         raise SteerError(f"cannot fetch {repo!r} from the Hugging Face hub: {_one_line(exc)}") from None
-    loaded = load_model(str(folder), dtype)
+    loaded = load_model(str(folder), dtype, *placement)
     loaded.source = repo
     return loaded
 

@@ -54,3 +54,24 @@ def test_residual_stack_rows_average_to_residual_means(tokenizer):
     assert torch.allclose(stack.double().mean(0), means, atol=1e-5)
     one = residual_stack(model, tokenizer, texts[1:2], 3)  # row order follows the input, not the batching
     assert torch.allclose(stack[1], one[0], atol=1e-5)
+
+
+def test_collection_with_layers_offloaded_to_disk(tmp_path, tokenizer):
+    """A model larger than memory: accelerate keeps some layers on disk (device_map) and the
+    directions measured through them equal the in-memory ones."""
+    from steer.load import load_model
+
+    model = make_model("qwen2")
+    model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    device_map = {"model.embed_tokens": "disk", "model.layers.0": "cpu", "model.layers.1": "disk", "model.layers.2": "disk",
+                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "disk"}
+    offloaded = load_model(str(tmp_path / "ckpt"), device_map=device_map, offload_folder=tmp_path / "offload")
+    # Really not in memory (accelerate reads these straight from the safetensors file when used).
+    assert offloaded.model.model.layers[1].mlp.down_proj.weight.device.type == "meta"
+    texts = chat_texts(tokenizer, PROMPTS)
+    got = residual_means(offloaded.model, offloaded.tokenizer, texts, 3, batch_size=2)
+    want = residual_means(model, tokenizer, texts, 3, batch_size=2)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched_last_logits(offloaded.model, offloaded.tokenizer, texts),
+                               batched_last_logits(model, tokenizer, texts), atol=1e-4, rtol=1e-4)

@@ -1,0 +1,64 @@
+"""Produce results/targeted-embedded/: `steer abliterate --keep-safety` on the embedded model,
+then `steer compare` of base vs edited on the held-out test split (judged suites, XSTest, KL and
+MMLU zero-shot on the same 2,850-question stratified subset as results/compare-embedded/).
+
+    python experiments/targeted_embedded.py [--no-compare] [extra steer abliterate flags]
+
+The targeted run itself is timed (wall, peak RSS of the child) because the issue's budget is
+30 minutes on the 2-core machine; the comparison is evidence, not part of that budget.
+The checkpoint goes to runs/targeted (not committed: 2.5 GB); reports, plots, contrasts and
+the manifest are copied into results/ with run.json (command, time, machine, versions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = ("report.md", "report.json", "cosines.png", "pareto.png", "contrasts.safetensors", "contrasts.json", "steer_manifest.json")
+COMPARE = ["--suite", "censorship,refusal,xstest,kl,mmlu", "--data-dir", "../shared/data", "--limit", "mmlu=2850",
+           "--batch-size", "16", "--seed", "0"]
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if a != "--no-compare"]
+    run_dir, dest = ROOT / "runs" / "targeted", ROOT / "results" / "targeted-embedded"
+    run_dir.parent.mkdir(exist_ok=True)
+    command = ["steer", "abliterate", "--keep-safety", "--out", "runs/targeted", "--force"] + args
+    started = time.time()
+    subprocess.run(command, cwd=ROOT, check=True)
+    wall = time.time() - started
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        if (run_dir / name).exists():
+            shutil.copy2(run_dir / name, dest / name)
+    import torch
+    import transformers
+
+    info = {
+        "command": " ".join(command),
+        "made_by": "python experiments/targeted_embedded.py " + " ".join(sys.argv[1:]),
+        "wall_time_s": round(wall, 1), "peak_rss_gb": round(peak_gb, 2),
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "output_sha256": json.loads((run_dir / "steer_manifest.json").read_text())["output_sha256"],
+    }
+    if "--no-compare" not in sys.argv:
+        compare = ["steer", "compare", "embedded", "runs/targeted", *COMPARE, "--out", "results/targeted-embedded/compare", "--force"]
+        subprocess.run(compare, cwd=ROOT, check=True)
+        info["compare_command"] = " ".join(compare)
+    (dest / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(json.dumps(info, indent=2))
+
+
+if __name__ == "__main__":
+    main()
