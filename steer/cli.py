@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -21,6 +23,7 @@ typical use:
   steer abliterate --keep-safety --out runs/qwen-decensored   # remove censorship, keep safety refusals
   steer directions --out runs/dirs                  # compute and select directions only
   steer edit --directions runs/dirs --out runs/qwen-edited
+  steer export-gguf runs/qwen-edited --out runs/qwen-edited-q8_0.gguf --type q8_0   # for llama.cpp / Ollama
   steer generate runs/qwen-edited "What happened at Tiananmen Square in 1989?"
   steer eval runs/qwen-edited --suite censorship,refusal --out runs/eval
   steer compare embedded runs/qwen-edited --suite all --data-dir ../shared/data --limit 100 --out runs/cmp
@@ -104,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", metavar="MODEL")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--force", action="store_true")
+    g = p.add_argument_group("models larger than memory (accelerate offload; then edit with the streaming `steer edit`)")
+    g.add_argument("--device-map", help='"auto", "cpu", or a JSON {module: device} map ("cpu", "disk", 0, ...)')
+    g.add_argument("--max-memory", help='JSON, e.g. \'{"cpu": "8GiB"}\': what --device-map auto may use per device')
+    g.add_argument("--offload-folder", type=Path, help="where layers offloaded to disk are kept")
     _settings_args(p)
 
     p = sub.add_parser("search", help="search edit parameters that remove censorship and keep safety refusals (Pareto front)")
@@ -115,14 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _targeted_args(p)
 
-    p = sub.add_parser("edit", help="orthogonalize a saved direction out of a checkpoint and save it")
-    p.add_argument("model", nargs="?", metavar="MODEL")
+    p = sub.add_parser("edit", help="orthogonalize a saved direction out of a checkpoint and save it",
+                       description="Orthogonalize a saved direction out of a checkpoint and save it. A local folder "
+                       "or .gguf file (and the embedded model) is edited on disk tensor by tensor: memory stays "
+                       "around one tensor, whatever the model size; the output keeps the input's shards and dtypes "
+                       "(a .gguf becomes float32 safetensors).")
+    p.add_argument("model", nargs="?", metavar="CHECKPOINT",
+                   help="safetensors checkpoint folder, .gguf file or hub id (default: the embedded model)")
     p.add_argument("--directions", required=True, type=Path,
                    help="directions.safetensors, or contrasts.safetensors of a --keep-safety run (rebuilds that edit), or their folder")
     p.add_argument("--layer", type=int, help="use this layer's direction instead of the selected one")
     p.add_argument("--position", type=int, help="token position counted from the end (-1 = last)")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--out", required=True, type=Path, help="output checkpoint folder (appears only when complete)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--no-hash", action="store_true",
+                   help="leave the input and output sha256 out of steer_manifest.json (saves reading every byte twice more)")
 
     for name in ("eval", "compare"):
         help_ = ("evaluate one model on named suites" if name == "eval" else
@@ -147,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, type=Path, help="output folder (JSON, items/*.jsonl, report.md, plots)")
         p.add_argument("--force", action="store_true", help="replace an existing output folder")
 
+    p = sub.add_parser("export-gguf", help="write a safetensors checkpoint as a GGUF file (llama.cpp, Ollama)",
+                       description="Write a safetensors checkpoint (e.g. the output of steer edit) as one GGUF file, "
+                       "tensor by tensor. Supported: Qwen2 and Llama families with byte-level BPE tokenizers.")
+    p.add_argument("model", metavar="CHECKPOINT", help="safetensors checkpoint folder")
+    p.add_argument("--out", required=True, type=Path, help="output .gguf file (appears only when complete)")
+    p.add_argument("--type", default="f16", choices=("f32", "f16", "q8_0"),
+                   help="storage type of 2-D weights; norms and 1-D tensors stay f32 (default: f16)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+
     for name, help_ in (("generate", "greedy answers to prompts"), ("chat", "interactive chat in the terminal")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("model", nargs="?", metavar="MODEL")
@@ -160,9 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
+    # steer prints its own progress. Through the environment when transformers is not imported
+    # yet: importing it only for this costs a second that `steer edit` (streaming) does not need.
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # steer prints its own progress
+        hf_logging.disable_progress_bar()
+    else:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     try:
         return COMMANDS[args.command](args)
     except SteerError as exc:
@@ -185,6 +213,17 @@ def _abliterate(args) -> int:
     return 0
 
 
+def _json_arg(value: str | None, flag: str):
+    """A flag that takes a word ("auto") or JSON; JSON object keys that are digits mean GPU indices."""
+    if value is None or not value.lstrip().startswith("{"):
+        return value
+    try:
+        data = json.loads(value)
+    except ValueError:
+        raise SteerError(f"{flag}: not valid JSON: {value}") from None
+    return {(int(k) if k.isdigit() else k): v for k, v in data.items()}
+
+
 def _directions(args) -> int:
     from .load import load_model
     from .pipeline import check_prompts, compute_directions
@@ -194,7 +233,8 @@ def _directions(args) -> int:
     check_output(args.out, args.force)
     settings = _settings(args)
     check_prompts(settings)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device_map=_json_arg(args.device_map, "--device-map"), offload_folder=args.offload_folder,
+                        max_memory=_json_arg(args.max_memory, "--max-memory"))
     dirs = compute_directions(loaded, settings)
     with atomic_dir(args.out, args.force) as tmp:
         dirs.save(tmp / "directions.safetensors")
@@ -230,37 +270,65 @@ def _search(args) -> int:
 
 
 def _edit(args) -> int:
-    from .directions import DirectionSet
-    from .edit import orthogonalize
-    from .load import load_model
-    from .pipeline import manifest
-    from .save import atomic_dir, check_output, save_checkpoint, write_json
+    """Local folders, .gguf files and the embedded model are edited on disk, tensor by tensor
+    (steer.stream: bounded memory); a hub id is loaded and edited in memory."""
+    from .load import EMBEDDED_NAME, embedded_checkpoint
+    from .save import check_output
+    from .stream import edit_checkpoint
 
     check_output(args.out, args.force, (Path(args.model) if args.model else None,))
-    from .targeted import is_contrasts_file, rebuild
+    basis, options, extra = _edit_spec(args)
+    path = Path(args.model) if args.model else None
+    if path is None or (args.model == "embedded" and not path.exists()):
+        path, extra["input"] = embedded_checkpoint(), {"model": f"embedded:{EMBEDDED_NAME}"}
+    elif not (path.is_dir() or (path.suffix == ".gguf" and path.is_file())):
+        return _edit_in_memory(args, basis, options, extra)
+    stats = edit_checkpoint(path, args.out, basis, force=args.force, manifest=extra, hashes=not args.no_hash, **options)
+    print(f"orthogonalized {stats['tensors_edited']} tensors ({stats['bytes_edited'] / 2**20:.0f} MiB edited, "
+          f"{stats['bytes_copied'] / 2**20:.0f} MiB copied) in {stats['seconds']:.1f} s; saved to {args.out}")
+    return 0
+
+
+def _edit_spec(args) -> tuple:
+    """(directions [k, d_model], edit options, manifest entries) from --directions: a directions
+    file (its selected or --layer/--position direction, full strength) or the contrasts file of
+    a --keep-safety run (the recorded edit: subspace, strength profiles, norm preservation)."""
+    from .directions import DirectionSet, is_contrasts_file
 
     source = args.directions / "contrasts.safetensors" if args.directions.is_dir() else args.directions
-    if is_contrasts_file(source):  # a targeted edit: rebuild it from the recorded parameters
-        loaded = load_model(args.model)
-        params = rebuild(loaded.model, source)
-        with atomic_dir(args.out, args.force) as tmp:
-            save_checkpoint(loaded.model, loaded.tokenizer, tmp)
-            write_json(tmp / "steer_manifest.json", {"input": {"model": loaded.source}, "edit": params.to_dict(),
-                                                     "contrasts": str(source)})
-        print(f"rebuilt the targeted edit {params.to_dict()}; saved to {args.out}")
-        return 0
+    if is_contrasts_file(source):
+        from .targeted import recorded_edit
+
+        basis, params = recorded_edit(source)
+        options = {"profiles": {"attn": params.attn, "mlp": params.mlp}, "embed": params.embed,
+                   "preserve_norm": params.preserve_norm}
+        return basis.float(), options, {"edit": params.to_dict(), "contrasts": str(source)}
     dirs = DirectionSet.load(args.directions)
     vector = dirs.vector(args.layer, args.position)
+    layer, position = (args.layer, -1 if args.position is None else args.position) if args.layer is not None else dirs.selected
+    extra = {"prompts": dirs.meta.get("prompts"), "settings": dirs.meta.get("settings"),
+             "direction": {"file": str(args.directions), "layer": layer, "position": position, "method": dirs.meta.get("method"),
+                           "refusal_tokens": dirs.meta.get("selection", {}).get("refusal_token_strings")}}
+    return vector[None], {}, extra
+
+
+def _edit_in_memory(args, basis, options: dict, extra: dict) -> int:
+    from . import __version__
+    from .edit import orthogonalize
+    from .load import checkpoint_hash, load_model
+    from .save import atomic_dir, save_checkpoint, write_json
+
     loaded = load_model(args.model)
     d_model = loaded.model.get_input_embeddings().weight.shape[1]
-    if vector.shape[0] != d_model:
-        raise SteerError(f"directions file {args.directions} has hidden size {vector.shape[0]}, model has {d_model}")
-    n = orthogonalize(loaded.model, vector)
-    if args.layer is not None:
-        dirs.meta["selected"] = {"layer": args.layer, "position": args.position if args.position is not None else -1}
+    if basis.shape[-1] != d_model:
+        raise SteerError(f"directions file {args.directions} has hidden size {basis.shape[-1]}, model has {d_model}")
+    n = orthogonalize(loaded.model, basis, **options)
     with atomic_dir(args.out, args.force) as tmp:
         save_checkpoint(loaded.model, loaded.tokenizer, tmp)
-        write_json(tmp / "steer_manifest.json", manifest(loaded, dirs, None, tmp))
+        in_sha = checkpoint_hash(loaded.path) if loaded.path and not args.no_hash else None
+        write_json(tmp / "steer_manifest.json", {"steer_version": __version__, "command": " ".join(sys.argv), **extra,
+                                                 "input": {"model": loaded.source, "sha256": in_sha},
+                                                 "output_sha256": None if args.no_hash else checkpoint_hash(tmp)})
     print(f"orthogonalized {n} tensors; saved to {args.out}")
     return 0
 
@@ -365,7 +433,17 @@ def _compare(args) -> int:
     return 0
 
 
-COMMANDS = {"eval": _eval, "compare": _compare, "search": _search, "abliterate": _abliterate, "directions": _directions, "edit": _edit, "generate": _generate, "chat": _chat}
+def _export_gguf(args) -> int:
+    from .gguf_io import export_gguf
+
+    if not Path(args.model).is_dir():
+        raise SteerError(f"no such checkpoint folder: {args.model}")
+    stats = export_gguf(Path(args.model), args.out, args.type, force=args.force)
+    print(f"wrote {args.out} ({stats['tensors']} tensors, {args.type}, {stats['bytes'] / 2**20:.0f} MiB) in {stats['seconds']:.1f} s")
+    return 0
+
+
+COMMANDS = {"export-gguf": _export_gguf, "eval": _eval, "compare": _compare, "search": _search, "abliterate": _abliterate, "directions": _directions, "edit": _edit, "generate": _generate, "chat": _chat}
 
 if __name__ == "__main__":
     sys.exit(main())

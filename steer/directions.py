@@ -150,3 +150,14 @@ class DirectionSet:
 
 def sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
+
+
+def is_contrasts_file(path: Path) -> bool:
+    """Whether path is the contrasts file of a --keep-safety run (steer.targeted.Contrasts)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return (fh.metadata() or {}).get("format") == "steer-contrasts"
+    except Exception:
+        return False

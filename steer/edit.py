@@ -1,7 +1,8 @@
 """Edit: remove directions from the residual stream, in the weights or with hooks.
 
-All weight edits go through `project_out`; hook ablation applies the very same projection to
-the outputs of the same modules, so the two agree up to float rounding (tested).
+All weight edits compute `project_out` (in place, through its fast twin `kernels.project`);
+hook ablation applies the very same projection to the outputs of the same modules, so the two
+agree up to float rounding (tested).
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
 
 import einops
 import torch
 
 from .adapters import Resolved, resolve
-
-Side = Literal["out", "in"]
+from .kernels import Side, project
 
 
 def orthonormal_basis(directions: torch.Tensor) -> torch.Tensor:
@@ -104,7 +103,7 @@ def _strengths(res: Resolved, profiles: dict[str, Profile] | None) -> list[list[
         raise ValueError(f"no writer component {sorted(unknown)}; have {sorted({w.component for w in res.adapter.writers})}")
     n = len(res.layers)
     per = {w.component: profiles.get(w.component, Profile()).weights(n) for w in res.adapter.writers}
-    return [[per[w.component][i] for w in res.adapter.writers] for i in range(n)]
+    return [[per[b.writer.component][i] for b in res.writers[i]] for i in range(n)]
 
 
 @torch.no_grad()
@@ -112,26 +111,25 @@ def orthogonalize(model: torch.nn.Module, directions: torch.Tensor, *, profiles:
                   embed: float = 1.0, preserve_norm: bool = False) -> int:
     """Orthogonalize the model's residual writers against directions [d_model] or [k, d_model], in place.
 
-    Edits the embedding (strength `embed`) and every writer (weight and bias) listed by the
-    adapter, with the strength its component's profile gives at its layer (default 1
-    everywhere); `preserve_norm` keeps every written vector's norm (see project_out). A tied
-    unembedding is untied first so the readout stays as it was. Returns the number of tensors
-    edited.
+    Edits the embedding (strength `embed`) and every writer (weight and bias; each expert's
+    matrix of a mixture of experts) listed by the adapter, with the strength its component's
+    profile gives at its layer (default 1 everywhere); `preserve_norm` keeps every written
+    vector's norm (see project_out). A tied unembedding is untied first so the readout stays as
+    it was. Returns the number of tensors edited.
     """
     res = resolve(model)
     basis = orthonormal_basis(directions)
     strengths = _strengths(res, profiles)
     _untie(model, res)
-    res.embed.weight.copy_(project_out(res.embed.weight, basis, "in", embed, preserve_norm))
+    # kernels.project: same maths as project_out, in place, without full-size float32 copies
+    project(res.embed.weight, basis, "in", embed, preserve_norm, out=res.embed.weight)
     edited = 1
     for layer_writers, layer_strengths in zip(res.writers, strengths):
-        for (linear, norm), s in zip(layer_writers, layer_strengths):
-            wb = writer_basis(res, basis, norm)
-            linear.weight.copy_(project_out(linear.weight, wb, "out", s, preserve_norm))
-            edited += 1
-            if linear.bias is not None:
-                linear.bias.copy_(project_out(linear.bias, wb, "out", s, preserve_norm))
-                edited += 1
+        for writer, s in zip(layer_writers, layer_strengths):
+            wb = writer_basis(res, basis, writer.norm)
+            for matrix, side in writer.matrices():  # 2-D views: fused experts one slice at a time
+                project(matrix, wb, side, s, preserve_norm, out=matrix)
+            edited += 1 + (writer.bias is not None)
     return edited
 
 
@@ -160,8 +158,8 @@ def ablation_hooks(model: torch.nn.Module, directions: torch.Tensor, *, profiles
     basis = orthonormal_basis(directions)
     handles = [res.embed.register_forward_hook(_project_output_hook(basis, embed))]
     for layer_writers, layer_strengths in zip(res.writers, _strengths(res, profiles)):
-        for (linear, norm), s in zip(layer_writers, layer_strengths):
-            handles.append(linear.register_forward_hook(_project_output_hook(writer_basis(res, basis, norm), s)))
+        for writer, s in zip(layer_writers, layer_strengths):  # a fused experts module outputs their weighted sum
+            handles.append(writer.module.register_forward_hook(_project_output_hook(writer_basis(res, basis, writer.norm), s)))
     return handles
 
 

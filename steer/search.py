@@ -100,18 +100,16 @@ def edited(model: torch.nn.Module, basis: torch.Tensor, p: EditParams) -> Iterat
             yield
         return
     res = resolve(model)
-    modules = [res.embed] + [lin for layer in res.writers for lin, _ in layer]
-    saved = [(m, m.weight.detach().clone(), None if getattr(m, "bias", None) is None else m.bias.detach().clone()) for m in modules]
+    params = [res.embed.weight] + [t for layer in res.writers for w in layer for t in (w.weight, w.bias) if t is not None]
+    saved = [(t, t.detach().clone()) for t in params]
     head, tied = res.lm_head.weight, getattr(model.config, "tie_word_embeddings", None)
     try:
         orthogonalize(model, basis.float(), profiles=profiles, embed=p.embed, preserve_norm=True)
         yield
     finally:
         with torch.no_grad():
-            for m, w, b in saved:
-                m.weight.copy_(w)
-                if b is not None:
-                    m.bias.copy_(b)
+            for t, original in saved:
+                t.copy_(original)
         res.lm_head.weight = head
         if tied is not None:
             model.config.tie_word_embeddings = tied

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from .collect import batched_last_logits, residual_means, residual_stack
 from .directions import principal_directions, remove_span
+from .errors import SteerError
 from .generation import generate
 from .judge import MarkerJudge
 from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash, seeded_sample
@@ -121,28 +122,29 @@ class Prepared:
     meta: dict
 
 
+def recorded_edit(contrasts_file: Path) -> tuple[torch.Tensor, EditParams]:
+    """The edit recorded beside a contrasts file (its JSON sidecar holds the chosen EditParams
+    and keep_safety): the basis [k, d_model] (float64, orthonormal rows) and the parameters.
+    Needs no model, so the streaming editor can apply it to a checkpoint on disk."""
+    side = Path(contrasts_file).with_suffix(".json")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        params = EditParams.from_dict(meta.get("edit") or meta["chosen"])
+        basis = edit_basis(Contrasts.load(contrasts_file).search_inputs(meta.get("keep_safety", True)), params)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SteerError(f"cannot rebuild the edit recorded in {contrasts_file} and {side.name}: {exc}") from None
+    return basis, params
+
+
 def rebuild(model: torch.nn.Module, contrasts_file: Path) -> EditParams:
-    """Apply the edit recorded beside a contrasts file (its JSON sidecar holds the chosen
-    EditParams and keep_safety): the same weights `steer abliterate --keep-safety` saved."""
+    """Apply the edit recorded beside a contrasts file: the same weights `steer abliterate
+    --keep-safety` saved."""
     from .edit import orthogonalize
 
-    side = Path(contrasts_file).with_suffix(".json")
-    meta = json.loads(side.read_text(encoding="utf-8"))
-    params = EditParams.from_dict(meta.get("edit") or meta["chosen"])
-    basis = edit_basis(Contrasts.load(contrasts_file).search_inputs(meta.get("keep_safety", True)), params)
+    basis, params = recorded_edit(contrasts_file)
     orthogonalize(model, basis.float(), profiles={"attn": params.attn, "mlp": params.mlp}, embed=params.embed,
                   preserve_norm=params.preserve_norm)
     return params
-
-
-def is_contrasts_file(path: Path) -> bool:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as fh:
-            return (fh.metadata() or {}).get("format") == "steer-contrasts"
-    except Exception:
-        return False
 
 
 def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:

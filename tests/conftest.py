@@ -27,6 +27,18 @@ CONFIGS = {
     "gemma3": lambda: transformers.Gemma3TextConfig(**COMMON, head_dim=16, tie_word_embeddings=True),
 }
 ARCHS = list(CONFIGS)
+# Mixtures of experts (not in ARCHS: only the edit and the streaming editor handle them so far).
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+MOE_CONFIGS = {
+    # layer 1 dense (mlp_only_layers): dense, shared-expert and expert writers in one model
+    "qwen2_moe": lambda: transformers.Qwen2MoeConfig(**COMMON, **MOE, shared_expert_intermediate_size=48,
+                                                     mlp_only_layers=[1], tie_word_embeddings=False),
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(**COMMON, **MOE, head_dim=16, tie_word_embeddings=True),
+    "mixtral": lambda: transformers.MixtralConfig(**{**COMMON, "intermediate_size": 32}, num_local_experts=4,
+                                                  num_experts_per_tok=2, tie_word_embeddings=False),
+    "olmoe": lambda: transformers.OlmoeConfig(**{**COMMON, "intermediate_size": 32}, num_experts=4, num_experts_per_tok=2,
+                                              tie_word_embeddings=False),
+}
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
@@ -47,7 +59,7 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
 
 def make_model(arch: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    config = CONFIGS[arch]()
+    config = (CONFIGS | MOE_CONFIGS)[arch]()
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     # Random norm weights so post-norm handling (Gemma) is actually exercised.
     with torch.no_grad():

@@ -42,8 +42,8 @@ def test_edit_writes_a_loadable_orthogonalized_checkpoint(setup):
     edited = load_model(str(setup / "edited")).model
     r = DirectionSet.load(setup / "directions.safetensors").vector()
     for layer in resolve(edited).writers:
-        for linear, _ in layer:
-            assert (r @ linear.weight).abs().max() < 1e-5
+        for writer in layer:
+            assert (r @ writer.weight).abs().max() < 1e-5
     manifest = json.loads((setup / "edited" / "steer_manifest.json").read_text())
     assert manifest["input"]["sha256"] == before and manifest["direction"]["layer"] == 1
     assert manifest["output_sha256"] == checkpoint_hash(setup / "edited")
@@ -123,3 +123,23 @@ def test_search_writes_the_pareto_front(setup, monkeypatch, capsys):
         assert (out / name).is_file(), name
     assert main(["search", str(setup / "model"), "--out", str(setup / "x"), "--keep-fraction", "2"]) == 2
     assert "--keep-fraction must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_device_map_flags_are_checked_before_loading(setup, capsys):
+    model = str(setup / "model")
+    _fails(["directions", model, "--device-map", "{not json", "--out", str(setup / "d1")], capsys, "--device-map: not valid JSON")
+    _fails(["directions", model, "--max-memory", "{", "--out", str(setup / "d2")], capsys, "--max-memory: not valid JSON")
+
+
+def test_export_gguf_command(tmp_path, tokenizer, capsys):
+    from steer.gguf_io import GGUFSource
+
+    model = make_model("qwen2")
+    save_checkpoint(model, tokenizer, tmp_path / "model")
+    out = tmp_path / "model-f32.gguf"
+    assert main(["export-gguf", str(tmp_path / "model"), "--out", str(out), "--type", "f32"]) == 0
+    state = model.state_dict()
+    got = dict(GGUFSource(out).tensors())
+    assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in got)
+    _fails(["export-gguf", str(tmp_path / "model"), "--out", str(out)], capsys, "already exists")
+    _fails(["export-gguf", str(tmp_path / "nope"), "--out", str(tmp_path / "x.gguf")], capsys, "no such checkpoint folder")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import PROMPTS, make_model
+from conftest import MOE_CONFIGS, PROMPTS, make_model
 from steer.adapters import resolve
 from steer.collect import batched_last_logits
 from steer.edit import ablated, orthogonalize, orthonormal_basis, project_out
@@ -150,7 +150,7 @@ def test_profiled_hooks_equal_profiled_weight_edit(arch, tokenizer):
     assert (hooked - weights).abs().max() < 1e-4
     assert (hooked - full).abs().max() > 1e-3  # partial strengths differ from the full edit
     res = resolve(model)  # attention strength 0 at layer 0: that writer is untouched
-    assert torch.equal(res.writers[0][0][0].weight, make_model(arch).get_submodule("model.layers.0.self_attn.o_proj").weight)
+    assert torch.equal(res.writers[0][0].weight, make_model(arch).get_submodule("model.layers.0.self_attn.o_proj").weight)
 
 
 def test_norm_preserving_edit_keeps_writer_column_norms(tokenizer):
@@ -163,3 +163,22 @@ def test_norm_preserving_edit_keeps_writer_column_norms(tokenizer):
         assert (direction / direction.norm() @ w).abs().max() < 1e-4
     with pytest.raises(ValueError, match="no writer component"):
         orthogonalize(model, direction, profiles={"moe": None})
+
+
+@pytest.mark.parametrize("arch", list(MOE_CONFIGS))
+def test_moe_edit_covers_every_expert_and_equals_hooks(arch, tokenizer):
+    """Mixtures of experts: fused [E, d_model, d_ff] experts, shared experts and dense layers alike;
+    afterwards every residual-stream state is orthogonal to r (all writers were edited)."""
+    model = make_model(arch)
+    r = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(7))
+    texts = chat_texts(tokenizer, PROMPTS)
+    with ablated(model, r):
+        hooked = batched_last_logits(model, tokenizer, texts)
+    n = orthogonalize(model, r)
+    assert n == 1 + sum(1 + (w.bias is not None) for layer in resolve(model).writers for w in layer)
+    assert (hooked - batched_last_logits(model, tokenizer, texts)).abs().max() < 1e-4
+    ids = tokenizer(texts[:2], return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        hs = model(**ids, output_hidden_states=True).hidden_states
+    for h in hs[:-1]:
+        assert (h @ (r / r.norm())).abs().max() < 1e-4
