@@ -80,7 +80,7 @@ class Shard:
 
 def edit_checkpoint(src: Path, out: Path, basis: torch.Tensor, *, profiles: dict[str, Profile] | None = None,
                     embed: float = 1.0, preserve_norm: bool = False, force: bool = False, manifest: dict | None = None,
-                    hashes: bool = True, shard_bytes: int = GGUF_SHARD_BYTES) -> dict:
+                    hashes: bool = False, shard_bytes: int = GGUF_SHARD_BYTES) -> dict:
     """Write `out`: the checkpoint `src` with span(basis) removed, like steer.edit.orthogonalize.
 
     src: a safetensors checkpoint folder (model.safetensors, or shards with an index) or a .gguf
@@ -88,8 +88,8 @@ def edit_checkpoint(src: Path, out: Path, basis: torch.Tensor, *, profiles: dict
     [k, d_model] or [d_model] (orthonormalized here). The embedding is edited with strength
     `embed`, every writer with its component's profile at its layer; a tied unembedding is
     written out as the original embedding (config untied). The output appears atomically;
-    `manifest` entries are added to steer_manifest.json; hashes=False skips the input and output
-    sha256 (two extra reads). Returns stats (tensors and bytes edited and copied, seconds).
+    `manifest` entries are added to steer_manifest.json; hashes=True adds the input's and output's
+    sha256 (two extra hashing passes over every byte, so off by default). Returns stats (tensors and bytes edited and copied, seconds).
     """
     src, out, start = Path(src), Path(out), time.perf_counter()
     check_output(out, force, (src,))

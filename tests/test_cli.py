@@ -37,7 +37,7 @@ def test_help_explains_itself(capsys):
 
 def test_edit_writes_a_loadable_orthogonalized_checkpoint(setup):
     before = checkpoint_hash(setup / "model")
-    assert main(["edit", str(setup / "model"), "--directions", str(setup), "--out", str(setup / "edited")]) == 0
+    assert main(["edit", str(setup / "model"), "--directions", str(setup), "--out", str(setup / "edited"), "--hash"]) == 0
     assert checkpoint_hash(setup / "model") == before  # input untouched
     edited = load_model(str(setup / "edited")).model
     r = DirectionSet.load(setup / "directions.safetensors").vector()

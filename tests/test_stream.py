@@ -70,7 +70,7 @@ def test_streaming_equals_in_memory_edit_float32(arch, tokenizer, tmp_path):
     src = _save(model, tokenizer, tmp_path / "in")
     before = _tree_hashes(src)
     r = _directions(model)
-    stats = edit_checkpoint(src, tmp_path / "out", r)
+    stats = edit_checkpoint(src, tmp_path / "out", r, hashes=True)
     assert _tree_hashes(src) == before  # input untouched
     _in_memory(src, torch.float32, r, tmp_path / "ref")
     _check_equal(tmp_path / "out", tmp_path / "ref")
@@ -171,7 +171,7 @@ def test_gguf_input_becomes_float32_safetensors_shards(tokenizer, tmp_path):
     src = _save(model, tokenizer, tmp_path / "hf")
     export_gguf(src, tmp_path / "m.gguf", "f32")
     r = _directions(model)
-    stats = edit_checkpoint(tmp_path / "m.gguf", tmp_path / "out", r, shard_bytes=100_000)
+    stats = edit_checkpoint(tmp_path / "m.gguf", tmp_path / "out", r, shard_bytes=100_000, hashes=True)
     assert stats["shards"] > 1 and (tmp_path / "out" / "model.safetensors.index.json").is_file()
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32)
     orthogonalize(ref, r)
@@ -307,8 +307,7 @@ def test_cli_rebuilds_a_targeted_edit_from_contrasts_without_loading(tokenizer, 
                         preserve_norm=True)
     Contrasts(t(L, P, d), t(L, P, d), t(L, P, d), t(L, P, d), t(L, P, 2, d)).save(
         tmp_path / "contrasts.safetensors", {"chosen": params.to_dict(), "keep_safety": True})
-    assert main(["edit", str(src), "--directions", str(tmp_path / "contrasts.safetensors"), "--out", str(tmp_path / "out"),
-                 "--no-hash"]) == 0
+    assert main(["edit", str(src), "--directions", str(tmp_path / "contrasts.safetensors"), "--out", str(tmp_path / "out")]) == 0
     ref = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     assert rebuild(ref, tmp_path / "contrasts.safetensors") == params
     ref.save_pretrained(tmp_path / "ref")
@@ -350,7 +349,7 @@ def test_cli_hub_id_is_edited_in_memory_like_the_stream(tokenizer, tmp_path, mon
     d = torch.randn(3, 2, 64, dtype=torch.float64)
     DirectionSet(d, d, d, {"selected": {"layer": 2, "position": -2}}).save(tmp_path / "dirs.safetensors")
     for name, model in (("hub", "org/tiny-llama"), ("stream", str(src))):
-        assert main(["edit", model, "--directions", str(tmp_path / "dirs.safetensors"), "--out", str(tmp_path / name)]) == 0
+        assert main(["edit", model, "--directions", str(tmp_path / "dirs.safetensors"), "--out", str(tmp_path / name), "--hash"]) == 0
     _check_equal(tmp_path / "hub", tmp_path / "stream")
     manifest = json.loads((tmp_path / "hub" / "steer_manifest.json").read_text())
     assert manifest["input"] == {"model": "org/tiny-llama", "sha256": checkpoint_hash(src)}
