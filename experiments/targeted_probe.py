@@ -24,11 +24,12 @@ def main() -> None:
     ap.add_argument("--layers", default="6,9,12,15,18")
     ap.add_argument("--judge-top", type=int, default=3)
     ap.add_argument("--strength", type=float, default=1.0)
+    ap.add_argument("--keep-layers", default="same", choices=("same", "all"))
     args = ap.parse_args()
     loaded = load_model(None)
     m, tok, ts = loaded.model, loaded.tokenizer, TargetedSettings()
     prep = prepare(m, tok, ts)
-    inputs = prep.contrasts.search_inputs(True)
+    inputs = prep.contrasts.search_inputs(True, args.keep_layers)
     print("base", json.dumps(judged_rates(m, tok, prep.val_prompts, ts)), "keep floor", prep.keep_floor, flush=True)
     rows = []
     for contrast in ("censorship", "versus_harmless"):

@@ -60,6 +60,8 @@ def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> N
     g.add_argument("--trials", type=int, default=48, help="search trials, each one forward pass over validation prompts (default: 48)")
     g.add_argument("--k-max", type=int, default=3, help="largest subspace searched (default: 3)")
     g.add_argument("--keep-fraction", type=float, default=0.9, help="harmful refusal kept >= this fraction of the base model's (default: 0.9)")
+    g.add_argument("--keep-layers", default="same", choices=("same", "all"),
+                   help="make the edit orthogonal to the harmful-refusal direction of its own layer, or of every layer (default: same)")
     g.add_argument("--confirm", type=int, default=4, help="Pareto candidates confirmed with generation and the judge (default: 4)")
     g.add_argument("--study", type=Path, help="search journal file (resumable; default in $STEER_CACHE/search)")
 
@@ -73,7 +75,7 @@ def _targeted(args):
     if not 0 < args.keep_fraction <= 1:
         raise SteerError("--keep-fraction must be in (0, 1]")
     return TargetedSettings(trials=args.trials, k_max=args.k_max, keep_fraction=args.keep_fraction, confirm=args.confirm,
-                            batch_size=args.batch_size, seed=args.seed, n_val=args.n_val,
+                            batch_size=args.batch_size, seed=args.seed, n_val=args.n_val, keep_layers=args.keep_layers,
                             max_new_tokens=getattr(args, "max_new_tokens", 48))
 
 
@@ -261,7 +263,8 @@ def _search(args) -> int:
     with atomic_dir(args.out, args.force) as tmp:
         write_json(tmp / "pareto.json", {"front": front, "confirm": conf, "trials": trial_rows(st), "prepare": prep.meta,
                                          "settings": vars(ts), "study": str(study)})
-        prep.contrasts.save(tmp / "contrasts.safetensors", {"chosen": conf["chosen"]["params"], "keep_safety": ts.keep_safety})
+        prep.contrasts.save(tmp / "contrasts.safetensors", {"chosen": conf["chosen"]["params"], "keep_safety": ts.keep_safety,
+                                                                    "keep_layers": ts.keep_layers})
         plot_cosines(prep.contrasts.cosines(), tmp / "cosines.png", "cosine similarity per layer (last position)")
         plot_pareto(trial_rows(st), front, conf["chosen"], tmp / "pareto.png")
         md = pareto_table(front, conf["candidates"], conf["chosen"])

@@ -211,7 +211,7 @@ def targeted_search(loaded: Loaded, ts, study: Path | None = None):
     torch.manual_seed(ts.seed)
     _log(f"loaded {loaded.source}; measuring censorship and harmful-refusal contrasts")
     prep = prepare(m, tok, ts)
-    inputs = prep.contrasts.search_inputs(ts.keep_safety)
+    inputs = prep.contrasts.search_inputs(ts.keep_safety, ts.keep_layers)
     key = hashlib.sha256(json.dumps(asdict(ts), sort_keys=True).encode()).hexdigest()[:16]
     study = study or cache_dir() / "search" / f"{checkpoint_hash(loaded.path)[:16] if loaded.path else 'model'}-{key}.journal"
     study.parent.mkdir(parents=True, exist_ok=True)
@@ -252,7 +252,8 @@ def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Setting
               "cosines": prep.contrasts.cosines(), "before": before, "after": after}
     with atomic_dir(Path(out), force) as tmp:
         save_checkpoint(m, tok, tmp)
-        prep.contrasts.save(tmp / "contrasts.safetensors", {"edit": params.to_dict(), "keep_safety": ts.keep_safety})
+        prep.contrasts.save(tmp / "contrasts.safetensors", {"edit": params.to_dict(), "keep_safety": ts.keep_safety,
+                                                                    "keep_layers": ts.keep_layers})
         plot_cosines(report["cosines"], tmp / "cosines.png", "cosine similarity per layer (last position)")
         plot_pareto(trial_rows(st), front, conf["chosen"], tmp / "pareto.png")
         report["elapsed_s"] = round(time.time() - started, 1)

@@ -63,18 +63,25 @@ class Contrasts:
         t = load_file(str(path))
         return cls(t["censorship"], t["versus_harmless"], t["harmful"], t["harmless_mean"], t["components"])
 
-    def search_inputs(self, keep_safety: bool = True) -> SearchInputs:
+    def search_inputs(self, keep_safety: bool = True, keep_layers: str = "same") -> SearchInputs:
         """Directions for steer.search: the censorship and the sensitive-vs-harmless contrasts, each
         projected (off the harmless mean) and plain; with keep_safety every edit direction is made
-        orthogonal to the harmful direction."""
+        orthogonal to the harmful direction: of its own layer (keep_layers="same"), or of every
+        layer at its position ("all"): the edit removes its direction from the residual stream
+        at every layer, so it must avoid the harmful direction wherever that is read."""
         dirs = {}
         for name, d in (("censorship", self.censorship), ("versus_harmless", self.versus_harmless)):
             dirs[f"{name}/projected"], dirs[f"{name}/plain"] = remove_span(d, self.harmless_mean), d.double()
-        return SearchInputs(
-            directions=dirs,
-            components=self.components,
-            keep=self.harmful.double().unsqueeze(-2) if keep_safety else None,
-        )
+        keep = None
+        if keep_safety:
+            h = self.harmful.double()  # [L, P, d]
+            if keep_layers == "same":
+                keep = h.unsqueeze(-2)
+            elif keep_layers == "all":
+                keep = h.transpose(0, 1).unsqueeze(0).expand(h.shape[0], -1, -1, -1)  # [L, P, L, d]
+            else:
+                raise ValueError(f"keep_layers must be 'same' or 'all', not {keep_layers!r}")
+        return SearchInputs(directions=dirs, components=self.components, keep=keep)
 
 
 @torch.inference_mode()
@@ -102,6 +109,7 @@ class TargetedSettings:
     trials: int = 48  # Optuna trials (each: one forward pass over the validation prompts)
     k_max: int = 3  # largest subspace searched
     keep_safety: bool = True  # edit directions orthogonal to the harmful-refusal direction
+    keep_layers: str = "same"  # ... of the edit's own layer ("same") or of every layer ("all")
     keep_fraction: float = 0.9  # harmful refusal must stay >= this fraction of the base model's
     kl_max: float = 0.05  # first-token KL bound (95% upper bound) for confirmed candidates
     confirm: int = 4  # Pareto candidates confirmed with generation and the judge
@@ -130,7 +138,8 @@ def recorded_edit(contrasts_file: Path) -> tuple[torch.Tensor, EditParams]:
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))
         params = EditParams.from_dict(meta.get("edit") or meta["chosen"])
-        basis = edit_basis(Contrasts.load(contrasts_file).search_inputs(meta.get("keep_safety", True)), params)
+        basis = edit_basis(Contrasts.load(contrasts_file).search_inputs(meta.get("keep_safety", True),
+                                                                      meta.get("keep_layers", "same")), params)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SteerError(f"cannot rebuild the edit recorded in {contrasts_file} and {side.name}: {exc}") from None
     return basis, params

@@ -31,6 +31,13 @@ def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(token
     assert (proj * c.harmless_mean).sum(-1).abs().max() < 1e-6 * c.harmless_mean.norm(dim=-1).max() * proj.norm(dim=-1).max()
     assert inputs.keep.shape == (model.config.num_hidden_layers, 3, 1, model.config.hidden_size)
     assert c.search_inputs(keep_safety=False).keep is None
+    every = c.search_inputs(keep_safety=True, keep_layers="all")
+    L = model.config.num_hidden_layers
+    assert every.keep.shape == (L, 3, L, model.config.hidden_size)
+    from steer.search import EditParams, edit_basis
+
+    basis = edit_basis(every, EditParams(index=1.0, position=-1, k=2))
+    assert (basis @ c.harmful[:, -1].double().T).abs().max() < 1e-8  # orthogonal to every layer's harmful direction
     plot_cosines(cos, tmp_path / "cos.png")
     assert (tmp_path / "cos.png").stat().st_size > 1000
 
