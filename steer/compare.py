@@ -86,6 +86,9 @@ def evaluate_model(model: str | None, config: EvalConfig, out: Path, *, referenc
     return summary
 
 
+MAX_GROUPS = 8
+
+
 def paired(base: dict[str, dict], edited: dict[str, dict]) -> dict[str, dict]:
     """Per suite and paired field: exact McNemar test and a bootstrap CI of the difference,
     on the items both runs share (matched by suite, group and id)."""
@@ -97,7 +100,9 @@ def paired(base: dict[str, dict], edited: dict[str, dict]) -> dict[str, dict]:
         for fld in e["paired"]:
             rows = [(b_items[k][fld], i[fld], i.get("group")) for i in e["items"] if (k := (i.get("group"), i["id"])) in b_items]
             groups = sorted({g for _, _, g in rows}, key=str)
-            for g in groups if len(groups) > 1 else [None]:
+            # Always the whole suite; per group too when there are few groups (MATH-500 has 35
+            # subject/level groups of 1-4 items: no test on those would mean anything).
+            for g in [None] + (groups if 1 < len(groups) <= MAX_GROUPS else []):
                 sel = [(x, y) for x, y, gg in rows if g is None or gg == g]
                 bs, es = [bool(x) for x, _ in sel], [bool(y) for _, y in sel]
                 test = mcnemar_exact(bs, es)

@@ -87,3 +87,14 @@ def test_eval_wrong_layout_names_the_expected_path(ckpts, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["eval", str(ckpts / "base"), "--suite", "mmlu", "--data-dir", str(tmp_path / "empty"), "--out", str(ckpts / "x")]) == 2
     assert f"no MMLU data: expected {tmp_path / 'empty'}/capability/mmlu/test" in capsys.readouterr().err
+
+
+def test_paired_tests_cover_the_whole_suite_and_few_groups_only():
+    def items(n_groups, flip):
+        return [{"id": str(i), "group": f"g{i % n_groups}", "correct": (i % 3 == 0) != (flip and i % 2 == 0)} for i in range(40)]
+
+    for n_groups, per_group in ((2, True), (20, False)):
+        res = paired({"s": {"items": items(n_groups, False), "paired": ["correct"]}},
+                     {"s": {"items": items(n_groups, True), "paired": ["correct"]}})
+        assert res["s/correct"]["n"] == 40  # the whole suite, always
+        assert ("s/correct/g1" in res) is per_group
