@@ -8,6 +8,11 @@ never materializes a float32 copy of the whole matrix:
   on a row-major weight, biases) are loaded once per block, projected while in cache and
   stored. Strided vectors (side "out" on a row-major weight) take two streaming passes over
   panels of rows: coefficients c = B^T W, then the update.
+- "native" (CPU, float32/bfloat16): `csrc/project.cpp`, compiled once with torch's C++ extension
+  builder (g++ or clang, cached under ~/.cache/torch_extensions). Same two layouts as "blocked",
+  but the bf16 <-> fp32 conversions happen in registers, so it runs at about the speed of a plain
+  copy (results/kernels). "auto" uses it on CPU when it builds; otherwise (no compiler, or
+  STEER_NATIVE_KERNEL=0) "blocked". The two differ by float rounding only (1 bf16 ulp at most).
 - "triton" (CUDA; CPU tensors under TRITON_INTERPRET=1): one kernel, each program owning
   BLOCK_N residual-space vectors.
 
@@ -22,7 +27,11 @@ gathered while computing c.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import os
+import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -52,25 +61,31 @@ def project(weight: torch.Tensor, basis: torch.Tensor, side: Side, strength: flo
     weight: side "out": [d_model, d_in] or a bias [d_model]; side "in": [n, d_model]. Any strides.
     basis: [d_model, k], orthonormal columns, k >= 1.
     out: tensor of weight's shape, dtype and device to write into: `weight` itself (in place)
-        or a tensor not overlapping it. Default: a new contiguous tensor of weight's dtype.
-    backend: "auto" (triton for CUDA tensors when triton is importable, else blocked),
-        "blocked" (alias "torch"), or "triton" (falls back to blocked without CUDA or triton).
+        or a tensor not overlapping it. Default: a new tensor laid out like weight (strides kept
+        when weight is dense, else contiguous).
+    backend: "auto" (triton for CUDA tensors when triton is importable; native for CPU
+        float32/bfloat16 when it builds; else blocked), "blocked" (alias "torch"), "native"
+        (falls back to blocked where it does not apply), or "triton" (falls back to blocked
+        without CUDA or triton).
     Maths in float32 (float64 for float64 weights), like project_out.
     """
     if out is None:
-        out = torch.empty_like(weight, memory_format=torch.contiguous_format)
+        out = torch.empty_like(weight)  # preserve_format: same strides when dense, else contiguous
     x, y = _as_out_side(weight, side, out)
     compute = torch.float64 if weight.dtype == torch.float64 else torch.float32
     if basis.dim() != 2 or basis.shape[0] != x.shape[0] or basis.shape[1] < 1:
         raise ValueError(f"basis must be [d_model={x.shape[0]}, k>=1], got {tuple(basis.shape)}")
     b = basis.to(device=weight.device, dtype=compute).contiguous()
-    if backend not in ("auto", "torch", "blocked", "triton"):
+    if backend not in ("auto", "torch", "blocked", "native", "triton"):
         raise ValueError(f"unknown backend {backend!r}")
     use_triton = backend in ("auto", "triton") and weight.is_cuda and _triton_available()
     if backend == "triton" and not weight.is_cuda and _triton_interpreted():
         use_triton = True  # CPU tensors through TRITON_INTERPRET=1 (tests)
     if use_triton:
         _project_triton(x, b, y, float(strength), preserve_norm)
+    elif backend in ("auto", "native") and _native_applies(x, y) and (module := native_module()) is not None:
+        gram = b.T @ b if preserve_norm else b.new_empty(0)
+        module.project(x, y, b, gram, float(strength))
     else:
         with _threads(CPU_THREADS):
             _project_blocked(x, b, y, float(strength), preserve_norm)
@@ -194,6 +209,57 @@ def _row_panels(x: torch.Tensor, b: torch.Tensor, y: torch.Tensor, s: float, gra
                 blk.mul_(factor)
             if buf is not None:
                 dst.copy_(blk)
+
+
+# ---------------------------------------------------------------- native CPU kernel (C++)
+
+def _native_applies(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """CPU float32/bfloat16 with rows or columns contiguous in both x and y (every weight here)."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+            and ((x.stride(0) == 1 and y.stride(0) == 1) or (x.stride(1) == 1 and y.stride(1) == 1)))
+
+
+@functools.cache
+def native_module():
+    """The compiled kernel module, or None (STEER_NATIVE_KERNEL=0, or the build failed: warned once).
+    The extension name carries a hash of the source, flags and CPU features, so a cache shared by
+    different machines or versions never loads a mismatched build."""
+    if os.environ.get("STEER_NATIVE_KERNEL", "1") == "0":
+        return None
+    csrc = os.path.join(os.path.dirname(__file__), "csrc")
+    sources = [os.path.join(csrc, f) for f in ("project.cpp", "project_kernel.cpp")]
+    # -ffp-contract=off: no fused multiply-adds, so every ISA rounds the same way
+    flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=off", "-fno-math-errno"]
+    try:
+        digest = hashlib.sha256(" ".join(flags).encode() + _cpu_flags().encode())
+        for f in sorted(os.listdir(csrc)):
+            with open(os.path.join(csrc, f), "rb") as fh:
+                digest.update(f.encode() + fh.read())
+        from torch.utils import cpp_extension
+        name = f"steer_project_{digest.hexdigest()[:12]}"
+        build_dir = cpp_extension._get_build_directory(name, verbose=False)
+        if not os.path.exists(os.path.join(build_dir, f"{name}.so")):
+            print("steer: compiling the CPU projection kernel (once, about a minute)", file=sys.stderr)
+        return cpp_extension.load(name, sources, extra_cflags=flags, verbose=False)
+    except Exception as exc:  # no compiler, headers, or ninja: the torch path is correct, only slower
+        warnings.warn(f"steer: native projection kernel unavailable ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''}); using the torch kernel", stacklevel=2)
+        return None
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def kernel_name(device: torch.device | str = "cpu") -> str:
+    """The backend project(..., backend="auto") uses for float32/bfloat16 weights on `device` (for manifests)."""
+    if torch.device(device).type == "cuda":
+        return "triton" if _triton_available() else "blocked"
+    return "native" if native_module() is not None else "blocked"
 
 
 # ---------------------------------------------------------------- Triton (CUDA / interpreter)

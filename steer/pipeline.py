@@ -22,6 +22,7 @@ from .directions import DirectionSet, diff_in_means, project_off
 from .edit import ablated, orthogonalize
 from .errors import SteerError
 from .evaluate import EvalConfig, logits_fn, run_suites, suite_kl
+from .kernels import kernel_name
 from .load import Loaded, checkpoint_hash, load_model
 from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash, seeded_sample
 from .report import before_after_table, plot_selection, selection_table, write_report
@@ -279,6 +280,7 @@ def manifest(loaded: Loaded, dirs: DirectionSet, report: dict | None, folder: Pa
         "steer_version": __version__,
         "command": " ".join(sys.argv),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0]},
+        "kernel": kernel_name(next(loaded.model.parameters()).device),  # which projection kernel wrote the weights
         "input": {"model": loaded.source, "sha256": checkpoint_hash(loaded.path) if loaded.path else None},
         "prompts": dirs.meta.get("prompts"),
         "settings": dirs.meta.get("settings"),

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .adapters import Adapter, adapter_for
 from .edit import Profile, orthonormal_basis
 from .errors import SteerError
-from .kernels import project
+from .kernels import kernel_name, project
 from .load import architecture, sha256_file, weight_files
 from .rawio import (CHUNK, TORCH_DTYPES, Copier, FileHasher, combine_hashes, header_bytes, numel, pread_into, pwrite_all,
                     read_header)
@@ -469,6 +469,7 @@ def _manifest(src: Path, basis: torch.Tensor, profiles, embed: float, preserve_n
         "steer_version": __version__, "command": " ".join(sys.argv),
         "versions": {"torch": torch.__version__, "transformers": version("transformers"), "python": sys.version.split()[0]},
         "edit": {"rank": basis.shape[1], "embed": embed, "preserve_norm": preserve_norm, "streamed": True,
+                 "kernel": kernel_name("cpu"),  # native and blocked round differently (1 bf16 ulp at most)
                  "profiles": {k: asdict(v) for k, v in (profiles or {}).items()}},
         **(extra or {}),
         "input": {"model": str(src), "sha256": in_sha, **((extra or {}).get("input") or {})},

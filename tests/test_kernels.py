@@ -209,3 +209,83 @@ def test_output_bytes_do_not_depend_on_the_callers_thread_count():
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
+# ---------------------------------------------------------------- native C++ kernel (CPU)
+
+@pytest.fixture
+def native_only(monkeypatch):
+    """Skip only where no C++ compiler exists; otherwise the kernel must build, and any fallback
+    to the torch path fails the test."""
+    import shutil
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler")
+    assert kernels.native_module() is not None, "native kernel did not build"
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("fell back to the blocked torch path")
+    monkeypatch.setattr(kernels, "_project_blocked", no_fallback)
+
+
+# m = 9000 > the kernel's 32768 / k column chunk for k >= 4: full and partial chunks; d = 67:
+# partial 16-lane groups and a partial 4-row step; k = 6: the generic (not unrolled) path
+NATIVE_SHAPES = SHAPES + [("out", (67, 9000)), ("in", (9000, 67))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("side,shape", NATIVE_SHAPES)
+@pytest.mark.parametrize("k", [1, 4, 6])
+@pytest.mark.parametrize("strength", [0.3, 1.0])
+@pytest.mark.parametrize("preserve_norm", [False, True])
+def test_native_matches_reference(native_only, dtype, side, shape, k, strength, preserve_norm):
+    w, b = _weight(shape, dtype), _basis(k)
+    ref = project_out(w, b, side, strength, preserve_norm)
+    assert_matches(project(w, b, side, strength, preserve_norm, backend="native"), ref)
+    assert torch.equal(w, _weight(shape, dtype))  # input untouched
+    assert project(w, b, side, strength, preserve_norm, out=w, backend="native") is w  # in place
+    assert_matches(w, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("side", ["out", "in"])
+def test_native_column_major_and_idempotent(native_only, dtype, side):
+    base = _weight((67, 1001) if side == "out" else (1001, 67), dtype)
+    w, b = base.T.contiguous().T, _basis(2)  # same values, the other layout
+    ref = project_out(base, b, side, 0.5, True)
+    assert_matches(project(w, b, side, 0.5, True, backend="native"), ref)
+    once = project(base.float(), b, side, backend="native")
+    assert_matches(project(once, b, side, backend="native"), once)
+
+
+def test_native_is_deterministic_and_rounds_like_torch(native_only):
+    """Same bytes on every call; strength 0 returns the input bit for bit (bf16 load and
+    round-to-nearest-even store exact); a NaN stays NaN (no rounding carries it to infinity)."""
+    w, b = _weight((300, 5000), torch.bfloat16), _basis(3, d=300)
+    first = project(w, b, "out", 0.8, True, backend="native")
+    assert torch.equal(first.view(torch.int16), project(w, b, "out", 0.8, True, backend="native").view(torch.int16))
+    assert torch.equal(project(w, b, "out", 0.0, backend="native").view(torch.int16), w.view(torch.int16))
+    w[5, 7] = float("nan")  # poisons its column's coefficient: that column becomes NaN
+    out = project(w, b, "out", 0.0, backend="native")
+    keep = torch.ones(5000, dtype=torch.bool)
+    keep[7] = False
+    assert torch.equal(out[:, keep].view(torch.int16), w[:, keep].view(torch.int16))
+    assert torch.isnan(out[:, 7]).all()
+
+
+def test_native_strided_views_fall_back_correctly(monkeypatch):
+    """Neither rows nor columns contiguous (a view of every other column): the torch path, same values."""
+    monkeypatch.setattr(kernels, "native_module", lambda: (_ for _ in ()).throw(AssertionError("native used")))
+    wide = _weight((67, 2002), torch.float32)
+    w, b = wide[:, ::2], _basis(2)
+    assert_matches(project(w, b, "out", backend="native"), project_out(w.contiguous(), b, "out"))
+
+
+def test_native_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("STEER_NATIVE_KERNEL", "0")
+    kernels.native_module.cache_clear()
+    try:
+        assert kernels.native_module() is None and kernels.kernel_name("cpu") == "blocked"
+    finally:
+        monkeypatch.delenv("STEER_NATIVE_KERNEL")
+        kernels.native_module.cache_clear()
