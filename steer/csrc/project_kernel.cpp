@@ -35,6 +35,14 @@ inline float load(const uint16_t* p) {
   return f;
 }
 inline void store(float* p, float v) { *p = v; }
+// Round to nearest even. Without NaN inputs the formula is exact for every value (Inf stays Inf,
+// overflow rounds to Inf); a NaN could carry into the sign bit, so `store` tests for it.
+inline void store_finite(float* p, float v) { *p = v; }
+inline void store_finite(uint16_t* p, float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  *p = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
 inline void store(uint16_t* p, float v) {
   uint32_t u;
   std::memcpy(&u, &v, 4);
@@ -57,6 +65,12 @@ inline float norm_factor(float sq, const float* c, int64_t cs, const float* gram
   return std::sqrt(sq) / (den > 1e-12f ? den : 1e-12f);
 }
 
+inline bool all_finite(const float* v, int64_t n) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(v[i]);
+  return ok;
+}
+
 // In every function below, KC > 0 is the subspace size known at compile time (loops over it
 // unroll; the common k = 1..4) and KC = 0 reads it from k; both do the same operations in the same
 // order, so they round identically. P: norm preservation.
@@ -64,8 +78,10 @@ inline float norm_factor(float sq, const float* c, int64_t cs, const float* gram
 // Pass 2 for one row (rows layout): y[j] = (x[j] - s u[j]) * fac[j] with u[j] = sum_a bi[a] c[a * cw + j]
 // summed in order a = 0, 1, ...; for one vector (columns layout): y[i] = (x[i] - s u[i]) * f with
 // u[i] = sum_a bt[a * d + i] c[a], i < n. x and y must not overlap (restrict: vectorized without alias
-// checks); in-place callers go through `in_place`, which stages x in a small L1 buffer.
-template <typename T, int KC, bool P>
+// checks); in-place callers go through `staged`, which stages x in a small L1 buffer. F: the caller
+// checked that no NaN can arise (every coefficient finite implies every x finite: a NaN or Inf
+// in x makes its vector's coefficients NaN or Inf), so the cheaper rounding is exact.
+template <typename T, int KC, bool P, bool F>
 inline void row_update(const T* __restrict xs, T* __restrict ys, int64_t w, const float* __restrict bi, int64_t k,
                        const float* __restrict c, int64_t cw, const float* __restrict fac, float s) {
   const int64_t K = KC > 0 ? KC : k;
@@ -73,11 +89,14 @@ inline void row_update(const T* __restrict xs, T* __restrict ys, int64_t w, cons
     float u = bi[0] * c[j];
     for (int64_t a = 1; a < K; ++a) u = std::fma(bi[a], c[a * cw + j], u);
     const float v = std::fma(-s, u, load(xs + j));
-    store(ys + j, P ? v * fac[j] : v);
+    if (F)
+      store_finite(ys + j, P ? v * fac[j] : v);
+    else
+      store(ys + j, P ? v * fac[j] : v);
   }
 }
 
-template <typename T, int KC, bool P>
+template <typename T, int KC, bool P, bool F>
 inline void vector_update(const T* __restrict xs, T* __restrict ys, int64_t n, const float* __restrict bt, int64_t d,
                           int64_t k, const float* __restrict c, float f, float s) {
   const int64_t K = KC > 0 ? KC : k;
@@ -85,7 +104,10 @@ inline void vector_update(const T* __restrict xs, T* __restrict ys, int64_t n, c
     float u = bt[i] * c[0];
     for (int64_t a = 1; a < K; ++a) u = std::fma(bt[a * d + i], c[a], u);
     const float v = std::fma(-s, u, load(xs + i));
-    store(ys + i, P ? v * f : v);
+    if (F)
+      store_finite(ys + i, P ? v * f : v);
+    else
+      store(ys + i, P ? v * f : v);
   }
 }
 
@@ -156,8 +178,12 @@ void columns(const T* x, T* y, int64_t d, int64_t m, int64_t sm, int64_t ysm, co
     }
     const float f = P ? norm_factor(sq, c.data(), 1, gram, K, s) : 1.f;
     // pass 2 (cache): y = (x - s B c) * f
+    const bool finite = all_finite(c.data(), K) && std::isfinite(f);
     staged(xv, yv, d, [&](const T* src, T* dst, int64_t o, int64_t n) {
-      vector_update<T, KC, P>(src, dst, n, bt + o, d, K, c.data(), f, s);
+      if (finite)
+        vector_update<T, KC, P, true>(src, dst, n, bt + o, d, K, c.data(), f, s);
+      else
+        vector_update<T, KC, P, false>(src, dst, n, bt + o, d, K, c.data(), f, s);
     });
   }
 }
@@ -221,10 +247,14 @@ void rows(const T* x, T* y, int64_t d, int64_t m, int64_t sd, int64_t ysd, const
     }
     if (P)
       for (int64_t j = 0; j < w; ++j) fac[j] = norm_factor(sq[j], c.data() + j, cw, gram, K, s);
+    const bool finite = all_finite(c.data(), K * cw) && (!P || all_finite(fac.data(), w));
     // pass 2: y = (x - s B c) * factor, row by row
     for (int64_t i = 0; i < d; ++i) {
       staged(x + i * sd + j0, y + i * ysd + j0, w, [&](const T* src, T* dst, int64_t o, int64_t n) {
-        row_update<T, KC, P>(src, dst, n, b + i * K, K, c.data() + o, cw, fac.data() + o, s);
+        if (finite)
+          row_update<T, KC, P, true>(src, dst, n, b + i * K, K, c.data() + o, cw, fac.data() + o, s);
+        else
+          row_update<T, KC, P, false>(src, dst, n, b + i * K, K, c.data() + o, cw, fac.data() + o, s);
       });
     }
   }
