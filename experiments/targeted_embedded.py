@@ -52,11 +52,13 @@ def main() -> None:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "output_sha256": json.loads((run_dir / "steer_manifest.json").read_text())["output_sha256"],
     }
+    # written now and again after the comparison, so the run's own record survives an interrupted compare
+    (dest / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     if "--no-compare" not in sys.argv:
         compare = ["steer", "compare", "embedded", "runs/targeted", *COMPARE, "--out", "results/targeted-embedded/compare", "--force"]
         subprocess.run(compare, cwd=ROOT, check=True)
         info["compare_command"] = " ".join(compare)
-    (dest / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+        (dest / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))
 
 

@@ -267,9 +267,16 @@ def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Setting
             "steer_version": __version__, "command": " ".join(sys.argv), "input": {"model": loaded.source,
             "sha256": checkpoint_hash(loaded.path) if loaded.path else None}, "edit": params.to_dict(),
             "targeted_settings": asdict(ts), "prompts": prep.meta["prompts"], "study": str(study),
-            "output_sha256": checkpoint_hash(tmp)})
+            "versions": {"torch": torch.__version__, "transformers": transformers_version(), "python": sys.version.split()[0]},
+            "kernel": kernel_name(next(loaded.model.parameters()).device), "output_sha256": checkpoint_hash(tmp)})
     print(md)
     return report
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def manifest(loaded: Loaded, dirs: DirectionSet, report: dict | None, folder: Path) -> dict:
