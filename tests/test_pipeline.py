@@ -109,6 +109,7 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
         assert (tiny / "t1" / name).is_file(), name
     manifest = json.loads((tiny / "t1" / "steer_manifest.json").read_text())
     assert manifest["edit"] == report["edit"] and manifest["output_sha256"] == checkpoint_hash(tiny / "t1")
+    assert manifest["kernel"] in ("native", "blocked") and manifest["versions"]["torch"] == torch.__version__
     assert set(report["after"]) == {"censorship", "refusal", "kl"} and report["pareto"]
     assert "## Pareto front" in (tiny / "t1" / "report.md").read_text()
 
