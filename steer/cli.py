@@ -63,6 +63,9 @@ def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> N
     g.add_argument("--keep-layers", default="same", choices=("same", "all"),
                    help="make the edit orthogonal to the harmful-refusal direction of its own layer, or of every layer (default: same)")
     g.add_argument("--confirm", type=int, default=4, help="Pareto candidates confirmed with generation and the judge (default: 4)")
+    g.add_argument("--search-kl-max", type=float, default=0.05,
+                   help="first-token KL bound (95%% upper bound, harmless validation prompts) a Pareto candidate must meet "
+                        "to be confirmed; --kl-max is the plain mode's (default: 0.05)")
     g.add_argument("--study", type=Path, help="search journal file (resumable; default in $STEER_CACHE/search)")
 
 
@@ -74,9 +77,11 @@ def _targeted(args):
             raise SteerError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.keep_fraction <= 1:
         raise SteerError("--keep-fraction must be in (0, 1]")
+    if not args.search_kl_max > 0:
+        raise SteerError("--search-kl-max must be positive")
     return TargetedSettings(trials=args.trials, k_max=args.k_max, keep_fraction=args.keep_fraction, confirm=args.confirm,
                             batch_size=args.batch_size, seed=args.seed, n_val=args.n_val, keep_layers=args.keep_layers,
-                            max_new_tokens=getattr(args, "max_new_tokens", 48))
+                            kl_max=args.search_kl_max, max_new_tokens=getattr(args, "max_new_tokens", 48))
 
 
 def _settings(args):

@@ -143,3 +143,15 @@ def test_export_gguf_command(tmp_path, tokenizer, capsys):
     assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in got)
     _fails(["export-gguf", str(tmp_path / "model"), "--out", str(out)], capsys, "already exists")
     _fails(["export-gguf", str(tmp_path / "nope"), "--out", str(tmp_path / "x.gguf")], capsys, "no such checkpoint folder")
+
+
+def test_targeted_flags_reach_the_settings(capsys):
+    from steer.cli import _targeted, build_parser
+
+    args = build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety", "--search-kl-max", "0.2",
+                                      "--keep-layers", "all", "--trials", "7"])
+    ts = _targeted(args)
+    assert (ts.kl_max, ts.keep_layers, ts.trials) == (0.2, "all", 7)
+    assert _targeted(build_parser().parse_args(["search", "--out", "x"])).kl_max == 0.05
+    assert main(["search", "--out", "x", "--search-kl-max", "0"]) == 2
+    assert "--search-kl-max must be positive" in capsys.readouterr().err
