@@ -8,7 +8,7 @@ never materializes a float32 copy of the whole matrix:
   on a row-major weight, biases) are loaded once per block, projected while in cache and
   stored. Strided vectors (side "out" on a row-major weight) take two streaming passes over
   panels of rows: coefficients c = B^T W, then the update.
-- "native" (CPU, float32/bfloat16): `csrc/project.cpp`, compiled once with torch's C++ extension
+- "native" (CPU, float32/bfloat16): `csrc/project_kernel.cpp` (bound in `csrc/project.cpp`), compiled once with torch's C++ extension
   builder (g++ or clang, cached under ~/.cache/torch_extensions). Same two layouts as "blocked",
   but the bf16 <-> fp32 conversions happen in registers, so it runs at about the speed of a plain
   copy (results/kernels). "auto" uses it on CPU when it builds; otherwise (no compiler, or
@@ -228,7 +228,8 @@ def native_module():
         return None
     csrc = os.path.join(os.path.dirname(__file__), "csrc")
     sources = [os.path.join(csrc, f) for f in ("project.cpp", "project_kernel.cpp")]
-    # -ffp-contract=off: no fused multiply-adds, so every ISA rounds the same way
+    # -ffp-contract=off: the compiler fuses nothing; the kernel's own std::fma calls are exactly
+    # rounded by definition, so every ISA rounds the same way
     flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=off", "-fno-math-errno"]
     try:
         digest = hashlib.sha256(" ".join(flags).encode() + _cpu_flags().encode())

@@ -267,26 +267,24 @@ def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Setting
             "steer_version": __version__, "command": " ".join(sys.argv), "input": {"model": loaded.source,
             "sha256": checkpoint_hash(loaded.path) if loaded.path else None}, "edit": params.to_dict(),
             "targeted_settings": asdict(ts), "prompts": prep.meta["prompts"], "study": str(study),
-            "versions": {"torch": torch.__version__, "transformers": transformers_version(), "python": sys.version.split()[0]},
-            "kernel": kernel_name(next(loaded.model.parameters()).device), "output_sha256": checkpoint_hash(tmp)})
+            "versions": versions(), "kernel": kernel_name(next(loaded.model.parameters()).device), "output_sha256": checkpoint_hash(tmp)})
     print(md)
     return report
 
 
-def transformers_version() -> str:
+def versions() -> dict[str, str]:
+    """Library versions recorded in every manifest."""
     import transformers
 
-    return transformers.__version__
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0]}
 
 
 def manifest(loaded: Loaded, dirs: DirectionSet, report: dict | None, folder: Path) -> dict:
     """What is needed to rebuild (and verify) the output weights."""
-    import transformers
-
     return {
         "steer_version": __version__,
         "command": " ".join(sys.argv),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0]},
+        "versions": versions(),
         "kernel": kernel_name(next(loaded.model.parameters()).device),  # which projection kernel wrote the weights
         "input": {"model": loaded.source, "sha256": checkpoint_hash(loaded.path) if loaded.path else None},
         "prompts": dirs.meta.get("prompts"),
