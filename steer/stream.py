@@ -2,11 +2,12 @@
 
 The in-memory route (load the model, `steer.edit.orthogonalize`, save_pretrained) needs the
 whole model in memory and rewrites every byte through Python. Only the embedding and the
-residual writers change, so this editor reads each of those tensors into one reused buffer
-(plain positioned reads: no mmap, no whole-file loads), projects it in place with
-`steer.kernels.project` (maths in float32, storage dtype kept) and copies every other tensor's
-bytes verbatim (os.copy_file_range). Peak memory is about one tensor plus the interpreter,
-whatever the model size; the output has the input's shard layout, names, dtypes, order and
+residual writers change, so this editor reads each of those tensors into one of two reused
+buffers (plain positioned reads: no mmap, no whole-file loads), projects it in place with
+`steer.kernels.project` (maths in float32, storage dtype kept), writes it from a background
+thread while the next one is read and projected, and copies every other tensor's bytes verbatim
+(os.copy_file_range). Peak memory is about two tensors plus the interpreter, whatever the model
+size; the output has the input's shard layout, names, dtypes, order and
 metadata, and equals what the in-memory route writes (tests/test_stream.py).
 
 A GGUF file is read with steer.gguf_io.GGUFSource (de-quantized tensor by tensor) and written
@@ -22,7 +23,8 @@ import shutil
 import sys
 import time
 import threading
-from concurrent.futures import Future
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -286,7 +288,7 @@ class _Editor:
     def __init__(self, basis: torch.Tensor, norm_offset: float, preserve_norm: bool):
         self.basis, self.norm_offset, self.preserve_norm = basis, norm_offset, preserve_norm
         self.norm_bases: dict[str, torch.Tensor] = {}
-        self._buf = torch.empty(0, dtype=torch.uint8)
+        self._bufs = [torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.uint8)]
 
     def add_norm(self, name: str, weight: torch.Tensor) -> None:
         """Basis for writers behind this RMSNorm (exactly steer.edit.writer_basis)."""
@@ -300,14 +302,15 @@ class _Editor:
 
     @property
     def buffer_bytes(self) -> int:
-        return self._buf.numel()
+        return sum(b.numel() for b in self._bufs)
 
-    def buffer(self, nbytes: int) -> torch.Tensor:
-        """A reused uint8 buffer of at least nbytes (grown to the largest edited tensor)."""
-        if self._buf.numel() < nbytes:
-            self._buf = torch.empty(0, dtype=torch.uint8)  # free the old one first
-            self._buf = torch.empty(nbytes, dtype=torch.uint8)
-        return self._buf[:nbytes]
+    def buffer(self, nbytes: int, slot: int = 0) -> torch.Tensor:
+        """Reused uint8 buffer number `slot` (0 or 1), grown to at least nbytes (so at most
+        twice the largest edited tensor in all). The caller makes sure no write still reads it."""
+        if self._bufs[slot].numel() < nbytes:
+            self._bufs[slot] = torch.empty(0, dtype=torch.uint8)  # free the old one first
+            self._bufs[slot] = torch.empty(nbytes, dtype=torch.uint8)
+        return self._bufs[slot][:nbytes]
 
 
 def _read_tensor(e: Entry, fd: int, raw: torch.Tensor) -> torch.Tensor:
@@ -341,36 +344,53 @@ def _write_folder(shards: list[Shard], tmp: Path, editor: _Editor, norms: set[st
 
 
 def _write_shard(shard: Shard, out: int, fd, editor: _Editor, bar, hasher: FileHasher | None) -> None:
+    """Header, then every tensor at its offset. Edited tensors alternate between two buffers and
+    are written by a background thread, so writing tensor i overlaps reading and projecting
+    tensor i+1 (pwrite and the kernel release the GIL). Progress and the hasher advance in file
+    order, only over bytes whose write has finished."""
     head = header_bytes([(e.name, e.dtype, e.shape, e.nbytes) for e in shard.entries], shard.metadata)
     pwrite_all(out, memoryview(head), 0)
-    pos, copier = len(head), Copier()
+    at, final, copier = len(head), len(head), Copier()
+    pending: deque[tuple[Future | None, int]] = deque()  # writes and copies in file order
+    in_use: list[Future | None] = [None, None]  # the write still reading each buffer
 
-    def done(n: int) -> None:
-        nonlocal pos
-        pos += n
-        bar.update(n)
-        if hasher:
-            hasher.advance(pos)
+    def retire(wait: bool) -> None:
+        nonlocal final
+        while pending and (wait or pending[0][0] is None or pending[0][0].done()):
+            job, n = pending.popleft()
+            if job is not None:
+                job.result()  # a failed write raises here
+            final += n
+            bar.update(n)
+            if hasher:
+                hasher.advance(final)
 
-    i = 0
-    while i < len(shard.entries):
-        e = shard.entries[i]
-        if e.edit is not None:
-            raw = editor.buffer(e.nbytes)
-            editor.apply(_read_tensor(e, fd(e.src), raw), e.edit)
-            pwrite_all(out, memoryview(raw.numpy()), pos)
-            done(e.nbytes)
-            i += 1
-            continue
-        j, n = i + 1, e.nbytes  # coalesce a run of tensors contiguous in the same input file
-        while j < len(shard.entries) and (f := shard.entries[j]).edit is None and f.src == e.src and f.offset == e.offset + n:
-            n += f.nbytes
-            j += 1
-        for k in range(0, n, CHUNK):  # copy in steps (progress, hashing)
-            step = min(CHUNK, n - k)
-            copier.copy(fd(e.src), e.offset + k, out, pos, step)
-            done(step)
-        i = j
+    with ThreadPoolExecutor(1, thread_name_prefix="steer-write") as writer:
+        i, slot = 0, 0
+        while i < len(shard.entries):
+            e = shard.entries[i]
+            if e.edit is not None:
+                if in_use[slot] is not None:
+                    in_use[slot].result()
+                raw = editor.buffer(e.nbytes, slot)
+                editor.apply(_read_tensor(e, fd(e.src), raw), e.edit)
+                in_use[slot] = writer.submit(pwrite_all, out, memoryview(raw.numpy()), at)
+                pending.append((in_use[slot], e.nbytes))
+                at, slot, i = at + e.nbytes, 1 - slot, i + 1
+                retire(False)
+                continue
+            j, n = i + 1, e.nbytes  # coalesce a run of tensors contiguous in the same input file
+            while j < len(shard.entries) and (f := shard.entries[j]).edit is None and f.src == e.src and f.offset == e.offset + n:
+                n += f.nbytes
+                j += 1
+            for k in range(0, n, CHUNK):  # copy in steps (progress, hashing)
+                step = min(CHUNK, n - k)
+                copier.copy(fd(e.src), e.offset + k, out, at, step)
+                pending.append((None, step))
+                at += step
+                retire(False)
+            i = j
+        retire(True)
 
 
 def _write_gguf(source, shards: list[Shard], tmp: Path, editor: _Editor, norms: set[str], bar) -> None:

@@ -99,8 +99,9 @@ def test_streaming_equals_in_memory_edit_low_precision(arch, dtype, sharded, tok
     options = {"profiles": {"attn": Profile(peak=1.0, center=1.0, width=1.5, floor=0.2), "mlp": Profile(peak=0.8)},
                "embed": 0.5, "preserve_norm": True}
     stats = edit_checkpoint(src, tmp_path / "out", r, **options)
-    # memory: one buffer of the largest edited tensor (the embedding), never a whole shard
-    assert stats["buffer_bytes"] == model.config.vocab_size * model.config.hidden_size * 2
+    # memory: two buffers, the larger one the size of the largest edited tensor (the embedding), never a whole shard
+    embed = model.config.vocab_size * model.config.hidden_size * 2
+    assert embed <= stats["buffer_bytes"] < 2 * embed
     _in_memory(src, dtype, r, tmp_path / "ref", **options)
     _check_equal(tmp_path / "out", tmp_path / "ref")
     assert [f.name for f in weight_files(tmp_path / "out")] == [f.name for f in weight_files(src)]  # same shard layout
