@@ -214,9 +214,14 @@ def _row_panels(x: torch.Tensor, b: torch.Tensor, y: torch.Tensor, s: float, gra
 # ---------------------------------------------------------------- native CPU kernel (C++)
 
 def _native_applies(x: torch.Tensor, y: torch.Tensor) -> bool:
-    """CPU float32/bfloat16 with rows or columns contiguous in both x and y (every weight here)."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
-            and ((x.stride(0) == 1 and y.stride(0) == 1) or (x.stride(1) == 1 and y.stride(1) == 1)))
+    """CPU float32/bfloat16 with rows or columns contiguous in both x and y (every weight here),
+    and y's vectors not overlapping each other (the kernel updates two rows through restrict
+    pointers; an expanded view would alias them)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if x.stride(0) == 1 and y.stride(0) == 1:
+        return y.size(1) == 1 or y.stride(1) >= y.size(0)
+    return x.stride(1) == 1 and y.stride(1) == 1 and (y.size(0) == 1 or y.stride(0) >= y.size(1))
 
 
 @functools.cache

@@ -4,22 +4,23 @@
 // y <- (x - s B (B^T x)) * factor for x, y [d, m] views (y may be x), float32 or bfloat16 storage,
 // float32 maths, B [d, k] float32. Each vector (a column of the [d, m] view) is one residual-space
 // vector. Two layouts, chosen by strides:
-//   columns contiguous (stride(0) == 1): one vector at a time, converted into an L1 buffer, dotted,
-//     updated, stored: one read and one write of the weight.
+//   columns contiguous (stride(0) == 1): one vector at a time, dotted (from memory), then updated
+//     and stored (from L1): one read and one write of the weight.
 //   rows contiguous (stride(1) == 1): chunks of columns; pass 1 streams the rows accumulating
-//     c = B^T x (and ||x||^2) in L1, pass 2 streams them again and writes the update.
+//     c = B^T x (and ||x||^2) in L2, pass 2 streams them again and writes the update.
 // Deterministic by construction: no threads, no reassociation (the contiguous dot products keep 16
 // fixed partial sums reduced in a fixed order), and multiply-adds are either explicit std::fma
 // (exactly rounded by definition) or, in the contiguous dot products (where gcc vectorizes only
 // the unfused form), a multiply then an add: built with -ffp-contract=off so the compiler fuses
-// nothing itself. So the bytes do not depend on the vector ISA the compiler picked. bf16 rounding is round-to-nearest-even, as torch's
-// float -> bfloat16 conversion; NaN is stored as 0x7FC0 (rounding would carry some NaNs to infinity).
+// nothing itself. So the bytes do not depend on the vector ISA the compiler picked. bf16 rounding
+// is round-to-nearest-even, as torch's float -> bfloat16 conversion; NaN is stored as 0x7FC0 (rounding would carry some NaNs to infinity).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include <algorithm>
+#include <type_traits>
 #include "project.h"
 
 namespace {
@@ -75,54 +76,66 @@ inline bool all_finite(const float* v, int64_t n) {
 // unroll; the common k = 1..4) and KC = 0 reads it from k; both do the same operations in the same
 // order, so they round identically. P: norm preservation.
 
-// Pass 2 for one row (rows layout): y[j] = (x[j] - s u[j]) * fac[j] with u[j] = sum_a bi[a] c[a * cw + j]
-// summed in order a = 0, 1, ...; for one vector (columns layout): y[i] = (x[i] - s u[i]) * f with
-// u[i] = sum_a bt[a * d + i] c[a], i < n. x and y must not overlap (restrict: vectorized without alias
-// checks); in-place callers go through `staged`, which stages x in a small L1 buffer. F: the caller
-// checked that no NaN can arise (every coefficient finite implies every x finite: a NaN or Inf
-// in x makes its vector's coefficients NaN or Inf), so the cheaper rounding is exact.
-template <typename T, int KC, bool P, bool F>
-inline void row_update(const T* __restrict xs, T* __restrict ys, int64_t w, const float* __restrict bi, int64_t k,
-                       const float* __restrict c, int64_t cw, const float* __restrict fac, float s) {
+template <typename T, bool F>
+inline void put(T* p, float v) {
+  if (F)
+    store_finite(p, v);
+  else
+    store(p, v);
+}
+
+// Pass 2. Rows layout, NR (1 or 2) rows at once so they share the loads of c: y_r[j] = (x_r[j] -
+// s u_r[j]) * fac[j] with u_r[j] = sum_a b_r[a] c[a * cw + j] summed in order a = 0, 1, ... Columns
+// layout, one vector: y[i] = (x[i] - s u[i]) * f with u[i] = sum_a bt[a * d + i] c[a]. IP (in place):
+// x is not read (pass nullptr); y is read and written through one pointer. Otherwise x and y do not
+// overlap (the Problem contract). Either way no two restrict pointers touch the same memory, so
+// gcc vectorizes over j without alias checks or a staging copy. F: the caller checked that no NaN
+// can arise (every coefficient finite implies every x finite: a NaN or Inf in x makes its
+// vector's coefficients NaN or Inf), so the cheaper rounding is exact.
+template <typename T, int KC, bool P, bool F, bool IP, int NR>
+inline void row_update(const T* __restrict x0, const T* __restrict x1, T* __restrict y0, T* __restrict y1, int64_t w,
+                       const float* __restrict b0, const float* __restrict b1, int64_t k, const float* __restrict c,
+                       int64_t cw, const float* __restrict fac, float s) {
   const int64_t K = KC > 0 ? KC : k;
   for (int64_t j = 0; j < w; ++j) {
-    float u = bi[0] * c[j];
-    for (int64_t a = 1; a < K; ++a) u = std::fma(bi[a], c[a * cw + j], u);
-    const float v = std::fma(-s, u, load(xs + j));
-    if (F)
-      store_finite(ys + j, P ? v * fac[j] : v);
-    else
-      store(ys + j, P ? v * fac[j] : v);
+    float u0 = b0[0] * c[j];
+    float u1 = NR > 1 ? b1[0] * c[j] : 0.f;
+    for (int64_t a = 1; a < K; ++a) {
+      const float ca = c[a * cw + j];
+      u0 = std::fma(b0[a], ca, u0);
+      if (NR > 1) u1 = std::fma(b1[a], ca, u1);
+    }
+    const float v0 = std::fma(-s, u0, load((IP ? y0 : x0) + j));
+    put<T, F>(y0 + j, P ? v0 * fac[j] : v0);
+    if (NR > 1) {
+      const float v1 = std::fma(-s, u1, load((IP ? y1 : x1) + j));
+      put<T, F>(y1 + j, P ? v1 * fac[j] : v1);
+    }
   }
 }
 
-template <typename T, int KC, bool P, bool F>
+template <typename T, int KC, bool P, bool F, bool IP>
 inline void vector_update(const T* __restrict xs, T* __restrict ys, int64_t n, const float* __restrict bt, int64_t d,
                           int64_t k, const float* __restrict c, float f, float s) {
   const int64_t K = KC > 0 ? KC : k;
   for (int64_t i = 0; i < n; ++i) {
     float u = bt[i] * c[0];
     for (int64_t a = 1; a < K; ++a) u = std::fma(bt[a * d + i], c[a], u);
-    const float v = std::fma(-s, u, load(xs + i));
-    if (F)
-      store_finite(ys + i, P ? v * f : v);
-    else
-      store(ys + i, P ? v * f : v);
+    const float v = std::fma(-s, u, load((IP ? ys : xs) + i));
+    put<T, F>(ys + i, P ? v * f : v);
   }
 }
 
-constexpr int64_t STAGE = 512;  // elements staged per step of an in-place update
-
-// fn(src, dst, offset, n) on consecutive pieces of [0, w): src is a staged copy when x == y.
-template <typename T, typename Fn>
-inline void staged(const T* x, T* y, int64_t w, Fn fn) {
-  if (x != y) return fn(x, y, 0, w);
-  T tmp[STAGE];
-  for (int64_t j = 0; j < w; j += STAGE) {
-    const int64_t n = std::min(STAGE, w - j);
-    std::memcpy(tmp, y + j, n * sizeof(T));
-    fn(tmp, y + j, j, n);
-  }
+// Calls fn(std::integral_constant<bool, F>, std::integral_constant<bool, IP>): the four pass-2
+// variants as compile-time flags.
+template <typename Fn>
+inline void with_flags(bool finite, bool in_place, Fn fn) {
+  using T_ = std::true_type;
+  using F_ = std::false_type;
+  if (finite)
+    in_place ? fn(T_{}, T_{}) : fn(T_{}, F_{});
+  else
+    in_place ? fn(F_{}, T_{}) : fn(F_{}, F_{});
 }
 
 // c[a] = sum_i bt[a * d + i] x[i] for a < KC and (P) sq = sum_i x[i]^2, each accumulated in LANES
@@ -179,11 +192,8 @@ void columns(const T* x, T* y, int64_t d, int64_t m, int64_t sm, int64_t ysm, co
     const float f = P ? norm_factor(sq, c.data(), 1, gram, K, s) : 1.f;
     // pass 2 (cache): y = (x - s B c) * f
     const bool finite = all_finite(c.data(), K) && std::isfinite(f);
-    staged(xv, yv, d, [&](const T* src, T* dst, int64_t o, int64_t n) {
-      if (finite)
-        vector_update<T, KC, P, true>(src, dst, n, bt + o, d, K, c.data(), f, s);
-      else
-        vector_update<T, KC, P, false>(src, dst, n, bt + o, d, K, c.data(), f, s);
+    with_flags(finite, xv == yv, [&](auto F, auto IP) {
+      vector_update<T, KC, P, F.value, IP.value>(IP.value ? nullptr : xv, yv, d, bt, d, K, c.data(), f, s);
     });
   }
 }
@@ -248,15 +258,20 @@ void rows(const T* x, T* y, int64_t d, int64_t m, int64_t sd, int64_t ysd, const
     if (P)
       for (int64_t j = 0; j < w; ++j) fac[j] = norm_factor(sq[j], c.data() + j, cw, gram, K, s);
     const bool finite = all_finite(c.data(), K * cw) && (!P || all_finite(fac.data(), w));
-    // pass 2: y = (x - s B c) * factor, row by row
-    for (int64_t i = 0; i < d; ++i) {
-      staged(x + i * sd + j0, y + i * ysd + j0, w, [&](const T* src, T* dst, int64_t o, int64_t n) {
-        if (finite)
-          row_update<T, KC, P, true>(src, dst, n, b + i * K, K, c.data() + o, cw, fac.data() + o, s);
-        else
-          row_update<T, KC, P, false>(src, dst, n, b + i * K, K, c.data() + o, cw, fac.data() + o, s);
-      });
-    }
+    // pass 2: y = (x - s B c) * factor, two rows at a time (sharing the loads of c), then the odd one
+    with_flags(finite, x == y, [&](auto F, auto IP) {
+      constexpr bool ip = IP.value;
+      int64_t r = 0;
+      for (; r + 2 <= d; r += 2) {
+        const T* x0 = ip ? nullptr : x + r * sd + j0;
+        T* y0 = y + r * ysd + j0;
+        row_update<T, KC, P, F.value, ip, 2>(x0, ip ? nullptr : x0 + sd, y0, y0 + ysd, w, b + r * K, b + (r + 1) * K, K,
+                                             c.data(), cw, fac.data(), s);
+      }
+      if (r < d)
+        row_update<T, KC, P, F.value, ip, 1>(ip ? nullptr : x + r * sd + j0, nullptr, y + r * ysd + j0, nullptr, w,
+                                             b + r * K, nullptr, K, c.data(), cw, fac.data(), s);
+    });
   }
 }
 
