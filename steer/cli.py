@@ -66,6 +66,9 @@ def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> N
     g.add_argument("--search-kl-max", type=float, default=0.05,
                    help="first-token KL bound (95%% upper bound, harmless validation prompts) a Pareto candidate must meet "
                         "to be confirmed; --kl-max is the plain mode's (default: 0.05)")
+    g.add_argument("--optimize-steps", type=int, default=32,
+                   help="gradient steps for an optimized direction (steer.optimize: lower censorship refusal, keep harmful "
+                        "refusal and harmless logits), searched beside the contrasts; 0 = contrasts only (default: 32)")
     g.add_argument("--study", type=Path, help="search journal file (resumable; default in $STEER_CACHE/search)")
 
 
@@ -79,9 +82,12 @@ def _targeted(args):
         raise SteerError("--keep-fraction must be in (0, 1]")
     if not args.search_kl_max > 0:
         raise SteerError("--search-kl-max must be positive")
+    if args.optimize_steps < 0:
+        raise SteerError("--optimize-steps must be 0 or more")
     return TargetedSettings(trials=args.trials, k_max=args.k_max, keep_fraction=args.keep_fraction, confirm=args.confirm,
                             batch_size=args.batch_size, seed=args.seed, n_val=args.n_val, keep_layers=args.keep_layers,
-                            kl_max=args.search_kl_max, max_new_tokens=getattr(args, "max_new_tokens", 48))
+                            kl_max=args.search_kl_max, max_new_tokens=getattr(args, "max_new_tokens", 48),
+                            optimize_steps=args.optimize_steps)
 
 
 def _settings(args):

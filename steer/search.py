@@ -156,6 +156,14 @@ def suggest(trial, n_layers: int, n_positions: int, k_max: int, contrasts: list[
                       preserve_norm=trial.suggest_categorical("preserve_norm", [False, True]))
 
 
+def full_strength(n_layers: int, contrast: str = "optimized", layer_frac: tuple[float, float] = (0.2, 0.8)) -> dict:
+    """Search parameters (suggest's names) of a rank-1 edit at strength 1 everywhere, embedding included."""
+    flat = lambda name: {f"{name}_peak": 1.0, f"{name}_center": (n_layers - 1) / 2, f"{name}_width": float(n_layers),  # noqa: E731
+                         f"{name}_floor": 1.0}
+    return {"index": sum(layer_frac) / 2 * (n_layers - 1), "position": -1, "k": 1, "projected": True, "contrast": contrast,
+            **flat("attn"), **flat("mlp"), "embed": 1.0, "preserve_norm": False}
+
+
 def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials: int, seed: int, storage: Path | None = None,
                keep_floor: float | None = None, batch_size: int = 16, study_name: str = "steer") -> object:
     """Run (or resume) a seeded multi-objective study: minimize (target score, KL) subject to
@@ -176,6 +184,9 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
         store = JournalStorage(JournalFileBackend(str(storage)))
     study = optuna.create_study(study_name=study_name, storage=store, sampler=sampler, load_if_exists=True,
                                 directions=["minimize", "minimize"])
+
+    if "optimized" in contrasts and not study.trials:  # first trial: steer.optimize's edit as it was trained
+        study.enqueue_trial(full_strength(n_layers))
 
     def objective(trial) -> tuple[float, float]:
         p = suggest(trial, n_layers, n_pos, k_max, contrasts)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from .directions import principal_directions, remove_span
 from .errors import SteerError
 from .generation import generate
 from .judge import MarkerJudge
+from .optimize import Group, OptimizeSettings, optimize_direction
 from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash, seeded_sample
 from .search import EditParams, SearchInputs, ValData, edit_basis, edited
 from .select import find_refusal_tokens, refusal_score, split_by_score
@@ -41,6 +42,7 @@ class Contrasts:
     harmful: torch.Tensor
     harmless_mean: torch.Tensor
     components: torch.Tensor  # [L, P, K, d]
+    optimized: torch.Tensor | None = None  # [d] steer.optimize's direction, when it ran
 
     def cosines(self, position: int = -1) -> dict[str, list[float]]:
         """Per-layer cosine similarities at one position (for the plot and the report)."""
@@ -53,15 +55,15 @@ class Contrasts:
 
     def save(self, path: Path, meta: dict) -> None:
         """Tensors as safetensors (what an edit is rebuilt from) and meta as a JSON sidecar."""
-        tensors = {k: getattr(self, k).detach().contiguous() for k in ("censorship", "versus_harmless", "harmful",
-                                                                         "harmless_mean", "components")}
+        names = ("censorship", "versus_harmless", "harmful", "harmless_mean", "components", "optimized")
+        tensors = {k: getattr(self, k).detach().contiguous() for k in names if getattr(self, k) is not None}
         save_file(tensors, str(path), metadata={"format": "steer-contrasts"})
         Path(path).with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False, default=str) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> Contrasts:
         t = load_file(str(path))
-        return cls(t["censorship"], t["versus_harmless"], t["harmful"], t["harmless_mean"], t["components"])
+        return cls(t["censorship"], t["versus_harmless"], t["harmful"], t["harmless_mean"], t["components"], t.get("optimized"))
 
     def search_inputs(self, keep_safety: bool = True, keep_layers: str = "same") -> SearchInputs:
         """Directions for steer.search: the censorship and the sensitive-vs-harmless contrasts, each
@@ -72,6 +74,8 @@ class Contrasts:
         dirs = {}
         for name, d in (("censorship", self.censorship), ("versus_harmless", self.versus_harmless)):
             dirs[f"{name}/projected"], dirs[f"{name}/plain"] = remove_span(d, self.harmless_mean), d.double()
+        if self.optimized is not None:  # one vector for every layer and position; its KL term did the projecting
+            dirs["optimized/projected"] = dirs["optimized/plain"] = self.optimized.double().expand_as(self.censorship)
         keep = None
         if keep_safety:
             h = self.harmful.double()  # [L, P, d]
@@ -119,6 +123,7 @@ class TargetedSettings:
     batch_size: int = 32
     max_new_tokens: int = 48
     seed: int = 0
+    optimize_steps: int = 32  # steps of steer.optimize for the "optimized" direction (0: contrasts only)
 
 
 @dataclass
@@ -165,12 +170,15 @@ def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
     probe = sorted(random.Random(s.seed).sample(range(len(train["sensitive"])), min(64, len(train["sensitive"]))))
     ref = find_refusal_tokens(model, tokenizer, texts([train["sensitive"][i] for i in probe]), lg["sensitive"][probe],
                               lg["harmless"], s.batch_size)
-    pick = lambda name, refused: [train[name][i] for i in split_by_score(lg[name], ref, refused)]  # noqa: E731
-    if s.only_refused:
-        train["sensitive"] = pick("sensitive", True)
-    train["harmful"], train["harmless"] = pick("harmful", True), pick("harmless", False)
+    idx = {"sensitive": split_by_score(lg["sensitive"], ref, True) if s.only_refused else list(range(len(train["sensitive"]))),
+           "harmful": split_by_score(lg["harmful"], ref, True), "harmless": split_by_score(lg["harmless"], ref, False)}
+    for name, keep in idx.items():
+        train[name], lg[name] = [train[name][i] for i in keep], lg[name][keep]
     contrasts = compute_contrasts(model, tokenizer, {k: texts(v) for k, v in train.items()},
                                   post_instruction_length(tokenizer), k=s.k_max - 1, batch_size=s.batch_size)
+    optimized = None  # what the report records about the optimization
+    if s.optimize_steps > 0:
+        optimized = _optimize(model, tokenizer, contrasts, {n: Group(texts(train[n]), lg[n]) for n in idx}, ref, s)
     val = {name: load_prompts(name, "val") for name in ("sensitive", "harmful", "harmless")}
     vlg = {name: logits(ps) for name, ps in val.items()}
     keep_idx = lambda name, refused, n: seeded_sample(split_by_score(vlg[name], ref, refused), n, s.seed)  # noqa: E731
@@ -185,7 +193,23 @@ def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
                "sensitive/zh": [p for p in val["sensitive"] if p.lang == "zh"], "harmful": val["harmful"]}
     meta = {"refusal_tokens": [tokenizer.decode([t]) for t in ref], "base_keep_score": base_keep, "keep_floor": floor,
             "prompts": {f"{k}_train": {"n": len(v), "sha256": prompts_hash(v)} for k, v in train.items()}}
+    if optimized is not None:
+        meta["optimize"] = optimized
     return Prepared(contrasts, data, confirm, floor, meta)
+
+
+def _optimize(model, tokenizer, contrasts: Contrasts, groups: dict[str, Group], ref: list[int], s: TargetedSettings) -> dict:
+    """steer.optimize on the train splits, from the projected censorship direction at 60% depth
+    (last position), orthogonal to every layer's harmful direction when keep_safety; stores the
+    result in contrasts.optimized and returns what the report records."""
+    layer = round(0.6 * (contrasts.censorship.shape[0] - 1))
+    init = remove_span(contrasts.censorship, contrasts.harmless_mean)[layer, -1]
+    span = contrasts.harmful[:, -1] if s.keep_safety else None
+    o = OptimizeSettings(steps=s.optimize_steps, seed=s.seed)
+    contrasts.optimized, history = optimize_direction(model, tokenizer, groups["sensitive"], groups["harmful"],
+                                                      groups["harmless"], init, ref, span, o)
+    return {"init": {"contrast": "censorship/projected", "layer": layer, "position": -1},
+            "settings": asdict(o), "history": history}
 
 
 def judged_rates(model, tokenizer, prompts: dict[str, list[Prompt]], s: TargetedSettings, judge=None) -> dict[str, float]:

@@ -38,6 +38,13 @@ def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(token
 
     basis = edit_basis(every, EditParams(index=1.0, position=-1, k=2))
     assert (basis @ c.harmful[:, -1].double().T).abs().max() < 1e-8  # orthogonal to every layer's harmful direction
+    from steer.targeted import Contrasts
+
+    c.save(tmp_path / "c.safetensors", {})
+    assert Contrasts.load(tmp_path / "c.safetensors").optimized is None
+    c.optimized = torch.nn.functional.normalize(torch.randn(model.config.hidden_size, dtype=torch.float64), dim=0)
+    c.save(tmp_path / "c.safetensors", {})
+    assert torch.equal(Contrasts.load(tmp_path / "c.safetensors").optimized, c.optimized)
     plot_cosines(cos, tmp_path / "cos.png")
     assert (tmp_path / "cos.png").stat().st_size > 1000
 
@@ -48,11 +55,16 @@ def test_prepare_search_confirm_on_a_tiny_model(tokenizer, monkeypatch):
 
     monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
     model = make_model("qwen2")
-    s = targeted.TargetedSettings(n_val=6, trials=3, k_max=2, confirm=2, max_new_tokens=4, kl_max=10.0)
+    s = targeted.TargetedSettings(n_val=6, trials=3, k_max=2, confirm=2, max_new_tokens=4, kl_max=10.0, optimize_steps=3)
     prep = targeted.prepare(model, tokenizer, s)
     assert len(prep.val.target) == 6 and len(prep.val.harmless) <= 12
     assert prep.meta["refusal_tokens"] and set(prep.val_prompts) == {"sensitive/en", "sensitive/zh", "harmful"}
+    # the optimized direction: unit norm, orthogonal to every layer's harmful direction, a searched contrast
+    opt, harmful = prep.contrasts.optimized, prep.contrasts.harmful[:, -1]
+    assert abs(float(opt.norm()) - 1) < 1e-6 and (harmful @ opt).abs().max() < 1e-5 * harmful.norm(dim=1).max()
+    assert len(prep.meta["optimize"]["history"]) == 3
     inputs = prep.contrasts.search_inputs(keep_safety=True)
+    assert torch.equal(inputs.directions["optimized/plain"][1, 0], opt)
     study = run_search(model, tokenizer, inputs, prep.val, n_trials=s.trials, seed=s.seed, keep_floor=-1e9)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = targeted.confirm(model, tokenizer, prep, inputs, pareto(study), s)

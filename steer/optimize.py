@@ -1,0 +1,127 @@
+"""A gradient-optimized edit direction for targeted de-censoring.
+
+Contrast directions (difference of means) that separate censorship from safety refusals are
+weak in models where the two share a refusal mechanism (the embedded model: cosine 0.5-0.9,
+docs/targeted.md). This module instead asks directly for a unit vector r whose removal, exactly
+as the weight edit removes it (every residual writer's output and the embedding, strength 1),
+
+  - lowers the refusal score on target (censored) prompts,
+  - keeps the refusal score on harmful prompts the model refuses,
+  - keeps the first-token distribution on harmless prompts,
+
+by gradient descent through the frozen model. Per step, on a seeded minibatch of each group
+(logits at the first answer position; steer.select.refusal_score, first_token_kl):
+
+    loss = mean(max(score_target, -margin))
+         + keep_weight * mean(relu(base_score_keep - slack - score_keep))
+         + kl_weight * mean(KL(base || edited) on harmless)
+
+r = normalize(v - K (K^T v)) with K an orthonormal basis of `keep_span` (the harmful-refusal
+directions), so r is orthogonal to them like every targeted direction. Adam on v. The result
+is one more candidate direction for steer.search ("optimized"), where strengths, layers and
+subspace size are searched and the judge confirms the front.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .collect import encode_batches, last_logits
+from .edit import ablated
+from .select import first_token_kl, refusal_score
+
+
+@dataclass
+class OptimizeSettings:
+    steps: int = 32
+    lr: float = 0.003  # Adam step per coordinate of v (v starts at unit norm)
+    target_batch: int = 8
+    keep_batch: int = 6
+    harmless_batch: int = 8
+    margin: float = 3.0  # target scores below -margin count as done (no reward for pushing further)
+    slack: float = 0.5  # harmful scores may fall this far below base before they cost anything
+    keep_weight: float = 2.0
+    kl_weight: float = 20.0
+    seed: int = 0
+
+
+@dataclass
+class Group:
+    """Chat-formatted prompts and the base model's last-position logits [N, vocab]."""
+
+    texts: list[str]
+    base_logits: torch.Tensor
+
+
+def _orthonormal(span: torch.Tensor | None, d: int) -> torch.Tensor:
+    """Orthonormal basis [d, m] (float32) of span's rows [m, d]; [d, 0] for None."""
+    if span is None or span.numel() == 0:
+        return torch.zeros(d, 0)
+    u, sv, _ = torch.linalg.svd(span.reshape(-1, d).double().T, full_matrices=False)  # SVD: zero or dependent rows are fine
+    return u[:, sv > 1e-9 * sv.max()].float()
+
+
+def unit_direction(v: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """v with span(k) removed, normalized: r = (v - K K^T v) / ||.|| for v [d], K [d, m] orthonormal."""
+    w = v - k @ (k.T @ v)
+    return w / w.norm()
+
+
+def _forward(model, tokenizer, texts: list[str], r: torch.Tensor) -> torch.Tensor:
+    """Last-position logits [N, vocab] with r ablated, rows in the order of texts (one batch)."""
+    (idx, batch), = list(encode_batches(tokenizer, texts, len(texts)))
+    with ablated(model, r):
+        logits = last_logits(model, batch)
+    out = torch.empty_like(logits)
+    out[torch.tensor(idx)] = logits
+    return out
+
+
+def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: Group, init: torch.Tensor,
+                       refusal_tokens: list[int], keep_span: torch.Tensor | None = None,
+                       s: OptimizeSettings | None = None, progress: bool = True) -> tuple[torch.Tensor, list[dict]]:
+    """The optimized unit direction [d] (float64) and the per-step minibatch metrics.
+
+    init: [d] starting direction (e.g. the censorship contrast); keep_span: [m, d] directions r
+    must stay orthogonal to (or None). The model's parameters are frozen for the duration and
+    restored after; it must be in eval mode (no dropout)."""
+    s = s or OptimizeSettings()
+    d = init.shape[-1]
+    k = _orthonormal(keep_span, d)
+    v = unit_direction(init.float(), k).clone().requires_grad_(True)
+    opt = torch.optim.Adam([v], lr=s.lr)
+    rng = random.Random(s.seed)
+    groups = [(target, s.target_batch), (keep, s.keep_batch), (harmless, s.harmless_batch)]
+    base = [g.base_logits.detach().clone().float() for g, _ in groups]  # out of inference mode: usable by autograd
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    history = []
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with torch.enable_grad(), tqdm(range(s.steps), desc="optimizing direction", disable=not progress) as bar:
+            for step in bar:
+                picks = [sorted(rng.sample(range(len(g.texts)), min(n, len(g.texts)))) for g, n in groups]
+                texts = [g.texts[i] for (g, _), idx in zip(groups, picks) for i in idx]
+                logits = _forward(model, tokenizer, texts, unit_direction(v, k))
+                a, b = len(picks[0]), len(picks[0]) + len(picks[1])
+                t_score = refusal_score(logits[:a], refusal_tokens)
+                k_score = refusal_score(logits[a:b], refusal_tokens)
+                k_base = refusal_score(base[1][picks[1]], refusal_tokens)
+                kl = first_token_kl(base[2][picks[2]], logits[b:])
+                loss = (t_score.clamp(min=-s.margin).mean() + s.keep_weight * torch.relu(k_base - s.slack - k_score).mean()
+                        + s.kl_weight * kl.mean())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                row = {"step": step, "loss": loss.item(), "target_score": t_score.mean().item(),
+                       "keep_score": k_score.mean().item(), "keep_base": k_base.mean().item(), "kl": kl.mean().item()}
+                history.append(row)
+                bar.set_postfix(target=f"{row['target_score']:.2f}", keep=f"{row['keep_score']:.2f}", kl=f"{row['kl']:.3f}")
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    return unit_direction(v.detach(), k).double(), history

@@ -1,0 +1,82 @@
+"""The gradient-optimized direction on a tiny model: descent, constraints, determinism."""
+
+import torch
+
+from conftest import PROMPTS, make_model
+from steer.collect import batched_last_logits
+from steer.edit import ablated
+from steer.optimize import Group, OptimizeSettings, optimize_direction, unit_direction
+from steer.prompts import chat_texts
+from steer.search import SearchInputs, run_search
+from steer.select import refusal_score
+
+REFUSAL = [70, 71]
+
+
+def _groups(model, tokenizer):
+    t, k, h = (chat_texts(tokenizer, PROMPTS[i::3]) for i in range(3))
+    logits = lambda x: batched_last_logits(model, tokenizer, x)  # noqa: E731
+    return Group(t, logits(t)), Group(k, logits(k)), Group(h, logits(h))
+
+
+def _target_score(model, tokenizer, texts, r):
+    with ablated(model, r.float()):
+        return float(refusal_score(batched_last_logits(model, tokenizer, texts), REFUSAL).mean())
+
+
+def test_descent_lowers_the_target_score_and_leaves_the_model_as_it_was(tokenizer):
+    model = make_model("qwen2")
+    target, keep, harmless = _groups(model, tokenizer)
+    init = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # whole groups per step (no sampling noise), only the target term: plain gradient descent
+    s = OptimizeSettings(steps=15, lr=0.05, target_batch=99, keep_batch=99, harmless_batch=99, keep_weight=0.0,
+                         kl_weight=0.0, margin=100.0)
+    r, history = optimize_direction(model, tokenizer, target, keep, harmless, init, REFUSAL, None, s, progress=False)
+    assert len(history) == 15 and r.dtype == torch.float64 and abs(float(r.norm()) - 1) < 1e-6
+    start = _target_score(model, tokenizer, target.texts, init / init.norm())
+    assert _target_score(model, tokenizer, target.texts, r) < start - 0.05
+    assert history[-1]["target_score"] < history[0]["target_score"]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())  # restored
+
+
+def test_direction_stays_orthogonal_to_the_keep_span_and_is_seeded(tokenizer):
+    model = make_model("llama")
+    groups = _groups(model, tokenizer)
+    g = torch.Generator().manual_seed(1)
+    d = model.config.hidden_size
+    # like every layer's harmful direction: a zero row (layer 0) and very different scales
+    scale = torch.tensor([[0.0], [1e-3], [1.0]], dtype=torch.float64)
+    init, span = torch.randn(d, generator=g), torch.randn(3, d, generator=g, dtype=torch.float64) * scale
+    s = OptimizeSettings(steps=4, lr=0.05, target_batch=1, keep_batch=1, harmless_batch=1, seed=5)  # groups of 1-2 prompts
+    a, ha = optimize_direction(model, tokenizer, *groups, init, REFUSAL, span, s, progress=False)
+    b, hb = optimize_direction(model, tokenizer, *groups, init, REFUSAL, span, s, progress=False)
+    assert torch.equal(a, b) and ha == hb
+    assert ((span[1:] @ a).abs() / span[1:].norm(dim=1)).max() < 1e-6
+    c, _ = optimize_direction(model, tokenizer, *groups, init, REFUSAL, span, OptimizeSettings(**{**s.__dict__, "seed": 6}),
+                              progress=False)
+    assert not torch.equal(a, c)  # another seed draws other minibatches
+
+
+def test_unit_direction_removes_the_span():
+    q, _ = torch.linalg.qr(torch.randn(8, 2, dtype=torch.float64))
+    v = torch.randn(8, dtype=torch.float64)
+    r = unit_direction(v, q)
+    assert abs(float(r.norm()) - 1) < 1e-12 and (q.T @ r).abs().max() < 1e-12
+
+
+def test_search_tries_the_optimized_direction_first(tokenizer):
+    model = make_model("qwen2")
+    target, keep, harmless = _groups(model, tokenizer)
+    from steer.search import ValData
+
+    val = ValData(target.texts, keep.texts, harmless.texts, target.base_logits, keep.base_logits, harmless.base_logits, REFUSAL)
+    g = torch.Generator().manual_seed(0)
+    dirs = torch.randn(3, 2, 64, generator=g, dtype=torch.float64)
+    opt = torch.randn(64, generator=g, dtype=torch.float64).expand(3, 2, 64)
+    inputs = SearchInputs({"censorship/projected": dirs, "censorship/plain": dirs, "optimized/projected": opt,
+                           "optimized/plain": opt})
+    study = run_search(model, tokenizer, inputs, val, n_trials=2, seed=0)
+    first = study.trials[0].params
+    assert first["contrast"] == "optimized" and first["attn_floor"] == first["mlp_floor"] == first["embed"] == 1.0
