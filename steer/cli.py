@@ -57,11 +57,11 @@ def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> N
     if in_abliterate:
         g.add_argument("--keep-safety", action="store_true",
                        help="remove censorship (sensitive vs controls), keep harmful-request refusals: search the edit (see steer search)")
-    g.add_argument("--trials", type=int, default=48, help="search trials, each one forward pass over validation prompts (default: 48)")
+    g.add_argument("--trials", type=int, default=16, help="search trials, each one forward pass over validation prompts (default: 16)")
     g.add_argument("--k-max", type=int, default=3, help="largest subspace searched (default: 3)")
     g.add_argument("--keep-fraction", type=float, default=0.9, help="harmful refusal kept >= this fraction of the base model's (default: 0.9)")
-    g.add_argument("--keep-layers", default="same", choices=("same", "all"),
-                   help="make the edit orthogonal to the harmful-refusal direction of its own layer, or of every layer (default: same)")
+    g.add_argument("--keep-layers", default="all", choices=("same", "all"),
+                   help="make the edit orthogonal to the harmful-refusal direction of every layer, or of its own layer only (default: all)")
     g.add_argument("--confirm", type=int, default=4, help="Pareto candidates confirmed with generation and the judge (default: 4)")
     g.add_argument("--search-kl-max", type=float, default=0.05,
                    help="first-token KL bound (95%% upper bound, harmless validation prompts) a Pareto candidate must meet "

@@ -41,11 +41,11 @@ class OptimizeSettings:
     lr: float = 0.003  # Adam step per coordinate of v (v starts at unit norm)
     target_batch: int = 8
     keep_batch: int = 6
-    harmless_batch: int = 8
+    harmless_batch: int = 12
     margin: float = 3.0  # target scores below -margin count as done (no reward for pushing further)
     slack: float = 0.5  # harmful scores may fall this far below base before they cost anything
     keep_weight: float = 2.0
-    kl_weight: float = 20.0
+    kl_weight: float = 40.0
     seed: int = 0
 
 

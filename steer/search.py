@@ -156,12 +156,16 @@ def suggest(trial, n_layers: int, n_positions: int, k_max: int, contrasts: list[
                       preserve_norm=trial.suggest_categorical("preserve_norm", [False, True]))
 
 
-def full_strength(n_layers: int, contrast: str = "optimized", layer_frac: tuple[float, float] = (0.2, 0.8)) -> dict:
-    """Search parameters (suggest's names) of a rank-1 edit at strength 1 everywhere, embedding included."""
-    flat = lambda name: {f"{name}_peak": 1.0, f"{name}_center": (n_layers - 1) / 2, f"{name}_width": float(n_layers),  # noqa: E731
-                         f"{name}_floor": 1.0}
+OPTIMIZED_STRENGTHS = (1.0, 0.9, 0.8, 0.6)  # the optimized direction's first trials (strength 1 is what it was trained at)
+
+
+def full_strength(n_layers: int, strength: float = 1.0, contrast: str = "optimized",
+                  layer_frac: tuple[float, float] = (0.2, 0.8)) -> dict:
+    """Search parameters (suggest's names) of a rank-1 edit with one strength everywhere, embedding included."""
+    flat = lambda name: {f"{name}_peak": strength, f"{name}_center": (n_layers - 1) / 2,  # noqa: E731
+                         f"{name}_width": float(n_layers), f"{name}_floor": strength}
     return {"index": sum(layer_frac) / 2 * (n_layers - 1), "position": -1, "k": 1, "projected": True, "contrast": contrast,
-            **flat("attn"), **flat("mlp"), "embed": 1.0, "preserve_norm": False}
+            **flat("attn"), **flat("mlp"), "embed": strength, "preserve_norm": False}
 
 
 def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials: int, seed: int, storage: Path | None = None,
@@ -185,8 +189,9 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
     study = optuna.create_study(study_name=study_name, storage=store, sampler=sampler, load_if_exists=True,
                                 directions=["minimize", "minimize"])
 
-    if "optimized" in contrasts and not study.trials:  # first trial: steer.optimize's edit as it was trained
-        study.enqueue_trial(full_strength(n_layers))
+    if "optimized" in contrasts and not study.trials:  # first: steer.optimize's edit as trained, then weaker
+        for strength in OPTIMIZED_STRENGTHS:
+            study.enqueue_trial(full_strength(n_layers, strength))
 
     def objective(trial) -> tuple[float, float]:
         p = suggest(trial, n_layers, n_pos, k_max, contrasts)

@@ -110,10 +110,10 @@ def compute_contrasts(model, tokenizer, texts: dict[str, list[str]], n_positions
 @dataclass
 class TargetedSettings:
     n_val: int = 32  # sensitive and harmful validation prompts (twice as many harmless ones)
-    trials: int = 48  # Optuna trials (each: one forward pass over the validation prompts)
+    trials: int = 16  # Optuna trials (each: one forward pass over the validation prompts)
     k_max: int = 3  # largest subspace searched
     keep_safety: bool = True  # edit directions orthogonal to the harmful-refusal direction
-    keep_layers: str = "same"  # ... of the edit's own layer ("same") or of every layer ("all")
+    keep_layers: str = "all"  # ... of every layer ("all") or of the edit's own layer ("same")
     keep_fraction: float = 0.9  # harmful refusal must stay >= this fraction of the base model's
     kl_max: float = 0.05  # first-token KL bound (95% upper bound) for confirmed candidates
     confirm: int = 4  # Pareto candidates confirmed with generation and the judge

@@ -149,9 +149,12 @@ def test_targeted_flags_reach_the_settings(capsys):
     from steer.cli import _targeted, build_parser
 
     args = build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety", "--search-kl-max", "0.2",
-                                      "--keep-layers", "all", "--trials", "7"])
+                                      "--keep-layers", "same", "--trials", "7", "--optimize-steps", "0"])
     ts = _targeted(args)
-    assert (ts.kl_max, ts.keep_layers, ts.trials) == (0.2, "all", 7)
-    assert _targeted(build_parser().parse_args(["search", "--out", "x"])).kl_max == 0.05
+    assert (ts.kl_max, ts.keep_layers, ts.trials, ts.optimize_steps) == (0.2, "same", 7, 0)
+    default = _targeted(build_parser().parse_args(["search", "--out", "x"]))
+    assert (default.kl_max, default.keep_layers, default.optimize_steps) == (0.05, "all", 32)
     assert main(["search", "--out", "x", "--search-kl-max", "0"]) == 2
     assert "--search-kl-max must be positive" in capsys.readouterr().err
+    assert main(["search", "--out", "x", "--optimize-steps", "-1"]) == 2
+    assert "--optimize-steps must be 0 or more" in capsys.readouterr().err
