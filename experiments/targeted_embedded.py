@@ -47,6 +47,7 @@ def main() -> None:
     info = {
         "command": " ".join(command),
         "made_by": "python experiments/targeted_embedded.py " + " ".join(sys.argv[1:]),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
         "wall_time_s": round(wall, 1), "peak_rss_gb": round(peak_gb, 2),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "python": platform.python_version()},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},

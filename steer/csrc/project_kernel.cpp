@@ -86,7 +86,8 @@ inline void put(T* p, float v) {
 
 // Pass 2. Rows layout, NR (1 or 2) rows at once so they share the loads of c: y_r[j] = (x_r[j] -
 // s u_r[j]) * fac[j] with u_r[j] = sum_a b_r[a] c[a * cw + j] summed in order a = 0, 1, ... Columns
-// layout, one vector: y[i] = (x[i] - s u[i]) * f with u[i] = sum_a bt[a * d + i] c[a]. IP (in place):
+// layout, NV (1 or 2) vectors at once so they share the loads of B^T: y_v[i] = (x_v[i] - s u_v[i]) *
+// f_v with u_v[i] = sum_a bt[a * d + i] c_v[a]. IP (in place):
 // x is not read (pass nullptr); y is read and written through one pointer. Otherwise x and y do not
 // overlap (the Problem contract). Either way no two restrict pointers touch the same memory, so
 // gcc vectorizes over j without alias checks or a staging copy. F: the caller checked that no NaN
@@ -114,15 +115,25 @@ inline void row_update(const T* __restrict x0, const T* __restrict x1, T* __rest
   }
 }
 
-template <typename T, int KC, bool P, bool F, bool IP>
-inline void vector_update(const T* __restrict xs, T* __restrict ys, int64_t n, const float* __restrict bt, int64_t d,
-                          int64_t k, const float* __restrict c, float f, float s) {
+template <typename T, int KC, bool P, bool F, bool IP, int NV>
+inline void vector_update(const T* __restrict x0, const T* __restrict x1, T* __restrict y0, T* __restrict y1, int64_t n,
+                          const float* __restrict bt, int64_t d, int64_t k, const float* __restrict c0,
+                          const float* __restrict c1, float f0, float f1, float s) {
   const int64_t K = KC > 0 ? KC : k;
   for (int64_t i = 0; i < n; ++i) {
-    float u = bt[i] * c[0];
-    for (int64_t a = 1; a < K; ++a) u = std::fma(bt[a * d + i], c[a], u);
-    const float v = std::fma(-s, u, load((IP ? ys : xs) + i));
-    put<T, F>(ys + i, P ? v * f : v);
+    float u0 = bt[i] * c0[0];
+    float u1 = NV > 1 ? bt[i] * c1[0] : 0.f;
+    for (int64_t a = 1; a < K; ++a) {
+      const float ba = bt[a * d + i];
+      u0 = std::fma(ba, c0[a], u0);
+      if (NV > 1) u1 = std::fma(ba, c1[a], u1);
+    }
+    const float v0 = std::fma(-s, u0, load((IP ? y0 : x0) + i));
+    put<T, F>(y0 + i, P ? v0 * f0 : v0);
+    if (NV > 1) {
+      const float v1 = std::fma(-s, u1, load((IP ? y1 : x1) + i));
+      put<T, F>(y1 + i, P ? v1 * f1 : v1);
+    }
   }
 }
 
@@ -140,35 +151,45 @@ inline void with_flags(bool finite, bool in_place, Fn fn) {
 
 // c[a] = sum_i bt[a * d + i] x[i] for a < KC and (P) sq = sum_i x[i]^2, each accumulated in LANES
 // partial sums (lane i % LANES, in order of i) that are then added in lane order. Local arrays,
-// so the partial sums live in registers.
-template <typename T, int KC, bool P>
-inline void dots(const T* __restrict x, const float* __restrict bt, int64_t d, float* __restrict c,
-                 float* __restrict sq) {
-  float acc[KC > 0 ? KC : 1][LANES] = {};
-  float sqacc[LANES] = {};
+// so the partial sums live in registers. NV = 2 does the same for a second vector x1 (into c1,
+// sq1) in the same loop, sharing the loads of bt; each vector's sums are the same either way.
+template <typename T, int KC, bool P, int NV = 1>
+inline void dots(const T* __restrict x0, const float* __restrict bt, int64_t d, float* __restrict c0,
+                 float* __restrict sq0, const T* __restrict x1 = nullptr, float* __restrict c1 = nullptr,
+                 float* __restrict sq1 = nullptr) {
+  float acc[NV][KC > 0 ? KC : 1][LANES] = {};
+  float sqacc[NV][LANES] = {};
+  const T* xs[2] = {x0, x1};
+  float* cs[2] = {c0, c1};
+  float* sqs[2] = {sq0, sq1};
   const int64_t body = d - d % LANES;
   for (int64_t i = 0; i < body; i += LANES) {  // innermost loops over the LANES: one vector op each
-    float v[LANES];
-    for (int64_t l = 0; l < LANES; ++l) v[l] = load(x + i + l);
+    float v[NV][LANES];
+    for (int n = 0; n < NV; ++n)
+      for (int64_t l = 0; l < LANES; ++l) v[n][l] = load(xs[n] + i + l);
     for (int64_t a = 0; a < KC; ++a)
-      for (int64_t l = 0; l < LANES; ++l) acc[a][l] += bt[a * d + i + l] * v[l];
+      for (int n = 0; n < NV; ++n)  // NV vectors share each load of bt
+        for (int64_t l = 0; l < LANES; ++l) acc[n][a][l] += bt[a * d + i + l] * v[n][l];
     if (P)
-      for (int64_t l = 0; l < LANES; ++l) sqacc[l] += v[l] * v[l];
+      for (int n = 0; n < NV; ++n)
+        for (int64_t l = 0; l < LANES; ++l) sqacc[n][l] += v[n][l] * v[n][l];
   }
-  for (int64_t i = body; i < d; ++i) {
-    const float v = load(x + i);
-    for (int64_t a = 0; a < KC; ++a) acc[a][i - body] += bt[a * d + i] * v;
-    if (P) sqacc[i - body] += v * v;
-  }
-  for (int64_t a = 0; a < KC; ++a) {
-    float t = 0.f;
-    for (int64_t l = 0; l < LANES; ++l) t += acc[a][l];
-    c[a] = t;
-  }
-  if (P) {
-    float t = 0.f;
-    for (int64_t l = 0; l < LANES; ++l) t += sqacc[l];
-    *sq = t;
+  for (int n = 0; n < NV; ++n) {
+    for (int64_t i = body; i < d; ++i) {
+      const float v = load(xs[n] + i);
+      for (int64_t a = 0; a < KC; ++a) acc[n][a][i - body] += bt[a * d + i] * v;
+      if (P) sqacc[n][i - body] += v * v;
+    }
+    for (int64_t a = 0; a < KC; ++a) {
+      float t = 0.f;
+      for (int64_t l = 0; l < LANES; ++l) t += acc[n][a][l];
+      cs[n][a] = t;
+    }
+    if (P) {
+      float t = 0.f;
+      for (int64_t l = 0; l < LANES; ++l) t += sqacc[n][l];
+      *sqs[n] = t;
+    }
   }
 }
 
@@ -177,23 +198,41 @@ template <typename T, int KC, bool P>
 void columns(const T* x, T* y, int64_t d, int64_t m, int64_t sm, int64_t ysm, const float* bt, int64_t k,
              const float* gram, float s) {
   const int64_t K = KC > 0 ? KC : k;
-  std::vector<float> c(K);
-  for (int64_t j = 0; j < m; ++j) {
+  std::vector<float> c(2 * K);
+  float* c0 = c.data();
+  float* c1 = c.data() + K;
+  const bool ip = x == y;
+  int64_t j = 0;
+  // two vectors at a time (compile-time k): pass 1 (memory) c = B^T x and ||x||^2 in LANES fixed
+  // partial sums, pass 2 (cache) y = (x - s B c) * f; both share the loads of B^T between them
+  for (; KC > 0 && j + 2 <= m; j += 2) {
+    const T* x0 = x + j * sm;
+    T* y0 = y + j * ysm;
+    float sq0 = 0.f, sq1 = 0.f;
+    dots<T, (KC > 0 ? KC : 1), P, 2>(x0, bt, d, c0, &sq0, x0 + sm, c1, &sq1);
+    const float f0 = P ? norm_factor(sq0, c0, 1, gram, K, s) : 1.f;
+    const float f1 = P ? norm_factor(sq1, c1, 1, gram, K, s) : 1.f;
+    const bool finite = all_finite(c.data(), 2 * K) && std::isfinite(f0) && std::isfinite(f1);
+    with_flags(finite, ip, [&](auto F, auto IP) {
+      vector_update<T, KC, P, F.value, IP.value, 2>(IP.value ? nullptr : x0, IP.value ? nullptr : x0 + sm, y0, y0 + ysm,
+                                                    d, bt, d, K, c0, c1, f0, f1, s);
+    });
+  }
+  for (; j < m; ++j) {  // the odd one, or every vector for a k known only at run time
     const T* xv = x + j * sm;
     T* yv = y + j * ysm;
-    // pass 1 (memory): c = B^T x and ||x||^2, each in LANES fixed partial sums
     float sq = 0.f;
     if (KC > 0) {
-      dots<T, (KC > 0 ? KC : 1), P>(xv, bt, d, c.data(), &sq);
+      dots<T, (KC > 0 ? KC : 1), P>(xv, bt, d, c0, &sq);
     } else {  // one direction at a time (x stays in L1): each sum sees the same additions
-      for (int64_t a = 0; a < K; ++a) dots<T, 1, false>(xv, bt + a * d, d, c.data() + a, nullptr);
+      for (int64_t a = 0; a < K; ++a) dots<T, 1, false>(xv, bt + a * d, d, c0 + a, nullptr);
       if (P) dots<T, 0, true>(xv, nullptr, d, nullptr, &sq);
     }
-    const float f = P ? norm_factor(sq, c.data(), 1, gram, K, s) : 1.f;
-    // pass 2 (cache): y = (x - s B c) * f
-    const bool finite = all_finite(c.data(), K) && std::isfinite(f);
-    with_flags(finite, xv == yv, [&](auto F, auto IP) {
-      vector_update<T, KC, P, F.value, IP.value>(IP.value ? nullptr : xv, yv, d, bt, d, K, c.data(), f, s);
+    const float f = P ? norm_factor(sq, c0, 1, gram, K, s) : 1.f;
+    const bool finite = all_finite(c0, K) && std::isfinite(f);
+    with_flags(finite, ip, [&](auto F, auto IP) {
+      vector_update<T, KC, P, F.value, IP.value, 1>(IP.value ? nullptr : xv, nullptr, yv, nullptr, d, bt, d, K, c0, nullptr,
+                                                    f, 1.f, s);
     });
   }
 }
