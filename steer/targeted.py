@@ -47,11 +47,16 @@ class Contrasts:
     def cosines(self, position: int = -1) -> dict[str, list[float]]:
         """Per-layer cosine similarities at one position (for the plot and the report)."""
         at = lambda t: t[:, position]  # noqa: E731
-        return {
+        out = {
             "censorship vs harmful": _cos(at(self.censorship), at(self.harmful)).tolist(),
             "censorship vs (sensitive - harmless)": _cos(at(self.censorship), at(self.versus_harmless)).tolist(),
             "(sensitive - harmless) vs harmful": _cos(at(self.versus_harmless), at(self.harmful)).tolist(),
         }
+        if self.optimized is not None:  # how far the optimized direction moved from the contrasts
+            opt = self.optimized.double().expand_as(at(self.censorship))
+            out["optimized vs censorship"] = _cos(opt, at(self.censorship)).tolist()
+            out["optimized vs (sensitive - harmless)"] = _cos(opt, at(self.versus_harmless)).tolist()
+        return out
 
     def save(self, path: Path, meta: dict) -> None:
         """Tensors as safetensors (what an edit is rebuilt from) and meta as a JSON sidecar."""

@@ -6,7 +6,7 @@ from conftest import PROMPTS, make_model
 from steer.collect import residual_means
 from steer.prompts import chat_texts
 from steer.report import plot_cosines
-from steer.targeted import compute_contrasts
+from steer.targeted import _cos, compute_contrasts
 
 
 def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(tokenizer, tmp_path):
@@ -45,6 +45,9 @@ def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(token
     c.optimized = torch.nn.functional.normalize(torch.randn(model.config.hidden_size, dtype=torch.float64), dim=0)
     c.save(tmp_path / "c.safetensors", {})
     assert torch.equal(Contrasts.load(tmp_path / "c.safetensors").optimized, c.optimized)
+    with_opt = c.cosines()
+    assert len(with_opt) == 5 and abs(with_opt["optimized vs censorship"][2]
+                                      - float(_cos(c.optimized, c.censorship[2, -1]))) < 1e-12
     plot_cosines(cos, tmp_path / "cos.png")
     assert (tmp_path / "cos.png").stat().st_size > 1000
 
