@@ -264,7 +264,7 @@ def _directions(args) -> int:
 def _search(args) -> int:
     from .load import load_model
     from .pipeline import targeted_search
-    from .report import pareto_table, plot_cosines, plot_pareto
+    from .report import optimize_summary, pareto_table, plot_cosines, plot_pareto
     from .save import atomic_dir, check_output, write_json
     from .search import trial_rows
 
@@ -279,7 +279,8 @@ def _search(args) -> int:
         plot_cosines(prep.contrasts.cosines(), tmp / "cosines.png", "cosine similarity per layer (last position)")
         plot_pareto(trial_rows(st), front, conf["chosen"], tmp / "pareto.png")
         md = pareto_table(front, conf["candidates"], conf["chosen"])
-        (tmp / "search.md").write_text(f"# steer search\n\n{md}\n\n{conf['note'] or ''}\n", encoding="utf-8")
+        opt = optimize_summary(prep.meta.get("optimize"))
+        (tmp / "search.md").write_text(f"# steer search\n\n{md}\n\n{opt}\n\n{conf['note'] or ''}\n", encoding="utf-8")
     print(md + f"\n\nchosen: {conf['chosen']['params']}\nsaved to {args.out}")
     return 0
 

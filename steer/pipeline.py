@@ -232,7 +232,7 @@ def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Setting
     harmless), an Optuna search scored without decoding, judge-confirmed Pareto candidates, then
     the same edit-evaluate-save path as `abliterate`. `study` (a journal file) makes the search
     resumable; by default it lives in $STEER_CACHE/search/."""
-    from .report import pareto_table, plot_cosines, plot_pareto
+    from .report import optimize_summary, pareto_table, plot_cosines, plot_pareto
     from .search import EditParams, edit_basis, edited, trial_rows
     from .targeted import TargetedSettings
 
@@ -260,7 +260,8 @@ def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Setting
         report["elapsed_s"] = round(time.time() - started, 1)
         write_json(tmp / "report.json", report)
         md = "\n".join([f"# steer abliterate --keep-safety: {loaded.source}\n", before_after_table(before, after), "",
-                        f"Edit: {params.to_dict()}", "", "## Pareto front (validation split)\n",
+                        f"Edit: {params.to_dict()}", "", optimize_summary(prep.meta.get("optimize")), "",
+                        "## Pareto front (validation split)\n",
                         pareto_table(front, conf["candidates"], conf["chosen"]), "", conf["note"] or ""])
         (tmp / "report.md").write_text(md + "\n", encoding="utf-8")
         write_json(tmp / "steer_manifest.json", {

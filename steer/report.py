@@ -278,3 +278,14 @@ def pareto_table(front: list[dict], confirmed: list[dict], chosen: dict | None) 
         lines.append(f"| {r['trial']}{mark} | {r['target_score']:.2f} | {r['keep_score']:.2f} | {r['kl']:.4f} | {r['kl_ucb']:.4f} | "
                      f"{r['params']['k']} | {cens} | {_pct(j.get('refusal/harmful')) if j else '-'} |")
     return "\n".join(lines)
+
+
+def optimize_summary(meta: dict | None) -> str:
+    """One line on steer.optimize's run (prepare meta "optimize"), or "" when it did not run."""
+    if not meta or not meta.get("history"):
+        return ""
+    first, last, init = meta["history"][0], meta["history"][-1], meta["init"]
+    return (f"Optimized direction: {len(meta['history'])} steps from {init['contrast']} at layer {init['layer']}; "
+            f"on its train minibatches refusal score on sensitive prompts {first['target_score']:.2f} -> "
+            f"{last['target_score']:.2f}, on harmful prompts {first['keep_score']:.2f} -> {last['keep_score']:.2f} "
+            f"(base {last['keep_base']:.2f}), harmless KL {first['kl']:.3f} -> {last['kl']:.3f}.")

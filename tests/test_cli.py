@@ -115,10 +115,12 @@ def test_search_writes_the_pareto_front(setup, monkeypatch, capsys):
     monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
     out = setup / "search"
     rc = main(["search", str(setup / "model"), "--out", str(out), "--trials", "3", "--k-max", "2", "--n-val", "4",
-               "--confirm", "1", "--study", str(setup / "study.journal")])
+               "--confirm", "1", "--study", str(setup / "study.journal"), "--optimize-steps", "2"])
     assert rc == 0
     data = json.loads((out / "pareto.json").read_text())
     assert data["front"] and len(data["trials"]) == 3 and data["confirm"]["chosen"]["params"]["k"] in (1, 2)
+    assert data["trials"][0]["params"]["contrast"] == "optimized" and len(data["prepare"]["optimize"]["history"]) == 2
+    assert "Optimized direction: 2 steps" in (out / "search.md").read_text()
     for name in ("pareto.png", "cosines.png", "contrasts.safetensors", "search.md"):
         assert (out / name).is_file(), name
     assert main(["search", str(setup / "model"), "--out", str(setup / "x"), "--keep-fraction", "2"]) == 2
