@@ -9,7 +9,6 @@ with explicit offsets, so no file is ever mapped or read whole.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -103,31 +102,23 @@ def pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
 
 
 class Copier:
-    """Copies byte ranges between files: in the kernel (os.copy_file_range) where it works, else
-    through one reused buffer."""
+    """Copies byte ranges between files through one reused 8 MiB buffer (positioned reads and
+    writes). Measured on the development machine against os.copy_file_range: 0.4-0.5 s vs
+    0.7-2.2 s per GB (the buffer stays in cache; the in-kernel copy of a filesystem without
+    reflinks is no faster and varies more)."""
+
+    BUFFER = 8 << 20
 
     def __init__(self) -> None:
-        self._kernel = hasattr(os, "copy_file_range")
         self._buf: bytearray | None = None
 
     def copy(self, src: int, src_offset: int, dst: int, dst_offset: int, n: int) -> None:
+        self._buf = self._buf or bytearray(self.BUFFER)
         while n > 0:
-            if self._kernel:
-                try:
-                    k = os.copy_file_range(src, dst, n, src_offset, dst_offset)
-                except OSError as exc:
-                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
-                        raise
-                    self._kernel = False
-                    continue
-                if k == 0:
-                    raise SteerError(f"unexpected end of file copying {n} bytes at offset {src_offset}")
-            else:
-                self._buf = self._buf or bytearray(CHUNK)
-                k = min(n, len(self._buf))
-                view = memoryview(self._buf)[:k]
-                pread_into(src, view, src_offset)
-                pwrite_all(dst, view, dst_offset)
+            k = min(n, len(self._buf))
+            view = memoryview(self._buf)[:k]
+            pread_into(src, view, src_offset)
+            pwrite_all(dst, view, dst_offset)
             src_offset, dst_offset, n = src_offset + k, dst_offset + k, n - k
 
 

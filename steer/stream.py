@@ -6,7 +6,7 @@ residual writers change, so this editor reads each of those tensors into one of 
 buffers (plain positioned reads: no mmap, no whole-file loads), projects it in place with
 `steer.kernels.project` (maths in float32, storage dtype kept), writes it from a background
 thread while the next one is read and projected, and copies every other tensor's bytes verbatim
-(os.copy_file_range). Peak memory is about two tensors plus the interpreter, whatever the model
+(through an 8 MiB buffer, steer.rawio.Copier). Peak memory is about two tensors plus the interpreter, whatever the model
 size; the output has the input's shard layout, names, dtypes, order and
 metadata, and equals what the in-memory route writes (tests/test_stream.py).
 
