@@ -50,7 +50,11 @@ def remove_span(directions: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
         o = o.unsqueeze(-2)
     if o.dim() != d.dim() + 1:
         raise ValueError(f"others {tuple(others.shape)} does not match directions {tuple(directions.shape)}")
-    q, _ = torch.linalg.qr(o.transpose(-1, -2))  # [..., d, m] orthonormal columns
+    # Orthonormal basis of span(others) by SVD, keeping only directions with a non-zero singular
+    # value: a zero or dependent row (layer 0's harmful direction is zero) spans nothing. (A QR
+    # basis would give such a row an arbitrary unit column, and remove that too.)
+    u, sv, _ = torch.linalg.svd(o.transpose(-1, -2), full_matrices=False)  # [..., d, m]
+    q = u * (sv > 1e-9 * sv.amax(-1, keepdim=True)).unsqueeze(-2)
     coeff = einops.einsum(d, q, "... d, ... d m -> ... m")
     return d - einops.einsum(coeff, q, "... m, ... d m -> ... d")
 

@@ -16,8 +16,8 @@ by gradient descent through the frozen model. Per step, on a seeded minibatch of
          + keep_weight * mean(relu(base_score_keep - slack - score_keep))
          + kl_weight * mean(KL(base || edited) on harmless)
 
-r = normalize(v - K (K^T v)) with K an orthonormal basis of `keep_span` (the harmful-refusal
-directions), so r is orthogonal to them like every targeted direction. Adam on v. The result
+r = normalize(v with span(keep_span) removed) (steer.directions.remove_span; keep_span: the
+harmful-refusal directions), so r is orthogonal to them like every targeted direction. Adam on v. The result
 is one more candidate direction for steer.search ("optimized"), where strengths, layers and
 subspace size are searched and the judge confirms the front.
 """
@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .collect import encode_batches, last_logits
+from .directions import remove_span
 from .edit import ablated
 from .select import first_token_kl, refusal_score
 
@@ -57,17 +58,9 @@ class Group:
     base_logits: torch.Tensor
 
 
-def _orthonormal(span: torch.Tensor | None, d: int) -> torch.Tensor:
-    """Orthonormal basis [d, m] (float32) of span's rows [m, d]; [d, 0] for None."""
-    if span is None or span.numel() == 0:
-        return torch.zeros(d, 0)
-    u, sv, _ = torch.linalg.svd(span.reshape(-1, d).double().T, full_matrices=False)  # SVD: zero or dependent rows are fine
-    return u[:, sv > 1e-9 * sv.max()].float()
-
-
-def unit_direction(v: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """v with span(k) removed, normalized: r = (v - K K^T v) / ||.|| for v [d], K [d, m] orthonormal."""
-    w = v - k @ (k.T @ v)
+def unit_direction(v: torch.Tensor, keep_span: torch.Tensor | None) -> torch.Tensor:
+    """v [d] with span(keep_span) [m, d] removed (steer.directions.remove_span), normalized."""
+    w = v if keep_span is None else remove_span(v, keep_span)
     return w / w.norm()
 
 
@@ -90,9 +83,7 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
     must stay orthogonal to (or None). The model's parameters are frozen for the duration and
     restored after; it must be in eval mode (no dropout)."""
     s = s or OptimizeSettings()
-    d = init.shape[-1]
-    k = _orthonormal(keep_span, d)
-    v = unit_direction(init.float(), k).clone().requires_grad_(True)
+    v = unit_direction(init.double(), keep_span).float().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=s.lr)
     rng = random.Random(s.seed)
     groups = [(target, s.target_batch), (keep, s.keep_batch), (harmless, s.harmless_batch)]
@@ -106,7 +97,7 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
             for step in bar:
                 picks = [sorted(rng.sample(range(len(g.texts)), min(n, len(g.texts)))) for g, n in groups]
                 texts = [g.texts[i] for (g, _), idx in zip(groups, picks) for i in idx]
-                logits = _forward(model, tokenizer, texts, unit_direction(v, k))
+                logits = _forward(model, tokenizer, texts, unit_direction(v, keep_span).float())
                 a, b = len(picks[0]), len(picks[0]) + len(picks[1])
                 t_score = refusal_score(logits[:a], refusal_tokens)
                 k_score = refusal_score(logits[a:b], refusal_tokens)
@@ -124,4 +115,4 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-    return unit_direction(v.detach(), k).double(), history
+    return unit_direction(v.detach().double(), keep_span), history

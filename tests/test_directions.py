@@ -60,6 +60,11 @@ def test_remove_span_leaves_a_direction_orthogonal_to_the_others():
     ortho = remove_span(censor, harmful)
     assert torch.allclose(remove_span(ortho, harmful), ortho)
     assert remove_span(2 * harmful - mean, both).norm(dim=-1).max() < 1e-10
+    # A zero or repeated row spans nothing more: only the real span is removed.
+    v, h = censor[0, 0], harmful[0, 0]
+    padded = torch.stack([torch.zeros(16, dtype=torch.float64), h, 3 * h])
+    assert torch.allclose(remove_span(v, padded), remove_span(v, h), atol=1e-12)
+    assert torch.equal(remove_span(v, torch.zeros(2, 16, dtype=torch.float64)), v)
 
 
 def test_principal_directions_are_orthonormal_signed_and_lead_with_the_mean_shift():

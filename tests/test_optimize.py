@@ -60,10 +60,11 @@ def test_direction_stays_orthogonal_to_the_keep_span_and_is_seeded(tokenizer):
 
 
 def test_unit_direction_removes_the_span():
-    q, _ = torch.linalg.qr(torch.randn(8, 2, dtype=torch.float64))
+    span = torch.randn(2, 8, dtype=torch.float64)
     v = torch.randn(8, dtype=torch.float64)
-    r = unit_direction(v, q)
-    assert abs(float(r.norm()) - 1) < 1e-12 and (q.T @ r).abs().max() < 1e-12
+    r = unit_direction(v, span)
+    assert abs(float(r.norm()) - 1) < 1e-12 and (span @ r).abs().max() < 1e-12
+    assert torch.allclose(unit_direction(v, None), v / v.norm())
 
 
 def test_search_tries_the_optimized_direction_first(tokenizer):

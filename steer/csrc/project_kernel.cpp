@@ -13,7 +13,8 @@
 // (exactly rounded by definition) or, in the contiguous dot products (where gcc vectorizes only
 // the unfused form), a multiply then an add: built with -ffp-contract=off so the compiler fuses
 // nothing itself. So the bytes do not depend on the vector ISA the compiler picked. bf16 rounding
-// is round-to-nearest-even, as torch's float -> bfloat16 conversion; NaN is stored as 0x7FC0 (rounding would carry some NaNs to infinity).
+// is round-to-nearest-even, as torch's float -> bfloat16 conversion; NaN is stored as 0x7FC0
+// (rounding would carry some NaNs to infinity).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -87,8 +88,8 @@ inline void put(T* p, float v) {
 // Pass 2. Rows layout, NR (1 or 2) rows at once so they share the loads of c: y_r[j] = (x_r[j] -
 // s u_r[j]) * fac[j] with u_r[j] = sum_a b_r[a] c[a * cw + j] summed in order a = 0, 1, ... Columns
 // layout, NV (1 or 2) vectors at once so they share the loads of B^T: y_v[i] = (x_v[i] - s u_v[i]) *
-// f_v with u_v[i] = sum_a bt[a * d + i] c_v[a]. IP (in place):
-// x is not read (pass nullptr); y is read and written through one pointer. Otherwise x and y do not
+// f_v with u_v[i] = sum_a bt[a * d + i] c_v[a]. IP (in place): x is not read (pass nullptr); y is
+// read and written through one pointer. Otherwise x and y do not
 // overlap (the Problem contract). Either way no two restrict pointers touch the same memory, so
 // gcc vectorizes over j without alias checks or a staging copy. F: the caller checked that no NaN
 // can arise (every coefficient finite implies every x finite: a NaN or Inf in x makes its
