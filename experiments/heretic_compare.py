@@ -61,7 +61,11 @@ def run_heretic(python: str, model: Path, files: dict[str, Path], work: Path, tr
     wall = time.time() - started
     if proc.returncode != 0:
         raise SystemExit(f"heretic failed (exit {proc.returncode}); see {work / 'heretic.log'}")
-    return {"command": " ".join(cmd), "wall_time_s": round(wall, 1),
+    version = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('heretic-llm'))"],
+                             capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"command": " ".join(cmd), "heretic_version": version, "steer_commit": commit, "trials": trials, "seed": seed,
+            "wall_time_s": round(wall, 1),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
             "choice": json.loads((out / "heretic_choice.json").read_text()), "model": str(out)}
 
@@ -86,24 +90,32 @@ def table(heretic: dict, steer: dict | None, h_run: dict, s_run: dict | None) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--heretic-python", required=True, help="python of the virtual environment heretic-llm is installed in")
+    ap.add_argument("--heretic-python", help="python of the virtual environment heretic-llm is installed in")
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default="../shared/data")
+    ap.add_argument("--table-only", action="store_true",
+                    help="rebuild table.md from the saved heretic run and results/targeted-embedded (no heretic, no evaluation)")
     args = ap.parse_args()
     from steer.load import embedded_checkpoint
 
     work, dest = ROOT / "runs" / "heretic", ROOT / "results" / "heretic-vs-steer"
     work.mkdir(parents=True, exist_ok=True)
-    h_run = run_heretic(args.heretic_python, embedded_checkpoint(), write_prompts(work / "prompts"), work, args.trials, args.seed)
-    subprocess.run(["steer", "compare", "embedded", h_run["model"], "--suite", SUITES, "--data-dir", args.data_dir,
-                    "--batch-size", "16", "--seed", str(args.seed), "--out", str(dest / "heretic"), "--force"], cwd=ROOT, check=True)
+    if not args.table_only and not args.heretic_python:
+        ap.error("--heretic-python is required unless --table-only")
+    if args.table_only:
+        h_run = json.loads((dest / "heretic_run.json").read_text())
+    else:
+        h_run = run_heretic(args.heretic_python, embedded_checkpoint(), write_prompts(work / "prompts"), work, args.trials, args.seed)
+        subprocess.run(["steer", "compare", "embedded", h_run["model"], "--suite", SUITES, "--data-dir", args.data_dir,
+                        "--batch-size", "16", "--seed", str(args.seed), "--out", str(dest / "heretic"), "--force"],
+                       cwd=ROOT, check=True)
+        h_run["log_tail"] = (work / "heretic.log").read_text(errors="replace")[-3000:]
+        (dest / "heretic_run.json").write_text(json.dumps(h_run, indent=2) + "\n")
     heretic = json.loads((dest / "heretic" / "comparison.json").read_text())
     s_dir = ROOT / "results" / "targeted-embedded"
     steer = json.loads((s_dir / "compare" / "comparison.json").read_text()) if (s_dir / "compare" / "comparison.json").exists() else None
     s_run = json.loads((s_dir / "run.json").read_text()) if (s_dir / "run.json").exists() else None
-    h_run["log_tail"] = (work / "heretic.log").read_text(errors="replace")[-3000:]
-    (dest / "heretic_run.json").write_text(json.dumps(h_run, indent=2) + "\n")
     md = table(heretic, steer, h_run, s_run)
     (dest / "table.md").write_text(md + "\n")
     print(md)
