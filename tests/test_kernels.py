@@ -292,15 +292,16 @@ def test_native_disabled_by_environment(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("k", [1, 4])
-def test_native_vector_pairs_round_like_single_vectors(native_only, dtype, k):
-    """Vectors are updated two at a time (sharing loads of the basis); each must get the bytes it
-    gets alone, and a NaN in one must not change how its partner is rounded."""
-    w, b = _weight((5, 300), dtype), _basis(k, d=300)  # side in: 5 vectors of 300
+@pytest.mark.parametrize("k", [1, 2, 4, 6])
+def test_native_vector_groups_round_like_single_vectors(native_only, dtype, k):
+    """Vectors are updated in groups of 2 or 4 (sharing loads of the basis); each must get the
+    bytes it gets alone or in another group, and a NaN in one must not change how its partners
+    are rounded."""
+    w, b = _weight((7, 300), dtype), _basis(k, d=300)  # side in: 7 vectors of 300
     bits = lambda t: t.view(torch.int16) if dtype == torch.bfloat16 else t.view(torch.int32)  # noqa: E731
     full = project(w, b, "in", 0.7, True, backend="native")
-    for lo, hi in ((0, 4), (4, 5), (1, 2)):
+    for lo, hi in ((0, 4), (3, 7), (4, 7), (1, 2)):  # each vector in other groups (or alone)
         assert torch.equal(bits(full[lo:hi]), bits(project(w[lo:hi].clone(), b, "in", 0.7, True, backend="native")))
     w[3, 11] = float("nan")
     out = project(w, b, "in", 0.0, backend="native")
-    assert torch.isnan(out[3]).all() and torch.equal(bits(out[[0, 1, 2, 4]]), bits(w[[0, 1, 2, 4]]))
+    assert torch.isnan(out[3]).all() and torch.equal(bits(out[[0, 1, 2, 4, 5, 6]]), bits(w[[0, 1, 2, 4, 5, 6]]))

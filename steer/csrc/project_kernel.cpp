@@ -4,8 +4,8 @@
 // y <- (x - s B (B^T x)) * factor for x, y [d, m] views (y may be x), float32 or bfloat16 storage,
 // float32 maths, B [d, k] float32. Each vector (a column of the [d, m] view) is one residual-space
 // vector. Two layouts, chosen by strides:
-//   columns contiguous (stride(0) == 1): one vector at a time, dotted (from memory), then updated
-//     and stored (from L1): one read and one write of the weight.
+//   columns contiguous (stride(0) == 1): a group of 1, 2 or 4 vectors at a time, dotted (from
+//     memory), then updated and stored (from L1): one read and one write of the weight.
 //   rows contiguous (stride(1) == 1): chunks of columns; pass 1 streams the rows accumulating
 //     c = B^T x (and ||x||^2) in L2, pass 2 streams them again and writes the update.
 // Deterministic by construction: no threads, no reassociation (the contiguous dot products keep 16
@@ -117,23 +117,24 @@ inline void row_update(const T* __restrict x0, const T* __restrict x1, T* __rest
 }
 
 template <typename T, int KC, bool P, bool F, bool IP, int NV>
-inline void vector_update(const T* __restrict x0, const T* __restrict x1, T* __restrict y0, T* __restrict y1, int64_t n,
-                          const float* __restrict bt, int64_t d, int64_t k, const float* __restrict c0,
-                          const float* __restrict c1, float f0, float f1, float s) {
+inline void vector_update(const T* __restrict x0, const T* __restrict x1, const T* __restrict x2,
+                          const T* __restrict x3, T* __restrict y0, T* __restrict y1, T* __restrict y2,
+                          T* __restrict y3, int64_t n, const float* __restrict bt, int64_t d, int64_t k,
+                          const float* __restrict c, const float* __restrict f, float s) {
+  // c: NV rows of K coefficients (vector v's at c[v * K]); f: NV norm factors
   const int64_t K = KC > 0 ? KC : k;
+  const T* xs[4] = {x0, x1, x2, x3};
+  T* ys[4] = {y0, y1, y2, y3};
   for (int64_t i = 0; i < n; ++i) {
-    float u0 = bt[i] * c0[0];
-    float u1 = NV > 1 ? bt[i] * c1[0] : 0.f;
+    float u[NV];
+    for (int v = 0; v < NV; ++v) u[v] = bt[i] * c[v * K];
     for (int64_t a = 1; a < K; ++a) {
       const float ba = bt[a * d + i];
-      u0 = std::fma(ba, c0[a], u0);
-      if (NV > 1) u1 = std::fma(ba, c1[a], u1);
+      for (int v = 0; v < NV; ++v) u[v] = std::fma(ba, c[v * K + a], u[v]);
     }
-    const float v0 = std::fma(-s, u0, load((IP ? y0 : x0) + i));
-    put<T, F>(y0 + i, P ? v0 * f0 : v0);
-    if (NV > 1) {
-      const float v1 = std::fma(-s, u1, load((IP ? y1 : x1) + i));
-      put<T, F>(y1 + i, P ? v1 * f1 : v1);
+    for (int v = 0; v < NV; ++v) {
+      const float w = std::fma(-s, u[v], load((IP ? ys[v] : xs[v]) + i));
+      put<T, F>(ys[v] + i, P ? w * f[v] : w);
     }
   }
 }
@@ -150,26 +151,22 @@ inline void with_flags(bool finite, bool in_place, Fn fn) {
     in_place ? fn(F_{}, T_{}) : fn(F_{}, F_{});
 }
 
-// c[a] = sum_i bt[a * d + i] x[i] for a < KC and (P) sq = sum_i x[i]^2, each accumulated in LANES
-// partial sums (lane i % LANES, in order of i) that are then added in lane order. Local arrays,
-// so the partial sums live in registers. NV = 2 does the same for a second vector x1 (into c1,
-// sq1) in the same loop, sharing the loads of bt; each vector's sums are the same either way.
-template <typename T, int KC, bool P, int NV = 1>
-inline void dots(const T* __restrict x0, const float* __restrict bt, int64_t d, float* __restrict c0,
-                 float* __restrict sq0, const T* __restrict x1 = nullptr, float* __restrict c1 = nullptr,
-                 float* __restrict sq1 = nullptr) {
+// c[v * KC + a] = sum_i bt[a * d + i] x_v[i] for a < KC and (P) sq[v] = sum_i x_v[i]^2, for the NV
+// vectors x_v (v < NV, at x + v * sm), each accumulated in LANES partial sums (lane i % LANES, in
+// order of i) that are then added in lane order. Local arrays, so the partial sums live in
+// registers; the NV vectors share each load of bt, and each vector's sums are the same for any NV.
+template <typename T, int KC, bool P, int NV>
+inline void dots(const T* __restrict x, int64_t sm, const float* __restrict bt, int64_t d, float* __restrict c,
+                 float* __restrict sq) {
   float acc[NV][KC > 0 ? KC : 1][LANES] = {};
   float sqacc[NV][LANES] = {};
-  const T* xs[2] = {x0, x1};
-  float* cs[2] = {c0, c1};
-  float* sqs[2] = {sq0, sq1};
   const int64_t body = d - d % LANES;
   for (int64_t i = 0; i < body; i += LANES) {  // innermost loops over the LANES: one vector op each
     float v[NV][LANES];
     for (int n = 0; n < NV; ++n)
-      for (int64_t l = 0; l < LANES; ++l) v[n][l] = load(xs[n] + i + l);
+      for (int64_t l = 0; l < LANES; ++l) v[n][l] = load(x + n * sm + i + l);
     for (int64_t a = 0; a < KC; ++a)
-      for (int n = 0; n < NV; ++n)  // NV vectors share each load of bt
+      for (int n = 0; n < NV; ++n)
         for (int64_t l = 0; l < LANES; ++l) acc[n][a][l] += bt[a * d + i + l] * v[n][l];
     if (P)
       for (int n = 0; n < NV; ++n)
@@ -177,67 +174,67 @@ inline void dots(const T* __restrict x0, const float* __restrict bt, int64_t d, 
   }
   for (int n = 0; n < NV; ++n) {
     for (int64_t i = body; i < d; ++i) {
-      const float v = load(xs[n] + i);
+      const float v = load(x + n * sm + i);
       for (int64_t a = 0; a < KC; ++a) acc[n][a][i - body] += bt[a * d + i] * v;
       if (P) sqacc[n][i - body] += v * v;
     }
     for (int64_t a = 0; a < KC; ++a) {
       float t = 0.f;
       for (int64_t l = 0; l < LANES; ++l) t += acc[n][a][l];
-      cs[n][a] = t;
+      c[n * KC + a] = t;
     }
     if (P) {
       float t = 0.f;
       for (int64_t l = 0; l < LANES; ++l) t += sqacc[n][l];
-      *sqs[n] = t;
+      sq[n] = t;
     }
   }
 }
 
-// Columns contiguous: vector j is x[j * sm + i], i < d; bt is B^T [k, d].
+// NV consecutive vectors (x + v * sm, y + v * ysm): pass 1 (memory) c = B^T x and ||x||^2, pass 2
+// (cache) y = (x - s B c) * f, the vectors sharing the loads of B^T. c holds NV * K floats.
+template <typename T, int KC, bool P, int NV>
+inline void column_group(const T* x, T* y, int64_t d, int64_t sm, int64_t ysm, const float* bt, int64_t k,
+                         const float* gram, float s, float* c) {
+  const int64_t K = KC > 0 ? KC : k;
+  float sq[NV] = {}, f[NV];
+  if (KC > 0) {
+    dots<T, (KC > 0 ? KC : 1), P, NV>(x, sm, bt, d, c, sq);
+  } else {  // one vector and one direction at a time (x stays in L1): each sum sees the same additions
+    for (int64_t a = 0; a < K; ++a) dots<T, 1, false, 1>(x, sm, bt + a * d, d, c + a, nullptr);
+    if (P) dots<T, 0, true, 1>(x, sm, nullptr, d, nullptr, sq);
+  }
+  bool finite = all_finite(c, NV * K);
+  for (int v = 0; v < NV; ++v) {
+    f[v] = P ? norm_factor(sq[v], c + v * K, 1, gram, K, s) : 1.f;
+    finite &= std::isfinite(f[v]);
+  }
+  const T* xv[4];
+  T* yv[4];
+  for (int v = 0; v < 4; ++v) {  // unused slots repeat the last vector; NV decides what is touched
+    xv[v] = x + std::min(v, NV - 1) * sm;
+    yv[v] = y + std::min(v, NV - 1) * ysm;
+  }
+  with_flags(finite, x == y, [&](auto F, auto IP) {
+    constexpr bool ip = IP.value;
+    vector_update<T, KC, P, F.value, ip, NV>(ip ? nullptr : xv[0], ip ? nullptr : xv[1], ip ? nullptr : xv[2],
+                                             ip ? nullptr : xv[3], yv[0], yv[1], yv[2], yv[3], d, bt, d, K, c, f, s);
+  });
+}
+
+// Columns contiguous: vector j is x[j * sm + i], i < d; bt is B^T [k, d]. Vectors in groups of
+// NV = 4 (bf16, k >= 2), 2 (k >= 2, or bf16 with k = 1) or 1 (float32 with k = 1, which runs at copy
+// speed one at a time and was slower in pairs; and k > 4): group sizes measured, and each vector's
+// arithmetic is the same whatever the group.
 template <typename T, int KC, bool P>
 void columns(const T* x, T* y, int64_t d, int64_t m, int64_t sm, int64_t ysm, const float* bt, int64_t k,
              const float* gram, float s) {
-  const int64_t K = KC > 0 ? KC : k;
-  std::vector<float> c(2 * K);
-  float* c0 = c.data();
-  float* c1 = c.data() + K;
-  const bool ip = x == y;
+  constexpr bool bf16 = std::is_same<T, uint16_t>::value;
+  constexpr int G = KC == 0 ? 1 : (bf16 && KC > 1) ? 4 : (KC > 1 || bf16) ? 2 : 1;
+  std::vector<float> c(4 * (KC > 0 ? KC : k));
   int64_t j = 0;
-  // two vectors at a time (compile-time k; measured faster except float32 with k = 1, which runs
-  // at copy speed one at a time): pass 1 (memory) c = B^T x and ||x||^2 in LANES fixed partial
-  // sums, pass 2 (cache) y = (x - s B c) * f; the two vectors share the loads of B^T
-  constexpr bool pairs = KC > 1 || (KC == 1 && std::is_same<T, uint16_t>::value);
-  for (; pairs && j + 2 <= m; j += 2) {
-    const T* x0 = x + j * sm;
-    T* y0 = y + j * ysm;
-    float sq0 = 0.f, sq1 = 0.f;
-    dots<T, (KC > 0 ? KC : 1), P, 2>(x0, bt, d, c0, &sq0, x0 + sm, c1, &sq1);
-    const float f0 = P ? norm_factor(sq0, c0, 1, gram, K, s) : 1.f;
-    const float f1 = P ? norm_factor(sq1, c1, 1, gram, K, s) : 1.f;
-    const bool finite = all_finite(c.data(), 2 * K) && std::isfinite(f0) && std::isfinite(f1);
-    with_flags(finite, ip, [&](auto F, auto IP) {
-      vector_update<T, KC, P, F.value, IP.value, 2>(IP.value ? nullptr : x0, IP.value ? nullptr : x0 + sm, y0, y0 + ysm,
-                                                    d, bt, d, K, c0, c1, f0, f1, s);
-    });
-  }
-  for (; j < m; ++j) {  // the odd one, or every vector when not in pairs
-    const T* xv = x + j * sm;
-    T* yv = y + j * ysm;
-    float sq = 0.f;
-    if (KC > 0) {
-      dots<T, (KC > 0 ? KC : 1), P>(xv, bt, d, c0, &sq);
-    } else {  // one direction at a time (x stays in L1): each sum sees the same additions
-      for (int64_t a = 0; a < K; ++a) dots<T, 1, false>(xv, bt + a * d, d, c0 + a, nullptr);
-      if (P) dots<T, 0, true>(xv, nullptr, d, nullptr, &sq);
-    }
-    const float f = P ? norm_factor(sq, c0, 1, gram, K, s) : 1.f;
-    const bool finite = all_finite(c0, K) && std::isfinite(f);
-    with_flags(finite, ip, [&](auto F, auto IP) {
-      vector_update<T, KC, P, F.value, IP.value, 1>(IP.value ? nullptr : xv, nullptr, yv, nullptr, d, bt, d, K, c0, nullptr,
-                                                    f, 1.f, s);
-    });
-  }
+  for (; j + G <= m; j += G) column_group<T, KC, P, G>(x + j * sm, y + j * ysm, d, sm, ysm, bt, k, gram, s, c.data());
+  for (; j < m; ++j) column_group<T, KC, P, 1>(x + j * sm, y + j * ysm, d, sm, ysm, bt, k, gram, s, c.data());
 }
 
 // Pass 1 of the rows layout for NR (1 or 4) consecutive rows x0.. (bi: their NR x k weights):
