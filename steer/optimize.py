@@ -17,7 +17,9 @@ by gradient descent through the frozen model. Per step, on a seeded minibatch of
          + kl_weight * mean(KL(base || edited) on harmless)
 
 r = normalize(v with span(keep_span) removed) (steer.directions.remove_span; keep_span: the
-harmful-refusal directions), so r is orthogonal to them like every targeted direction. Adam on v. The result
+harmful-refusal directions), so r is orthogonal to them like every targeted direction. Adam on v,
+its step decayed to 0 over the run (cosine): the early steps, where the target score falls, are
+almost unchanged, and the result does not hinge on the last few noisy minibatch steps. The result
 is one more candidate direction for steer.search ("optimized"), where strengths, layers and
 subspace size are searched and the judge confirms the front.
 """
@@ -40,6 +42,7 @@ from .select import first_token_kl, refusal_score
 class OptimizeSettings:
     steps: int = 32
     lr: float = 0.003  # Adam step per coordinate of v (v starts at unit norm)
+    cosine: bool = True  # decay lr to 0 over the steps: the last minibatch steps move v little
     target_batch: int = 8
     keep_batch: int = 6
     harmless_batch: int = 12
@@ -85,6 +88,7 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
     s = s or OptimizeSettings()
     v = unit_direction(init.double(), keep_span).float().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=s.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.steps) if s.cosine else None
     rng = random.Random(s.seed)
     groups = [(target, s.target_batch), (keep, s.keep_batch), (harmless, s.harmless_batch)]
     base = [g.base_logits.detach().clone().float() for g, _ in groups]  # out of inference mode: usable by autograd
@@ -107,8 +111,11 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
                         + s.kl_weight * kl.mean())
                 opt.zero_grad()
                 loss.backward()
+                lr = opt.param_groups[0]["lr"]
                 opt.step()
-                row = {"step": step, "loss": loss.item(), "target_score": t_score.mean().item(),
+                if sched is not None:
+                    sched.step()
+                row = {"step": step, "lr": lr, "loss": loss.item(), "target_score": t_score.mean().item(),
                        "keep_score": k_score.mean().item(), "keep_base": k_base.mean().item(), "kl": kl.mean().item()}
                 history.append(row)
                 bar.set_postfix(target=f"{row['target_score']:.2f}", keep=f"{row['keep_score']:.2f}", kl=f"{row['kl']:.3f}")

@@ -57,6 +57,11 @@ def test_direction_stays_orthogonal_to_the_keep_span_and_is_seeded(tokenizer):
     c, _ = optimize_direction(model, tokenizer, *groups, init, REFUSAL, span, OptimizeSettings(**{**s.__dict__, "seed": 6}),
                               progress=False)
     assert not torch.equal(a, c)  # another seed draws other minibatches
+    lrs = [h["lr"] for h in ha]  # cosine decay: full step first, then smaller ones
+    assert lrs[0] == s.lr and all(x > y for x, y in zip(lrs, lrs[1:])) and lrs[-1] < 0.2 * s.lr
+    e, he = optimize_direction(model, tokenizer, *groups, init, REFUSAL, span, OptimizeSettings(**{**s.__dict__, "cosine": False}),
+                               progress=False)
+    assert [h["lr"] for h in he] == [s.lr] * 4 and not torch.equal(a, e)
 
 
 def test_unit_direction_removes_the_span():
