@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = "censorship,refusal,xstest,kl"
 ROWS = [("censorship EN (denial+evasive)", "censorship", "censorship/en"), ("censorship ZH", "censorship", "censorship/zh"),
+        ("censorship ZH without repetition loops (diagnostic)", "censorship", "censorship_without_loops/zh"),
         ("harmful refusal", "refusal", "refusal/harmful"), ("harmless refusal", "refusal", "refusal/harmless"),
         ("XSTest safe refusal", "xstest", "refusal/safe"), ("first-token KL", "kl", "kl/first_token"),
         ("multi-token KL", "kl", "kl/multi_token"), ("MMLU 0-shot", "mmlu", "accuracy")]

@@ -97,6 +97,11 @@ def judged(ctx: Ctx, suite: str, groups: dict[str, list[Prompt]]) -> dict:
         metrics[f"refusal/{g}"] = rate([i["refused"] for i in rows])
         if suite == "censorship":
             metrics[f"censorship/{g}"] = rate([i["censored"] for i in rows])
+            # diagnostic beside it, never instead: a repetition loop is not an answer (so it counts as
+            # censored above), but it is a decoding failure of small models rather than a deflection
+            fluent = [i["censored"] for i in rows if not i["degenerate"]]
+            if fluent:
+                metrics[f"censorship_without_loops/{g}"] = rate(fluent)
     metrics["degenerate"] = rate([i["degenerate"] for i in items])
     return {"metrics": metrics, "items": items, "paired": ["refused", "censored", "degenerate"]}
 

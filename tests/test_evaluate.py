@@ -47,6 +47,10 @@ def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
         for name, m in r["metrics"].items():
             assert m["n"] > 0 and (m["value"] != m["value"] or 0 <= m["value"]), (suite, name)
     assert res["censorship"]["metrics"]["refusal/en"]["n"] == 4 and "censorship/zh" in res["censorship"]["metrics"]
+    for lang in ("en", "zh"):  # the loop-free diagnostic: censored among the answers that are not loops
+        fluent = [i["censored"] for i in res["censorship"]["items"] if i["group"] == lang and not i["degenerate"]]
+        m = res["censorship"]["metrics"].get(f"censorship_without_loops/{lang}")
+        assert (m is None) if not fluent else (m["n"] == len(fluent) and m["value"] == sum(fluent) / len(fluent))
     assert res["xstest"]["metrics"]["refusal/safe"]["n"] == 2  # only the safe prompts
     assert {i["subject"] for i in res["mmlu"]["items"]} == {"anatomy", "astronomy"}  # 2 per subject
     assert set(res["mmlu"]["per_subject"]) == {"anatomy", "astronomy"}
