@@ -302,6 +302,8 @@ def test_native_vector_groups_round_like_single_vectors(native_only, dtype, k):
     full = project(w, b, "in", 0.7, True, backend="native")
     for lo, hi in ((0, 4), (3, 7), (4, 7), (1, 2)):  # each vector in other groups (or alone)
         assert torch.equal(bits(full[lo:hi]), bits(project(w[lo:hi].clone(), b, "in", 0.7, True, backend="native")))
+        part = w[lo:hi].clone()  # in place groups differently (groups of 4 for bf16, k >= 2)
+        assert torch.equal(bits(full[lo:hi]), bits(project(part, b, "in", 0.7, True, out=part, backend="native")))
     w[3, 11] = float("nan")
     out = project(w, b, "in", 0.0, backend="native")
     assert torch.isnan(out[3]).all() and torch.equal(bits(out[[0, 1, 2, 4, 5, 6]]), bits(w[[0, 1, 2, 4, 5, 6]]))

@@ -222,18 +222,21 @@ inline void column_group(const T* x, T* y, int64_t d, int64_t sm, int64_t ysm, c
   });
 }
 
-// Columns contiguous: vector j is x[j * sm + i], i < d; bt is B^T [k, d]. Vectors in groups of
-// NV = 4 (bf16, k >= 2), 2 (k >= 2, or bf16 with k = 1) or 1 (float32 with k = 1, which runs at copy
-// speed one at a time and was slower in pairs; and k > 4): group sizes measured, and each vector's
-// arithmetic is the same whatever the group.
+// Columns contiguous: vector j is x[j * sm + i], i < d; bt is B^T [k, d]. Vectors in groups, each
+// vector's arithmetic the same whatever the group; sizes measured (results/kernels): 4 for bf16
+// with k >= 2 in place; 2 for k >= 2 or bf16 otherwise (out of place, 4 groups ran at a quarter of
+// copy speed: 8 streams a multiple of 4 KiB apart); 1 for float32 with k = 1 (copy speed alone,
+// slower in pairs) and for k > 4.
 template <typename T, int KC, bool P>
 void columns(const T* x, T* y, int64_t d, int64_t m, int64_t sm, int64_t ysm, const float* bt, int64_t k,
              const float* gram, float s) {
   constexpr bool bf16 = std::is_same<T, uint16_t>::value;
-  constexpr int G = KC == 0 ? 1 : (bf16 && KC > 1) ? 4 : (KC > 1 || bf16) ? 2 : 1;
+  constexpr int G2 = KC == 0 ? 1 : (KC > 1 || bf16) ? 2 : 1;
   std::vector<float> c(4 * (KC > 0 ? KC : k));
   int64_t j = 0;
-  for (; j + G <= m; j += G) column_group<T, KC, P, G>(x + j * sm, y + j * ysm, d, sm, ysm, bt, k, gram, s, c.data());
+  if (bf16 && KC > 1 && x == y)
+    for (; j + 4 <= m; j += 4) column_group<T, KC, P, 4>(x + j * sm, y + j * ysm, d, sm, ysm, bt, k, gram, s, c.data());
+  for (; j + G2 <= m; j += G2) column_group<T, KC, P, G2>(x + j * sm, y + j * ysm, d, sm, ysm, bt, k, gram, s, c.data());
   for (; j < m; ++j) column_group<T, KC, P, 1>(x + j * sm, y + j * ysm, d, sm, ysm, bt, k, gram, s, c.data());
 }
 
