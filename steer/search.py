@@ -14,6 +14,7 @@ The study is multi-objective (TPE, seeded) and stored in a journal file, so a se
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from .adapters import resolve
 from .collect import batched_last_logits
 from .directions import interpolate, remove_span
 from .edit import Profile, ablated, orthogonalize
+from .errors import SteerError
 from .select import first_token_kl, refusal_score
 
 
@@ -128,6 +130,22 @@ class ValData:
     refusal_tokens: list[int]
 
 
+def fingerprint(inputs: SearchInputs, val: ValData) -> str:
+    """sha256 of what a trial's scores depend on besides the model: every direction's bytes and the
+    validation prompts. Part of a study's file name, so a journal is resumed only with the same inputs
+    (new code or data that changes a direction starts a new study instead of mixing in stale scores)."""
+    h = hashlib.sha256()
+    tensors = [*(inputs.directions[k] for k in sorted(inputs.directions)), inputs.components, inputs.keep]
+    for name, t in zip([*sorted(inputs.directions), "components", "keep"], tensors):
+        h.update(name.encode())
+        if t is not None:
+            h.update(str(tuple(t.shape)).encode() + t.detach().double().contiguous().numpy().tobytes())
+    for texts in (val.target, val.keep, val.harmless):
+        h.update("\x00".join(texts).encode() + b"\x01")
+    h.update(str(val.refusal_tokens).encode())
+    return h.hexdigest()
+
+
 @torch.inference_mode()
 def score(model, tokenizer, basis: torch.Tensor, p: EditParams, val: ValData, batch_size: int = 16) -> dict:
     """Target and keep refusal scores and harmless first-token KL with the edit applied."""
@@ -188,6 +206,11 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
         store = JournalStorage(JournalFileBackend(str(storage)))
     study = optuna.create_study(study_name=study_name, storage=store, sampler=sampler, load_if_exists=True,
                                 directions=["minimize", "minimize"])
+    fp = fingerprint(inputs, val)
+    if study.trials and study.user_attrs.get("inputs_fingerprint") != fp:  # scores of other directions
+        raise SteerError(f"study {storage} was run with other directions or validation prompts (or by an older "
+                         "steer); resuming would mix stale scores in: use another study file or delete it")
+    study.set_user_attr("inputs_fingerprint", fp)
 
     if "optimized" in contrasts and not study.trials:  # first: steer.optimize's edit as trained, then weaker
         for strength in OPTIMIZED_STRENGTHS:

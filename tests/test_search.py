@@ -7,7 +7,8 @@ from conftest import PROMPTS, make_model
 from steer.collect import batched_last_logits
 from steer.edit import Profile
 from steer.prompts import chat_texts
-from steer.search import EditParams, SearchInputs, ValData, edit_basis, edited, pareto, run_search, score
+from steer.errors import SteerError
+from steer.search import EditParams, SearchInputs, ValData, edit_basis, edited, fingerprint, pareto, run_search, score
 
 
 def inputs(d=64, layers=3, pos=2, seed=0):
@@ -69,6 +70,12 @@ def test_search_is_reproducible_with_a_seed_and_resumes(tokenizer, tmp_path):
     first = run_search(model, tokenizer, inputs(), val, n_trials=2, seed=3, storage=store)
     resumed = run_search(model, tokenizer, inputs(), val, n_trials=4, seed=3, storage=store)
     assert len(resumed.trials) == 4 and resumed.trials[0].params == first.trials[0].params
+    other = inputs()  # a direction that changed (new code or data): the journal must not be resumed
+    name = sorted(other.directions)[0]
+    other.directions[name] = other.directions[name] + 1e-6
+    assert fingerprint(other, val) != fingerprint(inputs(), val) == fingerprint(inputs(), val)
+    with pytest.raises(SteerError, match="other directions"):
+        run_search(model, tokenizer, other, val, n_trials=5, seed=3, storage=store)
     front = pareto(a)
     assert front and all(set(r) >= {"trial", "kl", "target_score", "params"} for r in front)
     assert EditParams.from_dict(front[0]["params"]).to_dict() == front[0]["params"]
