@@ -47,7 +47,10 @@ class OptimizeSettings:
     keep_batch: int = 6
     harmless_batch: int = 12
     margin: float = 3.0  # target scores below -margin count as done (no reward for pushing further)
-    slack: float = 0.5  # harmful scores may fall this far below base before they cost anything
+    # harmful scores may fall this far below base before they cost anything; near the search's floor
+    # (0.9 x the base mean score: 0.08 below it on the embedded model). 0.5 let a run settle at 0.43
+    # against a base 0.81 at no cost, infeasible for the search (measured)
+    slack: float = 0.1
     keep_weight: float = 2.0
     kl_weight: float = 40.0
     seed: int = 0
