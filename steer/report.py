@@ -19,7 +19,8 @@ def before_after_table(before: dict, after: dict) -> str:
             if suite == "kl":
                 lines.append(f"| {suite} | {name} | {m['n']} | 0 | {m['value']:.4f} [{m['ci'][0]:.4f}, {m['ci'][1]:.4f}] |")
             else:
-                lines.append(f"| {suite} | {name} | {m['n']} | {_pct(b['value']) if b else '-'} | {_pct(m['value'])} |")
+                n = m["n"] if not b or b["n"] == m["n"] else f"{b['n']} / {m['n']}"  # e.g. loops excluded on one side
+                lines.append(f"| {suite} | {name} | {n} | {_pct(b['value']) if b else '-'} | {_pct(m['value'])} |")
     return "\n".join(lines)
 
 
