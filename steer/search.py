@@ -135,8 +135,9 @@ def fingerprint(inputs: SearchInputs, val: ValData) -> str:
     validation prompts. Part of a study's file name, so a journal is resumed only with the same inputs
     (new code or data that changes a direction starts a new study instead of mixing in stale scores)."""
     h = hashlib.sha256()
-    tensors = [*(inputs.directions[k] for k in sorted(inputs.directions)), inputs.components, inputs.keep]
-    for name, t in zip([*sorted(inputs.directions), "components", "keep"], tensors):
+    named = [*((k, inputs.directions[k]) for k in sorted(inputs.directions)), ("components", inputs.components),
+             ("keep", inputs.keep)]
+    for name, t in named:
         h.update(name.encode())
         if t is not None:
             h.update(str(tuple(t.shape)).encode() + t.detach().double().contiguous().numpy().tobytes())

@@ -87,7 +87,7 @@ inline void put(T* p, float v) {
 
 // Pass 2. Rows layout, NR (1 or 2) rows at once so they share the loads of c: y_r[j] = (x_r[j] -
 // s u_r[j]) * fac[j] with u_r[j] = sum_a b_r[a] c[a * cw + j] summed in order a = 0, 1, ... Columns
-// layout, NV (1 or 2) vectors at once so they share the loads of B^T: y_v[i] = (x_v[i] - s u_v[i]) *
+// layout, NV (1, 2 or 4) vectors at once so they share the loads of B^T: y_v[i] = (x_v[i] - s u_v[i]) *
 // f_v with u_v[i] = sum_a bt[a * d + i] c_v[a]. IP (in place): x is not read (pass nullptr); y is
 // read and written through one pointer. Otherwise x and y do not
 // overlap (the Problem contract). Either way no two restrict pointers touch the same memory, so
