@@ -69,6 +69,9 @@ def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> N
     g.add_argument("--optimize-steps", type=int, default=32,
                    help="gradient steps for an optimized direction (steer.optimize: lower censorship refusal, keep harmful "
                         "refusal and harmless logits), searched beside the contrasts; 0 = contrasts only (default: 32)")
+    g.add_argument("--search-contrasts", default="optimized", choices=("optimized", "all"),
+                   help="directions the search draws from: the optimized one only (when --optimize-steps > 0), or the "
+                        "contrast directions too (default: optimized)")
     g.add_argument("--study", type=Path, help="search journal file (resumable; default in $STEER_CACHE/search)")
 
 
@@ -87,7 +90,7 @@ def _targeted(args):
     return TargetedSettings(trials=args.trials, k_max=args.k_max, keep_fraction=args.keep_fraction, confirm=args.confirm,
                             batch_size=args.batch_size, seed=args.seed, n_val=args.n_val, keep_layers=args.keep_layers,
                             kl_max=args.search_kl_max, max_new_tokens=getattr(args, "max_new_tokens", 48),
-                            optimize_steps=args.optimize_steps)
+                            optimize_steps=args.optimize_steps, search_contrasts=args.search_contrasts)
 
 
 def _settings(args):

@@ -54,6 +54,9 @@ class OptimizeSettings:
     keep_weight: float = 2.0
     kl_weight: float = 40.0
     seed: int = 0
+    # return the mean of the unit directions of the second half of the steps (Polyak-Ruppert
+    # averaging) instead of the last one: the average of a noisy minibatch trajectory varies less
+    average: bool = False
 
 
 @dataclass
@@ -97,6 +100,7 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
     base = [g.base_logits.detach().clone().float() for g, _ in groups]  # out of inference mode: usable by autograd
     flags = [(p, p.requires_grad) for p in model.parameters()]
     history = []
+    mean = torch.zeros_like(v, dtype=torch.float64)
     try:
         for p, _ in flags:
             p.requires_grad_(False)
@@ -118,6 +122,8 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
                 opt.step()
                 if sched is not None:
                     sched.step()
+                if s.average and step >= s.steps // 2:
+                    mean += unit_direction(v.detach().double(), keep_span)
                 row = {"step": step, "lr": lr, "loss": loss.item(), "target_score": t_score.mean().item(),
                        "keep_score": k_score.mean().item(), "keep_base": k_base.mean().item(), "kl": kl.mean().item()}
                 history.append(row)
@@ -125,4 +131,4 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-    return unit_direction(v.detach().double(), keep_span), history
+    return unit_direction(mean if s.average else v.detach().double(), keep_span), history

@@ -212,7 +212,7 @@ def targeted_search(loaded: Loaded, ts, study: Path | None = None):
     torch.manual_seed(ts.seed)
     _log(f"loaded {loaded.source}; measuring censorship and harmful-refusal contrasts")
     prep = prepare(m, tok, ts)
-    inputs = prep.contrasts.search_inputs(ts.keep_safety, ts.keep_layers)
+    inputs = prep.contrasts.search_inputs(ts.keep_safety, ts.keep_layers, ts.search_contrasts)
     # the settings and the inputs themselves: a journal never resumes with directions that changed
     key = hashlib.sha256(json.dumps(asdict(ts), sort_keys=True).encode() + fingerprint(inputs, prep.val).encode()).hexdigest()[:16]
     study = study or cache_dir() / "search" / f"{checkpoint_hash(loaded.path)[:16] if loaded.path else 'model'}-{key}.journal"

@@ -70,15 +70,20 @@ class Contrasts:
         t = load_file(str(path))
         return cls(t["censorship"], t["versus_harmless"], t["harmful"], t["harmless_mean"], t["components"], t.get("optimized"))
 
-    def search_inputs(self, keep_safety: bool = True, keep_layers: str = "same") -> SearchInputs:
+    def search_inputs(self, keep_safety: bool = True, keep_layers: str = "same", contrasts: str = "all") -> SearchInputs:
         """Directions for steer.search: the censorship and the sensitive-vs-harmless contrasts, each
-        projected (off the harmless mean) and plain; with keep_safety every edit direction is made
+        projected (off the harmless mean) and plain, and the optimized direction when there is one;
+        contrasts="optimized" offers only the optimized one (when present), so every trial explores
+        its strengths and subspaces instead of directions it dominates. With keep_safety every edit direction is made
         orthogonal to the harmful direction: of its own layer (keep_layers="same"), or of every
         layer at its position ("all"): the edit removes its direction from the residual stream
         at every layer, so it must avoid the harmful direction wherever that is read."""
+        if contrasts not in ("all", "optimized"):
+            raise ValueError(f"contrasts must be 'all' or 'optimized', not {contrasts!r}")
         dirs = {}
         for name, d in (("censorship", self.censorship), ("versus_harmless", self.versus_harmless)):
-            dirs[f"{name}/projected"], dirs[f"{name}/plain"] = remove_span(d, self.harmless_mean), d.double()
+            if contrasts == "all" or self.optimized is None:
+                dirs[f"{name}/projected"], dirs[f"{name}/plain"] = remove_span(d, self.harmless_mean), d.double()
         if self.optimized is not None:  # one vector for every layer and position; its KL term did the projecting
             dirs["optimized/projected"] = dirs["optimized/plain"] = self.optimized.double().expand_as(self.censorship)
         keep = None
@@ -129,6 +134,9 @@ class TargetedSettings:
     max_new_tokens: int = 48
     seed: int = 0
     optimize_steps: int = 32  # steps of steer.optimize for the "optimized" direction (0: contrasts only)
+    # search only the optimized direction when there is one ("all": the contrasts too; in sessions
+    # 5 and 6 a third of the trials went to contrast directions the optimized one dominated)
+    search_contrasts: str = "optimized"
 
 
 @dataclass
@@ -138,6 +146,7 @@ class Prepared:
     val_prompts: dict[str, list[Prompt]]  # sensitive/en, sensitive/zh, harmful: confirmed by the judge
     keep_floor: float
     meta: dict
+    groups: dict[str, Group]  # train prompts with base logits (what steer.optimize trains on)
 
 
 def recorded_edit(contrasts_file: Path) -> tuple[torch.Tensor, EditParams]:
@@ -182,8 +191,9 @@ def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
     contrasts = compute_contrasts(model, tokenizer, {k: texts(v) for k, v in train.items()},
                                   post_instruction_length(tokenizer), k=s.k_max - 1, batch_size=s.batch_size)
     optimized = None  # what the report records about the optimization
+    groups = {n: Group(texts(train[n]), lg[n]) for n in idx}
     if s.optimize_steps > 0:
-        optimized = _optimize(model, tokenizer, contrasts, {n: Group(texts(train[n]), lg[n]) for n in idx}, ref, s)
+        optimized = _optimize(model, tokenizer, contrasts, groups, ref, s)
     val = {name: load_prompts(name, "val") for name in ("sensitive", "harmful", "harmless")}
     vlg = {name: logits(ps) for name, ps in val.items()}
     keep_idx = lambda name, refused, n: seeded_sample(split_by_score(vlg[name], ref, refused), n, s.seed)  # noqa: E731
@@ -200,7 +210,7 @@ def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
             "prompts": {f"{k}_train": {"n": len(v), "sha256": prompts_hash(v)} for k, v in train.items()}}
     if optimized is not None:
         meta["optimize"] = optimized
-    return Prepared(contrasts, data, confirm, floor, meta)
+    return Prepared(contrasts, data, confirm, floor, meta, groups)
 
 
 def _optimize(model, tokenizer, contrasts: Contrasts, groups: dict[str, Group], ref: list[int], s: TargetedSettings) -> dict:

@@ -151,11 +151,12 @@ def test_targeted_flags_reach_the_settings(capsys):
     from steer.cli import _targeted, build_parser
 
     args = build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety", "--search-kl-max", "0.2",
-                                      "--keep-layers", "same", "--trials", "7", "--optimize-steps", "0"])
+                                      "--keep-layers", "same", "--trials", "7", "--optimize-steps", "0",
+                                      "--search-contrasts", "all"])
     ts = _targeted(args)
-    assert (ts.kl_max, ts.keep_layers, ts.trials, ts.optimize_steps) == (0.2, "same", 7, 0)
+    assert (ts.kl_max, ts.keep_layers, ts.trials, ts.optimize_steps, ts.search_contrasts) == (0.2, "same", 7, 0, "all")
     default = _targeted(build_parser().parse_args(["search", "--out", "x"]))
-    assert (default.kl_max, default.keep_layers, default.optimize_steps) == (0.05, "all", 32)
+    assert (default.kl_max, default.keep_layers, default.optimize_steps, default.search_contrasts) == (0.05, "all", 32, "optimized")
     assert main(["search", "--out", "x", "--search-kl-max", "0"]) == 2
     assert "--search-kl-max must be positive" in capsys.readouterr().err
     assert main(["search", "--out", "x", "--optimize-steps", "-1"]) == 2

@@ -64,6 +64,22 @@ def test_direction_stays_orthogonal_to_the_keep_span_and_is_seeded(tokenizer):
     assert [h["lr"] for h in he] == [s.lr] * 4 and not torch.equal(a, e)
 
 
+def test_average_is_the_mean_direction_of_the_second_half(tokenizer):
+    model = make_model("qwen2")
+    groups = _groups(model, tokenizer)
+    g = torch.Generator().manual_seed(2)
+    d = model.config.hidden_size
+    init, span = torch.randn(d, generator=g), torch.randn(1, d, generator=g, dtype=torch.float64)
+    # constant step: a run of j steps is the first j steps of a longer one (same minibatches)
+    s = OptimizeSettings(steps=4, lr=0.05, target_batch=2, keep_batch=2, harmless_batch=2, cosine=False)
+    run = lambda **kw: optimize_direction(model, tokenizer, *groups, init, REFUSAL, span,  # noqa: E731
+                                          OptimizeSettings(**{**s.__dict__, **kw}), progress=False)[0]
+    third, fourth, averaged = run(steps=3), run(steps=4), run(average=True)
+    expected = (third + fourth) / (third + fourth).norm()  # iterates after steps 3 and 4 (indices 2, 3 of 4)
+    assert torch.allclose(averaged, expected, atol=1e-6) and not torch.allclose(averaged, fourth, atol=1e-4)
+    assert abs(float(span[0] @ averaged)) < 1e-6
+
+
 def test_unit_direction_removes_the_span():
     span = torch.randn(2, 8, dtype=torch.float64)
     v = torch.randn(8, dtype=torch.float64)

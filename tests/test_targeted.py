@@ -1,5 +1,6 @@
 """Censorship vs harmful-refusal contrasts on a tiny model."""
 
+import pytest
 import torch
 
 from conftest import PROMPTS, make_model
@@ -27,6 +28,7 @@ def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(token
     assert all(-1 - 1e-9 <= x <= 1 + 1e-9 for v in cos.values() for x in v[1:])
     inputs = c.search_inputs(keep_safety=True)
     assert set(inputs.directions) == {"censorship/projected", "censorship/plain", "versus_harmless/projected", "versus_harmless/plain"}
+    assert set(c.search_inputs(contrasts="optimized").directions) == set(inputs.directions)  # nothing optimized yet
     proj = inputs.directions["censorship/projected"]
     assert (proj * c.harmless_mean).sum(-1).abs().max() < 1e-6 * c.harmless_mean.norm(dim=-1).max() * proj.norm(dim=-1).max()
     assert inputs.keep.shape == (model.config.num_hidden_layers, 3, 1, model.config.hidden_size)
@@ -45,6 +47,12 @@ def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(token
     c.optimized = torch.nn.functional.normalize(torch.randn(model.config.hidden_size, dtype=torch.float64), dim=0)
     c.save(tmp_path / "c.safetensors", {})
     assert torch.equal(Contrasts.load(tmp_path / "c.safetensors").optimized, c.optimized)
+    only = c.search_inputs(keep_safety=True, contrasts="optimized")
+    assert set(only.directions) == {"optimized/projected", "optimized/plain"}
+    assert torch.equal(only.directions["optimized/plain"][-1, 1], c.optimized)
+    assert len(c.search_inputs(keep_safety=True, contrasts="all").directions) == 6
+    with pytest.raises(ValueError, match="contrasts"):
+        c.search_inputs(contrasts="optimised")
     with_opt = c.cosines()
     assert len(with_opt) == 5 and abs(with_opt["optimized vs censorship"][2]
                                       - float(_cos(c.optimized, c.censorship[2, -1]))) < 1e-12

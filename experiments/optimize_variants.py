@@ -1,0 +1,104 @@
+"""Exploration: which steer.optimize settings give a direction with the best no-decoding trade-off.
+
+    python experiments/optimize_variants.py [--out results/optimize-variants]
+
+Prepares once (contrasts, train groups, validation split: the same as `steer abliterate
+--keep-safety`), then trains the optimized direction with each variant below and scores each at
+flat strengths 1.0 / 0.9 / 0.8 on the validation split, as the search would: target refusal score
+(lower is better), harmful refusal score (must stay >= the floor), first-token KL on the harmless
+prompts the base model answers (what the search bounds) and on a seeded sample of all harmless
+validation prompts (what the evaluation's KL suite measures: it includes the few the base
+refuses). The variant "session6" is the direction committed in results/targeted-embedded (no
+training). No generation, no judge: this chooses what to run in full, it is not a result about
+censorship rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from steer.collect import batched_last_logits
+from steer.edit import Profile
+from steer.load import load_model
+from steer.optimize import OptimizeSettings, optimize_direction
+from steer.prompts import chat_texts, load_prompts, seeded_sample
+from steer.search import EditParams, ValData, edit_basis, score
+from steer.targeted import TargetedSettings, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = OptimizeSettings()
+VARIANTS = {
+    "average": replace(BASE, average=True),
+    "average+kl80+keep4": replace(BASE, average=True, kl_weight=80.0, keep_weight=4.0),
+    "average+batch1.5x,22steps": replace(BASE, average=True, steps=22, target_batch=12, keep_batch=9, harmless_batch=18),
+}
+STRENGTHS = (1.0, 0.9, 0.8)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="results/optimize-variants")
+    ap.add_argument("--only", default=None, help="comma-separated variant names (default: all)")
+    args = ap.parse_args()
+    loaded = load_model(None)
+    m, tok, ts = loaded.model, loaded.tokenizer, TargetedSettings(optimize_steps=0)
+    torch.manual_seed(ts.seed)
+    prep = prepare(m, tok, ts)
+    c = prep.contrasts
+    layer = round(0.6 * (c.censorship.shape[0] - 1))
+    from steer.directions import remove_span
+
+    init = remove_span(c.censorship, c.harmless_mean)[layer, -1]
+    span = c.harmful[:, -1]
+    harmless = load_prompts("harmless", "val")
+    pick = seeded_sample(list(range(len(harmless))), 2 * ts.n_val, ts.seed)
+    texts = chat_texts(tok, [harmless[i].text for i in pick])
+    all_harmless = ValData([], [], texts, prep.val.base_target[:0], prep.val.base_keep[:0],
+                           batched_last_logits(m, tok, texts, ts.batch_size), prep.val.refusal_tokens)
+    directions = {"session6": load_file(str(ROOT / "results/targeted-embedded/contrasts.safetensors"))["optimized"].double()}
+    rows = []
+    names = args.only.split(",") if args.only else list(VARIANTS)
+    for name in ["session6", *names]:
+        started = time.time()
+        if name != "session6":
+            directions[name], _ = optimize_direction(m, tok, prep.groups["sensitive"], prep.groups["harmful"],
+                                                     prep.groups["harmless"], init, prep.val.refusal_tokens, span, VARIANTS[name])
+        train_s = time.time() - started
+        c.optimized = directions[name]
+        inputs = c.search_inputs(ts.keep_safety, ts.keep_layers)
+        for s in STRENGTHS:
+            flat = Profile(peak=s, center=(c.censorship.shape[0] - 1) / 2, width=float(c.censorship.shape[0]), floor=s)
+            p = EditParams(index=layer, position=-1, contrast="optimized", attn=flat, mlp=flat, embed=s)
+            basis = edit_basis(inputs, p)
+            r = score(m, tok, basis, p, prep.val, ts.batch_size)
+            r_all = score(m, tok, basis, p, all_harmless, ts.batch_size)
+            row = {"variant": name, "strength": s, **r, "kl_all": r_all["kl"], "kl_all_ucb": r_all["kl_ucb"],
+                   "feasible": r["keep_score"] >= prep.keep_floor, "train_s": round(train_s, 1),
+                   "cos_session6": float(directions[name] @ directions["session6"])}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    meta = {"command": "python experiments/optimize_variants.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v),
+            "commit": commit, "model": loaded.source, "keep_floor": prep.keep_floor, "split": "val", "seed": ts.seed,
+            "variants": {k: asdict(VARIANTS[k]) for k in names}, "versions": {"torch": torch.__version__}}
+    (out / "variants.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    lines = ["| variant | strength | target score | harmful score (floor %.2f) | KL answered (95%% bound) | KL all harmless (95%% bound) | cos to session 6 |" % prep.keep_floor,
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['variant']} | {r['strength']} | {r['target_score']:.2f} | {r['keep_score']:.2f}{'' if r['feasible'] else ' (under)'} | "
+              f"{r['kl']:.4f} ({r['kl_ucb']:.4f}) | {r['kl_all']:.4f} ({r['kl_all_ucb']:.4f}) | {r['cos_session6']:.3f} |" for r in rows]
+    (out / "variants.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
