@@ -57,7 +57,7 @@ def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> N
     if in_abliterate:
         g.add_argument("--keep-safety", action="store_true",
                        help="remove censorship (sensitive vs controls), keep harmful-request refusals: search the edit (see steer search)")
-    g.add_argument("--trials", type=int, default=16, help="search trials, each one forward pass over validation prompts (default: 16)")
+    g.add_argument("--trials", type=int, default=32, help="search trials, each one forward pass over validation prompts (default: 32)")
     g.add_argument("--k-max", type=int, default=3, help="largest subspace searched (default: 3)")
     g.add_argument("--keep-fraction", type=float, default=0.9, help="harmful refusal kept >= this fraction of the base model's (default: 0.9)")
     g.add_argument("--keep-layers", default="all", choices=("same", "all"),

@@ -120,7 +120,9 @@ def compute_contrasts(model, tokenizer, texts: dict[str, list[str]], n_positions
 @dataclass
 class TargetedSettings:
     n_val: int = 32  # sensitive and harmful validation prompts (twice as many harmless ones)
-    trials: int = 16  # Optuna trials (each: one forward pass over the validation prompts)
+    # Optuna trials (each: one forward pass over the validation prompts, ~13 s on the embedded model); with
+    # 16 (4 seeded, 6 random, 6 TPE) the best edit hinged on the random draws (session 7)
+    trials: int = 32
     k_max: int = 3  # largest subspace searched
     keep_safety: bool = True  # edit directions orthogonal to the harmful-refusal direction
     keep_layers: str = "all"  # ... of every layer ("all") or of the edit's own layer ("same")
