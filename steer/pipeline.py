@@ -219,10 +219,11 @@ def targeted_search(loaded: Loaded, ts, study: Path | None = None):
     study.parent.mkdir(parents=True, exist_ok=True)
     _log(f"searching {ts.trials} trials (study {study}; resumes if interrupted)")
     st = run_search(m, tok, inputs, prep.val, n_trials=ts.trials, seed=ts.seed, storage=study, keep_floor=prep.keep_floor,
-                    batch_size=ts.batch_size)
+                    kl_max=ts.kl_max, batch_size=ts.batch_size)
     front = pareto(st)
     if not front:
-        raise SteerError(f"no search trial kept harmful refusals above the floor {prep.keep_floor:.2f}; try more --trials")
+        raise SteerError(f"no search trial kept harmful refusals above the floor {prep.keep_floor:.2f} with first-token KL "
+                         f"(95% bound) <= {ts.kl_max}; try more --trials or a larger --search-kl-max")
     _log(f"confirming up to {ts.confirm} of {len(front)} Pareto candidates with generation and the judge")
     return prep, inputs, st, front, confirm(m, tok, prep, inputs, front, ts), study
 

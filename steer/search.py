@@ -9,7 +9,8 @@ measures on validation prompts, one forward pass each:
   - KL: mean first-token KL(base || edited) on harmless prompts (minimized);
   - keep score: mean refusal score on harmful prompts, which must stay above a floor (a
     constraint, so safety refusals survive).
-The study is multi-objective (TPE, seeded) and stored in a journal file, so a search resumes.
+The study (TPE, seeded) minimizes the target score subject to the keep floor and a KL bound, or,
+without a bound, both target score and KL; it is stored in a journal file, so a search resumes.
 """
 
 from __future__ import annotations
@@ -188,9 +189,14 @@ def full_strength(n_layers: int, strength: float = 1.0, contrast: str = "optimiz
 
 
 def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials: int, seed: int, storage: Path | None = None,
-               keep_floor: float | None = None, batch_size: int = 16, study_name: str = "steer") -> object:
-    """Run (or resume) a seeded multi-objective study: minimize (target score, KL) subject to
-    keep score >= keep_floor. Returns the optuna Study; trial user attrs hold the metrics."""
+               keep_floor: float | None = None, kl_max: float | None = None, batch_size: int = 16,
+               study_name: str = "steer") -> object:
+    """Run (or resume) a seeded study subject to keep score >= keep_floor. Without kl_max:
+    multi-objective, minimize (target score, KL). With kl_max: minimize the target score subject
+    also to the KL 95% upper bound <= kl_max, so every trial after the random start goes to the
+    region the final choice is made in (a two-objective TPE spreads its trials along the whole
+    front, most of them at low KL and weak edits; measured, docs/targeted.md). Returns the
+    optuna Study; trial user attrs hold the metrics and "violation" (> 0: infeasible)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -206,7 +212,7 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
 
         store = JournalStorage(JournalFileBackend(str(storage)))
     study = optuna.create_study(study_name=study_name, storage=store, sampler=sampler, load_if_exists=True,
-                                directions=["minimize", "minimize"])
+                                directions=["minimize"] if kl_max is not None else ["minimize", "minimize"])
     fp = fingerprint(inputs, val)
     if study.trials and study.user_attrs.get("inputs_fingerprint") != fp:  # scores of other directions
         raise SteerError(f"study {storage} was run with other directions or validation prompts (or by an older "
@@ -227,10 +233,15 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
         for key, value in m.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("params", p.to_dict())
-        if keep_floor is not None:  # feasible when <= 0: harmful prompts still score as refused
-            trial.set_user_attr("violation", keep_floor - m["keep_score"])
-            trial.set_constraint("keep_floor", keep_floor - m["keep_score"])
-        return m["target_score"], m["kl"]
+        # each feasible when <= 0: harmful prompts still score as refused; KL within the bound
+        limits = {"keep_floor": None if keep_floor is None else keep_floor - m["keep_score"],
+                  "kl_max": None if kl_max is None else m["kl_ucb"] - kl_max}
+        limits = {k: v for k, v in limits.items() if v is not None}
+        for key, value in limits.items():
+            trial.set_constraint(key, value)
+        if limits:
+            trial.set_user_attr("violation", max(limits.values()))
+        return m["target_score"] if kl_max is not None else (m["target_score"], m["kl"])
 
     remaining = n_trials - len([t for t in study.trials if t.state.is_finished()])
     if remaining > 0:
@@ -245,8 +256,9 @@ def trial_rows(study) -> list[dict]:
 
 
 def pareto(study) -> list[dict]:
-    """Feasible non-dominated trials, lowest KL first: their params and metrics."""
-    feasible = [t for t in study.best_trials if t.user_attrs.get("violation", 0.0) <= 0]
-    rows = [{"trial": t.number, **{k: v for k, v in t.user_attrs.items() if k != "params"}, "params": t.user_attrs["params"]}
-            for t in feasible]
-    return sorted(rows, key=lambda r: r["kl"])
+    """Feasible trials not dominated in (target score, KL), lowest KL first: their params and
+    metrics (the same front whether the study minimized both or the target score alone)."""
+    rows = [r for r in trial_rows(study) if r.get("violation", 0.0) <= 0]
+    beats = lambda a, b: (a["target_score"] <= b["target_score"] and a["kl"] <= b["kl"]  # noqa: E731
+                          and (a["target_score"] < b["target_score"] or a["kl"] < b["kl"]))
+    return sorted([r for r in rows if not any(beats(o, r) for o in rows)], key=lambda r: (r["kl"], r["trial"]))

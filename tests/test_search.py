@@ -8,7 +8,7 @@ from steer.collect import batched_last_logits
 from steer.edit import Profile
 from steer.prompts import chat_texts
 from steer.errors import SteerError
-from steer.search import EditParams, SearchInputs, ValData, edit_basis, edited, fingerprint, pareto, run_search, score
+from steer.search import EditParams, SearchInputs, ValData, edit_basis, edited, fingerprint, pareto, run_search, score, trial_rows
 
 
 def inputs(d=64, layers=3, pos=2, seed=0):
@@ -79,3 +79,20 @@ def test_search_is_reproducible_with_a_seed_and_resumes(tokenizer, tmp_path):
     front = pareto(a)
     assert front and all(set(r) >= {"trial", "kl", "target_score", "params"} for r in front)
     assert EditParams.from_dict(front[0]["params"]).to_dict() == front[0]["params"]
+
+
+def test_kl_bounded_search_minimizes_the_target_and_its_front_is_non_dominated(tokenizer):
+    model = make_model("qwen2")
+    val = _val(model, tokenizer)
+    free = run_search(model, tokenizer, inputs(), val, n_trials=6, seed=1, keep_floor=-100.0, kl_max=1e9)
+    assert len(free.directions) == 1 and all(len(t.values) == 1 for t in free.trials)
+    assert [t.values[0] for t in free.trials] == [t.user_attrs["target_score"] for t in free.trials]
+    rows, front = trial_rows(free), pareto(free)
+    assert all(r["violation"] <= 0 for r in rows) and front
+    beats = lambda a, b: a["target_score"] <= b["target_score"] and a["kl"] <= b["kl"] and a != b  # noqa: E731
+    assert not any(beats(a, b) for a in front for b in front)
+    assert all(any(beats(f, r) for f in front) for r in rows if r["trial"] not in {f["trial"] for f in front})
+    # a bound no edit meets: every trial with a measurable KL is infeasible and off the front
+    tight = run_search(model, tokenizer, inputs(), val, n_trials=6, seed=1, keep_floor=-100.0, kl_max=1e-12)
+    assert all(r["violation"] == pytest.approx(r["kl_ucb"] - 1e-12) for r in trial_rows(tight))
+    assert all(r["kl_ucb"] <= 1e-12 for r in pareto(tight))
