@@ -205,7 +205,7 @@ def targeted_search(loaded: Loaded, ts, study: Path | None = None):
     """Contrasts, the seeded resumable Optuna search, and the judge-confirmed choice among the
     Pareto candidates. Returns (prepared, search inputs, study, front, confirmation, study path)."""
     from .load import cache_dir
-    from .search import fingerprint, pareto, run_search
+    from .search import SEARCH_VERSION, fingerprint, pareto, run_search
     from .targeted import confirm, prepare
 
     m, tok = loaded.model, loaded.tokenizer
@@ -214,7 +214,8 @@ def targeted_search(loaded: Loaded, ts, study: Path | None = None):
     prep = prepare(m, tok, ts)
     inputs = prep.contrasts.search_inputs(ts.keep_safety, ts.keep_layers, ts.search_contrasts)
     # the settings and the inputs themselves: a journal never resumes with directions that changed
-    key = hashlib.sha256(json.dumps(asdict(ts), sort_keys=True).encode() + fingerprint(inputs, prep.val).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps({**asdict(ts), "search_version": SEARCH_VERSION}, sort_keys=True).encode()
+                         + fingerprint(inputs, prep.val).encode()).hexdigest()[:16]
     study = study or cache_dir() / "search" / f"{checkpoint_hash(loaded.path)[:16] if loaded.path else 'model'}-{key}.journal"
     study.parent.mkdir(parents=True, exist_ok=True)
     _log(f"searching {ts.trials} trials (study {study}; resumes if interrupted)")

@@ -188,6 +188,16 @@ def full_strength(n_layers: int, strength: float = 1.0, contrast: str = "optimiz
             **flat("attn"), **flat("mlp"), "embed": strength, "preserve_norm": False}
 
 
+SEARCH_VERSION = 2  # part of a study's name: bump when what a trial measures or optimizes changes
+
+
+def objective_name(keep_floor: float | None, kl_max: float | None) -> str:
+    """What a study optimizes, recorded in it and checked on resume."""
+    cons = [f"keep_score >= {keep_floor!r}"] * (keep_floor is not None) + [f"kl_ucb <= {kl_max!r}"] * (kl_max is not None)
+    goal = "min target_score" if kl_max is not None else "min (target_score, kl)"
+    return f"v{SEARCH_VERSION}: {goal}" + (f" s.t. {', '.join(cons)}" if cons else "")
+
+
 def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials: int, seed: int, storage: Path | None = None,
                keep_floor: float | None = None, kl_max: float | None = None, batch_size: int = 16,
                study_name: str = "steer") -> object:
@@ -217,7 +227,12 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
     if study.trials and study.user_attrs.get("inputs_fingerprint") != fp:  # scores of other directions
         raise SteerError(f"study {storage} was run with other directions or validation prompts (or by an older "
                          "steer); resuming would mix stale scores in: use another study file or delete it")
+    goal = objective_name(keep_floor, kl_max)
+    if study.trials and study.user_attrs.get("objective") != goal:  # other objectives or constraints
+        raise SteerError(f"study {storage} was run for another objective ({study.user_attrs.get('objective', 'unrecorded')}, "
+                         f"not {goal}); use another study file or delete it")
     study.set_user_attr("inputs_fingerprint", fp)
+    study.set_user_attr("objective", goal)
 
     if "optimized" in contrasts and not study.trials:  # first: steer.optimize's edit as trained, then weaker
         for strength in OPTIMIZED_STRENGTHS:

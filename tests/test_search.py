@@ -76,6 +76,12 @@ def test_search_is_reproducible_with_a_seed_and_resumes(tokenizer, tmp_path):
     assert fingerprint(other, val) != fingerprint(inputs(), val) == fingerprint(inputs(), val)
     with pytest.raises(SteerError, match="other directions"):
         run_search(model, tokenizer, other, val, n_trials=5, seed=3, storage=store)
+    # the same inputs, another objective (a KL bound, another floor): not resumed either
+    with pytest.raises(SteerError, match="another objective"):
+        run_search(model, tokenizer, inputs(), val, n_trials=5, seed=3, storage=store, kl_max=0.05)
+    with pytest.raises(SteerError, match="another objective"):
+        run_search(model, tokenizer, inputs(), val, n_trials=5, seed=3, storage=store, keep_floor=0.5)
+    assert len(run_search(model, tokenizer, inputs(), val, n_trials=5, seed=3, storage=store).trials) == 5
     front = pareto(a)
     assert front and all(set(r) >= {"trial", "kl", "target_score", "params"} for r in front)
     assert EditParams.from_dict(front[0]["params"]).to_dict() == front[0]["params"]
