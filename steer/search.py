@@ -167,7 +167,7 @@ def suggest(trial, n_layers: int, n_positions: int, k_max: int, contrasts: list[
 
     def profile(name: str) -> Profile:
         return Profile(peak=trial.suggest_float(f"{name}_peak", 0.5, 1.5), center=trial.suggest_float(f"{name}_center", 0, n_layers - 1),
-                       width=trial.suggest_float(f"{name}_width", 1.0, float(n_layers)), floor=trial.suggest_float(f"{name}_floor", 0.0, 1.0))
+                       width=trial.suggest_float(f"{name}_width", 1.0, float(n_layers)), floor=trial.suggest_float(f"{name}_floor", 0.0, 1.5))
 
     return EditParams(index=trial.suggest_float("index", lo, hi), position=trial.suggest_int("position", -n_positions, -1),
                       k=trial.suggest_int("k", 1, k_max), projected=trial.suggest_categorical("projected", [True, False]),
@@ -176,19 +176,25 @@ def suggest(trial, n_layers: int, n_positions: int, k_max: int, contrasts: list[
                       preserve_norm=trial.suggest_categorical("preserve_norm", [False, True]))
 
 
-OPTIMIZED_STRENGTHS = (1.0, 0.9, 0.8, 0.6)  # the optimized direction's first trials (strength 1 is what it was trained at)
+# The optimized direction's first trials: (attention, MLP) strengths, flat over the layers, embedding 1.
+# (1, 1) is the edit as trained; on the embedded model attention strength above 1 lowered the
+# censorship score and raised the harmful one, MLP strength lowered both and raised KL
+# (results/component-strengths), so the seeds trade the two before TPE explores profiles.
+OPTIMIZED_SEEDS = ((1.0, 1.0), (1.0, 0.8), (1.2, 0.8), (1.2, 0.7), (1.4, 0.8), (1.4, 0.7))
 
 
 def full_strength(n_layers: int, strength: float = 1.0, contrast: str = "optimized",
-                  layer_frac: tuple[float, float] = (0.2, 0.8)) -> dict:
-    """Search parameters (suggest's names) of a rank-1 edit with one strength everywhere, embedding included."""
-    flat = lambda name: {f"{name}_peak": strength, f"{name}_center": (n_layers - 1) / 2,  # noqa: E731
-                         f"{name}_width": float(n_layers), f"{name}_floor": strength}
+                  layer_frac: tuple[float, float] = (0.2, 0.8), mlp: float | None = None, embed: float | None = None) -> dict:
+    """Search parameters (suggest's names) of a rank-1 edit with one strength at every layer: `strength`
+    for attention (and for the MLP and the embedding unless `mlp` / `embed` are given)."""
+    flat = lambda name, s: {f"{name}_peak": s, f"{name}_center": (n_layers - 1) / 2,  # noqa: E731
+                            f"{name}_width": float(n_layers), f"{name}_floor": s}
     return {"index": sum(layer_frac) / 2 * (n_layers - 1), "position": -1, "k": 1, "projected": True, "contrast": contrast,
-            **flat("attn"), **flat("mlp"), "embed": strength, "preserve_norm": False}
+            **flat("attn", strength), **flat("mlp", strength if mlp is None else mlp),
+            "embed": strength if embed is None else embed, "preserve_norm": False}
 
 
-SEARCH_VERSION = 2  # part of a study's name: bump when what a trial measures or optimizes changes
+SEARCH_VERSION = 3  # part of a study's name: bump when what a trial measures or optimizes changes
 
 
 def objective_name(keep_floor: float | None, kl_max: float | None) -> str:
@@ -235,8 +241,8 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
     study.set_user_attr("objective", goal)
 
     if "optimized" in contrasts and not study.trials:  # first: steer.optimize's edit as trained, then weaker
-        for strength in OPTIMIZED_STRENGTHS:
-            study.enqueue_trial(full_strength(n_layers, strength))
+        for attn, mlp in OPTIMIZED_SEEDS:
+            study.enqueue_trial(full_strength(n_layers, attn, mlp=mlp, embed=1.0))
 
     def objective(trial) -> tuple[float, float]:
         p = suggest(trial, n_layers, n_pos, k_max, contrasts)

@@ -7,7 +7,7 @@ from steer.collect import batched_last_logits
 from steer.edit import ablated
 from steer.optimize import Group, OptimizeSettings, optimize_direction, unit_direction
 from steer.prompts import chat_texts
-from steer.search import SearchInputs, run_search
+from steer.search import EditParams, SearchInputs, run_search
 from steer.select import refusal_score
 
 REFUSAL = [70, 71]
@@ -99,6 +99,9 @@ def test_search_tries_the_optimized_direction_first(tokenizer):
     opt = torch.randn(64, generator=g, dtype=torch.float64).expand(3, 2, 64)
     inputs = SearchInputs({"censorship/projected": dirs, "censorship/plain": dirs, "optimized/projected": opt,
                            "optimized/plain": opt})
-    study = run_search(model, tokenizer, inputs, val, n_trials=2, seed=0)
-    first = study.trials[0].params
+    study = run_search(model, tokenizer, inputs, val, n_trials=3, seed=0)
+    first, second, _ = (t.params for t in study.trials if t.state.is_finished())
     assert first["contrast"] == "optimized" and first["attn_floor"] == first["mlp_floor"] == first["embed"] == 1.0
+    assert (second["attn_floor"], second["mlp_floor"], second["mlp_peak"]) == (1.0, 0.8, 0.8)
+    edit = EditParams.from_dict(study.trials[2].user_attrs["params"])
+    assert edit.attn.weights(3) == [1.2] * 3 and edit.mlp.weights(3) == [0.8] * 3 and edit.embed == 1.0
