@@ -240,11 +240,11 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
     study.set_user_attr("inputs_fingerprint", fp)
     study.set_user_attr("objective", goal)
 
-    if "optimized" in contrasts and not study.trials:  # first: steer.optimize's edit as trained, then weaker
+    if "optimized" in contrasts and not study.trials:  # first: steer.optimize's edit as trained, then OPTIMIZED_SEEDS
         for attn, mlp in OPTIMIZED_SEEDS:
             study.enqueue_trial(full_strength(n_layers, attn, mlp=mlp, embed=1.0))
 
-    def objective(trial) -> tuple[float, float]:
+    def objective(trial) -> float | tuple[float, float]:
         p = suggest(trial, n_layers, n_pos, k_max, contrasts)
         try:
             basis = edit_basis(inputs, p)
@@ -255,9 +255,11 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
             trial.set_user_attr(key, value)
         trial.set_user_attr("params", p.to_dict())
         # each feasible when <= 0: harmful prompts still score as refused; KL within the bound
-        limits = {"keep_floor": None if keep_floor is None else keep_floor - m["keep_score"],
-                  "kl_max": None if kl_max is None else m["kl_ucb"] - kl_max}
-        limits = {k: v for k, v in limits.items() if v is not None}
+        limits = {}
+        if keep_floor is not None:
+            limits["keep_floor"] = keep_floor - m["keep_score"]
+        if kl_max is not None:
+            limits["kl_max"] = m["kl_ucb"] - kl_max
         for key, value in limits.items():
             trial.set_constraint(key, value)
         if limits:
