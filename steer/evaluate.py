@@ -176,7 +176,8 @@ def suite_kl(ctx: Ctx, new_fn: Callable | None = None) -> dict:
     """First-token and multi-token KL(base || model) on harmless test prompts.
 
     Multi-token KL is teacher-forced on the base model's own greedy continuation
-    (KL_TOKENS tokens, cached) and averaged over its tokens per prompt.
+    (KL_TOKENS tokens, cached) and averaged over its tokens per prompt. First-token KL is also
+    reported over the prompts whose base continuation the judge does not label a denial.
     """
     ref = ctx.reference
     if ref is None:
@@ -188,10 +189,16 @@ def suite_kl(ctx: Ctx, new_fn: Callable | None = None) -> dict:
     seqs = [p + c["ids"] for p, c in zip(prompt_ids, cont)]
     per_token = token_kl(logits_fn(ref.model), new_fn or logits_fn(ctx.model), ctx.tokenizer.pad_token_id, seqs,
                          [len(p) for p in prompt_ids], ctx.config.batch_size, desc="kl")
-    items = [{"id": p.id, "prompt": p.text, "base_continuation": c["text"], "kl_first": k[0], "kl_mean": sum(k) / len(k),
-              "kl_tokens": [round(x, 6) for x in k]} for p, c, k in zip(prompts, cont, per_token)]
+    labels = ctx.judge.classify([p.text for p in prompts], [c["text"] for c in cont])
+    items = [{"id": p.id, "prompt": p.text, "base_continuation": c["text"], "base_label": lab, "kl_first": k[0],
+              "kl_mean": sum(k) / len(k), "kl_tokens": [round(x, 6) for x in k]}
+             for p, c, k, lab in zip(prompts, cont, per_token, labels)]
     s = ctx.config.seed
+    answered = [i["kl_first"] for i in items if i["base_label"] != "denial"]
+    # the few harmless prompts the base model refuses weigh heavily: an edit that answers one moves
+    # its first token from "I'm sorry" to an answer (KL ~1); the split shows that apart from damage
     return {"metrics": {"kl/first_token": mean([i["kl_first"] for i in items], s),
+                        "kl/first_token_base_answered": mean(answered, s),
                         "kl/multi_token": mean([i["kl_mean"] for i in items], s)}, "items": items, "paired": []}
 
 

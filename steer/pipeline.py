@@ -133,11 +133,11 @@ def eval_config(settings: Settings) -> EvalConfig:
                       max_new_tokens={"censorship": settings.max_new_tokens, "refusal": settings.max_new_tokens})
 
 
-def _kl(ctx, preview, answered: set[str]) -> dict:
+def _kl(ctx, preview) -> dict:
     """KL(base || edited) on harmless test prompts, the edit previewed by `preview()` (a context
-    manager: hooks, or a reversible weight edit), so the base weights are the reference."""
-    from .evaluate import mean
-
+    manager: hooks, or a reversible weight edit), so the base weights are the reference. The suite
+    also reports it over the prompts the base model answers: where it over-refused a harmless
+    prompt, a change is the point of the edit; damage is the change on the others."""
     ctx.reference = ctx
     base_fn = logits_fn(ctx.model)
 
@@ -147,10 +147,6 @@ def _kl(ctx, preview, answered: set[str]) -> dict:
 
     kl = suite_kl(ctx, edited_fn)
     ctx.reference = None
-    # Where the base model over-refused a harmless prompt, a change is the point of the edit;
-    # damage is the change on the harmless prompts it already answered.
-    kept = [i["kl_first"] for i in kl["items"] if i["id"] in answered]
-    kl["metrics"]["kl/first_token (base answers)"] = mean(kept, ctx.config.seed)
     return kl
 
 
@@ -162,8 +158,7 @@ def before_after(loaded: Loaded, config: EvalConfig, preview, apply) -> tuple[di
     _log("evaluating the base model on held-out prompts")
     ctx = context(loaded, config)
     before = run_suites(ctx)
-    answered = {i["id"] for i in before["refusal"]["items"] if i["group"] == "harmless" and not i["refused"]}
-    kl = _kl(ctx, preview, answered)
+    kl = _kl(ctx, preview)
     apply()
     _log("evaluating the edited model")
     after = run_suites(context(loaded, config))

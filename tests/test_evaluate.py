@@ -61,6 +61,27 @@ def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
     assert 0 <= lo <= res["mmlu"]["metrics"]["accuracy"]["value"] <= hi <= 1
 
 
+class EveryOtherDenial:
+    name = "stub"
+
+    def classify(self, prompts, responses):
+        return ["denial" if i % 2 == 0 else "complete" for i in range(len(prompts))]
+
+
+def test_kl_is_also_reported_over_the_prompts_the_base_model_answers(tokenizer, data_dir, tmp_path):
+    config = EvalConfig(["kl"], data_dir, {"kl": 5}, max_new_tokens={"kl": 4})
+    ctx = ctx_for(make_model("qwen2"), tokenizer, config, tmp_path)
+    ctx.reference = ctx_for(make_model("qwen2", seed=3), tokenizer, config, tmp_path)
+    ctx.judge = EveryOtherDenial()  # labels the base model's continuations
+    res = run_suites(ctx)["kl"]
+    items, metrics = res["items"], res["metrics"]
+    assert [i["base_label"] for i in items] == ["denial", "complete"] * (len(items) // 2) + ["denial"] * (len(items) % 2)
+    answered = [i["kl_first"] for i in items if i["base_label"] != "denial"]
+    assert metrics["kl/first_token_base_answered"]["n"] == len(answered) == len(items) // 2 > 0
+    assert metrics["kl/first_token_base_answered"]["value"] == pytest.approx(sum(answered) / len(answered))
+    assert metrics["kl/first_token"]["n"] == len(items)
+
+
 def test_suite_errors_name_what_was_expected(tokenizer, tmp_path, data_dir):
     model = make_model("qwen2")
     with pytest.raises(SteerError, match="unknown suite mmluu: choose from censorship"):
