@@ -34,19 +34,27 @@ from steer.search import EditParams, ValData, edit_basis, score
 from steer.targeted import TargetedSettings, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = OptimizeSettings()
-VARIANTS = {
-    "average": replace(BASE, average=True),
-    "average+kl80+keep4": replace(BASE, average=True, kl_weight=80.0, keep_weight=4.0),
-    "average+batch1.5x,22steps": replace(BASE, average=True, steps=22, target_batch=12, keep_batch=9, harmless_batch=18),
+BASE = OptimizeSettings(steps=32)  # the default until session 8; the sets below vary it
+# each set: the variants trained and the (attention, MLP) strength pairs every direction is scored at
+SETS = {
+    "session7": ({
+        "average": replace(BASE, average=True),
+        "average+kl80+keep4": replace(BASE, average=True, kl_weight=80.0, keep_weight=4.0),
+        "average+batch1.5x,22steps": replace(BASE, average=True, steps=22, target_batch=12, keep_batch=9, harmless_batch=18),
+    }, ((1.0, 1.0), (0.9, 0.9), (0.8, 0.8))),
+    # session 8: more steps, and training under the strengths the search chose in session 7 (attention ~1.4, MLP ~0.65)
+    "session8": ({
+        "steps48": replace(BASE, steps=48),
+        "train-attn1.4-mlp0.7": replace(BASE, attn=1.4, mlp=0.7),
+    }, ((1.0, 1.0), (1.2, 0.8), (1.2, 0.7), (1.4, 0.7), (1.4, 0.6), (1.6, 0.7))),
 }
-STRENGTHS = (1.0, 0.9, 0.8)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="results/optimize-variants")
-    ap.add_argument("--only", default=None, help="comma-separated variant names (default: all)")
+    ap.add_argument("--set", default="session7", choices=sorted(SETS), help="which variants and strength pairs")
+    ap.add_argument("--only", default=None, help="comma-separated variant names (default: all of the set)")
     args = ap.parse_args()
     loaded = load_model(None)
     m, tok, ts = loaded.model, loaded.tokenizer, TargetedSettings(optimize_steps=0)
@@ -65,38 +73,42 @@ def main() -> None:
                            batched_last_logits(m, tok, texts, ts.batch_size), prep.val.refusal_tokens)
     directions = {"session6": load_file(str(ROOT / "results/targeted-embedded/contrasts.safetensors"))["optimized"].double()}
     rows = []
-    names = args.only.split(",") if args.only else list(VARIANTS)
+    variants, pairs = SETS[args.set]
+    names = args.only.split(",") if args.only else list(variants)
     for name in ["session6", *names]:
         started = time.time()
         if name != "session6":
             directions[name], _ = optimize_direction(m, tok, prep.groups["sensitive"], prep.groups["harmful"],
-                                                     prep.groups["harmless"], init, prep.val.refusal_tokens, span, VARIANTS[name])
+                                                     prep.groups["harmless"], init, prep.val.refusal_tokens, span, variants[name])
         train_s = time.time() - started
         c.optimized = directions[name]
         inputs = c.search_inputs(ts.keep_safety, ts.keep_layers)
-        for s in STRENGTHS:
-            flat = Profile(peak=s, center=(c.censorship.shape[0] - 1) / 2, width=float(c.censorship.shape[0]), floor=s)
-            p = EditParams(index=layer, position=-1, contrast="optimized", attn=flat, mlp=flat, embed=s)
+        for a, mlp in pairs:
+            flat = lambda x: Profile(peak=x, center=(c.censorship.shape[0] - 1) / 2, width=float(c.censorship.shape[0]), floor=x)  # noqa: E731
+            # the session 7 set scaled the embedding with the rest; session 8's pairs keep it at 1 as the search's seeds do
+            p = EditParams(index=layer, position=-1, contrast="optimized", attn=flat(a), mlp=flat(mlp),
+                           embed=a if args.set == "session7" else 1.0)
             basis = edit_basis(inputs, p)
             r = score(m, tok, basis, p, prep.val, ts.batch_size)
             r_all = score(m, tok, basis, p, all_harmless, ts.batch_size)
-            row = {"variant": name, "strength": s, **r, "kl_all": r_all["kl"], "kl_all_ucb": r_all["kl_ucb"],
+            row = {"variant": name, "attn": a, "mlp": mlp, **r, "kl_all": r_all["kl"], "kl_all_ucb": r_all["kl_ucb"],
                    "feasible": r["keep_score"] >= prep.keep_floor, "train_s": round(train_s, 1),
                    "cos_session6": float(directions[name] @ directions["session6"])}
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
+    stem = "variants" if args.set == "session7" else f"variants-{args.set}"  # session 7's files keep their names
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     meta = {"command": "python experiments/optimize_variants.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v),
             "commit": commit, "model": loaded.source, "keep_floor": prep.keep_floor, "split": "val", "seed": ts.seed,
-            "variants": {k: asdict(VARIANTS[k]) for k in names}, "versions": {"torch": torch.__version__}}
-    (out / "variants.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    lines = ["| variant | strength | target score | harmful score (floor %.2f) | KL answered (95%% bound) | KL all harmless (95%% bound) | cos to session 6 |" % prep.keep_floor,
+            "set": args.set, "variants": {k: asdict(variants[k]) for k in names}, "versions": {"torch": torch.__version__}}
+    (out / f"{stem}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    lines = ["| variant | attention, MLP | target score | harmful score (floor %.2f) | KL answered (95%% bound) | KL all harmless (95%% bound) | cos to session 6 |" % prep.keep_floor,
              "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['variant']} | {r['strength']} | {r['target_score']:.2f} | {r['keep_score']:.2f}{'' if r['feasible'] else ' (under)'} | "
+    lines += [f"| {r['variant']} | {r['attn']}, {r['mlp']} | {r['target_score']:.2f} | {r['keep_score']:.2f}{'' if r['feasible'] else ' (under)'} | "
               f"{r['kl']:.4f} ({r['kl_ucb']:.4f}) | {r['kl_all']:.4f} ({r['kl_all_ucb']:.4f}) | {r['cos_session6']:.3f} |" for r in rows]
-    (out / "variants.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

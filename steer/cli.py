@@ -66,9 +66,9 @@ def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> N
     g.add_argument("--search-kl-max", type=float, default=0.05,
                    help="first-token KL bound (95%% upper bound, harmless validation prompts) a Pareto candidate must meet "
                         "to be confirmed; --kl-max is the plain mode's (default: 0.05)")
-    g.add_argument("--optimize-steps", type=int, default=32,
+    g.add_argument("--optimize-steps", type=int, default=48,
                    help="gradient steps for an optimized direction (steer.optimize: lower censorship refusal, keep harmful "
-                        "refusal and harmless logits), searched beside the contrasts; 0 = contrasts only (default: 32)")
+                        "refusal and harmless logits), searched beside the contrasts; 0 = contrasts only (default: 48)")
     g.add_argument("--search-contrasts", default="optimized", choices=("optimized", "all"),
                    help="directions the search draws from: the optimized one only (when --optimize-steps > 0), or the "
                         "contrast directions too (default: optimized)")

@@ -34,13 +34,13 @@ from tqdm.auto import tqdm
 
 from .collect import encode_batches, last_logits
 from .directions import remove_span
-from .edit import ablated
+from .edit import Profile, ablated
 from .select import first_token_kl, refusal_score
 
 
 @dataclass
 class OptimizeSettings:
-    steps: int = 32
+    steps: int = 48  # 32 steps reach a worse target score at the same KL (results/optimize-variants, session 8)
     lr: float = 0.003  # Adam step per coordinate of v (v starts at unit norm)
     cosine: bool = True  # decay lr to 0 over the steps: the last minibatch steps move v little
     target_batch: int = 8
@@ -57,6 +57,11 @@ class OptimizeSettings:
     # return the mean of the unit directions of the second half of the steps (Polyak-Ruppert
     # averaging) instead of the last one: the average of a noisy minibatch trajectory varies less
     average: bool = False
+    # strengths of the edit the direction is trained under (flat over layers), as steer.edit applies
+    # them: attention and MLP outputs (the embedding stays at 1). The search finds attention above 1
+    # and MLP below it better (results/component-strengths); training under such an edit fits r to it
+    attn: float = 1.0
+    mlp: float = 1.0
 
 
 @dataclass
@@ -73,10 +78,10 @@ def unit_direction(v: torch.Tensor, keep_span: torch.Tensor | None) -> torch.Ten
     return w / w.norm()
 
 
-def _forward(model, tokenizer, texts: list[str], r: torch.Tensor) -> torch.Tensor:
-    """Last-position logits [N, vocab] with r ablated, rows in the order of texts (one batch)."""
+def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, attn: float = 1.0, mlp: float = 1.0) -> torch.Tensor:
+    """Last-position logits [N, vocab] with r ablated at flat strengths attn / mlp, rows in the order of texts (one batch)."""
     (idx, batch), = list(encode_batches(tokenizer, texts, len(texts)))
-    with ablated(model, r):
+    with ablated(model, r, profiles={"attn": Profile(attn, floor=attn), "mlp": Profile(mlp, floor=mlp)}):
         logits = last_logits(model, batch)
     out = torch.empty_like(logits)
     out[torch.tensor(idx)] = logits
@@ -108,7 +113,7 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
             for step in bar:
                 picks = [sorted(rng.sample(range(len(g.texts)), min(n, len(g.texts)))) for g, n in groups]
                 texts = [g.texts[i] for (g, _), idx in zip(groups, picks) for i in idx]
-                logits = _forward(model, tokenizer, texts, unit_direction(v, keep_span).float())
+                logits = _forward(model, tokenizer, texts, unit_direction(v, keep_span).float(), s.attn, s.mlp)
                 a, b = len(picks[0]), len(picks[0]) + len(picks[1])
                 t_score = refusal_score(logits[:a], refusal_tokens)
                 k_score = refusal_score(logits[a:b], refusal_tokens)

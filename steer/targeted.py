@@ -135,7 +135,7 @@ class TargetedSettings:
     batch_size: int = 32
     max_new_tokens: int = 48
     seed: int = 0
-    optimize_steps: int = 32  # steps of steer.optimize for the "optimized" direction (0: contrasts only)
+    optimize_steps: int = 48  # steps of steer.optimize for the "optimized" direction (0: contrasts only)
     # search only the optimized direction when there is one ("all": the contrasts too; in sessions
     # 5 and 6 a third of the trials went to contrast directions the optimized one dominated)
     search_contrasts: str = "optimized"

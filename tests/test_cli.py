@@ -156,7 +156,7 @@ def test_targeted_flags_reach_the_settings(capsys):
     ts = _targeted(args)
     assert (ts.kl_max, ts.keep_layers, ts.trials, ts.optimize_steps, ts.search_contrasts) == (0.2, "same", 7, 0, "all")
     default = _targeted(build_parser().parse_args(["search", "--out", "x"]))
-    assert (default.kl_max, default.keep_layers, default.optimize_steps, default.search_contrasts) == (0.05, "all", 32, "optimized")
+    assert (default.kl_max, default.keep_layers, default.optimize_steps, default.search_contrasts) == (0.05, "all", 48, "optimized")
     assert main(["search", "--out", "x", "--search-kl-max", "0"]) == 2
     assert "--search-kl-max must be positive" in capsys.readouterr().err
     assert main(["search", "--out", "x", "--optimize-steps", "-1"]) == 2

@@ -4,11 +4,11 @@ import torch
 
 from conftest import PROMPTS, make_model
 from steer.collect import batched_last_logits
-from steer.edit import ablated
+from steer.edit import Profile, ablated
 from steer.optimize import Group, OptimizeSettings, optimize_direction, unit_direction
 from steer.prompts import chat_texts
 from steer.search import EditParams, SearchInputs, run_search
-from steer.select import refusal_score
+from steer.select import first_token_kl, refusal_score
 
 REFUSAL = [70, 71]
 
@@ -105,3 +105,21 @@ def test_search_tries_the_optimized_direction_first(tokenizer):
     assert (second["attn_floor"], second["mlp_floor"], second["mlp_peak"]) == (1.0, 0.8, 0.8)
     edit = EditParams.from_dict(study.trials[2].user_attrs["params"])
     assert edit.attn.weights(3) == [1.2] * 3 and edit.mlp.weights(3) == [0.8] * 3 and edit.embed == 1.0
+
+
+def test_training_runs_under_the_given_component_strengths(tokenizer):
+    model = make_model("qwen2")
+    target, keep, harmless = _groups(model, tokenizer)
+    init = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    r0 = (init / init.norm()).float()
+    s = OptimizeSettings(steps=1, target_batch=99, keep_batch=99, harmless_batch=99, attn=4.0, mlp=0.0)
+    _, history = optimize_direction(model, tokenizer, target, keep, harmless, init, REFUSAL, None, s, progress=False)
+
+    def kl(**profiles):
+        with ablated(model, r0, profiles=profiles):
+            return float(first_token_kl(harmless.base_logits, batched_last_logits(model, tokenizer, harmless.texts)).mean())
+
+    # step 0's minibatch KL is the start direction's, under the edit at those strengths
+    expected = kl(attn=Profile(4.0, floor=4.0), mlp=Profile(0.0, floor=0.0))
+    assert abs(history[0]["kl"] - expected) < 1e-3 * expected
+    assert abs(history[0]["kl"] - kl()) > 0.1 * expected  # not the strength-1 edit
