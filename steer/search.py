@@ -241,7 +241,7 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
     study.set_user_attr("objective", goal)
 
     if "optimized" in contrasts and not study.trials:  # first: steer.optimize's edit as trained, then OPTIMIZED_SEEDS
-        for attn, mlp in OPTIMIZED_SEEDS:
+        for attn, mlp in OPTIMIZED_SEEDS[:n_trials]:  # no queued trial left waiting past the last one run
             study.enqueue_trial(full_strength(n_layers, attn, mlp=mlp, embed=1.0))
 
     def objective(trial) -> float | tuple[float, float]:

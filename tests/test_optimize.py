@@ -100,6 +100,7 @@ def test_search_tries_the_optimized_direction_first(tokenizer):
     inputs = SearchInputs({"censorship/projected": dirs, "censorship/plain": dirs, "optimized/projected": opt,
                            "optimized/plain": opt})
     study = run_search(model, tokenizer, inputs, val, n_trials=3, seed=0)
+    assert len(study.trials) == 3  # only as many seeds queued as trials run: none left waiting in the journal
     first, second, _ = (t.params for t in study.trials if t.state.is_finished())
     assert first["contrast"] == "optimized" and first["attn_floor"] == first["mlp_floor"] == first["embed"] == 1.0
     assert (second["attn_floor"], second["mlp_floor"], second["mlp_peak"]) == (1.0, 0.8, 0.8)
