@@ -215,7 +215,7 @@ def targeted_search(loaded: Loaded, ts, study: Path | None = None):
     study.parent.mkdir(parents=True, exist_ok=True)
     _log(f"searching {ts.trials} trials (study {study}; resumes if interrupted)")
     st = run_search(m, tok, inputs, prep.val, n_trials=ts.trials, seed=ts.seed, storage=study, keep_floor=prep.keep_floor,
-                    kl_max=ts.kl_max, batch_size=ts.batch_size)
+                    kl_max=ts.kl_max, batch_size=ts.batch_size, target_floor=ts.target_floor)
     front = pareto(st)
     if not front:
         raise SteerError(f"no search trial kept harmful refusals above the floor {prep.keep_floor:.2f} with first-token KL "

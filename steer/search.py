@@ -148,14 +148,26 @@ def fingerprint(inputs: SearchInputs, val: ValData) -> str:
     return h.hexdigest()
 
 
+# Target refusal scores below this count as done in a trial's target score: greedy answers start
+# refusing only from about -1 up (validation split, session 8's edit, the 16 highest-scoring English
+# prompts judged: every denial scored above -1, none under -1.5 was refused), so a plain mean rewarded pushing answered
+# prompts further (costing KL) as much as turning a refused one. The optimizer has its own margin.
+TARGET_FLOOR = -2.0
+
+
 @torch.inference_mode()
-def score(model, tokenizer, basis: torch.Tensor, p: EditParams, val: ValData, batch_size: int = 16) -> dict:
-    """Target and keep refusal scores and harmless first-token KL with the edit applied."""
+def score(model, tokenizer, basis: torch.Tensor, p: EditParams, val: ValData, batch_size: int = 16,
+          target_floor: float | None = TARGET_FLOOR) -> dict:
+    """Target and keep refusal scores and harmless first-token KL with the edit applied.
+    target_score: mean of the target prompts' scores clamped below at target_floor (None: plain
+    mean); target_raw: the plain mean."""
     with edited(model, basis, p):
         logits = batched_last_logits(model, tokenizer, val.target + val.keep + val.harmless, batch_size)
     t, k = len(val.target), len(val.keep)
     kl = first_token_kl(val.base_harmless, logits[t + k:])
-    return {"target_score": float(refusal_score(logits[:t], val.refusal_tokens).mean()),
+    target = refusal_score(logits[:t], val.refusal_tokens)
+    clamped = target if target_floor is None else target.clamp(min=target_floor)
+    return {"target_score": float(clamped.mean()), "target_raw": float(target.mean()),
             "keep_score": float(refusal_score(logits[t:t + k], val.refusal_tokens).mean()) if k else math.nan,
             "kl": float(kl.mean()), "kl_ucb": float(kl.mean() + 1.96 * kl.std() / len(kl) ** 0.5) if len(kl) > 1 else float(kl.mean())}
 
@@ -194,25 +206,27 @@ def full_strength(n_layers: int, strength: float = 1.0, contrast: str = "optimiz
             "embed": strength if embed is None else embed, "preserve_norm": False}
 
 
-SEARCH_VERSION = 3  # part of a study's name: bump when what a trial measures or optimizes changes
+SEARCH_VERSION = 4  # part of a study's name: bump when what a trial measures or optimizes changes
 
 
-def objective_name(keep_floor: float | None, kl_max: float | None) -> str:
+def objective_name(keep_floor: float | None, kl_max: float | None, target_floor: float | None = TARGET_FLOOR) -> str:
     """What a study optimizes, recorded in it and checked on resume."""
     cons = [f"keep_score >= {keep_floor!r}"] * (keep_floor is not None) + [f"kl_ucb <= {kl_max!r}"] * (kl_max is not None)
-    goal = "min target_score" if kl_max is not None else "min (target_score, kl)"
+    target = "target_score" if target_floor is None else f"target_score(floor {target_floor!r})"
+    goal = f"min {target}" if kl_max is not None else f"min ({target}, kl)"
     return f"v{SEARCH_VERSION}: {goal}" + (f" s.t. {', '.join(cons)}" if cons else "")
 
 
 def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials: int, seed: int, storage: Path | None = None,
                keep_floor: float | None = None, kl_max: float | None = None, batch_size: int = 16,
-               study_name: str = "steer") -> object:
+               study_name: str = "steer", target_floor: float | None = TARGET_FLOOR) -> object:
     """Run (or resume) a seeded study subject to keep score >= keep_floor. Without kl_max:
     multi-objective, minimize (target score, KL). With kl_max: minimize the target score subject
     also to the KL 95% upper bound <= kl_max, so every trial after the random start goes to the
     region the final choice is made in (a two-objective TPE spreads its trials along the whole
     front, most of them at low KL and weak edits; measured, docs/targeted.md). Returns the
-    optuna Study; trial user attrs hold the metrics and "violation" (> 0: infeasible)."""
+    optuna Study; trial user attrs hold the metrics and "violation" (> 0: infeasible). The target
+    score is the mean refusal score on target prompts clamped below at target_floor (see TARGET_FLOOR)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -233,7 +247,7 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
     if study.trials and study.user_attrs.get("inputs_fingerprint") != fp:  # scores of other directions
         raise SteerError(f"study {storage} was run with other directions or validation prompts (or by an older "
                          "steer); resuming would mix stale scores in: use another study file or delete it")
-    goal = objective_name(keep_floor, kl_max)
+    goal = objective_name(keep_floor, kl_max, target_floor)
     if study.trials and study.user_attrs.get("objective") != goal:  # other objectives or constraints
         raise SteerError(f"study {storage} was run for another objective ({study.user_attrs.get('objective', 'unrecorded')}, "
                          f"not {goal}); use another study file or delete it")
@@ -250,7 +264,7 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
             basis = edit_basis(inputs, p)
         except ValueError:  # no direction left at this layer/position (e.g. identical template tokens)
             raise optuna.TrialPruned() from None
-        m = score(model, tokenizer, basis, p, val, batch_size)
+        m = score(model, tokenizer, basis, p, val, batch_size, target_floor)
         for key, value in m.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("params", p.to_dict())

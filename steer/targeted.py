@@ -27,7 +27,7 @@ from .generation import generate
 from .judge import MarkerJudge
 from .optimize import Group, OptimizeSettings, optimize_direction
 from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash, seeded_sample
-from .search import EditParams, SearchInputs, ValData, edit_basis, edited
+from .search import TARGET_FLOOR, EditParams, SearchInputs, ValData, edit_basis, edited
 from .select import find_refusal_tokens, refusal_score, split_by_score
 
 
@@ -139,6 +139,8 @@ class TargetedSettings:
     # search only the optimized direction when there is one ("all": the contrasts too; in sessions
     # 5 and 6 a third of the trials went to contrast directions the optimized one dominated)
     search_contrasts: str = "optimized"
+    # target scores below this count as done in the search's objective (steer.search.TARGET_FLOOR; None: plain mean)
+    target_floor: float | None = TARGET_FLOOR
 
 
 @dataclass

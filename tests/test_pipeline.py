@@ -113,6 +113,8 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
     assert set(report["after"]) == {"censorship", "refusal", "kl"} and report["pareto"]
     md = (tiny / "t1" / "report.md").read_text()
     assert "## Pareto front" in md and f"Optimized direction: {ts.optimize_steps} steps" in md
+    row = report["pareto"][0]  # the objective (target scores clamped at the floor) beside the plain mean
+    assert row["target_score"] >= row["target_raw"] and f"| {row['target_score']:.2f} | {row['target_raw']:.2f} |" in md
 
 
 def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):

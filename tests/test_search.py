@@ -8,6 +8,7 @@ from steer.collect import batched_last_logits
 from steer.edit import Profile
 from steer.prompts import chat_texts
 from steer.errors import SteerError
+from steer.select import refusal_score
 from steer.search import EditParams, SearchInputs, ValData, edit_basis, edited, fingerprint, pareto, run_search, score, trial_rows
 
 
@@ -56,7 +57,16 @@ def test_score_is_zero_kl_for_a_zero_strength_edit(tokenizer):
     p = EditParams(index=1.0, position=-1, attn=zero, mlp=zero, embed=0.0)
     m = score(model, tokenizer, edit_basis(inputs(), p), p, val)
     assert m["kl"] < 1e-9
-    assert m["target_score"] == pytest.approx(float(__import__("steer.select", fromlist=["x"]).refusal_score(val.base_target, [70, 71]).mean()), abs=1e-5)
+    base = refusal_score(val.base_target, [70, 71])
+    assert m["target_raw"] == pytest.approx(float(base.mean()), abs=1e-5)
+    # the objective counts scores below the floor as done: a floor between the prompts' scores clamps some
+    floor = float(base.min() + base.max()) / 2
+    assert base.min() < floor < base.max()
+    clamped = score(model, tokenizer, edit_basis(inputs(), p), p, val, target_floor=floor)
+    assert clamped["target_score"] == pytest.approx(float(base.clamp(min=floor).mean()), abs=1e-5)
+    assert clamped["target_score"] > clamped["target_raw"] + 1e-6
+    plain = score(model, tokenizer, edit_basis(inputs(), p), p, val, target_floor=None)
+    assert plain["target_score"] == pytest.approx(plain["target_raw"])
 
 
 def test_search_is_reproducible_with_a_seed_and_resumes(tokenizer, tmp_path):
@@ -76,11 +86,13 @@ def test_search_is_reproducible_with_a_seed_and_resumes(tokenizer, tmp_path):
     assert fingerprint(other, val) != fingerprint(inputs(), val) == fingerprint(inputs(), val)
     with pytest.raises(SteerError, match="other directions"):
         run_search(model, tokenizer, other, val, n_trials=5, seed=3, storage=store)
-    # the same inputs, another objective (a KL bound, another floor): not resumed either
+    # the same inputs, another objective (a KL bound, another keep or target floor): not resumed either
     with pytest.raises(SteerError, match="another objective"):
         run_search(model, tokenizer, inputs(), val, n_trials=5, seed=3, storage=store, kl_max=0.05)
     with pytest.raises(SteerError, match="another objective"):
         run_search(model, tokenizer, inputs(), val, n_trials=5, seed=3, storage=store, keep_floor=0.5)
+    with pytest.raises(SteerError, match="another objective"):  # another target floor
+        run_search(model, tokenizer, inputs(), val, n_trials=5, seed=3, storage=store, target_floor=None)
     assert len(run_search(model, tokenizer, inputs(), val, n_trials=5, seed=3, storage=store).trials) == 5
     front = pareto(a)
     assert front and all(set(r) >= {"trial", "kl", "target_score", "params"} for r in front)
