@@ -148,10 +148,11 @@ def fingerprint(inputs: SearchInputs, val: ValData) -> str:
     return h.hexdigest()
 
 
-# Target refusal scores below this count as done in a trial's target score: greedy answers start
-# refusing only from about -1 up (validation split, session 8's edit, the 16 highest-scoring English
-# prompts judged: every denial scored above -1, none under -1.5 was refused), so a plain mean rewarded pushing answered
-# prompts further (costing KL) as much as turning a refused one. The optimizer has its own margin.
+# Target refusal scores below this count as done in a trial's target score. Greedy answers refuse
+# only from about -1 up (validation split, session 8's edit, the 16 highest-scoring English prompts
+# judged: every denial scored above -1, none under -1.5 was refused), so a plain mean rewarded
+# pushing answered prompts further (costing KL) as much as turning a refused one. (The optimizer
+# has its own margin, OptimizeSettings.margin.)
 TARGET_FLOOR = -2.0
 
 
