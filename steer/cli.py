@@ -72,7 +72,14 @@ def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> N
     g.add_argument("--search-contrasts", default="optimized", choices=("optimized", "all"),
                    help="directions the search draws from: the optimized one only (when --optimize-steps > 0), or the "
                         "contrast directions too (default: optimized)")
+    g.add_argument("--search-target-floor", type=_floor, default=-2.0, metavar="SCORE|none",
+                   help="refusal scores on sensitive validation prompts below this count as done in the search's objective "
+                        "(greedy answers refuse only from about -1 up); 'none' = plain mean (default: -2)")
     g.add_argument("--study", type=Path, help="search journal file (resumable; default in $STEER_CACHE/search)")
+
+
+def _floor(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
 
 
 def _targeted(args):
@@ -90,7 +97,8 @@ def _targeted(args):
     return TargetedSettings(trials=args.trials, k_max=args.k_max, keep_fraction=args.keep_fraction, confirm=args.confirm,
                             batch_size=args.batch_size, seed=args.seed, n_val=args.n_val, keep_layers=args.keep_layers,
                             kl_max=args.search_kl_max, max_new_tokens=getattr(args, "max_new_tokens", 48),
-                            optimize_steps=args.optimize_steps, search_contrasts=args.search_contrasts)
+                            optimize_steps=args.optimize_steps, search_contrasts=args.search_contrasts,
+                            target_floor=args.search_target_floor)
 
 
 def _settings(args):

@@ -149,14 +149,19 @@ def test_export_gguf_command(tmp_path, tokenizer, capsys):
 
 def test_targeted_flags_reach_the_settings(capsys):
     from steer.cli import _targeted, build_parser
+    from steer.search import TARGET_FLOOR
+    from steer.targeted import TargetedSettings
 
     args = build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety", "--search-kl-max", "0.2",
                                       "--keep-layers", "same", "--trials", "7", "--optimize-steps", "0",
-                                      "--search-contrasts", "all"])
+                                      "--search-contrasts", "all", "--search-target-floor", "-3.5"])
     ts = _targeted(args)
     assert (ts.kl_max, ts.keep_layers, ts.trials, ts.optimize_steps, ts.search_contrasts) == (0.2, "same", 7, 0, "all")
+    assert ts.target_floor == -3.5
     default = _targeted(build_parser().parse_args(["search", "--out", "x"]))
     assert (default.kl_max, default.keep_layers, default.optimize_steps, default.search_contrasts) == (0.05, "all", 48, "optimized")
+    assert default.target_floor == TargetedSettings().target_floor == TARGET_FLOOR  # the CLI's default is the library's
+    assert _targeted(build_parser().parse_args(["search", "--out", "x", "--search-target-floor", "none"])).target_floor is None
     assert main(["search", "--out", "x", "--search-kl-max", "0"]) == 2
     assert "--search-kl-max must be positive" in capsys.readouterr().err
     assert main(["search", "--out", "x", "--optimize-steps", "-1"]) == 2
