@@ -4,7 +4,7 @@
 
 The searched profiles have 9 parameters; three 32-trial-or-fewer TPE searches (session 7, docs/targeted.md)
 found different best edits. This scores a small grid of flat strengths per component for the
-direction committed in results/targeted-embedded (no training: the defaults reproduce it), on the
+direction of the session 6 run (results/targeted-embedded at e3605b1, read from git history), on the
 validation split, as the search scores a trial: target and harmful refusal scores, first-token KL
 (answered harmless prompts) and its 95% upper bound. No generation: it tells the search where to
 start, not what the censorship rates are.
@@ -16,17 +16,13 @@ import argparse
 import itertools
 import json
 import subprocess
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from targeted_setup import ROOT, prepared, session6_direction
 
 from steer.edit import Profile
-from steer.load import load_model
 from steer.search import EditParams, edit_basis, score
-from steer.targeted import TargetedSettings, prepare
 
-ROOT = Path(__file__).resolve().parents[1]
 GRID = {"attn": (1.0, 1.1), "mlp": (0.6, 0.75, 0.9), "embed": (0.7, 1.0)}
 
 
@@ -34,12 +30,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="results/component-strengths")
     args = ap.parse_args()
-    loaded = load_model(None)
-    m, tok, ts = loaded.model, loaded.tokenizer, TargetedSettings(optimize_steps=0)
-    torch.manual_seed(ts.seed)
-    prep = prepare(m, tok, ts)
-    c = prep.contrasts
-    c.optimized = load_file(str(ROOT / "results/targeted-embedded/contrasts.safetensors"))["optimized"].double()
+    loaded, ts, prep = prepared()
+    m, tok, c = loaded.model, loaded.tokenizer, prep.contrasts
+    c.optimized = session6_direction()
     inputs = c.search_inputs(ts.keep_safety, ts.keep_layers, "optimized")
     n = c.censorship.shape[0]
     flat = lambda s: Profile(peak=s, center=(n - 1) / 2, width=float(n), floor=s)  # noqa: E731

@@ -8,8 +8,8 @@ flat strengths 1.0 / 0.9 / 0.8 on the validation split, as the search would: tar
 (lower is better), harmful refusal score (must stay >= the floor), first-token KL on the harmless
 prompts the base model answers (what the search bounds) and on a seeded sample of all harmless
 validation prompts (what the evaluation's KL suite measures: it includes the few the base
-refuses). The variant "session6" is the direction committed in results/targeted-embedded (no
-training). No generation, no judge: this chooses what to run in full, it is not a result about
+refuses). The variant "session6" is the direction of the session 6 run (results/targeted-embedded at
+commit e3605b1, read from git history; no training). No generation, no judge: this chooses what to run in full, it is not a result about
 censorship rates.
 """
 
@@ -20,20 +20,16 @@ import json
 import subprocess
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from targeted_setup import ROOT, prepared, session6_direction
 
 from steer.collect import batched_last_logits
 from steer.edit import Profile
-from steer.load import load_model
 from steer.optimize import OptimizeSettings, optimize_direction
 from steer.prompts import chat_texts, load_prompts, seeded_sample
 from steer.search import EditParams, ValData, edit_basis, score
-from steer.targeted import TargetedSettings, prepare
 
-ROOT = Path(__file__).resolve().parents[1]
 BASE = OptimizeSettings(steps=32)  # the default until session 8; the sets below vary it
 # each set: the variants trained and the (attention, MLP) strength pairs every direction is scored at
 SETS = {
@@ -56,11 +52,8 @@ def main() -> None:
     ap.add_argument("--set", default="session7", choices=sorted(SETS), help="which variants and strength pairs")
     ap.add_argument("--only", default=None, help="comma-separated variant names (default: all of the set)")
     args = ap.parse_args()
-    loaded = load_model(None)
-    m, tok, ts = loaded.model, loaded.tokenizer, TargetedSettings(optimize_steps=0)
-    torch.manual_seed(ts.seed)
-    prep = prepare(m, tok, ts)
-    c = prep.contrasts
+    loaded, ts, prep = prepared()
+    m, tok, c = loaded.model, loaded.tokenizer, prep.contrasts
     layer = round(0.6 * (c.censorship.shape[0] - 1))
     from steer.directions import remove_span
 
@@ -71,7 +64,7 @@ def main() -> None:
     texts = chat_texts(tok, [harmless[i].text for i in pick])
     all_harmless = ValData([], [], texts, prep.val.base_target[:0], prep.val.base_keep[:0],
                            batched_last_logits(m, tok, texts, ts.batch_size), prep.val.refusal_tokens)
-    directions = {"session6": load_file(str(ROOT / "results/targeted-embedded/contrasts.safetensors"))["optimized"].double()}
+    directions = {"session6": session6_direction()}
     rows = []
     variants, pairs = SETS[args.set]
     names = args.only.split(",") if args.only else list(variants)

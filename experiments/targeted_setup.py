@@ -1,0 +1,32 @@
+"""Shared set-up of the targeted exploration scripts (component_strengths.py, optimize_variants.py)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import torch
+from safetensors.torch import load
+
+from steer.load import Loaded, load_model
+from steer.targeted import Prepared, TargetedSettings, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+# results/targeted-embedded/ held the session 6 run at this commit; later runs replaced its files
+SESSION6 = "e3605b1"
+
+
+def prepared() -> tuple[Loaded, TargetedSettings, Prepared]:
+    """The embedded model, default targeted settings without optimization, and what prepare() measures."""
+    loaded, ts = load_model(None), TargetedSettings(optimize_steps=0)
+    torch.manual_seed(ts.seed)
+    return loaded, ts, prepare(loaded.model, loaded.tokenizer, ts)
+
+
+def session6_direction() -> torch.Tensor:
+    """The optimized direction [d] (float64) of the session 6 run, read from git history."""
+    path = f"{SESSION6}:results/targeted-embedded/contrasts.safetensors"
+    got = subprocess.run(["git", "show", path], cwd=ROOT, capture_output=True)
+    if got.returncode != 0:
+        raise SystemExit(f"cannot read {path} from git (a clone with history is needed): {got.stderr.decode().strip()}")
+    return load(got.stdout)["optimized"].double()
