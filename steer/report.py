@@ -276,8 +276,7 @@ def pareto_table(front: list[dict], confirmed: list[dict], chosen: dict | None) 
         j = judged.get(r["trial"], {})
         mark = " (chosen)" if chosen and r["trial"] == chosen["trial"] else ""
         cens = f"{_pct(j.get('censorship/sensitive/en'))} / {_pct(j.get('censorship/sensitive/zh'))}" if j else "-"
-        raw = f"{r['target_raw']:.2f}" if "target_raw" in r else "-"  # studies before the target floor had none
-        lines.append(f"| {r['trial']}{mark} | {r['target_score']:.2f} | {raw} | {r['keep_score']:.2f} | {r['kl']:.4f} | {r['kl_ucb']:.4f} | "
+        lines.append(f"| {r['trial']}{mark} | {r['target_score']:.2f} | {r['target_raw']:.2f} | {r['keep_score']:.2f} | {r['kl']:.4f} | {r['kl_ucb']:.4f} | "
                      f"{r['params']['k']} | {cens} | {_pct(j.get('refusal/harmful')) if j else '-'} |")
     return "\n".join(lines)
 
