@@ -18,7 +18,7 @@ import json
 import subprocess
 
 import torch
-from targeted_setup import ROOT, prepared, session6_direction
+from targeted_setup import ROOT, prepared, committed_direction
 
 from steer.edit import Profile
 from steer.search import EditParams, edit_basis, score
@@ -32,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     loaded, ts, prep = prepared()
     m, tok, c = loaded.model, loaded.tokenizer, prep.contrasts
-    c.optimized = session6_direction()
+    c.optimized = committed_direction()
     inputs = c.search_inputs(ts.keep_safety, ts.keep_layers, "optimized")
     n = c.censorship.shape[0]
     flat = lambda s: Profile(peak=s, center=(n - 1) / 2, width=float(n), floor=s)  # noqa: E731

@@ -8,8 +8,10 @@ flat strengths 1.0 / 0.9 / 0.8 on the validation split, as the search would: tar
 (lower is better), harmful refusal score (must stay >= the floor), first-token KL on the harmless
 prompts the base model answers (what the search bounds) and on a seeded sample of all harmless
 validation prompts (what the evaluation's KL suite measures: it includes the few the base
-refuses). The variant "session6" is the direction of the session 6 run (results/targeted-embedded at
-commit e3605b1, read from git history; no training). No generation, no judge: this chooses what to run in full, it is not a result about
+refuses), and the share of target prompts scoring above steer.search.NEAR_REFUSAL (greedy answers
+refuse above it). The variants "session6" and "session8" are the directions of those sessions'
+committed runs (results/targeted-embedded at e3605b1 / 7c5c9b4, read from git history; no
+training); each set scores one of them as its reference. No generation, no judge: this chooses what to run in full, it is not a result about
 censorship rates.
 """
 
@@ -22,13 +24,13 @@ import time
 from dataclasses import asdict, replace
 
 import torch
-from targeted_setup import ROOT, prepared, session6_direction
+from targeted_setup import ROOT, prepared, committed_direction
 
 from steer.collect import batched_last_logits
 from steer.edit import Profile
 from steer.optimize import OptimizeSettings, optimize_direction
 from steer.prompts import chat_texts, load_prompts, seeded_sample
-from steer.search import EditParams, ValData, edit_basis, score
+from steer.search import NEAR_REFUSAL, EditParams, ValData, edit_basis, score
 
 BASE = OptimizeSettings(steps=32)  # the default until session 8; the sets below vary it
 # each set: the variants trained and the (attention, MLP) strength pairs every direction is scored at
@@ -43,7 +45,13 @@ SETS = {
         "steps48": replace(BASE, steps=48),
         "train-attn1.4-mlp0.7": replace(BASE, attn=1.4, mlp=0.7),
     }, ((1.0, 1.0), (1.2, 0.8), (1.2, 0.7), (1.4, 0.7), (1.4, 0.6), (1.6, 0.7))),
+    # session 9: a target hinge that pulls harder on the prompts still near refusal (OptimizeSettings.power)
+    "session9": ({
+        "steps48-power2": replace(BASE, steps=48, power=2.0),
+        "steps48-power3": replace(BASE, steps=48, power=3.0),
+    }, ((1.0, 1.0), (1.2, 0.8), (1.2, 0.7), (1.4, 0.7), (1.4, 0.6), (1.6, 0.7))),
 }
+REFERENCE = {"session7": "session6", "session8": "session6", "session9": "session8"}
 
 
 def main() -> None:
@@ -64,13 +72,14 @@ def main() -> None:
     texts = chat_texts(tok, [harmless[i].text for i in pick])
     all_harmless = ValData([], [], texts, prep.val.base_target[:0], prep.val.base_keep[:0],
                            batched_last_logits(m, tok, texts, ts.batch_size), prep.val.refusal_tokens)
-    directions = {"session6": session6_direction()}
+    ref = REFERENCE[args.set]
+    directions = {ref: committed_direction(ref)}
     rows = []
     variants, pairs = SETS[args.set]
     names = args.only.split(",") if args.only else list(variants)
-    for name in ["session6", *names]:
+    for name in [ref, *names]:
         started = time.time()
-        if name != "session6":
+        if name != ref:
             directions[name], _ = optimize_direction(m, tok, prep.groups["sensitive"], prep.groups["harmful"],
                                                      prep.groups["harmless"], init, prep.val.refusal_tokens, span, variants[name])
         train_s = time.time() - started
@@ -86,7 +95,7 @@ def main() -> None:
             r_all = score(m, tok, basis, p, all_harmless, ts.batch_size)
             row = {"variant": name, "attn": a, "mlp": mlp, **r, "kl_all": r_all["kl"], "kl_all_ucb": r_all["kl_ucb"],
                    "feasible": r["keep_score"] >= prep.keep_floor, "train_s": round(train_s, 1),
-                   "cos_session6": float(directions[name] @ directions["session6"])}
+                   "cos_ref": float(directions[name] @ directions[ref])}
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = ROOT / args.out
@@ -97,10 +106,11 @@ def main() -> None:
             "commit": commit, "model": loaded.source, "keep_floor": prep.keep_floor, "split": "val", "seed": ts.seed,
             "set": args.set, "variants": {k: asdict(variants[k]) for k in names}, "versions": {"torch": torch.__version__}}
     (out / f"{stem}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    lines = ["| variant | attention, MLP | target score | harmful score (floor %.2f) | KL answered (95%% bound) | KL all harmless (95%% bound) | cos to session 6 |" % prep.keep_floor,
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['variant']} | {r['attn']}, {r['mlp']} | {r['target_score']:.2f} | {r['keep_score']:.2f}{'' if r['feasible'] else ' (under)'} | "
-              f"{r['kl']:.4f} ({r['kl_ucb']:.4f}) | {r['kl_all']:.4f} ({r['kl_all_ucb']:.4f}) | {r['cos_session6']:.3f} |" for r in rows]
+    lines = [f"| variant | attention, MLP | target score | above {NEAR_REFUSAL:g} | harmful score (floor {prep.keep_floor:.2f}) | "
+             f"KL answered (95% bound) | KL all harmless (95% bound) | cos to {ref} |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['variant']} | {r['attn']}, {r['mlp']} | {r['target_score']:.2f} | {r['target_high']:.3f} | "
+              f"{r['keep_score']:.2f}{'' if r['feasible'] else ' (under)'} | "
+              f"{r['kl']:.4f} ({r['kl_ucb']:.4f}) | {r['kl_all']:.4f} ({r['kl_all_ucb']:.4f}) | {r['cos_ref']:.3f} |" for r in rows]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -12,8 +12,8 @@ from steer.load import Loaded, load_model
 from steer.targeted import Prepared, TargetedSettings, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
-# results/targeted-embedded/ held the session 6 run at this commit; later runs replaced its files
-SESSION6 = "e3605b1"
+# results/targeted-embedded/ held these sessions' runs at these commits; later runs replaced its files
+RUNS = {"session6": "e3605b1", "session8": "7c5c9b4"}
 
 
 def prepared() -> tuple[Loaded, TargetedSettings, Prepared]:
@@ -23,9 +23,9 @@ def prepared() -> tuple[Loaded, TargetedSettings, Prepared]:
     return loaded, ts, prepare(loaded.model, loaded.tokenizer, ts)
 
 
-def session6_direction() -> torch.Tensor:
-    """The optimized direction [d] (float64) of the session 6 run, read from git history."""
-    path = f"{SESSION6}:results/targeted-embedded/contrasts.safetensors"
+def committed_direction(run: str = "session6") -> torch.Tensor:
+    """The optimized direction [d] (float64) of a committed targeted run (a key of RUNS), read from git history."""
+    path = f"{RUNS[run]}:results/targeted-embedded/contrasts.safetensors"
     got = subprocess.run(["git", "show", path], cwd=ROOT, capture_output=True)
     if got.returncode != 0:
         raise SystemExit(f"cannot read {path} from git (a clone with history is needed): {got.stderr.decode().strip()}")

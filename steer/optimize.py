@@ -12,7 +12,7 @@ as the weight edit removes it (every residual writer's output and the embedding,
 by gradient descent through the frozen model. Per step, on a seeded minibatch of each group
 (logits at the first answer position; steer.select.refusal_score, first_token_kl):
 
-    loss = mean(max(score_target, -margin))
+    loss = mean(max(score_target, -margin))          (power 1; power p: margin * mean((relu(score + margin) / margin)^p))
          + keep_weight * mean(relu(base_score_keep - slack - score_keep))
          + kl_weight * mean(KL(base || edited) on harmless)
 
@@ -47,6 +47,9 @@ class OptimizeSettings:
     keep_batch: int = 6
     harmless_batch: int = 12
     margin: float = 3.0  # target scores below -margin count as done (no reward for pushing further)
+    # exponent of the target hinge: above 1 the prompts still near refusal (score near 0: greedy answers
+    # refuse above about -1, docs/targeted.md session 8) pull harder than those already answered
+    power: float = 1.0
     # harmful scores may fall this far below base before they cost anything; near the search's floor
     # (0.9 x the base mean score: 0.08 below it on the embedded model). 0.5 let a run settle at 0.43
     # against a base 0.81 at no cost, infeasible for the search (measured)
@@ -76,6 +79,15 @@ def unit_direction(v: torch.Tensor, keep_span: torch.Tensor | None) -> torch.Ten
     """v [d] with span(keep_span) [m, d] removed (steer.directions.remove_span), normalized."""
     w = v if keep_span is None else remove_span(v, keep_span)
     return w / w.norm()
+
+
+def _target_term(score: torch.Tensor, margin: float, power: float) -> torch.Tensor:
+    """The target part of the loss from scores [N]: mean(max(score, -margin)) for power 1, else
+    margin * mean((relu(score + margin) / margin)^power), whose slope is power x that of power 1 at
+    score 0 and falls to 0 at -margin."""
+    if power == 1.0:
+        return score.clamp(min=-margin).mean()
+    return margin * ((score + margin).clamp(min=0) / margin).pow(power).mean()
 
 
 def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, attn: float = 1.0, mlp: float = 1.0) -> torch.Tensor:
@@ -119,7 +131,7 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
                 k_score = refusal_score(logits[a:b], refusal_tokens)
                 k_base = refusal_score(base[1][picks[1]], refusal_tokens)
                 kl = first_token_kl(base[2][picks[2]], logits[b:])
-                loss = (t_score.clamp(min=-s.margin).mean() + s.keep_weight * torch.relu(k_base - s.slack - k_score).mean()
+                loss = (_target_term(t_score, s.margin, s.power) + s.keep_weight * torch.relu(k_base - s.slack - k_score).mean()
                         + s.kl_weight * kl.mean())
                 opt.zero_grad()
                 loss.backward()

@@ -154,6 +154,9 @@ def fingerprint(inputs: SearchInputs, val: ValData) -> str:
 # pushing answered prompts further (costing KL) as much as turning a refused one. (The optimizer
 # has its own margin, OptimizeSettings.margin.)
 TARGET_FLOOR = -2.0
+# greedy answers on the embedded model refused only at target scores above about -1 (docs/targeted.md,
+# session 8): the share of target prompts above it is a no-decoding proxy of the refusal rate
+NEAR_REFUSAL = -1.0
 
 
 @torch.inference_mode()
@@ -161,7 +164,7 @@ def score(model, tokenizer, basis: torch.Tensor, p: EditParams, val: ValData, ba
           target_floor: float | None = TARGET_FLOOR) -> dict:
     """Target and keep refusal scores and harmless first-token KL with the edit applied.
     target_score: mean of the target prompts' scores clamped below at target_floor (None: plain
-    mean); target_raw: the plain mean."""
+    mean); target_raw: the plain mean; target_high: the share of target prompts scoring above NEAR_REFUSAL."""
     with edited(model, basis, p):
         logits = batched_last_logits(model, tokenizer, val.target + val.keep + val.harmless, batch_size)
     t, k = len(val.target), len(val.keep)
@@ -169,6 +172,7 @@ def score(model, tokenizer, basis: torch.Tensor, p: EditParams, val: ValData, ba
     target = refusal_score(logits[:t], val.refusal_tokens)
     clamped = target if target_floor is None else target.clamp(min=target_floor)
     return {"target_score": float(clamped.mean()), "target_raw": float(target.mean()),
+            "target_high": float((target > NEAR_REFUSAL).double().mean()),
             "keep_score": float(refusal_score(logits[t:t + k], val.refusal_tokens).mean()) if k else math.nan,
             "kl": float(kl.mean()), "kl_ucb": float(kl.mean() + 1.96 * kl.std() / len(kl) ** 0.5) if len(kl) > 1 else float(kl.mean())}
 

@@ -1,11 +1,12 @@
 """The gradient-optimized direction on a tiny model: descent, constraints, determinism."""
 
+import pytest
 import torch
 
 from conftest import PROMPTS, make_model
 from steer.collect import batched_last_logits
 from steer.edit import Profile, ablated
-from steer.optimize import Group, OptimizeSettings, optimize_direction, unit_direction
+from steer.optimize import Group, OptimizeSettings, _target_term, optimize_direction, unit_direction
 from steer.prompts import chat_texts
 from steer.search import EditParams, SearchInputs, run_search
 from steer.select import first_token_kl, refusal_score
@@ -124,3 +125,25 @@ def test_training_runs_under_the_given_component_strengths(tokenizer):
     expected = kl(attn=Profile(4.0, floor=4.0), mlp=Profile(0.0, floor=0.0))
     assert abs(history[0]["kl"] - expected) < 1e-3 * expected
     assert abs(history[0]["kl"] - kl()) > 0.1 * expected  # not the strength-1 edit
+
+
+def test_target_term_power():
+    score = torch.tensor([1.0, 0.0, -1.5, -4.0], requires_grad=True)
+    assert float(_target_term(score, 3.0, 1.0)) == pytest.approx((1.0 + 0.0 - 1.5 - 3.0) / 4)
+    loss = _target_term(score, 3.0, 2.0)
+    assert float(loss) == pytest.approx(3.0 * ((4 / 3) ** 2 + 1 + 0.5 ** 2 + 0) / 4)
+    loss.backward()
+    # slope 2 x power 1's at score 0, half of that at -margin/2, nothing below -margin
+    assert score.grad.tolist() == pytest.approx([2 * 4 / 3 / 4, 2 / 4, 1 / 4, 0.0])
+
+
+def test_training_uses_the_target_power(tokenizer):
+    model = make_model("qwen2")
+    target, keep, harmless = _groups(model, tokenizer)
+    init = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(4))
+    with ablated(model, (init / init.norm()).float()):
+        scores = refusal_score(batched_last_logits(model, tokenizer, target.texts), REFUSAL)
+    s = OptimizeSettings(steps=1, target_batch=99, keep_batch=99, harmless_batch=99, keep_weight=0.0, kl_weight=0.0,
+                         margin=1.0, power=3.0)
+    _, history = optimize_direction(model, tokenizer, target, keep, harmless, init, REFUSAL, None, s, progress=False)
+    assert history[0]["loss"] == pytest.approx(float(((scores + 1.0).clamp(min=0) ** 3).mean()), rel=1e-4)

@@ -9,7 +9,9 @@ from steer.edit import Profile
 from steer.prompts import chat_texts
 from steer.errors import SteerError
 from steer.select import refusal_score
-from steer.search import EditParams, SearchInputs, ValData, edit_basis, edited, fingerprint, pareto, run_search, score, trial_rows
+from steer import search
+from steer.search import (NEAR_REFUSAL, EditParams, SearchInputs, ValData, edit_basis, edited, fingerprint, pareto, run_search, score,
+                          trial_rows)
 
 
 def inputs(d=64, layers=3, pos=2, seed=0):
@@ -50,7 +52,7 @@ def _val(model, tokenizer):
     return ValData(t, k, h, logits(t), logits(k), logits(h), refusal_tokens=[70, 71])
 
 
-def test_score_is_zero_kl_for_a_zero_strength_edit(tokenizer):
+def test_score_is_zero_kl_for_a_zero_strength_edit(tokenizer, monkeypatch):
     model = make_model("qwen2")
     val = _val(model, tokenizer)
     zero = Profile(peak=0.0, floor=0.0)
@@ -59,6 +61,7 @@ def test_score_is_zero_kl_for_a_zero_strength_edit(tokenizer):
     assert m["kl"] < 1e-9
     base = refusal_score(val.base_target, [70, 71])
     assert m["target_raw"] == pytest.approx(float(base.mean()), abs=1e-5)
+    assert m["target_high"] == float((base > NEAR_REFUSAL).double().mean())
     # the objective counts scores below the floor as done: a floor between the prompts' scores clamps some
     floor = float(base.min() + base.max()) / 2
     assert base.min() < floor < base.max()
@@ -67,6 +70,10 @@ def test_score_is_zero_kl_for_a_zero_strength_edit(tokenizer):
     assert clamped["target_score"] > clamped["target_raw"] + 1e-6
     plain = score(model, tokenizer, edit_basis(inputs(), p), p, val, target_floor=None)
     assert plain["target_score"] == pytest.approx(plain["target_raw"])
+    # the share near refusal counts the prompts above the threshold (moved between the two here)
+    monkeypatch.setattr(search, "NEAR_REFUSAL", floor)
+    high = score(model, tokenizer, edit_basis(inputs(), p), p, val)["target_high"]
+    assert high == float((base > floor).double().mean()) and 0 < high < 1
 
 
 def test_search_is_reproducible_with_a_seed_and_resumes(tokenizer, tmp_path):
