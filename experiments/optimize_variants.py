@@ -51,7 +51,11 @@ SETS = {
         "steps48-power3": replace(BASE, steps=48, power=3.0),
     }, ((1.0, 1.0), (1.2, 0.8), (1.2, 0.7), (1.4, 0.7), (1.4, 0.6), (1.6, 0.7))),
 }
-REFERENCE = {"session7": "session6", "session8": "session6", "session9": "session8"}
+SETS["session9-rank2"] = ({"steps48-rank2": replace(BASE, steps=48)},
+                          ((1.0, 1.0), (1.0, 0.8), (1.0, 0.6), (1.2, 0.8), (1.2, 0.7), (1.2, 0.5), (1.4, 0.7), (1.4, 0.6)))
+REFERENCE = {"session7": "session6", "session8": "session6", "session9": "session8", "session9-rank2": "session8"}
+# variants that optimize a subspace: its rank (the start: the censorship direction, then its principal components)
+RANK = {"steps48-rank2": 2}
 
 
 def main() -> None:
@@ -80,22 +84,25 @@ def main() -> None:
     for name in [ref, *names]:
         started = time.time()
         if name != ref:
+            start = torch.cat([init[None], c.components[layer, -1, : RANK.get(name, 1) - 1].double()]).squeeze(0)
             directions[name], _ = optimize_direction(m, tok, prep.groups["sensitive"], prep.groups["harmful"],
-                                                     prep.groups["harmless"], init, prep.val.refusal_tokens, span, variants[name])
+                                                     prep.groups["harmless"], start, prep.val.refusal_tokens, span, variants[name])
         train_s = time.time() - started
-        c.optimized = directions[name]
+        if directions[name].dim() == 1:
+            c.optimized = directions[name]
         inputs = c.search_inputs(ts.keep_safety, ts.keep_layers)
         for a, mlp in pairs:
             flat = lambda x: Profile(peak=x, center=(c.censorship.shape[0] - 1) / 2, width=float(c.censorship.shape[0]), floor=x)  # noqa: E731
             # the session 7 set scaled the embedding with the rest; session 8's pairs keep it at 1 as the search's seeds do
             p = EditParams(index=layer, position=-1, contrast="optimized", attn=flat(a), mlp=flat(mlp),
                            embed=a if args.set == "session7" else 1.0)
-            basis = edit_basis(inputs, p)
+            basis = directions[name] if directions[name].dim() > 1 else edit_basis(inputs, p)  # a subspace is already off the span
             r = score(m, tok, basis, p, prep.val, ts.batch_size)
             r_all = score(m, tok, basis, p, all_harmless, ts.batch_size)
             row = {"variant": name, "attn": a, "mlp": mlp, **r, "kl_all": r_all["kl"], "kl_all_ucb": r_all["kl_ucb"],
                    "feasible": r["keep_score"] >= prep.keep_floor, "train_s": round(train_s, 1),
-                   "cos_ref": float(directions[name] @ directions[ref])}
+                   # for a subspace: the norm of the reference direction's projection onto it
+                   "cos_ref": float((directions[name] @ directions[ref]).norm())}
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = ROOT / args.out

@@ -76,9 +76,15 @@ class Group:
 
 
 def unit_direction(v: torch.Tensor, keep_span: torch.Tensor | None) -> torch.Tensor:
-    """v [d] with span(keep_span) [m, d] removed (steer.directions.remove_span), normalized."""
-    w = v if keep_span is None else remove_span(v, keep_span)
-    return w / w.norm()
+    """v [d] with span(keep_span) [m, d] removed (steer.directions.remove_span), normalized; for
+    v [r, d] (a subspace), its rows with the span removed, orthonormalized in order (QR; each row
+    keeps its sign)."""
+    if v.dim() == 1:
+        w = v if keep_span is None else remove_span(v, keep_span)
+        return w / w.norm()
+    w = v if keep_span is None else remove_span(v, keep_span.expand(v.shape[0], *keep_span.shape))
+    q, _ = torch.linalg.qr(w.T)  # [d, r]
+    return (q * torch.sign((q * w.T).sum(0))).T
 
 
 def _target_term(score: torch.Tensor, margin: float, power: float) -> torch.Tensor:
@@ -105,10 +111,13 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
                        s: OptimizeSettings | None = None, progress: bool = True) -> tuple[torch.Tensor, list[dict]]:
     """The optimized unit direction [d] (float64) and the per-step minibatch metrics.
 
-    init: [d] starting direction (e.g. the censorship contrast); keep_span: [m, d] directions r
-    must stay orthogonal to (or None). The model's parameters are frozen for the duration and
-    restored after; it must be in eval mode (no dropout)."""
+    init: [d] starting direction (e.g. the censorship contrast), or [r, d] to optimize an
+    r-dimensional subspace removed as a whole (returns orthonormal rows [r, d]); keep_span: [m, d]
+    directions r must stay orthogonal to (or None). The model's parameters are frozen for the
+    duration and restored after; it must be in eval mode (no dropout)."""
     s = s or OptimizeSettings()
+    if s.average and init.dim() > 1:
+        raise ValueError("averaging iterates needs a single direction (a mean of bases is not a basis)")
     v = unit_direction(init.double(), keep_span).float().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=s.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.steps) if s.cosine else None

@@ -147,3 +147,23 @@ def test_training_uses_the_target_power(tokenizer):
                          margin=1.0, power=3.0)
     _, history = optimize_direction(model, tokenizer, target, keep, harmless, init, REFUSAL, None, s, progress=False)
     assert history[0]["loss"] == pytest.approx(float(((scores + 1.0).clamp(min=0) ** 3).mean()), rel=1e-4)
+
+
+def test_a_subspace_is_optimized_as_orthonormal_rows_off_the_keep_span(tokenizer):
+    model = make_model("qwen2")
+    target, keep, harmless = _groups(model, tokenizer)
+    g = torch.Generator().manual_seed(1)
+    init = torch.randn(2, model.config.hidden_size, generator=g, dtype=torch.float64)
+    span = torch.randn(3, model.config.hidden_size, generator=g, dtype=torch.float64)
+    s = OptimizeSettings(steps=12, lr=0.05, target_batch=99, keep_batch=99, harmless_batch=99, keep_weight=0.0, kl_weight=0.0,
+                         margin=100.0)
+    basis, history = optimize_direction(model, tokenizer, target, keep, harmless, init, REFUSAL, span, s, progress=False)
+    assert basis.shape == (2, model.config.hidden_size)
+    assert torch.allclose(basis @ basis.T, torch.eye(2, dtype=torch.float64), atol=1e-6)
+    assert (basis @ span.T).abs().max() < 1e-6
+    start = unit_direction(init, span)
+    assert start[0] @ init[0] > 0 and start[1] @ init[1] > 0  # the orthonormalized rows keep their inputs' signs
+    before, after = (_target_score(model, tokenizer, target.texts, b) for b in (start, basis))
+    assert after < before - 0.05 and history[0]["target_score"] == pytest.approx(before, abs=1e-3)
+    with pytest.raises(ValueError, match="single direction"):
+        optimize_direction(model, tokenizer, target, keep, harmless, init, REFUSAL, span, OptimizeSettings(average=True), progress=False)
