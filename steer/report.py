@@ -269,14 +269,17 @@ def plot_pareto(trials: list[dict], front: list[dict], chosen: dict | None, path
 
 def pareto_table(front: list[dict], confirmed: list[dict], chosen: dict | None) -> str:
     """Markdown: the Pareto front (search metrics) and, where confirmed, the judged rates."""
+    from .search import NEAR_REFUSAL  # torch-heavy: only where a search ran
+
     judged = {r["trial"]: r.get("judged", {}) for r in confirmed}
-    lines = ["| trial | target score (objective) | target mean | harmful score | KL | KL 95% bound | k | censorship EN / ZH (judged) | harmful refusal (judged) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = [f"| trial | target score (objective) | target mean | target share above {NEAR_REFUSAL:g} | harmful score | KL | KL 95% bound | k | "
+             "censorship EN / ZH (judged) | harmful refusal (judged) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in front:
         j = judged.get(r["trial"], {})
         mark = " (chosen)" if chosen and r["trial"] == chosen["trial"] else ""
         cens = f"{_pct(j.get('censorship/sensitive/en'))} / {_pct(j.get('censorship/sensitive/zh'))}" if j else "-"
-        lines.append(f"| {r['trial']}{mark} | {r['target_score']:.2f} | {r['target_raw']:.2f} | {r['keep_score']:.2f} | {r['kl']:.4f} | {r['kl_ucb']:.4f} | "
+        high = f"{r['target_high']:.1%}" if "target_high" in r else "-"  # studies before session 9 did not record it
+        lines.append(f"| {r['trial']}{mark} | {r['target_score']:.2f} | {r['target_raw']:.2f} | {high} | {r['keep_score']:.2f} | {r['kl']:.4f} | {r['kl_ucb']:.4f} | "
                      f"{r['params']['k']} | {cens} | {_pct(j.get('refusal/harmful')) if j else '-'} |")
     return "\n".join(lines)
 

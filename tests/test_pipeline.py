@@ -114,7 +114,8 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
     md = (tiny / "t1" / "report.md").read_text()
     assert "## Pareto front" in md and f"Optimized direction: {ts.optimize_steps} steps" in md
     row = report["pareto"][0]  # the objective (target scores clamped at the floor) beside the plain mean
-    assert row["target_score"] >= row["target_raw"] and f"| {row['target_score']:.2f} | {row['target_raw']:.2f} |" in md
+    assert row["target_score"] >= row["target_raw"]
+    assert f"| {row['target_score']:.2f} | {row['target_raw']:.2f} | {row['target_high']:.1%} |" in md
 
 
 def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):
