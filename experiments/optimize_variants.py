@@ -1,10 +1,10 @@
 """Exploration: which steer.optimize settings give a direction with the best no-decoding trade-off.
 
-    python experiments/optimize_variants.py [--out results/optimize-variants]
+    python experiments/optimize_variants.py --set NAME [--only VARIANTS] [--out results/optimize-variants]
 
 Prepares once (contrasts, train groups, validation split: the same as `steer abliterate
---keep-safety`), then trains the optimized direction with each variant below and scores each at
-flat strengths 1.0 / 0.9 / 0.8 on the validation split, as the search would: target refusal score
+--keep-safety`), then trains the optimized direction with each variant below and scores each at the
+flat (attention, MLP) strength pairs its set lists, on the validation split, as the search would: target refusal score
 (lower is better), harmful refusal score (must stay >= the floor), first-token KL on the harmless
 prompts the base model answers (what the search bounds) and on a seeded sample of all harmless
 validation prompts (what the evaluation's KL suite measures: it includes the few the base
