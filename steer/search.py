@@ -148,15 +148,14 @@ def fingerprint(inputs: SearchInputs, val: ValData) -> str:
     return h.hexdigest()
 
 
-# Target refusal scores below this count as done in a trial's target score. Greedy answers refuse
-# only from about -1 up (validation split, session 8's edit, the 16 highest-scoring English prompts
-# judged: every denial scored above -1, none under -1.5 was refused), so a plain mean rewarded
-# pushing answered prompts further (costing KL) as much as turning a refused one. (The optimizer
-# has its own margin, OptimizeSettings.margin.)
-TARGET_FLOOR = -2.0
-# greedy answers on the embedded model refused only at target scores above about -1 (docs/targeted.md,
-# session 8): the share of target prompts above it is a no-decoding proxy of the refusal rate
+# Greedy answers on the embedded model refuse only at target refusal scores above about -1 (every
+# judged denial scored above it, none under -1.5 was refused: results/near-refusal/), so the share
+# of target prompts above it is a no-decoding proxy of the refusal rate.
 NEAR_REFUSAL = -1.0
+# Target scores below this count as done in a trial's target score: a plain mean rewarded pushing
+# answered prompts further (costing KL) as much as turning a refused one. (The optimizer has its
+# own margin, OptimizeSettings.margin.)
+TARGET_FLOOR = -2.0
 
 
 @torch.inference_mode()

@@ -57,7 +57,8 @@ def test_score_is_zero_kl_for_a_zero_strength_edit(tokenizer, monkeypatch):
     val = _val(model, tokenizer)
     zero = Profile(peak=0.0, floor=0.0)
     p = EditParams(index=1.0, position=-1, attn=zero, mlp=zero, embed=0.0)
-    m = score(model, tokenizer, edit_basis(inputs(), p), p, val)
+    basis = edit_basis(inputs(), p)
+    m = score(model, tokenizer, basis, p, val)
     assert m["kl"] < 1e-9
     base = refusal_score(val.base_target, [70, 71])
     assert m["target_raw"] == pytest.approx(float(base.mean()), abs=1e-5)
@@ -65,14 +66,14 @@ def test_score_is_zero_kl_for_a_zero_strength_edit(tokenizer, monkeypatch):
     # the objective counts scores below the floor as done: a floor between the prompts' scores clamps some
     floor = float(base.min() + base.max()) / 2
     assert base.min() < floor < base.max()
-    clamped = score(model, tokenizer, edit_basis(inputs(), p), p, val, target_floor=floor)
+    clamped = score(model, tokenizer, basis, p, val, target_floor=floor)
     assert clamped["target_score"] == pytest.approx(float(base.clamp(min=floor).mean()), abs=1e-5)
     assert clamped["target_score"] > clamped["target_raw"] + 1e-6
-    plain = score(model, tokenizer, edit_basis(inputs(), p), p, val, target_floor=None)
+    plain = score(model, tokenizer, basis, p, val, target_floor=None)
     assert plain["target_score"] == pytest.approx(plain["target_raw"])
     # the share near refusal counts the prompts above the threshold (moved between the two here)
     monkeypatch.setattr(search, "NEAR_REFUSAL", floor)
-    high = score(model, tokenizer, edit_basis(inputs(), p), p, val)["target_high"]
+    high = score(model, tokenizer, basis, p, val)["target_high"]
     assert high == float((base > floor).double().mean()) and 0 < high < 1
 
 
