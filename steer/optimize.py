@@ -96,6 +96,22 @@ def _target_term(score: torch.Tensor, margin: float, power: float) -> torch.Tens
     return margin * ((score + margin).clamp(min=0) / margin).pow(power).mean()
 
 
+def minibatch_loss(logits: torch.Tensor, picks: list[list[int]], base: list[torch.Tensor], refusal_tokens: list[int],
+                   s: OptimizeSettings) -> tuple[torch.Tensor, dict]:
+    """The loss of the module docstring on one minibatch and its parts. logits: [N, vocab] at the
+    first answer position, rows = picks[0] target, picks[1] keep, picks[2] harmless prompts in
+    order; base: the base model's logits of the three groups (indexed by picks)."""
+    a, b = len(picks[0]), len(picks[0]) + len(picks[1])
+    t_score = refusal_score(logits[:a], refusal_tokens)
+    k_score = refusal_score(logits[a:b], refusal_tokens)
+    k_base = refusal_score(base[1][picks[1]], refusal_tokens)
+    kl = first_token_kl(base[2][picks[2]], logits[b:])
+    loss = (_target_term(t_score, s.margin, s.power) + s.keep_weight * torch.relu(k_base - s.slack - k_score).mean()
+            + s.kl_weight * kl.mean())
+    return loss, {"loss": loss.item(), "target_score": t_score.mean().item(), "keep_score": k_score.mean().item(),
+                  "keep_base": k_base.mean().item(), "kl": kl.mean().item()}
+
+
 def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, attn: float = 1.0, mlp: float = 1.0) -> torch.Tensor:
     """Last-position logits [N, vocab] with r ablated at flat strengths attn / mlp, rows in the order of texts (one batch)."""
     (idx, batch), = list(encode_batches(tokenizer, texts, len(texts)))
@@ -135,13 +151,7 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
                 picks = [sorted(rng.sample(range(len(g.texts)), min(n, len(g.texts)))) for g, n in groups]
                 texts = [g.texts[i] for (g, _), idx in zip(groups, picks) for i in idx]
                 logits = _forward(model, tokenizer, texts, unit_direction(v, keep_span).float(), s.attn, s.mlp)
-                a, b = len(picks[0]), len(picks[0]) + len(picks[1])
-                t_score = refusal_score(logits[:a], refusal_tokens)
-                k_score = refusal_score(logits[a:b], refusal_tokens)
-                k_base = refusal_score(base[1][picks[1]], refusal_tokens)
-                kl = first_token_kl(base[2][picks[2]], logits[b:])
-                loss = (_target_term(t_score, s.margin, s.power) + s.keep_weight * torch.relu(k_base - s.slack - k_score).mean()
-                        + s.kl_weight * kl.mean())
+                loss, row = minibatch_loss(logits, picks, base, refusal_tokens, s)
                 opt.zero_grad()
                 loss.backward()
                 lr = opt.param_groups[0]["lr"]
@@ -150,8 +160,7 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
                     sched.step()
                 if s.average and step >= s.steps // 2:
                     mean += unit_direction(v.detach().double(), keep_span)
-                row = {"step": step, "lr": lr, "loss": loss.item(), "target_score": t_score.mean().item(),
-                       "keep_score": k_score.mean().item(), "keep_base": k_base.mean().item(), "kl": kl.mean().item()}
+                row = {"step": step, "lr": lr, **row}
                 history.append(row)
                 bar.set_postfix(target=f"{row['target_score']:.2f}", keep=f"{row['keep_score']:.2f}", kl=f"{row['kl']:.3f}")
     finally:

@@ -166,6 +166,11 @@ def score(model, tokenizer, basis: torch.Tensor, p: EditParams, val: ValData, ba
     mean); target_raw: the plain mean; target_high: the share of target prompts scoring above NEAR_REFUSAL."""
     with edited(model, basis, p):
         logits = batched_last_logits(model, tokenizer, val.target + val.keep + val.harmless, batch_size)
+    return metrics(logits, val, target_floor)
+
+
+def metrics(logits: torch.Tensor, val: ValData, target_floor: float | None = TARGET_FLOOR) -> dict:
+    """score's measures from the last-position logits [N, vocab] of val.target + val.keep + val.harmless."""
     t, k = len(val.target), len(val.keep)
     kl = first_token_kl(val.base_harmless, logits[t + k:])
     target = refusal_score(logits[:t], val.refusal_tokens)

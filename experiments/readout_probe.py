@@ -1,0 +1,89 @@
+"""Probe: a learned readout (steer.readout) on top of the committed targeted edit, validation split only.
+
+    python experiments/readout_probe.py [--config lr=1e-4,l2=1,steps=32 ...] [--out results/readout-probe]
+
+Rebuilds the edit recorded in results/targeted-embedded/ (session 8's, as `steer edit` would),
+then for each --config trains a readout on the train splits (steer.optimize's loss) and measures
+on the validation split: the search's no-decoding scores (target score, share of refused prompts
+above NEAR_REFUSAL, harmful score, first-token KL and its 95% bound) and the judged greedy
+answers the confirmation step uses (censorship EN / ZH, harmful refusal). The edit alone is
+measured the same way first. Nothing here looks at the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from targeted_setup import ROOT, prepared
+
+from steer.collect import batched_last_logits
+from steer.optimize import OptimizeSettings
+from steer.readout import ReadoutSettings, applied, train_readout
+from steer.search import metrics
+from steer.targeted import judged_rates, rebuild, recorded_edit
+
+
+def parse(spec: str) -> ReadoutSettings:
+    kv = dict(item.split("=", 1) for item in spec.split(",") if item)
+    loss = OptimizeSettings(**{k[5:]: float(v) for k, v in kv.items() if k.startswith("loss.")})
+    s = ReadoutSettings(loss=loss)
+    for k, v in kv.items():
+        if k == "components":
+            s.components = tuple(v.split("+"))
+        elif not k.startswith("loss."):
+            setattr(s, k, type(getattr(s, k))(float(v)) if k == "steps" else float(v))
+    return s
+
+
+def measure(model, tok, prep, ts) -> dict:
+    v = prep.val
+    m = metrics(batched_last_logits(model, tok, v.target + v.keep + v.harmless, ts.batch_size), v)
+    return {**m, **judged_rates(model, tok, prep.val_prompts, ts)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", action="append", default=[], help="ReadoutSettings fields, e.g. lr=1e-4,l2=1,steps=32")
+    ap.add_argument("--out", default="results/readout-probe")
+    args = ap.parse_args()
+    t0 = time.time()
+    loaded, ts, prep = prepared()
+    model, tok = loaded.model, loaded.tokenizer
+    contrasts = ROOT / "results/targeted-embedded/contrasts.safetensors"
+    params = rebuild(model, contrasts)
+    r = recorded_edit(contrasts)[0][0].float()
+    rows = [{"config": "edit alone", **measure(model, tok, prep, ts)}]
+    print(json.dumps(rows[-1]))
+    for spec in args.config:
+        s = parse(spec)
+        start = time.time()
+        readout, history = train_readout(model, tok, prep.groups["sensitive"], prep.groups["harmful"], prep.groups["harmless"],
+                                         r, prep.val.refusal_tokens, s)
+        with applied(model, r, readout):
+            got = measure(model, tok, prep, ts)
+        rows.append({"config": spec, "settings": asdict(s), "train_s": round(time.time() - start, 1), **got,
+                     "history": history})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("history", "settings")}))
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    meta = {"command": "python experiments/readout_probe.py " + " ".join(f"--config {c}" for c in args.config),
+            "commit": commit, "model": loaded.source, "split": "val", "seed": ts.seed, "edit": params.to_dict(),
+            "versions": {"torch": torch.__version__}, "elapsed_s": round(time.time() - t0)}
+    (out / "probe.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    keys = ["target_score", "target_high", "keep_score", "kl", "kl_ucb", "censorship/sensitive/en",
+            "censorship/sensitive/zh", "refusal/harmful"]
+    lines = ["| config | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    lines += [f"| {row['config']} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |" for row in rows]
+    (out / "probe.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

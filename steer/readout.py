@@ -1,0 +1,155 @@
+"""A learned readout along the edit direction: a rank-1 weight update that is not a projection.
+
+A projection edit leaves each residual writer W (o_proj, down_proj) writing (1 - s) r^T W x along
+the edit direction r: one fixed scale per writer, the same for a censored question and a
+harmful request. Where the two refusals share r (the embedded model, docs/targeted.md), no
+choice of scales removes one and keeps the other beyond the trade-off curve sessions 5-9
+measured. This stage learns, for every writer, a vector a [d_in] so that it writes
+
+    W' x = W x + r (a^T x),        i.e.  W' = W + r a^T      (rank 1, along r only)
+
+on top of an edit already applied: what goes along r becomes a learned linear function of the
+writer's input, so it can differ between kinds of prompt. a = 0 is the edit unchanged. Trained
+with steer.optimize's loss (minibatch_loss: target refusal score down, harmful refusal score
+kept, first-token KL to the base model on harmless prompts) plus an L2 penalty on the written
+coefficient, by Adam through the frozen model; hooks apply exactly the update the weights get
+(`bake`), so the trained model and the saved checkpoint agree up to float rounding.
+
+Writers whose output goes through a norm before the residual add (Gemma) are refused: there
+the update would not stay along r.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .adapters import resolve
+from .collect import encode_batches, last_logits
+from .errors import SteerError
+from .optimize import Group, OptimizeSettings, minibatch_loss
+
+
+@dataclass
+class ReadoutSettings:
+    steps: int = 32
+    lr: float = 1e-4  # Adam step per input coordinate of a
+    l2: float = 1.0  # penalty weight on mean (a^T x)^2 over the minibatch's last positions (what a writes)
+    components: tuple[str, ...] = ("attn", "mlp")  # writer components that get a readout
+    loss: OptimizeSettings = field(default_factory=OptimizeSettings)  # weights, margin, batches, seed
+
+
+Readout = dict[str, torch.Tensor]  # "<layer>.<component>" -> a [d_in] (float32)
+
+
+def _writers(model, components: tuple[str, ...]) -> dict[str, torch.nn.Module]:
+    res = resolve(model)
+    out = {}
+    for i, layer in enumerate(res.writers):
+        for b in layer:
+            if b.writer.component not in components:
+                continue
+            if b.norm is not None or b.writer.fused or not isinstance(b.module, torch.nn.Linear):
+                raise SteerError(f"a learned readout needs plain linear writers added straight to the residual stream; "
+                                 f"{type(model).__name__} layer {i} {b.writer.module} is not")
+            out[f"{i}.{b.writer.component}"] = b.module
+    return out
+
+
+def zeros(model, components: tuple[str, ...] = ("attn", "mlp")) -> Readout:
+    """The readout that changes nothing (a = 0 for every writer of these components)."""
+    return {k: torch.zeros(m.in_features) for k, m in _writers(model, components).items()}
+
+
+@contextmanager
+def applied(model, r: torch.Tensor, readout: Readout) -> Iterator[None]:
+    """Hooks adding r (a^T x) to each writer's output (x: its input [..., d_in]; r: [d_model])."""
+    mods = _writers(model, tuple({k.split(".")[1] for k in readout}))
+    handles = []
+    for key, a in readout.items():
+        def hook(module, args, output, a=a):
+            coef = args[0] @ a.to(args[0].dtype)  # [...]: what this writer now writes along r
+            return output + coef.unsqueeze(-1) * r.to(output.dtype)
+        handles.append(mods[key].register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def bake(model, r: torch.Tensor, readout: Readout) -> int:
+    """W <- W + r a^T for every writer in readout (float32 maths, in place); returns how many."""
+    mods = _writers(model, tuple({k.split(".")[1] for k in readout}))
+    for key, a in readout.items():
+        w = mods[key].weight  # [d_model, d_in]
+        w.copy_((w.float() + torch.outer(r.float(), a.float())).to(w.dtype))
+    return len(readout)
+
+
+def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group, r: torch.Tensor,
+                  refusal_tokens: list[int], s: ReadoutSettings | None = None,
+                  progress: bool = True) -> tuple[Readout, list[dict]]:
+    """Learn the readout for unit direction r [d] on a model that already carries its edit (the
+    groups' base_logits are the unedited model's). Returns the readout and per-step metrics.
+    The model's parameters are frozen for the duration and restored after; eval mode expected."""
+    s = s or ReadoutSettings()
+    r = (r / r.norm()).float()
+    params = {k: a.requires_grad_(True) for k, a in zeros(model, s.components).items()}
+    opt = torch.optim.Adam(list(params.values()), lr=s.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.steps)
+    ls, rng = s.loss, random.Random(s.loss.seed)
+    groups = [(target, ls.target_batch), (keep, ls.keep_batch), (harmless, ls.harmless_batch)]
+    base = [g.base_logits.detach().clone().float() for g, _ in groups]
+    mods = _writers(model, s.components)
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    history = []
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with torch.enable_grad(), tqdm(range(s.steps), desc="training readout", disable=not progress) as bar:
+            for step in bar:
+                picks = [sorted(rng.sample(range(len(g.texts)), min(n, len(g.texts)))) for g, n in groups]
+                texts = [g.texts[i] for (g, _), idx in zip(groups, picks) for i in idx]
+                written: list[torch.Tensor] = []
+                grab = [mods[k].register_forward_hook(lambda m, args, out, a=a: written.append((args[0][:, -1] @ a).pow(2).mean()))
+                        for k, a in params.items()]
+                try:
+                    logits = _forward(model, tokenizer, texts, r, params)
+                finally:
+                    for h in grab:
+                        h.remove()
+                loss, row = minibatch_loss(logits, picks, base, refusal_tokens, ls)
+                penalty = torch.stack(written).mean()
+                total = loss + s.l2 * penalty
+                opt.zero_grad()
+                total.backward()
+                row = {"step": step, "lr": opt.param_groups[0]["lr"], **row, "written": penalty.item()}
+                opt.step()
+                sched.step()
+                history.append(row)
+                bar.set_postfix(target=f"{row['target_score']:.2f}", keep=f"{row['keep_score']:.2f}", kl=f"{row['kl']:.3f}")
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    return {k: a.detach().clone() for k, a in params.items()}, history
+
+
+def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, readout: Readout) -> torch.Tensor:
+    """Last-position logits [N, vocab] with the readout hooked in, rows in the order of texts."""
+    (idx, batch), = list(encode_batches(tokenizer, texts, len(texts)))
+    with applied(model, r, readout):
+        logits = last_logits(model, batch)
+    out = torch.empty_like(logits)
+    out[torch.tensor(idx)] = logits
+    return out
+
+
+def settings_dict(s: ReadoutSettings) -> dict:
+    return asdict(s)

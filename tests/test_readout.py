@@ -1,0 +1,107 @@
+"""The learned readout (steer.readout) on tiny models: hooks equal the baked weights, the update
+is rank 1 along r, training descends and is seeded, unsupported writers are refused."""
+
+import pytest
+import torch
+
+from conftest import PROMPTS, make_model
+from steer.adapters import resolve
+from steer.collect import batched_last_logits
+from steer.errors import SteerError
+from steer.optimize import Group, OptimizeSettings
+from steer.prompts import chat_texts
+from steer.readout import ReadoutSettings, applied, bake, train_readout, zeros
+from steer.select import refusal_score
+
+REFUSAL = [70, 71]
+
+
+def _random_readout(model, seed: int = 0, scale: float = 0.1):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(a.shape, generator=g) * scale for k, a in zeros(model).items()}
+
+
+def _unit(d: int, seed: int = 1) -> torch.Tensor:
+    r = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    return r / r.norm()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "phi3"])
+def test_hooks_equal_the_baked_weights_and_zero_changes_nothing(arch, tokenizer):
+    model = make_model(arch)
+    texts = chat_texts(tokenizer, PROMPTS[:6])
+    base = batched_last_logits(model, tokenizer, texts)
+    r = _unit(model.config.hidden_size)
+    with applied(model, r, zeros(model)):
+        assert torch.equal(batched_last_logits(model, tokenizer, texts), base)
+    readout = _random_readout(model)
+    with applied(model, r, readout):
+        hooked = batched_last_logits(model, tokenizer, texts)
+    assert (hooked - base).abs().max() > 1e-3  # the readout does something
+    assert torch.equal(batched_last_logits(model, tokenizer, texts), base)  # hooks removed
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert bake(model, r, readout) == 2 * model.config.num_hidden_layers
+    torch.testing.assert_close(batched_last_logits(model, tokenizer, texts), hooked, atol=2e-5, rtol=1e-5)
+    # the update is rank 1 along r in every writer, and nothing else changed
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all(k.endswith(("o_proj.weight", "down_proj.weight")) for k in changed)
+    for k in changed:
+        delta = (model.state_dict()[k] - before[k]).double()
+        off = delta - torch.outer(r.double(), r.double() @ delta)
+        assert off.abs().max() < 1e-6 * delta.abs().max()
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "qwen2_moe"])
+def test_writers_that_are_not_plain_linear_maps_are_refused(arch):
+    with pytest.raises(SteerError, match="plain linear writers"):
+        zeros(make_model(arch))
+
+
+def _groups(model, tokenizer):
+    t, k, h = (chat_texts(tokenizer, PROMPTS[i::3]) for i in range(3))
+    logits = lambda x: batched_last_logits(model, tokenizer, x)  # noqa: E731
+    return Group(t, logits(t)), Group(k, logits(k)), Group(h, logits(h))
+
+
+def test_training_lowers_the_target_score_and_restores_the_model(tokenizer):
+    model = make_model("qwen2")
+    target, keep, harmless = _groups(model, tokenizer)
+    # a direction the refusal tokens' logits read (through the final norm): a random one barely moves them
+    u = (model.lm_head.weight[REFUSAL].mean(0) - model.lm_head.weight.mean(0)) * model.model.norm.weight
+    r = (u / u.norm()).detach()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = OptimizeSettings(target_batch=99, keep_batch=99, harmless_batch=99, keep_weight=0.0, kl_weight=0.0, margin=100.0)
+    s = ReadoutSettings(steps=10, lr=0.05, l2=0.0, loss=loss)
+    readout, history = train_readout(model, tokenizer, target, keep, harmless, r, REFUSAL, s, progress=False)
+    assert len(history) == 10 and history[-1]["target_score"] < history[0]["target_score"] - 0.05
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+    with applied(model, r, readout):
+        after = refusal_score(batched_last_logits(model, tokenizer, target.texts), REFUSAL).mean()
+    assert after < refusal_score(target.base_logits, REFUSAL).mean() - 0.05
+
+
+def test_l2_penalty_shrinks_what_is_written(tokenizer):
+    model = make_model("llama")
+    groups = _groups(model, tokenizer)
+    r = _unit(model.config.hidden_size)
+    loss = OptimizeSettings(target_batch=99, keep_batch=99, harmless_batch=99, margin=100.0)
+    size = {}
+    for l2 in (0.0, 100.0):
+        readout, _ = train_readout(model, tokenizer, *groups, r, REFUSAL, ReadoutSettings(steps=6, lr=0.05, l2=l2, loss=loss),
+                                   progress=False)
+        size[l2] = sum(float(a.norm()) for a in readout.values())
+    assert size[100.0] < size[0.0]
+
+
+def test_training_is_seeded(tokenizer):
+    model = make_model("qwen2")
+    groups = _groups(model, tokenizer)
+    r = _unit(model.config.hidden_size)
+    run = lambda seed: train_readout(model, tokenizer, *groups, r, REFUSAL, ReadoutSettings(  # noqa: E731
+        steps=3, lr=0.01, components=("mlp",), loss=OptimizeSettings(target_batch=1, keep_batch=1, harmless_batch=1, seed=seed)),
+        progress=False)
+    (a, ha), (b, hb), (c, _) = run(3), run(3), run(4)
+    assert set(a) == {f"{i}.mlp" for i in range(len(resolve(model).layers))}
+    assert ha == hb and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
