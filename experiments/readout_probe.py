@@ -23,21 +23,19 @@ import torch
 from targeted_setup import ROOT, prepared
 
 from steer.collect import batched_last_logits
-from steer.optimize import OptimizeSettings
 from steer.readout import ReadoutSettings, applied, train_readout
 from steer.search import metrics
 from steer.targeted import judged_rates, rebuild, recorded_edit
 
 
 def parse(spec: str) -> ReadoutSettings:
+    """"lr=1e-4,l2=1,components=attn+mlp,loss.kl_weight=80" -> ReadoutSettings (values cast to each field's type)."""
     kv = dict(item.split("=", 1) for item in spec.split(",") if item)
-    loss = OptimizeSettings(**{k[5:]: float(v) for k, v in kv.items() if k.startswith("loss.")})
-    s = ReadoutSettings(loss=loss)
+    s = ReadoutSettings()
     for k, v in kv.items():
-        if k == "components":
-            s.components = tuple(v.split("+"))
-        elif not k.startswith("loss."):
-            setattr(s, k, type(getattr(s, k))(float(v)) if k == "steps" else float(v))
+        obj, name = (s.loss, k[5:]) if k.startswith("loss.") else (s, k)
+        old = getattr(obj, name)  # AttributeError for an unknown field
+        setattr(obj, name, tuple(v.split("+")) if isinstance(old, tuple) else type(old)(float(v)) if isinstance(old, int) and not isinstance(old, bool) else type(old)(v))
     return s
 
 
