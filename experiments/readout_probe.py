@@ -23,7 +23,7 @@ import torch
 from targeted_setup import ROOT, prepared
 
 from steer.collect import batched_last_logits
-from steer.readout import ReadoutSettings, applied, train_readout
+from steer.readout import ReadoutSettings, applied, fit_scale, train_readout
 from steer.search import metrics
 from steer.targeted import judged_rates, rebuild, recorded_edit
 
@@ -56,7 +56,7 @@ def main() -> None:
     contrasts = ROOT / "results/targeted-embedded/contrasts.safetensors"
     params = rebuild(model, contrasts)
     r = recorded_edit(contrasts)[0][0].float()
-    rows = [{"config": "edit alone", **measure(model, tok, prep, ts)}]
+    rows = [{"config": "edit alone", "feasible_scale": 0.0, **measure(model, tok, prep, ts)}]
     print(json.dumps(rows[-1]))
     for spec in args.config:
         s = parse(spec)
@@ -65,8 +65,10 @@ def main() -> None:
                                          r, prep.val.refusal_tokens, s)
         with applied(model, r, readout):
             got = measure(model, tok, prep, ts)
+        # how far the search's constraints (harmful floor, KL bound) would let the readout go
+        scale, fits = fit_scale(model, tok, r, readout, prep.val, prep.keep_floor, ts.kl_max, batch_size=ts.batch_size)
         rows.append({"config": spec, "settings": asdict(s), "train_s": round(time.time() - start, 1), **got,
-                     "history": history})
+                     "feasible_scale": scale, "fits": fits, "history": history})
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("history", "settings")}))
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +77,7 @@ def main() -> None:
             "commit": commit, "model": loaded.source, "split": "val", "seed": ts.seed, "edit": params.to_dict(),
             "versions": {"torch": torch.__version__}, "elapsed_s": round(time.time() - t0)}
     (out / "probe.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    keys = ["target_score", "target_high", "keep_score", "kl", "kl_ucb", "censorship/sensitive/en",
+    keys = ["feasible_scale", "target_score", "target_high", "keep_score", "kl", "kl_ucb", "censorship/sensitive/en",
             "censorship/sensitive/zh", "refusal/harmful"]
     lines = ["| config | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     lines += [f"| {row['config']} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |" for row in rows]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -37,14 +37,19 @@ from .optimize import Group, OptimizeSettings, minibatch_loss
 
 @dataclass
 class ReadoutSettings:
+    """Defaults: the best of the configurations results/readout-probe/ measured (its row B)."""
+
     steps: int = 32
-    lr: float = 1e-4  # Adam step per input coordinate of a
-    l2: float = 1.0  # penalty weight on mean (a^T x)^2 over the minibatch's last positions (what a writes)
-    components: tuple[str, ...] = ("attn", "mlp")  # writer components that get a readout
-    loss: OptimizeSettings = field(default_factory=OptimizeSettings)  # weights, margin, batches, seed
+    lr: float = 3e-4  # Adam step per input coordinate of a
+    l2: float = 300.0  # penalty weight on mean (a^T x)^2 over the minibatch's last positions (what a writes)
+    components: tuple[str, ...] = ("attn", "mlp")  # writer components that get a readout (attention alone: no gain)
+    # weights, margin, batches, seed of steer.optimize's loss; KL and keep weighted up (with its defaults, 40 and 2,
+    # validation KL and harmful scores moved further: results/readout-probe/), twice the harmless prompts per step
+    loss: OptimizeSettings = field(default_factory=lambda: OptimizeSettings(kl_weight=120.0, keep_weight=4.0, harmless_batch=24))
 
 
 Readout = dict[str, torch.Tensor]  # "<layer>.<component>" -> a [d_in] (float32)
+SCALES = (1.0, 0.75, 0.5, 0.25)  # fractions of a trained readout fit_scale tries, largest first
 
 
 def _writers(model, components: tuple[str, ...]) -> dict[str, torch.nn.Module]:
@@ -84,13 +89,46 @@ def applied(model, r: torch.Tensor, readout: Readout) -> Iterator[None]:
 
 
 @torch.no_grad()
+def add_rank1(w: torch.Tensor, r: torch.Tensor, a: torch.Tensor) -> None:
+    """w [d_model, d_in] <- w + r a^T, in place, float32 maths rounded once to w's dtype (the one
+    formula both the in-memory bake and the streaming editor use, so their bytes agree)."""
+    w.copy_((w.float() + torch.outer(r.float(), a.float())).to(w.dtype))
+
+
+@torch.no_grad()
 def bake(model, r: torch.Tensor, readout: Readout) -> int:
-    """W <- W + r a^T for every writer in readout (float32 maths, in place); returns how many."""
+    """W <- W + r a^T for every writer in readout, in place; returns how many."""
     mods = _writers(model, tuple({k.split(".")[1] for k in readout}))
     for key, a in readout.items():
-        w = mods[key].weight  # [d_model, d_in]
-        w.copy_((w.float() + torch.outer(r.float(), a.float())).to(w.dtype))
+        add_rank1(mods[key].weight, r, a)
     return len(readout)
+
+
+def scaled(readout: Readout, t: float) -> Readout:
+    return {k: a * t for k, a in readout.items()}
+
+
+@torch.inference_mode()
+def fit_scale(model, tokenizer, r: torch.Tensor, readout: Readout, val, keep_floor: float | None, kl_max: float | None,
+              scales: tuple[float, ...] = SCALES, batch_size: int = 16) -> tuple[float, list[dict]]:
+    """The largest t in scales whose readout t*a meets the search's constraints on validation
+    prompts (harmful score >= keep_floor, KL 95% bound <= kl_max; steer.search.metrics), and
+    every scale's metrics. 0.0 when none does: the edit stays as it was.
+    The readout is trained on minibatches of the train split; this checks it, and backs off along
+    the learned update, on prompts it was not trained on."""
+    from .collect import batched_last_logits
+    from .search import metrics
+
+    rows = []
+    for t in sorted(scales, reverse=True):
+        with applied(model, r, scaled(readout, t)):
+            m = metrics(batched_last_logits(model, tokenizer, val.target + val.keep + val.harmless, batch_size), val)
+        m["scale"] = t
+        m["feasible"] = (keep_floor is None or m["keep_score"] >= keep_floor) and (kl_max is None or m["kl_ucb"] <= kl_max)
+        rows.append(m)
+        if m["feasible"]:
+            return t, rows
+    return 0.0, rows
 
 
 def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group, r: torch.Tensor,
@@ -149,7 +187,3 @@ def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, readout: Reado
     out = torch.empty_like(logits)
     out[torch.tensor(idx)] = logits
     return out
-
-
-def settings_dict(s: ReadoutSettings) -> dict:
-    return asdict(s)

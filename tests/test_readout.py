@@ -10,7 +10,7 @@ from steer.collect import batched_last_logits
 from steer.errors import SteerError
 from steer.optimize import Group, OptimizeSettings
 from steer.prompts import chat_texts
-from steer.readout import ReadoutSettings, applied, bake, train_readout, zeros
+from steer.readout import ReadoutSettings, applied, bake, fit_scale, train_readout, zeros
 from steer.select import refusal_score
 
 REFUSAL = [70, 71]
@@ -105,3 +105,23 @@ def test_training_is_seeded(tokenizer):
     assert set(a) == {f"{i}.mlp" for i in range(len(resolve(model).layers))}
     assert ha == hb and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_fit_scale_takes_the_largest_fraction_that_meets_the_constraints(tokenizer):
+    from steer.search import ValData
+
+    model = make_model("qwen2")
+    t, k, h = (chat_texts(tokenizer, PROMPTS[i::3]) for i in range(3))
+    logits = lambda x: batched_last_logits(model, tokenizer, x)  # noqa: E731
+    val = ValData(t, k, h, logits(t), logits(k), logits(h), REFUSAL)
+    r, readout = _unit(model.config.hidden_size), _random_readout(model, scale=0.3)
+    scale, rows = fit_scale(model, tokenizer, r, readout, val, keep_floor=None, kl_max=10.0)
+    assert scale == 1.0 and len(rows) == 1 and rows[0]["feasible"]
+    kls = [fit_scale(model, tokenizer, r, readout, val, None, kl_max=1e-12)[1]][0]
+    assert [row["scale"] for row in kls] == [1.0, 0.75, 0.5, 0.25] and not any(row["feasible"] for row in kls)
+    assert kls[0]["kl"] > kls[-1]["kl"] > 0  # a smaller fraction moves the model less
+    between = (kls[1]["kl_ucb"] + kls[2]["kl_ucb"]) / 2  # admits 0.5 and 0.25, not 0.75
+    scale, rows = fit_scale(model, tokenizer, r, readout, val, None, kl_max=between)
+    assert scale == 0.5 and [row["scale"] for row in rows] == [1.0, 0.75, 0.5]
+    floor = fit_scale(model, tokenizer, r, readout, val, keep_floor=1e9, kl_max=None)
+    assert floor[0] == 0.0  # no fraction keeps an unreachable harmful score: the edit stays as it was
