@@ -23,7 +23,7 @@ import torch
 from targeted_setup import ROOT, prepared
 
 from steer.collect import batched_last_logits
-from steer.readout import ReadoutSettings, applied, fit_scale, train_readout
+from steer.readout import ReadoutSettings, applied, continuations, fit_scale, train_readout
 from steer.search import metrics
 from steer.targeted import judged_rates, rebuild, recorded_edit
 
@@ -53,16 +53,21 @@ def main() -> None:
     t0 = time.time()
     loaded, ts, prep = prepared()
     model, tok = loaded.model, loaded.tokenizer
+    settings = [parse(spec) for spec in args.config]
+    lengths = {s.kl_tokens for s in settings if s.kl_tokens > 1}
+    if len(lengths) > 1:
+        raise SystemExit("configs with kl_tokens > 1 must share one length")
+    # the base model's answers to the harmless train prompts, before the edit is applied
+    cont = continuations(model, tok, prep.groups["harmless"].texts, lengths.pop(), ts.batch_size) if lengths else None
     contrasts = ROOT / "results/targeted-embedded/contrasts.safetensors"
     params = rebuild(model, contrasts)
     r = recorded_edit(contrasts)[0][0].float()
     rows = [{"config": "edit alone", "feasible_scale": 0.0, **measure(model, tok, prep, ts)}]
     print(json.dumps(rows[-1]))
-    for spec in args.config:
-        s = parse(spec)
+    for spec, s in zip(args.config, settings):
         start = time.time()
         readout, history = train_readout(model, tok, prep.groups["sensitive"], prep.groups["harmful"], prep.groups["harmless"],
-                                         r, prep.val.refusal_tokens, s)
+                                         r, prep.val.refusal_tokens, s, cont=cont)
         with applied(model, r, readout):
             got = measure(model, tok, prep, ts)
         # how far the search's constraints (harmful floor, KL bound) would let the readout go

@@ -23,14 +23,19 @@ def encode_batches(tokenizer, texts: list[str], batch_size: int) -> Iterator[tup
     order = sorted(range(len(texts)), key=lambda i: (len(ids[i]), i))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        width = max(len(ids[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            input_ids[row, width - len(ids[i]):] = torch.tensor(ids[i])
-            mask[row, width - len(ids[i]):] = 1
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        yield idx, {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
+        yield idx, left_pad([ids[i] for i in idx], tokenizer.pad_token_id)
+
+
+def left_pad(ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """One batch of token id lists, left-padded (so every row ends at the last column)."""
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
 
 
 def input_device(model: torch.nn.Module) -> torch.device:

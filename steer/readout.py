@@ -30,7 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import resolve
-from .collect import encode_batches, last_logits
+from .collect import encode_batches, input_device, last_logits, left_pad
+from .engine import GenSpec, generate_ids
 from .errors import SteerError
 from .optimize import Group, OptimizeSettings, minibatch_loss
 
@@ -42,6 +43,9 @@ class ReadoutSettings:
     steps: int = 32
     lr: float = 3e-4  # Adam step per input coordinate of a
     l2: float = 300.0  # penalty weight on mean (a^T x)^2 over the minibatch's last positions (what a writes)
+    # KL on harmless prompts at the first answer token (1) or also at the base answer's next kl_tokens - 1
+    # tokens (needs continuations()): a writes at every position, the first token alone constrains it at one
+    kl_tokens: int = 1
     components: tuple[str, ...] = ("attn", "mlp")  # writer components that get a readout (attention alone: no gain)
     # weights, margin, batches, seed of steer.optimize's loss; KL and keep weighted up (with its defaults, 40 and 2,
     # validation KL and harmful scores moved further: results/readout-probe/), twice the harmless prompts per step
@@ -64,6 +68,33 @@ def _writers(model, components: tuple[str, ...]) -> dict[str, torch.nn.Module]:
                                  f"{type(model).__name__} layer {i} {b.writer.module} is not")
             out[f"{i}.{b.writer.component}"] = b.module
     return out
+
+
+@dataclass
+class Continuations:
+    """Harmless prompts teacher-forced through the base model's greedy answer: token ids (prompt +
+    the answer's first n - 1 tokens) and the base model's log-probabilities [N, n, vocab]
+    (bfloat16) at the last n positions: the first answer token and the n - 1 after it."""
+
+    ids: list[list[int]]
+    base_logp: torch.Tensor
+
+
+@torch.inference_mode()
+def continuations(model, tokenizer, texts: list[str], n: int, batch_size: int = 16) -> Continuations:
+    """Continuations of chat-formatted texts on `model` (the base model); prompts whose greedy
+    answer ends before n tokens are left out."""
+    answers = generate_ids(model, tokenizer, texts, GenSpec(n), batch_size)
+    prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = [p + a["ids"][: n - 1] for p, a in zip(prompts, answers) if len(a["ids"]) >= n]
+    if not ids:
+        raise SteerError(f"no harmless prompt has a base answer of {n} tokens")
+    logp = []
+    for i in range(0, len(ids), batch_size):
+        batch = {k: v.to(input_device(model)) for k, v in left_pad(ids[i:i + batch_size], tokenizer.pad_token_id).items()}
+        logits = model(**batch, logits_to_keep=n, use_cache=False).logits.float().cpu()
+        logp.append(torch.log_softmax(logits, -1).to(torch.bfloat16))
+    return Continuations(ids, torch.cat(logp))
 
 
 def zeros(model, components: tuple[str, ...] = ("attn", "mlp")) -> Readout:
@@ -132,10 +163,12 @@ def fit_scale(model, tokenizer, r: torch.Tensor, readout: Readout, val, keep_flo
 
 
 def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group, r: torch.Tensor,
-                  refusal_tokens: list[int], s: ReadoutSettings | None = None,
+                  refusal_tokens: list[int], s: ReadoutSettings | None = None, cont: Continuations | None = None,
                   progress: bool = True) -> tuple[Readout, list[dict]]:
     """Learn the readout for unit direction r [d] on a model that already carries its edit (the
-    groups' base_logits are the unedited model's). Returns the readout and per-step metrics.
+    groups' base_logits are the unedited model's). With s.kl_tokens > 1 the KL term also covers
+    the base model's answer tokens after the first, from `cont` (continuations(), computed on the
+    base model), whose prompts then replace `harmless`. Returns the readout and per-step metrics.
     The model's parameters are frozen for the duration and restored after; eval mode expected."""
     s = s or ReadoutSettings()
     r = (r / r.norm()).float()
@@ -143,6 +176,11 @@ def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group,
     opt = torch.optim.Adam(list(params.values()), lr=s.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.steps)
     ls, rng = s.loss, random.Random(s.loss.seed)
+    if s.kl_tokens > 1 and (cont is None or cont.base_logp.shape[1] != s.kl_tokens):
+        raise ValueError(f"kl_tokens = {s.kl_tokens} needs the harmless prompts' continuations of that length (readout.continuations)")
+    cont = cont if s.kl_tokens > 1 else None
+    if cont is not None:  # harmless prompts are drawn from those with a continuation
+        harmless = Group([str(i) for i in range(len(cont.ids))], cont.base_logp[:, 0])
     groups = [(target, ls.target_batch), (keep, ls.keep_batch), (harmless, ls.harmless_batch)]
     base = [g.base_logits.detach().clone().float() for g, _ in groups]
     mods = _writers(model, s.components)
@@ -159,13 +197,20 @@ def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group,
                 grab = [mods[k].register_forward_hook(lambda m, args, out, a=a: written.append((args[0][:, -1] @ a).pow(2).mean()))
                         for k, a in params.items()]
                 try:
-                    logits = _forward(model, tokenizer, texts, r, params)
+                    if cont is None:
+                        logits, later = _forward(model, tokenizer, texts, r, params), None
+                    else:
+                        logits, later = _forward_cont(model, tokenizer, texts[:len(texts) - len(picks[2])], cont, picks[2],
+                                                      r, params)
                 finally:
                     for h in grab:
                         h.remove()
                 loss, row = minibatch_loss(logits, picks, base, refusal_tokens, ls)
                 penalty = torch.stack(written).mean()
                 total = loss + s.l2 * penalty
+                if later is not None:  # KL at the answer tokens after the first, weighted like the first token's
+                    total = total + ls.kl_weight * later
+                    row["kl_later"] = later.item()
                 opt.zero_grad()
                 total.backward()
                 row = {"step": step, "lr": opt.param_groups[0]["lr"], **row, "written": penalty.item()}
@@ -187,3 +232,20 @@ def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, readout: Reado
     out = torch.empty_like(logits)
     out[torch.tensor(idx)] = logits
     return out
+
+
+def _forward_cont(model, tokenizer, texts: list[str], cont: Continuations, picks: list[int], r: torch.Tensor,
+                  readout: Readout) -> tuple[torch.Tensor, torch.Tensor]:
+    """One left-padded batch: chat texts (target and keep prompts) then the picked harmless
+    continuations. Returns first-answer-position logits [len(texts) + len(picks), vocab] (a
+    harmless row's first answer position is n positions from its end) and the mean KL(base ||
+    edited) over the harmless rows' n - 1 later positions."""
+    n = cont.base_logp.shape[1]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] + [cont.ids[i] for i in picks]
+    batch = {k: v.to(input_device(model)) for k, v in left_pad(ids, tokenizer.pad_token_id).items()}
+    with applied(model, r, readout):
+        out = model(**batch, logits_to_keep=n, use_cache=False).logits.float().cpu()  # [B, n, vocab]
+    t = len(texts)
+    lp = cont.base_logp[picks, 1:].float()
+    later = (lp.exp() * (lp - torch.log_softmax(out[t:, 1:], -1))).sum(-1).mean()
+    return torch.cat([out[:t, -1], out[t:, 0]]), later

@@ -10,7 +10,7 @@ from steer.collect import batched_last_logits
 from steer.errors import SteerError
 from steer.optimize import Group, OptimizeSettings
 from steer.prompts import chat_texts
-from steer.readout import ReadoutSettings, applied, bake, fit_scale, train_readout, zeros
+from steer.readout import Continuations, ReadoutSettings, applied, bake, continuations, fit_scale, train_readout, zeros
 from steer.select import refusal_score
 
 REFUSAL = [70, 71]
@@ -125,3 +125,26 @@ def test_fit_scale_takes_the_largest_fraction_that_meets_the_constraints(tokeniz
     assert scale == 0.5 and [row["scale"] for row in rows] == [1.0, 0.75, 0.5]
     floor = fit_scale(model, tokenizer, r, readout, val, keep_floor=1e9, kl_max=None)
     assert floor[0] == 0.0  # no fraction keeps an unreachable harmful score: the edit stays as it was
+
+
+def test_later_token_kl_lines_up_with_the_base_models_answer(tokenizer):
+    model = make_model("qwen2")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)  # peaked next-token distributions, so positions can be told apart
+    target, keep, harmless = _groups(model, tokenizer)
+    cont = continuations(model, tokenizer, harmless.texts, 3)
+    assert cont.base_logp.shape == (len(cont.ids), 3, model.config.vocab_size) and len(cont.ids) == len(harmless.texts)
+    prompt_len = [len(ids) for ids in tokenizer(harmless.texts, add_special_tokens=False)["input_ids"]]
+    assert [len(ids) - n for ids, n in zip(cont.ids, prompt_len)] == [2] * len(cont.ids)
+    # the first of the n positions is the first answer token: the prompts' last-position logits
+    torch.testing.assert_close(cont.base_logp[:, 0].float(), torch.log_softmax(harmless.base_logits, -1), atol=0.1, rtol=0.02)
+    r = _unit(model.config.hidden_size)
+    s = ReadoutSettings(steps=1, lr=0.0, kl_tokens=3, loss=OptimizeSettings(target_batch=2, keep_batch=2, harmless_batch=4))
+    run = lambda c: train_readout(model, tokenizer, target, keep, harmless, r, REFUSAL, s, cont=c, progress=False)[1][0]  # noqa: E731
+    row = run(cont)
+    # nothing edited: the model is the base model at every position (up to bfloat16 storage)
+    assert row["kl"] < 1e-2 and row["kl_later"] < 1e-2
+    shifted = run(Continuations(cont.ids, cont.base_logp.roll(1, dims=1)))  # base positions off by one
+    assert shifted["kl_later"] > 100 * row["kl_later"] + 0.1
+    with pytest.raises(ValueError, match="continuations"):
+        train_readout(model, tokenizer, target, keep, harmless, r, REFUSAL, s, progress=False)
