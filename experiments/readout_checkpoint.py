@@ -24,7 +24,7 @@ from readout_probe import parse
 from targeted_setup import ROOT, prepared
 
 from steer.load import checkpoint_hash
-from steer.readout import bake, continuations, fit_scale, scaled, train_readout
+from steer.readout import SCALES, bake, continuations, fit_scale, scaled, train_readout
 from steer.save import atomic_dir, check_output, save_checkpoint, write_json
 from steer.targeted import rebuild, recorded_edit
 
@@ -33,6 +33,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="", help="ReadoutSettings fields, e.g. kl_tokens=8 (default: the defaults)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--scale", type=float, help="bake this fraction of the readout instead of the largest one fit_scale "
+                    "finds feasible (the fits are recorded either way)")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
     check_output(args.out, args.force)
@@ -46,17 +48,20 @@ def main() -> None:
     r = recorded_edit(contrasts)[0][0].float()
     readout, history = train_readout(model, tok, prep.groups["sensitive"], prep.groups["harmful"], prep.groups["harmless"],
                                      r, prep.val.refusal_tokens, s, cont=cont)
-    scale, fits = fit_scale(model, tok, r, readout, prep.val, prep.keep_floor, ts.kl_max, batch_size=ts.batch_size)
+    feasible, fits = fit_scale(model, tok, r, readout, prep.val, prep.keep_floor, ts.kl_max, scales=SCALES + (0.0,),
+                               batch_size=ts.batch_size)
+    scale = feasible if args.scale is None else args.scale
     bake(model, r, scaled(readout, scale))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     with atomic_dir(args.out, args.force) as tmp:
         save_checkpoint(model, tok, tmp)
         write_json(tmp / "readout_run.json", {
-            "command": f"python experiments/readout_checkpoint.py --config '{args.config}' --out {args.out}", "commit": commit,
-            "model": loaded.source, "seed": ts.seed, "edit": params.to_dict(), "readout": asdict(s), "scale": scale,
+            "command": f"python experiments/readout_checkpoint.py --config '{args.config}'"
+                       + (f" --scale {args.scale}" if args.scale is not None else "") + f" --out {args.out}", "commit": commit,
+            "model": loaded.source, "seed": ts.seed, "edit": params.to_dict(), "readout": asdict(s), "scale": scale, "feasible_scale": feasible,
             "fits": fits, "history": history, "versions": {"torch": torch.__version__},
             "output_sha256": checkpoint_hash(tmp), "elapsed_s": round(time.time() - t0)})
-    print(json.dumps({"scale": scale, "fits": fits}, indent=1))
+    print(json.dumps({"scale": scale, "feasible_scale": feasible, "fits": fits}, indent=1))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,25 @@ def measure(model, tok, prep, ts) -> dict:
     return {**m, **judged_rates(model, tok, prep.val_prompts, ts)}
 
 
+def meta_of(args, loaded, ts, params, t0: float) -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"command": "python experiments/readout_probe.py " + " ".join(f"--config '{c}'" for c in args.config),
+            "commit": commit, "model": loaded.source, "split": "val", "seed": ts.seed, "edit": params.to_dict(),
+            "versions": {"torch": torch.__version__}, "elapsed_s": round(time.time() - t0)}
+
+
+def write(out: Path, meta: dict, rows: list[dict]) -> str:
+    """probe.json and probe.md (rewritten after every configuration, so a stopped run keeps what it measured)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probe.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    keys = ["feasible_scale", "target_score", "target_high", "keep_score", "kl", "kl_ucb", "censorship/sensitive/en",
+            "censorship/sensitive/zh", "refusal/harmful"]
+    lines = ["| config | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    lines += [f"| {row['config'] or '(defaults)'} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |" for row in rows]
+    (out / "probe.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", action="append", default=[], help="ReadoutSettings fields, e.g. lr=1e-4,l2=1,steps=32")
@@ -75,19 +94,8 @@ def main() -> None:
         rows.append({"config": spec, "settings": asdict(s), "train_s": round(time.time() - start, 1), **got,
                      "feasible_scale": scale, "fits": fits, "history": history})
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("history", "settings")}))
-    out = ROOT / args.out
-    out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    meta = {"command": "python experiments/readout_probe.py " + " ".join(f"--config {c}" for c in args.config),
-            "commit": commit, "model": loaded.source, "split": "val", "seed": ts.seed, "edit": params.to_dict(),
-            "versions": {"torch": torch.__version__}, "elapsed_s": round(time.time() - t0)}
-    (out / "probe.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    keys = ["feasible_scale", "target_score", "target_high", "keep_score", "kl", "kl_ucb", "censorship/sensitive/en",
-            "censorship/sensitive/zh", "refusal/harmful"]
-    lines = ["| config | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
-    lines += [f"| {row['config']} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |" for row in rows]
-    (out / "probe.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        write(ROOT / args.out, meta_of(args, loaded, ts, params, t0), rows)
+    print(write(ROOT / args.out, meta_of(args, loaded, ts, params, t0), rows))
 
 
 if __name__ == "__main__":
