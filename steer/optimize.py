@@ -27,6 +27,8 @@ subspace size are searched and the judge confirms the front.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +98,26 @@ def _target_term(score: torch.Tensor, margin: float, power: float) -> torch.Tens
     return margin * ((score + margin).clamp(min=0) / margin).pow(power).mean()
 
 
+@contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """The model's parameters without gradients for the block, restored after: only the edit's
+    own tensors train."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def draw(rng: random.Random, groups: list[tuple[Group, int]]) -> tuple[list[list[int]], list[str]]:
+    """A seeded minibatch: sorted indices into each (group, batch size) and their texts in order."""
+    picks = [sorted(rng.sample(range(len(g.texts)), min(n, len(g.texts)))) for g, n in groups]
+    return picks, [g.texts[i] for (g, _), idx in zip(groups, picks) for i in idx]
+
+
 def minibatch_loss(logits: torch.Tensor, picks: list[list[int]], base: list[torch.Tensor], refusal_tokens: list[int],
                    s: OptimizeSettings) -> tuple[torch.Tensor, dict]:
     """The loss of the module docstring on one minibatch and its parts. logits: [N, vocab] at the
@@ -140,16 +162,12 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
     rng = random.Random(s.seed)
     groups = [(target, s.target_batch), (keep, s.keep_batch), (harmless, s.harmless_batch)]
     base = [g.base_logits.detach().clone().float() for g, _ in groups]  # out of inference mode: usable by autograd
-    flags = [(p, p.requires_grad) for p in model.parameters()]
     history = []
     mean = torch.zeros_like(v, dtype=torch.float64)
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
+    with frozen(model):
         with torch.enable_grad(), tqdm(range(s.steps), desc="optimizing direction", disable=not progress) as bar:
             for step in bar:
-                picks = [sorted(rng.sample(range(len(g.texts)), min(n, len(g.texts)))) for g, n in groups]
-                texts = [g.texts[i] for (g, _), idx in zip(groups, picks) for i in idx]
+                picks, texts = draw(rng, groups)
                 logits = _forward(model, tokenizer, texts, unit_direction(v, keep_span).float(), s.attn, s.mlp)
                 loss, row = minibatch_loss(logits, picks, base, refusal_tokens, s)
                 opt.zero_grad()
@@ -163,7 +181,4 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
                 row = {"step": step, "lr": lr, **row}
                 history.append(row)
                 bar.set_postfix(target=f"{row['target_score']:.2f}", keep=f"{row['keep_score']:.2f}", kl=f"{row['kl']:.3f}")
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
     return unit_direction(mean if s.average else v.detach().double(), keep_span), history

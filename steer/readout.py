@@ -33,7 +33,7 @@ from .adapters import resolve
 from .collect import encode_batches, input_device, last_logits, left_pad
 from .engine import GenSpec, generate_ids
 from .errors import SteerError
-from .optimize import Group, OptimizeSettings, minibatch_loss
+from .optimize import Group, OptimizeSettings, draw, frozen, minibatch_loss
 
 
 @dataclass
@@ -184,15 +184,11 @@ def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group,
     groups = [(target, ls.target_batch), (keep, ls.keep_batch), (harmless, ls.harmless_batch)]
     base = [g.base_logits.detach().clone().float() for g, _ in groups]
     mods = _writers(model, s.components)
-    flags = [(p, p.requires_grad) for p in model.parameters()]
     history = []
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
+    with frozen(model):
         with torch.enable_grad(), tqdm(range(s.steps), desc="training readout", disable=not progress) as bar:
             for step in bar:
-                picks = [sorted(rng.sample(range(len(g.texts)), min(n, len(g.texts)))) for g, n in groups]
-                texts = [g.texts[i] for (g, _), idx in zip(groups, picks) for i in idx]
+                picks, texts = draw(rng, groups)
                 written: list[torch.Tensor] = []
                 grab = [mods[k].register_forward_hook(lambda m, args, out, a=a: written.append((args[0][:, -1] @ a).pow(2).mean()))
                         for k, a in params.items()]
@@ -218,9 +214,6 @@ def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group,
                 sched.step()
                 history.append(row)
                 bar.set_postfix(target=f"{row['target_score']:.2f}", keep=f"{row['keep_score']:.2f}", kl=f"{row['kl']:.3f}")
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
     return {k: a.detach().clone() for k, a in params.items()}, history
 
 
