@@ -5,9 +5,11 @@
 Rebuilds the edit recorded in results/targeted-embedded/ (session 8's, as `steer edit` would),
 then for each --config trains a readout on the train splits (steer.optimize's loss) and measures
 on the validation split: the search's no-decoding scores (target score, share of refused prompts
-above NEAR_REFUSAL, harmful score, first-token KL and its 95% bound) and the judged greedy
-answers the confirmation step uses (censorship EN / ZH, harmful refusal). The edit alone is
-measured the same way first. Nothing here looks at the test split.
+above NEAR_REFUSAL, harmful score, first-token KL and its 95% bound), the judged greedy answers
+the confirmation step uses (censorship EN / ZH, harmful refusal), and the largest fraction of
+the readout that meets the search's constraints (readout.fit_scale). The edit alone is measured
+the same way first. Nothing here looks at the test split. An empty --config means
+ReadoutSettings' defaults. Writes probe.json / probe.md after every configuration.
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ def parse(spec: str) -> ReadoutSettings:
     for k, v in kv.items():
         obj, name = (s.loss, k[5:]) if k.startswith("loss.") else (s, k)
         old = getattr(obj, name)  # AttributeError for an unknown field
-        setattr(obj, name, tuple(v.split("+")) if isinstance(old, tuple) else type(old)(float(v)) if isinstance(old, int) and not isinstance(old, bool) else type(old)(v))
+        if isinstance(old, tuple):
+            value = tuple(v.split("+"))
+        elif isinstance(old, int) and not isinstance(old, bool):
+            value = int(float(v))  # "24" or "24.0"
+        else:
+            value = type(old)(v)
+        setattr(obj, name, value)
     return s
 
 

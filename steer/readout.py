@@ -30,15 +30,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import resolve
-from .collect import encode_batches, input_device, last_logits, left_pad
+from .collect import batched_last_logits, encode_batches, input_device, last_logits, left_pad
 from .engine import GenSpec, generate_ids
 from .errors import SteerError
 from .optimize import Group, OptimizeSettings, draw, frozen, minibatch_loss
+from .search import ValData, metrics
 
 
 @dataclass
 class ReadoutSettings:
-    """Defaults: the best of the configurations results/readout-probe/ measured (its row B)."""
+    """Defaults: the best of the configurations results/readout-probe/ measured (lr 3e-4, L2 300)."""
 
     steps: int = 32
     lr: float = 3e-4  # Adam step per input coordinate of a
@@ -121,8 +122,7 @@ def applied(model, r: torch.Tensor, readout: Readout) -> Iterator[None]:
 
 @torch.no_grad()
 def add_rank1(w: torch.Tensor, r: torch.Tensor, a: torch.Tensor) -> None:
-    """w [d_model, d_in] <- w + r a^T, in place, float32 maths rounded once to w's dtype (the one
-    formula both the in-memory bake and the streaming editor use, so their bytes agree)."""
+    """w [d_model, d_in] <- w + r a^T, in place, float32 maths rounded once to w's dtype."""
     w.copy_((w.float() + torch.outer(r.float(), a.float())).to(w.dtype))
 
 
@@ -140,16 +140,13 @@ def scaled(readout: Readout, t: float) -> Readout:
 
 
 @torch.inference_mode()
-def fit_scale(model, tokenizer, r: torch.Tensor, readout: Readout, val, keep_floor: float | None, kl_max: float | None,
+def fit_scale(model, tokenizer, r: torch.Tensor, readout: Readout, val: ValData, keep_floor: float | None, kl_max: float | None,
               scales: tuple[float, ...] = SCALES, batch_size: int = 16) -> tuple[float, list[dict]]:
     """The largest t in scales whose readout t*a meets the search's constraints on validation
     prompts (harmful score >= keep_floor, KL 95% bound <= kl_max; steer.search.metrics), and
     every scale's metrics. 0.0 when none does: the edit stays as it was.
     The readout is trained on minibatches of the train split; this checks it, and backs off along
     the learned update, on prompts it was not trained on."""
-    from .collect import batched_last_logits
-    from .search import metrics
-
     rows = []
     for t in sorted(scales, reverse=True):
         with applied(model, r, scaled(readout, t)):
