@@ -76,6 +76,17 @@ def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> N
                    help="refusal scores on sensitive validation prompts below this count as done in the search's objective "
                         "(greedy answers refuse only from about -1 up); 'none' = plain mean (default: -2)")
     g.add_argument("--study", type=Path, help="search journal file (resumable; default in $STEER_CACHE/search)")
+    if in_abliterate:
+        g.add_argument("--readout-steps", type=int, default=32,
+                       help="train a learned rank-1 readout on top of the chosen edit (steer.readout: each attention and "
+                            "MLP writer's output along the edit direction becomes a learned function of its input), "
+                            "this many steps; 0 = the searched edit alone (default: 32)")
+        g.add_argument("--readout-kl-tokens", type=int, default=8,
+                       help="the readout's KL term covers this many answer tokens of the base model on harmless prompts "
+                            "(default: 8)")
+        g.add_argument("--readout-kl", default="mean", choices=("mean", "bound"),
+                       help="the readout is kept at the largest fraction whose first-token KL on harmless validation "
+                            "prompts, its mean or its 95%% upper bound, is <= --search-kl-max (default: mean)")
 
 
 def _floor(text: str) -> float | None:
@@ -94,11 +105,17 @@ def _targeted(args):
         raise SteerError("--search-kl-max must be positive")
     if args.optimize_steps < 0:
         raise SteerError("--optimize-steps must be 0 or more")
+    readout = {}
+    if hasattr(args, "readout_steps"):
+        if args.readout_steps < 0 or args.readout_kl_tokens < 1:
+            raise SteerError("--readout-steps must be 0 or more and --readout-kl-tokens at least 1")
+        readout = {"readout_steps": args.readout_steps, "readout_kl_tokens": args.readout_kl_tokens,
+                   "readout_kl": {"mean": "kl", "bound": "kl_ucb"}[args.readout_kl]}
     return TargetedSettings(trials=args.trials, k_max=args.k_max, keep_fraction=args.keep_fraction, confirm=args.confirm,
                             batch_size=args.batch_size, seed=args.seed, n_val=args.n_val, keep_layers=args.keep_layers,
                             kl_max=args.search_kl_max, max_new_tokens=getattr(args, "max_new_tokens", 48),
                             optimize_steps=args.optimize_steps, search_contrasts=args.search_contrasts,
-                            target_floor=args.search_target_floor)
+                            target_floor=args.search_target_floor, **readout)
 
 
 def _settings(args):
@@ -324,12 +341,16 @@ def _edit_spec(args) -> tuple:
 
     source = args.directions / "contrasts.safetensors" if args.directions.is_dir() else args.directions
     if is_contrasts_file(source):
-        from .targeted import recorded_edit
+        from .targeted import recorded_edit, recorded_readout
 
         basis, params = recorded_edit(source)
         options = {"profiles": {"attn": params.attn, "mlp": params.mlp}, "embed": params.embed,
                    "preserve_norm": params.preserve_norm}
-        return basis.float(), options, {"edit": params.to_dict(), "contrasts": str(source)}
+        extra = {"edit": params.to_dict(), "contrasts": str(source)}
+        if readout := recorded_readout(source):  # baked along the edit's first direction, after the projection
+            options["readout"] = (basis[0].float(), readout)
+            extra["readout_writers"] = len(readout)
+        return basis.float(), options, extra
     dirs = DirectionSet.load(args.directions)
     vector = dirs.vector(args.layer, args.position)
     layer, position = (args.layer, -1 if args.position is None else args.position) if args.layer is not None else dirs.selected
@@ -349,7 +370,12 @@ def _edit_in_memory(args, basis, options: dict, extra: dict) -> int:
     d_model = loaded.model.get_input_embeddings().weight.shape[1]
     if basis.shape[-1] != d_model:
         raise SteerError(f"directions file {args.directions} has hidden size {basis.shape[-1]}, model has {d_model}")
+    readout = options.pop("readout", None)
     n = orthogonalize(loaded.model, basis, **options)
+    if readout:
+        from .readout import bake
+
+        bake(loaded.model, *readout)
     with atomic_dir(args.out, args.force) as tmp:
         save_checkpoint(loaded.model, loaded.tokenizer, tmp)
         in_sha = checkpoint_hash(loaded.path) if loaded.path and args.hash else None

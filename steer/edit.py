@@ -66,6 +66,14 @@ def project_out(weight: torch.Tensor, basis: torch.Tensor, side: Side, strength:
     return w.to(weight.dtype)
 
 
+@torch.no_grad()
+def add_rank1(w: torch.Tensor, r: torch.Tensor, a: torch.Tensor) -> None:
+    """w [d_model, d_in] <- w + r a^T, in place, float32 maths rounded once to w's dtype.
+    steer.readout's update of a residual writer (r: [d_model], a: [d_in]); in memory and in the
+    streaming editor alike, after the projection."""
+    w.copy_((w.float() + torch.outer(r.float(), a.float())).to(w.dtype))
+
+
 def writer_basis(resolved: Resolved, basis: torch.Tensor, norm: torch.nn.Module | None) -> torch.Tensor:
     """Basis to project a writer's output against so the *residual update* avoids span(basis).
 

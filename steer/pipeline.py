@@ -206,7 +206,9 @@ def targeted_search(loaded: Loaded, ts, study: Path | None = None):
     m, tok = loaded.model, loaded.tokenizer
     torch.manual_seed(ts.seed)
     _log(f"loaded {loaded.source}; measuring censorship and harmful-refusal contrasts")
+    lap = time.time()
     prep = prepare(m, tok, ts)
+    seconds = {"prepare": round(time.time() - lap, 1)}
     inputs = prep.contrasts.search_inputs(ts.keep_safety, ts.keep_layers, ts.search_contrasts)
     # the settings and the inputs themselves: a journal never resumes with directions that changed
     key = hashlib.sha256(json.dumps({**asdict(ts), "search_version": SEARCH_VERSION}, sort_keys=True).encode()
@@ -214,14 +216,19 @@ def targeted_search(loaded: Loaded, ts, study: Path | None = None):
     study = study or cache_dir() / "search" / f"{checkpoint_hash(loaded.path)[:16] if loaded.path else 'model'}-{key}.journal"
     study.parent.mkdir(parents=True, exist_ok=True)
     _log(f"searching {ts.trials} trials (study {study}; resumes if interrupted)")
+    lap = time.time()
     st = run_search(m, tok, inputs, prep.val, n_trials=ts.trials, seed=ts.seed, storage=study, keep_floor=prep.keep_floor,
                     kl_max=ts.kl_max, batch_size=ts.batch_size, target_floor=ts.target_floor)
+    seconds["search"] = round(time.time() - lap, 1)
     front = pareto(st)
     if not front:
         raise SteerError(f"no search trial kept harmful refusals above the floor {prep.keep_floor:.2f} with first-token KL "
                          f"(95% bound) <= {ts.kl_max}; try more --trials or a larger --search-kl-max")
     _log(f"confirming up to {ts.confirm} of {len(front)} Pareto candidates with generation and the judge")
-    return prep, inputs, st, front, confirm(m, tok, prep, inputs, front, ts), study
+    lap = time.time()
+    conf = confirm(m, tok, prep, inputs, front, ts)
+    prep.meta["seconds"] = {**seconds, "confirm": round(time.time() - lap, 1)}  # the stages' wall time
+    return prep, inputs, st, front, conf, study
 
 
 def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Settings | None = None, force: bool = False,
@@ -230,9 +237,9 @@ def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Setting
     harmless), an Optuna search scored without decoding, judge-confirmed Pareto candidates, then
     the same edit-evaluate-save path as `abliterate`. `study` (a journal file) makes the search
     resumable; by default it lives in $STEER_CACHE/search/."""
-    from .report import optimize_summary, pareto_table, plot_cosines, plot_pareto
-    from .search import EditParams, edit_basis, edited, trial_rows
-    from .targeted import TargetedSettings
+    from .report import optimize_summary, pareto_table, plot_cosines, plot_pareto, readout_summary, stage_times
+    from .search import EditParams, edit_basis, trial_rows
+    from .targeted import TargetedSettings, apply_edit, fit_readout, previewed
 
     ts, settings = ts or TargetedSettings(), settings or Settings()
     check_output(Path(out), force, (Path(model) if model else None,))
@@ -242,23 +249,35 @@ def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Setting
     prep, inputs, st, front, conf, study = targeted_search(loaded, ts, study)
     params = EditParams.from_dict(conf["chosen"]["params"])
     basis = edit_basis(inputs, params)
-    profiles = {"attn": params.attn, "mlp": params.mlp}
-    before, after = before_after(loaded, eval_config(settings), lambda: edited(m, basis, params),
-                                 lambda: orthogonalize(m, basis.float(), profiles=profiles, embed=params.embed,
-                                               preserve_norm=params.preserve_norm))
+    seconds, readout, rinfo = prep.meta.pop("seconds"), None, None
+    if ts.readout_steps > 0:
+        _log(f"training a readout on top of the chosen edit ({ts.readout_steps} steps)")
+        lap = time.time()
+        readout, rinfo = fit_readout(m, tok, prep, basis, params, ts)
+        seconds["readout"] = round(time.time() - lap, 1)
+        _log(f"no readout: {rinfo['skipped']}" if "skipped" in rinfo else
+             f"readout kept at scale {rinfo['scale']} (validation: harmful floor, first-token {ts.readout_kl} <= {ts.kl_max})")
+    lap = time.time()
+    before, after = before_after(loaded, eval_config(settings), lambda: previewed(m, basis, params, readout),
+                                 lambda: apply_edit(m, basis, params, readout))
+    seconds["evaluate"] = round(time.time() - lap, 1)
     report = {"model": loaded.source, "mode": "targeted", "targeted_settings": asdict(ts), "settings": asdict(settings),
-              "edit": params.to_dict(), "prepare": prep.meta, "confirm": conf, "pareto": front,
+              "edit": params.to_dict(), "prepare": prep.meta, "confirm": conf, "readout": rinfo, "pareto": front,
               "cosines": prep.contrasts.cosines(), "before": before, "after": after}
     with atomic_dir(Path(out), force) as tmp:
         save_checkpoint(m, tok, tmp)
-        prep.contrasts.save(tmp / "contrasts.safetensors", {"edit": params.to_dict(), "keep_safety": ts.keep_safety,
-                                                                    "keep_layers": ts.keep_layers})
+        prep.contrasts.readout = readout
+        prep.contrasts.save(tmp / "contrasts.safetensors", {
+            "edit": params.to_dict(), "keep_safety": ts.keep_safety, "keep_layers": ts.keep_layers,
+            "readout": {k: rinfo[k] for k in ("settings", "kl_stat", "scale")} if rinfo else None})
         plot_cosines(report["cosines"], tmp / "cosines.png", "cosine similarity per layer (last position)")
         plot_pareto(trial_rows(st), front, conf["chosen"], tmp / "pareto.png")
         report["elapsed_s"] = round(time.time() - started, 1)
+        report["seconds"] = {**seconds, "load_save": round(time.time() - started - sum(seconds.values()), 1)}
         write_json(tmp / "report.json", report)
         md = "\n".join([f"# steer abliterate --keep-safety: {loaded.source}\n", before_after_table(before, after), "",
                         f"Edit: {params.to_dict()}", "", optimize_summary(prep.meta.get("optimize")), "",
+                        readout_summary(rinfo), "", stage_times(report["seconds"], report["elapsed_s"]), "",
                         "## Pareto front (validation split)\n",
                         pareto_table(front, conf["candidates"], conf["chosen"]), "", conf["note"] or ""])
         (tmp / "report.md").write_text(md + "\n", encoding="utf-8")

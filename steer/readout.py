@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .adapters import resolve
 from .collect import batched_last_logits, encode_batches, input_device, last_logits, left_pad
+from .edit import add_rank1
 from .engine import GenSpec, generate_ids
 from .errors import SteerError
 from .optimize import Group, OptimizeSettings, draw, frozen, minibatch_loss
@@ -121,12 +122,6 @@ def applied(model, r: torch.Tensor, readout: Readout) -> Iterator[None]:
 
 
 @torch.no_grad()
-def add_rank1(w: torch.Tensor, r: torch.Tensor, a: torch.Tensor) -> None:
-    """w [d_model, d_in] <- w + r a^T, in place, float32 maths rounded once to w's dtype."""
-    w.copy_((w.float() + torch.outer(r.float(), a.float())).to(w.dtype))
-
-
-@torch.no_grad()
 def bake(model, r: torch.Tensor, readout: Readout) -> int:
     """W <- W + r a^T for every writer in readout, in place; returns how many."""
     mods = _writers(model, tuple({k.split(".")[1] for k in readout}))
@@ -141,18 +136,21 @@ def scaled(readout: Readout, t: float) -> Readout:
 
 @torch.inference_mode()
 def fit_scale(model, tokenizer, r: torch.Tensor, readout: Readout, val: ValData, keep_floor: float | None, kl_max: float | None,
-              scales: tuple[float, ...] = SCALES, batch_size: int = 16) -> tuple[float, list[dict]]:
+              scales: tuple[float, ...] = SCALES, batch_size: int = 16, kl_stat: str = "kl_ucb") -> tuple[float, list[dict]]:
     """The largest t in scales whose readout t*a meets the search's constraints on validation
-    prompts (harmful score >= keep_floor, KL 95% bound <= kl_max; steer.search.metrics), and
-    every scale's metrics. 0.0 when none does: the edit stays as it was.
+    prompts (harmful score >= keep_floor, first-token KL <= kl_max, the KL being its 95% bound
+    (kl_stat="kl_ucb", as the search) or its mean ("kl"); steer.search.metrics), and every
+    scale's metrics. 0.0 when none does: the edit stays as it was.
     The readout is trained on minibatches of the train split; this checks it, and backs off along
     the learned update, on prompts it was not trained on."""
+    if kl_stat not in ("kl", "kl_ucb"):
+        raise ValueError(f"kl_stat must be 'kl' or 'kl_ucb', not {kl_stat!r}")
     rows = []
     for t in sorted(scales, reverse=True):
         with applied(model, r, scaled(readout, t)):
             m = metrics(batched_last_logits(model, tokenizer, val.target + val.keep + val.harmless, batch_size), val)
         m["scale"] = t
-        m["feasible"] = (keep_floor is None or m["keep_score"] >= keep_floor) and (kl_max is None or m["kl_ucb"] <= kl_max)
+        m["feasible"] = (keep_floor is None or m["keep_score"] >= keep_floor) and (kl_max is None or m[kl_stat] <= kl_max)
         rows.append(m)
         if m["feasible"]:
             return t, rows

@@ -284,6 +284,30 @@ def pareto_table(front: list[dict], confirmed: list[dict], chosen: dict | None) 
     return "\n".join(lines)
 
 
+def readout_summary(info: dict | None) -> str:
+    """Steer.readout's run (report "readout"): train-minibatch scores and the validation fits, or "" when none."""
+    if not info:
+        return ""
+    if "skipped" in info:
+        return f"Readout: none ({info['skipped']})."
+    first, last = info["history"][0], info["history"][-1]
+    rows = ["| scale | target score | harmful score | KL | KL 95% bound | kept |", "|---:|---:|---:|---:|---:|---|"]
+    rows += [f"| {f['scale']:g} | {f['target_score']:.2f} | {f['keep_score']:.2f} | {f['kl']:.4f} | {f['kl_ucb']:.4f} | "
+             f"{'yes' if f['feasible'] else 'no'} |" for f in info["fits"]]
+    kept = f"scale {info['scale']:g}" if info["scale"] > 0 else "none (the edit alone)"
+    return "\n".join([
+        f"Readout (steer.readout, {info['writers']} writers): {len(info['history'])} steps; on its train minibatches refusal "
+        f"score on sensitive prompts {first['target_score']:.2f} -> {last['target_score']:.2f}, harmful "
+        f"{first['keep_score']:.2f} -> {last['keep_score']:.2f}, harmless KL {first['kl']:.3f} -> {last['kl']:.3f}. "
+        f"Validation (largest fraction with harmful score >= floor and first-token {info['kl_stat']} <= the bound): kept {kept}.",
+        "", *rows])
+
+
+def stage_times(seconds: dict[str, float], total: float) -> str:
+    """One line: wall time per stage of a run."""
+    return f"Wall time {total / 60:.1f} min: " + ", ".join(f"{k} {v / 60:.1f}" for k, v in seconds.items()) + " (min)."
+
+
 def optimize_summary(meta: dict | None) -> str:
     """One line on steer.optimize's run (prepare meta "optimize"), or "" when it did not run."""
     if not meta or not meta.get("history"):

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import Adapter, adapter_for
-from .edit import Profile, orthonormal_basis
+from .edit import Profile, add_rank1, orthonormal_basis
 from .errors import SteerError
 from .kernels import kernel_name, project
 from .load import architecture, sha256_file, weight_files
@@ -51,12 +51,14 @@ _OTHER_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5"
 class TensorEdit:
     """How one tensor is edited: project_out(matrix, basis, side, strength) for its matrix, or for
     each expert's slice of a fused [E, ...] tensor; `norm` names the post-norm weight whose scale
-    gives the writer's basis (Gemma, see steer.edit.writer_basis)."""
+    gives the writer's basis (Gemma, see steer.edit.writer_basis); `readout` names the learned
+    readout vector added after the projection (steer.readout: W <- W + r a^T)."""
 
     side: str
     strength: float
     norm: str | None = None
     fused: bool = False
+    readout: str | None = None
 
 
 @dataclass
@@ -82,7 +84,8 @@ class Shard:
 
 def edit_checkpoint(src: Path, out: Path, basis: torch.Tensor, *, profiles: dict[str, Profile] | None = None,
                     embed: float = 1.0, preserve_norm: bool = False, force: bool = False, manifest: dict | None = None,
-                    hashes: bool = False, shard_bytes: int = GGUF_SHARD_BYTES) -> dict:
+                    hashes: bool = False, shard_bytes: int = GGUF_SHARD_BYTES,
+                    readout: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None) -> dict:
     """Write `out`: the checkpoint `src` with span(basis) removed, like steer.edit.orthogonalize.
 
     src: a safetensors checkpoint folder (model.safetensors, or shards with an index) or a .gguf
@@ -91,7 +94,9 @@ def edit_checkpoint(src: Path, out: Path, basis: torch.Tensor, *, profiles: dict
     `embed`, every writer with its component's profile at its layer; a tied unembedding is
     written out as the original embedding (config untied). The output appears atomically;
     `manifest` entries are added to steer_manifest.json; hashes=True adds the input's and output's
-    sha256 (two extra hashing passes over every byte, so off by default). Returns stats (tensors and bytes edited and copied, seconds).
+    sha256 (two extra hashing passes over every byte, so off by default). readout: (r [d_model],
+    {"<layer>.<component>": a [d_in]}) of steer.readout, added to those writers after their
+    projection, as readout.bake after orthogonalize in memory. Returns stats (tensors and bytes edited and copied, seconds).
     """
     src, out, start = Path(src), Path(out), time.perf_counter()
     check_output(out, force, (src,))
@@ -114,10 +119,11 @@ def edit_checkpoint(src: Path, out: Path, basis: torch.Tensor, *, profiles: dict
                 source.write_side_files(tmp)
                 shards = _gguf_shards(source.specs(), shard_bytes)
             config = json.loads((tmp if gguf else src).joinpath("config.json").read_text())
-            norms = plan(adapter, shards, _n_layers(config), basis.shape[0], profiles or {}, embed, src)
+            norms = plan(adapter, shards, _n_layers(config), basis.shape[0], profiles or {}, embed, src,
+                         readout[1] if readout else None)
             tied = _ties(config, tmp if gguf else src) and _untie(adapter, shards)
             in_hashes = _in_background(lambda: {f.name: sha256_file(f) for f in in_files}) if hashes else None
-            editor = _Editor(basis, adapter.norm_offset, preserve_norm)
+            editor = _Editor(basis, adapter.norm_offset, preserve_norm, readout)
             total = sum(e.nbytes for s in shards for e in s.entries)
             bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"edit {src.name}", disable=None)
             with bar:
@@ -218,12 +224,14 @@ def _untie(adapter: Adapter, shards: list[Shard]) -> bool:
 # -------------------------------------------------------------------------------------- plan
 
 def plan(adapter: Adapter, shards: list[Shard], n_layers: int, d_model: int, profiles: dict[str, Profile],
-         embed: float, src: Path) -> set[str]:
+         embed: float, src: Path, readout: dict[str, torch.Tensor] | None = None) -> set[str]:
     """Set each entry's edit from the adapter table; return the post-norm weights they need.
 
     The embedding [vocab, d_model] is edited on side "in" with strength `embed`; every writer
-    weight and bias with its component's profile strength at its layer.
+    weight and bias with its component's profile strength at its layer; the writer weights named
+    in `readout` ("<layer>.<component>" -> a [d_in]) also get their readout vector.
     """
+    readout = readout or {}
     components = {w.component for w in adapter.writers}
     if unknown := set(profiles) - components:
         raise SteerError(f"no writer component {sorted(unknown)}; have {sorted(components)}")
@@ -246,9 +254,17 @@ def plan(adapter: Adapter, shards: list[Shard], n_layers: int, d_model: int, pro
         _check_shape(e, w, role, d_model)
         norm = f"{adapter.layers}.{layer}.{w.post_norm}.weight" if w.post_norm else None
         side = "out" if role == "bias" else w.side
-        e.edit = _checked(e, TensorEdit(side, per[w.component][layer], norm, fused=len(e.shape) == 3))
+        key = f"{layer}.{w.component}" if role == "weight" and f"{layer}.{w.component}" in readout else None
+        if key and (norm or len(e.shape) != 2 or w.d_model_axis != 0):
+            raise SteerError(f"{e.name}: a learned readout needs a plain [d_model, d_in] writer added straight to the residual stream")
+        if key and list(readout[key].shape) != e.shape[1:]:
+            raise SteerError(f"the readout vector for {key} has shape {list(readout[key].shape)}; {e.name} has {e.shape}")
+        e.edit = _checked(e, TensorEdit(side, per[w.component][layer], norm, fused=len(e.shape) == 3, readout=key))
         found[layer].add(w)
     _check_coverage(adapter, found)
+    used = {e.edit.readout for e in entries.values() if e.edit and e.edit.readout}
+    if missing := sorted(set(readout) - used):
+        raise SteerError(f"the readout has a vector for writer {missing[0]}, which {src} does not have")
     norms = {e.edit.norm for e in entries.values() if e.edit and e.edit.norm}
     if missing := sorted(norms - set(entries)):
         raise SteerError(f"{src} has no post-norm weight {missing[0]} (needed to edit its writer)")
@@ -285,8 +301,10 @@ def _check_coverage(adapter: Adapter, found: dict[int, set]) -> None:
 class _Editor:
     """Applies TensorEdits in place: steer.kernels.project on each matrix (float32 maths)."""
 
-    def __init__(self, basis: torch.Tensor, norm_offset: float, preserve_norm: bool):
+    def __init__(self, basis: torch.Tensor, norm_offset: float, preserve_norm: bool,
+                 readout: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None):
         self.basis, self.norm_offset, self.preserve_norm = basis, norm_offset, preserve_norm
+        self.readout = readout
         self.norm_bases: dict[str, torch.Tensor] = {}
         self._bufs = [torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.uint8)]
 
@@ -299,6 +317,9 @@ class _Editor:
         wb = self.basis if edit.norm is None else self.norm_bases[edit.norm]
         for m in t.unbind(0) if edit.fused else (t,):
             project(m, wb, edit.side, edit.strength, self.preserve_norm, out=m)
+        if edit.readout is not None:
+            r, vectors = self.readout
+            add_rank1(t, r, vectors[edit.readout])
 
     @property
     def buffer_bytes(self) -> int:

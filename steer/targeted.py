@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -43,6 +45,7 @@ class Contrasts:
     harmless_mean: torch.Tensor
     components: torch.Tensor  # [L, P, K, d]
     optimized: torch.Tensor | None = None  # [d] steer.optimize's direction, when it ran
+    readout: dict[str, torch.Tensor] | None = None  # steer.readout's "<layer>.<component>" -> a [d_in], as baked
 
     def cosines(self, position: int = -1) -> dict[str, list[float]]:
         """Per-layer cosine similarities at one position (for the plot and the report)."""
@@ -62,13 +65,16 @@ class Contrasts:
         """Tensors as safetensors (what an edit is rebuilt from) and meta as a JSON sidecar."""
         names = ("censorship", "versus_harmless", "harmful", "harmless_mean", "components", "optimized")
         tensors = {k: getattr(self, k).detach().contiguous() for k in names if getattr(self, k) is not None}
+        tensors.update({f"readout.{k}": a.detach().contiguous() for k, a in (self.readout or {}).items()})
         save_file(tensors, str(path), metadata={"format": "steer-contrasts"})
         Path(path).with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False, default=str) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> Contrasts:
         t = load_file(str(path))
-        return cls(t["censorship"], t["versus_harmless"], t["harmful"], t["harmless_mean"], t["components"], t.get("optimized"))
+        readout = {k[len("readout."):]: a for k, a in t.items() if k.startswith("readout.")} or None
+        return cls(t["censorship"], t["versus_harmless"], t["harmful"], t["harmless_mean"], t["components"], t.get("optimized"),
+                   readout)
 
     def search_inputs(self, keep_safety: bool = True, keep_layers: str = "same", contrasts: str = "all") -> SearchInputs:
         """Directions for steer.search: the censorship and the sensitive-vs-harmless contrasts, each
@@ -141,6 +147,11 @@ class TargetedSettings:
     search_contrasts: str = "optimized"
     # target scores below this count as done in the search's objective (steer.search.TARGET_FLOOR; None: plain mean)
     target_floor: float | None = TARGET_FLOOR
+    # steer.readout on top of the chosen edit (0: none): Adam steps, the KL term's answer tokens, and the
+    # validation statistic of first-token KL that fit_scale holds to kl_max ("kl": mean; "kl_ucb": 95% bound)
+    readout_steps: int = 32
+    readout_kl_tokens: int = 8
+    readout_kl: str = "kl"
 
 
 @dataclass
@@ -168,14 +179,17 @@ def recorded_edit(contrasts_file: Path) -> tuple[torch.Tensor, EditParams]:
     return basis, params
 
 
-def rebuild(model: torch.nn.Module, contrasts_file: Path) -> EditParams:
-    """Apply the edit recorded beside a contrasts file: the same weights `steer abliterate
-    --keep-safety` saved."""
-    from .edit import orthogonalize
+def recorded_readout(contrasts_file: Path) -> dict[str, torch.Tensor] | None:
+    """The learned readout saved in a contrasts file (None when the run trained none); it is
+    baked along the recorded edit's first basis row, after the projection (steer.readout.bake)."""
+    return Contrasts.load(contrasts_file).readout
 
+
+def rebuild(model: torch.nn.Module, contrasts_file: Path) -> EditParams:
+    """Apply the edit recorded beside a contrasts file, and its readout if any: the same weights
+    `steer abliterate --keep-safety` saved."""
     basis, params = recorded_edit(contrasts_file)
-    orthogonalize(model, basis.float(), profiles={"attn": params.attn, "mlp": params.mlp}, embed=params.embed,
-                  preserve_norm=params.preserve_norm)
+    apply_edit(model, basis, params, recorded_readout(contrasts_file))
     return params
 
 
@@ -262,3 +276,54 @@ def confirm(model, tokenizer, prep: Prepared, inputs: SearchInputs, front: list[
     chosen = min(ok or shortlist, key=lambda r: (censor(r), r["kl"]))
     note = None if ok else "no confirmed candidate kept harmful refusals at the floor; took the lowest censorship"
     return {"base": base, "candidates": shortlist, "chosen": chosen, "note": note}
+
+
+def fit_readout(model, tokenizer, prep: Prepared, basis: torch.Tensor, params: EditParams,
+                s: TargetedSettings) -> tuple[dict[str, torch.Tensor] | None, dict]:
+    """steer.readout on top of the chosen edit, the model's weights unchanged (the edit previewed
+    by hooks): trained on the train splits along r = basis[0], then backed off to the largest
+    fraction that keeps the harmful floor and first-token KL (statistic s.readout_kl) <= s.kl_max
+    on the validation prompts. Returns that scaled readout (None when no fraction qualifies: the
+    edit stays as chosen) and what the report records. An architecture whose writers cannot take
+    a readout (post-norm, mixture of experts) gets none, and the report says why."""
+    from .readout import ReadoutSettings, continuations, fit_scale, scaled, train_readout, zeros
+
+    rs = ReadoutSettings(steps=s.readout_steps, kl_tokens=s.readout_kl_tokens, loss=replace(ReadoutSettings().loss, seed=s.seed))
+    try:
+        zeros(model, rs.components)
+    except SteerError as exc:
+        return None, {"skipped": str(exc)}
+    g = prep.groups
+    cont = continuations(model, tokenizer, g["harmless"].texts, rs.kl_tokens, s.batch_size) if rs.kl_tokens > 1 else None
+    r = basis[0].float()
+    with edited(model, basis, params):  # entered first: its hooks run before the readout's, as baking does
+        readout, history = train_readout(model, tokenizer, g["sensitive"], g["harmful"], g["harmless"], r,
+                                         prep.val.refusal_tokens, rs, cont)
+        scale, fits = fit_scale(model, tokenizer, r, readout, prep.val, prep.keep_floor, s.kl_max,
+                                batch_size=s.batch_size, kl_stat=s.readout_kl)
+    info = {"settings": asdict(rs), "kl_stat": s.readout_kl, "scale": scale, "fits": fits, "history": history,
+            "writers": len(readout)}
+    return (scaled(readout, scale) if scale > 0 else None), info
+
+
+@contextmanager
+def previewed(model, basis: torch.Tensor, params: EditParams, readout: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """The chosen edit and its readout as hooks (what apply_edit writes into the weights)."""
+    from .readout import applied
+
+    with ExitStack() as stack:
+        stack.enter_context(edited(model, basis, params))
+        if readout:
+            stack.enter_context(applied(model, basis[0].float(), readout))
+        yield
+
+
+def apply_edit(model, basis: torch.Tensor, params: EditParams, readout: dict[str, torch.Tensor] | None) -> None:
+    """Write the chosen edit, then its readout, into the weights (what rebuild() repeats from the contrasts file)."""
+    from .edit import orthogonalize
+    from .readout import bake
+
+    orthogonalize(model, basis.float(), profiles={"attn": params.attn, "mlp": params.mlp}, embed=params.embed,
+                  preserve_norm=params.preserve_norm)
+    if readout:
+        bake(model, basis[0].float(), readout)

@@ -158,6 +158,13 @@ def test_targeted_flags_reach_the_settings(capsys):
     ts = _targeted(args)
     assert (ts.kl_max, ts.keep_layers, ts.trials, ts.optimize_steps, ts.search_contrasts) == (0.2, "same", 7, 0, "all")
     assert ts.target_floor == -3.5
+    ts = _targeted(build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety", "--readout-steps", "5",
+                                              "--readout-kl-tokens", "3", "--readout-kl", "bound"]))
+    assert (ts.readout_steps, ts.readout_kl_tokens, ts.readout_kl) == (5, 3, "kl_ucb")
+    ts, lib = _targeted(build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety"])), TargetedSettings()
+    assert (ts.readout_steps, ts.readout_kl_tokens, ts.readout_kl) == (lib.readout_steps, lib.readout_kl_tokens, lib.readout_kl)
+    assert main(["abliterate", "--out", "x", "--keep-safety", "--readout-steps", "-1"]) == 2
+    assert "--readout-steps must be 0 or more" in capsys.readouterr().err
     default = _targeted(build_parser().parse_args(["search", "--out", "x"]))
     assert (default.kl_max, default.keep_layers, default.optimize_steps, default.search_contrasts) == (0.05, "all", 48, "optimized")
     assert default.target_floor == TargetedSettings().target_floor == TARGET_FLOOR  # the CLI's default is the library's

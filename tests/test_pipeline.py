@@ -98,7 +98,8 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
     from steer.targeted import TargetedSettings
 
     monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
-    ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=2, max_new_tokens=4, kl_max=10.0)
+    ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=2, max_new_tokens=4, kl_max=10.0, readout_steps=2,
+                          readout_kl_tokens=2)
     settings = Settings(eval_limit=3, max_new_tokens=4)
     input_hash = checkpoint_hash(tiny / "model")
     report = targeted_abliterate(str(tiny / "model"), tiny / "t1", ts, settings, study=tiny / "s1.journal")
@@ -116,6 +117,12 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
     row = report["pareto"][0]  # the objective (target scores clamped at the floor) beside the plain mean
     assert row["target_score"] >= row["target_raw"]
     assert f"| {row['target_score']:.2f} | {row['target_raw']:.2f} | {row['target_high']:.1%} |" in md
+    # the readout: trained, kept at the largest fraction within the (loose) bound, and saved beside the contrasts
+    assert len(report["readout"]["history"]) == 2 and report["readout"]["scale"] == 1.0
+    assert "Readout (steer.readout, 6 writers): 2 steps" in md and "Wall time" in md
+    assert set(report["seconds"]) == {"prepare", "search", "confirm", "readout", "evaluate", "load_save"}
+    saved = targeted.Contrasts.load(tiny / "t1" / "contrasts.safetensors").readout
+    assert set(saved) == {f"{i}.{c}" for i in range(3) for c in ("attn", "mlp")} and any(a.abs().sum() > 0 for a in saved.values())
 
 
 def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):
@@ -125,7 +132,8 @@ def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):
     from steer.targeted import TargetedSettings
 
     monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
-    ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=1, max_new_tokens=4, kl_max=10.0)
+    ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=1, max_new_tokens=4, kl_max=10.0, readout_steps=2,
+                          readout_kl_tokens=2)
     targeted_abliterate(str(tiny / "model"), tiny / "t", ts, Settings(eval_limit=2, max_new_tokens=4), study=tiny / "s.journal")
     assert main(["edit", str(tiny / "model"), "--directions", str(tiny / "t"), "--out", str(tiny / "rebuilt")]) == 0
     assert (tiny / "rebuilt" / "model.safetensors").read_bytes() == (tiny / "t" / "model.safetensors").read_bytes()

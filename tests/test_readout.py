@@ -58,7 +58,8 @@ def test_writers_that_are_not_plain_linear_maps_are_refused(arch):
 
 
 def _groups(model, tokenizer):
-    t, k, h = (chat_texts(tokenizer, PROMPTS[i::3]) for i in range(3))
+    t, k = (chat_texts(tokenizer, PROMPTS[i::3]) for i in range(2))
+    h = chat_texts(tokenizer, PROMPTS)  # several harmless prompts, so the KL's 95% bound is above its mean
     logits = lambda x: batched_last_logits(model, tokenizer, x)  # noqa: E731
     return Group(t, logits(t)), Group(k, logits(k)), Group(h, logits(h))
 
@@ -111,7 +112,8 @@ def test_fit_scale_takes_the_largest_fraction_that_meets_the_constraints(tokeniz
     from steer.search import ValData
 
     model = make_model("qwen2")
-    t, k, h = (chat_texts(tokenizer, PROMPTS[i::3]) for i in range(3))
+    t, k = (chat_texts(tokenizer, PROMPTS[i::3]) for i in range(2))
+    h = chat_texts(tokenizer, PROMPTS)  # several harmless prompts, so the KL's 95% bound is above its mean
     logits = lambda x: batched_last_logits(model, tokenizer, x)  # noqa: E731
     val = ValData(t, k, h, logits(t), logits(k), logits(h), REFUSAL)
     r, readout = _unit(model.config.hidden_size), _random_readout(model, scale=0.3)
@@ -123,6 +125,13 @@ def test_fit_scale_takes_the_largest_fraction_that_meets_the_constraints(tokeniz
     between = (kls[1]["kl_ucb"] + kls[2]["kl_ucb"]) / 2  # admits 0.5 and 0.25, not 0.75
     scale, rows = fit_scale(model, tokenizer, r, readout, val, None, kl_max=between)
     assert scale == 0.5 and [row["scale"] for row in rows] == [1.0, 0.75, 0.5]
+    # the mean criterion: a bound between 0.75's mean and its 95% bound admits 0.75 by its mean only
+    mean = (kls[1]["kl"] + min(kls[1]["kl_ucb"], kls[0]["kl"])) / 2
+    assert kls[1]["kl"] < mean < kls[1]["kl_ucb"] and kls[0]["kl"] > mean
+    assert fit_scale(model, tokenizer, r, readout, val, None, kl_max=mean)[0] < 0.75
+    assert fit_scale(model, tokenizer, r, readout, val, None, kl_max=mean, kl_stat="kl")[0] == 0.75
+    with pytest.raises(ValueError, match="kl_stat"):
+        fit_scale(model, tokenizer, r, readout, val, None, kl_max=mean, kl_stat="median")
     floor = fit_scale(model, tokenizer, r, readout, val, keep_floor=1e9, kl_max=None)
     assert floor[0] == 0.0  # no fraction keeps an unreachable harmful score: the edit stays as it was
 

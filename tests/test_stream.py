@@ -112,6 +112,35 @@ def test_streaming_equals_in_memory_edit_low_precision(arch, dtype, sharded, tok
         assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in out.values())
 
 
+@pytest.mark.parametrize("arch,dtype", [("qwen2", torch.bfloat16), ("llama", torch.float32), ("phi3", torch.float16)])
+def test_readout_streams_like_the_in_memory_bake(arch, dtype, tokenizer, tmp_path):
+    """A learned readout (W <- W + r a^T after the projection) written shard by shard equals
+    orthogonalize + readout.bake in memory; a readout vector for a writer the checkpoint lacks,
+    or of the wrong size, is one clear error."""
+    from steer.readout import bake, zeros
+
+    model = make_model(arch).to(dtype)
+    src = _save(model, tokenizer, tmp_path / "in", "60KB")
+    basis = _directions(model, k=2)
+    g = torch.Generator().manual_seed(5)
+    readout = {k: torch.randn(a.shape, generator=g) * 0.05 for k, a in zeros(model).items()}
+    r = basis[0] / basis[0].norm()
+    options = {"profiles": {"attn": Profile(peak=0.9), "mlp": Profile(peak=1.1, center=1.0, width=1.0)}, "embed": 0.7}
+    stats = edit_checkpoint(src, tmp_path / "out", basis, readout=(r, readout), **options)
+    ref = _in_memory(src, dtype, basis, tmp_path / "plain", **options)
+    bake(ref, r, readout)
+    ref.save_pretrained(tmp_path / "ref")
+    _check_equal(tmp_path / "out", tmp_path / "ref")
+    assert not torch.equal(_tensors(tmp_path / "out")["model.layers.0.mlp.down_proj.weight"],
+                           _tensors(tmp_path / "plain")["model.layers.0.mlp.down_proj.weight"])  # the readout was added
+    assert stats["tensors_edited"] >= len(readout)
+    with pytest.raises(SteerError, match="readout has a vector for writer 9.mlp"):
+        edit_checkpoint(src, tmp_path / "bad", basis, readout=(r, {**readout, "9.mlp": readout["0.mlp"]}))
+    with pytest.raises(SteerError, match="readout vector for 0.attn has shape"):
+        edit_checkpoint(src, tmp_path / "bad", basis, readout=(r, {**readout, "0.attn": torch.zeros(3)}))
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("arch", list(MOE_CONFIGS))
 @pytest.mark.parametrize("layout", ["per_expert", "fused"])
 def test_mixture_of_experts_both_layouts(arch, layout, tokenizer, tmp_path):

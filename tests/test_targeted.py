@@ -7,6 +7,7 @@ from conftest import PROMPTS, make_model
 from steer.collect import residual_means
 from steer.prompts import chat_texts
 from steer.report import plot_cosines
+from steer import targeted
 from steer.targeted import _cos, compute_contrasts
 
 
@@ -61,7 +62,6 @@ def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(token
 
 
 def test_prepare_search_confirm_on_a_tiny_model(tokenizer, monkeypatch):
-    from steer import targeted
     from steer.search import pareto, run_search
 
     monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
@@ -83,3 +83,30 @@ def test_prepare_search_confirm_on_a_tiny_model(tokenizer, monkeypatch):
     assert result["chosen"] in result["candidates"] and set(result["base"]) == {
         "censorship/sensitive/en", "censorship/sensitive/zh", "refusal/harmful"}
     assert all(0 <= v <= 1 for r in result["candidates"] for v in r["judged"].values())
+
+
+def test_previewed_edit_and_readout_equal_the_applied_weights(tokenizer):
+    """previewed() (hooks: the edit first, then the readout) gives the logits apply_edit() writes
+    into the weights; an architecture without plain linear writers gets no readout, with the reason."""
+    from steer.collect import batched_last_logits
+    from steer.edit import Profile
+    from steer.readout import zeros
+    from steer.search import EditParams
+
+    model = make_model("qwen2")
+    texts = chat_texts(tokenizer, PROMPTS)
+    g = torch.Generator().manual_seed(2)
+    basis = torch.linalg.qr(torch.randn(model.config.hidden_size, 2, generator=g, dtype=torch.float64))[0].T
+    params = EditParams(index=1.0, position=-1, k=2, attn=Profile(peak=0.8), mlp=Profile(peak=1.2), embed=0.5)
+    readout = {k: torch.randn(a.shape, generator=g) * 0.1 for k, a in zeros(model).items()}
+    base = batched_last_logits(model, tokenizer, texts)
+    with targeted.previewed(model, basis, params, readout):
+        hooked = batched_last_logits(model, tokenizer, texts)
+    with targeted.previewed(model, basis, params, None):
+        edit_only = batched_last_logits(model, tokenizer, texts)
+    assert torch.equal(batched_last_logits(model, tokenizer, texts), base)  # hooks removed
+    assert (hooked - edit_only).abs().max() > 1e-3  # the readout does something on top of the edit
+    targeted.apply_edit(model, basis, params, readout)
+    torch.testing.assert_close(batched_last_logits(model, tokenizer, texts), hooked, atol=2e-5, rtol=1e-5)
+    got, info = targeted.fit_readout(make_model("gemma2"), tokenizer, None, basis, params, targeted.TargetedSettings())
+    assert got is None and "plain linear writers" in info["skipped"]
