@@ -2,16 +2,21 @@
 then `steer compare` of base vs edited on the held-out test split (judged suites, XSTest, KL and
 MMLU zero-shot on the same 2,850-question stratified subset as results/compare-embedded/).
 
-    python experiments/targeted_embedded.py [--no-compare] [extra steer abliterate flags]
+    python experiments/targeted_embedded.py [--no-compare] [--dest results/DIR] [--no-mmlu] [extra steer abliterate flags]
 
 The targeted run itself is timed (wall, peak RSS of the child) because the issue's budget is
-30 minutes on the 2-core machine; the comparison is evidence, not part of that budget.
+30 minutes on the 2-core machine; the comparison is evidence, not part of that budget. The
+timed run gets an empty evaluation cache (STEER_EVAL_CACHE in a temporary folder) so that its
+base-model evaluation is computed, as on a fresh machine; the embedded model's converted
+checkpoint (about 45 s on first use) is taken from the cache. --no-mmlu leaves MMLU out of the
+comparison (run `steer eval --suite mmlu` on the edited side separately; an hour less on 2 cores).
 The checkpoint goes to runs/targeted (not committed: 2.5 GB); reports, plots, contrasts and
 the manifest are copied into results/ with run.json (command, time, machine, versions).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -19,6 +24,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,12 +35,17 @@ COMPARE = ["--suite", "censorship,refusal,xstest,kl,mmlu", "--data-dir", "../sha
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--no-compare"]
-    run_dir, dest = ROOT / "runs" / "targeted", ROOT / "results" / "targeted-embedded"
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--no-compare", action="store_true")
+    ap.add_argument("--no-mmlu", action="store_true")
+    ap.add_argument("--dest", default="results/targeted-embedded")
+    opts, args = ap.parse_known_args()
+    run_dir, dest = ROOT / "runs" / "targeted", ROOT / opts.dest
     run_dir.parent.mkdir(exist_ok=True)
     command = ["steer", "abliterate", "--keep-safety", "--out", "runs/targeted", "--force"] + args
     started = time.time()
-    subprocess.run(command, cwd=ROOT, check=True)
+    with tempfile.TemporaryDirectory() as cold:
+        subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "STEER_EVAL_CACHE": cold})
     wall = time.time() - started
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     dest.mkdir(parents=True, exist_ok=True)
@@ -55,8 +66,9 @@ def main() -> None:
     }
     # written now and again after the comparison, so the run's own record survives an interrupted compare
     (dest / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-    if "--no-compare" not in sys.argv:
-        compare = ["steer", "compare", "embedded", "runs/targeted", *COMPARE, "--out", "results/targeted-embedded/compare", "--force"]
+    if not opts.no_compare:
+        suites = COMPARE if not opts.no_mmlu else ["--suite", "censorship,refusal,xstest,kl", *COMPARE[2:]]
+        compare = ["steer", "compare", "embedded", "runs/targeted", *suites, "--out", f"{opts.dest}/compare", "--force"]
         subprocess.run(compare, cwd=ROOT, check=True)
         info["compare_command"] = " ".join(compare)
         (dest / "run.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -62,7 +62,7 @@ def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> N
     g.add_argument("--keep-fraction", type=float, default=0.9, help="harmful refusal kept >= this fraction of the base model's (default: 0.9)")
     g.add_argument("--keep-layers", default="all", choices=("same", "all"),
                    help="make the edit orthogonal to the harmful-refusal direction of every layer, or of its own layer only (default: all)")
-    g.add_argument("--confirm", type=int, default=4, help="Pareto candidates confirmed with generation and the judge (default: 4)")
+    g.add_argument("--confirm", type=int, default=2, help="Pareto candidates confirmed with generation and the judge (default: 2)")
     g.add_argument("--search-kl-max", type=float, default=0.05,
                    help="first-token KL bound (95%% upper bound, harmless validation prompts) a Pareto candidate must meet "
                         "to be confirmed; --kl-max is the plain mode's (default: 0.05)")
@@ -77,10 +77,10 @@ def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> N
                         "(greedy answers refuse only from about -1 up); 'none' = plain mean (default: -2)")
     g.add_argument("--study", type=Path, help="search journal file (resumable; default in $STEER_CACHE/search)")
     if in_abliterate:
-        g.add_argument("--readout-steps", type=int, default=32,
+        g.add_argument("--readout-steps", type=int, default=20,
                        help="train a learned rank-1 readout on top of the chosen edit (steer.readout: each attention and "
                             "MLP writer's output along the edit direction becomes a learned function of its input), "
-                            "this many steps; 0 = the searched edit alone (default: 32)")
+                            "this many steps; 0 = the searched edit alone (default: 20)")
         g.add_argument("--readout-kl-tokens", type=int, default=8,
                        help="the readout's KL term covers this many answer tokens of the base model on harmless prompts "
                             "(default: 8)")

@@ -134,7 +134,9 @@ class TargetedSettings:
     keep_layers: str = "all"  # ... of every layer ("all") or of the edit's own layer ("same")
     keep_fraction: float = 0.9  # harmful refusal must stay >= this fraction of the base model's
     kl_max: float = 0.05  # first-token KL bound (95% upper bound) for confirmed candidates
-    confirm: int = 4  # Pareto candidates confirmed with generation and the judge
+    # Pareto candidates confirmed with generation and the judge (each ~50 s on the embedded model; 4 until
+    # session 11, whose readout needed the time: session 8's choice was the second by target score)
+    confirm: int = 2
     # Score (and contrast) only sensitive prompts the model refuses: with all of them the search
     # found low-KL edits whose answers did not change (a first real-model run, session 2).
     only_refused: bool = True
@@ -149,7 +151,10 @@ class TargetedSettings:
     target_floor: float | None = TARGET_FLOOR
     # steer.readout on top of the chosen edit (0: none): Adam steps, the KL term's answer tokens, and the
     # validation statistic of first-token KL that fit_scale holds to kl_max ("kl": mean; "kl_ucb": 95% bound)
-    readout_steps: int = 32
+    # 20 steps at 4.8e-4 (the same lr x steps as the library's 32 at 3e-4, 6 min on the embedded model):
+    # on validation EN censorship as with 32, KL mean 0.037 vs 0.031 (results/readout-probe/run4)
+    readout_steps: int = 20
+    readout_lr: float = 4.8e-4
     readout_kl_tokens: int = 8
     readout_kl: str = "kl"
 
@@ -288,7 +293,8 @@ def fit_readout(model, tokenizer, prep: Prepared, basis: torch.Tensor, params: E
     a readout (post-norm, mixture of experts) gets none, and the report says why."""
     from .readout import ReadoutSettings, continuations, fit_scale, scaled, train_readout, zeros
 
-    rs = ReadoutSettings(steps=s.readout_steps, kl_tokens=s.readout_kl_tokens, loss=replace(ReadoutSettings().loss, seed=s.seed))
+    rs = ReadoutSettings(steps=s.readout_steps, lr=s.readout_lr, kl_tokens=s.readout_kl_tokens,
+                         loss=replace(ReadoutSettings().loss, seed=s.seed))
     try:
         zeros(model, rs.components)
     except SteerError as exc:
