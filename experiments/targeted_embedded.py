@@ -67,7 +67,7 @@ def main() -> None:
     # written now and again after the comparison, so the run's own record survives an interrupted compare
     (dest / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     if not opts.no_compare:
-        suites = COMPARE if not opts.no_mmlu else ["--suite", "censorship,refusal,xstest,kl", *COMPARE[2:]]
+        suites = COMPARE if not opts.no_mmlu else ["--suite", "censorship,refusal,xstest,kl", *COMPARE[2:4], *COMPARE[6:]]
         compare = ["steer", "compare", "embedded", "runs/targeted", *suites, "--out", f"{opts.dest}/compare", "--force"]
         subprocess.run(compare, cwd=ROOT, check=True)
         info["compare_command"] = " ".join(compare)

@@ -84,9 +84,10 @@ def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> N
         g.add_argument("--readout-kl-tokens", type=int, default=8,
                        help="the readout's KL term covers this many answer tokens of the base model on harmless prompts "
                             "(default: 8)")
-        g.add_argument("--readout-kl", default="mean", choices=("mean", "bound"),
+        g.add_argument("--readout-kl", default="mean", choices=("mean", "bound", "edit"),
                        help="the readout is kept at the largest fraction whose first-token KL on harmless validation "
-                            "prompts, its mean or its 95%% upper bound, is <= --search-kl-max (default: mean)")
+                            "prompts is within a bound: its mean or its 95%% upper bound <= --search-kl-max, or its mean "
+                            "<= the chosen edit's own (edit: the readout spends no KL) (default: mean)")
 
 
 def _floor(text: str) -> float | None:
@@ -110,7 +111,7 @@ def _targeted(args):
         if args.readout_steps < 0 or args.readout_kl_tokens < 1:
             raise SteerError("--readout-steps must be 0 or more and --readout-kl-tokens at least 1")
         readout = {"readout_steps": args.readout_steps, "readout_kl_tokens": args.readout_kl_tokens,
-                   "readout_kl": {"mean": "kl", "bound": "kl_ucb"}[args.readout_kl]}
+                   "readout_kl": {"mean": "kl", "bound": "kl_ucb", "edit": "edit"}[args.readout_kl]}
     return TargetedSettings(trials=args.trials, k_max=args.k_max, keep_fraction=args.keep_fraction, confirm=args.confirm,
                             batch_size=args.batch_size, seed=args.seed, n_val=args.n_val, keep_layers=args.keep_layers,
                             kl_max=args.search_kl_max, max_new_tokens=getattr(args, "max_new_tokens", 48),

@@ -196,6 +196,16 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     return report
 
 
+# TargetedSettings fields that act only after the search (confirmation, readout): a run that changes
+# only these resumes the same study instead of searching again
+AFTER_SEARCH = ("confirm", "max_new_tokens", "readout_steps", "readout_lr", "readout_kl_tokens", "readout_kl")
+
+
+def search_settings(ts) -> dict:
+    """The TargetedSettings that decide the search's trials (what its journal is keyed by)."""
+    return {k: v for k, v in asdict(ts).items() if k not in AFTER_SEARCH}
+
+
 def targeted_search(loaded: Loaded, ts, study: Path | None = None):
     """Contrasts, the seeded resumable Optuna search, and the judge-confirmed choice among the
     Pareto candidates. Returns (prepared, search inputs, study, front, confirmation, study path)."""
@@ -211,7 +221,7 @@ def targeted_search(loaded: Loaded, ts, study: Path | None = None):
     seconds = {"prepare": round(time.time() - lap, 1)}
     inputs = prep.contrasts.search_inputs(ts.keep_safety, ts.keep_layers, ts.search_contrasts)
     # the settings and the inputs themselves: a journal never resumes with directions that changed
-    key = hashlib.sha256(json.dumps({**asdict(ts), "search_version": SEARCH_VERSION}, sort_keys=True).encode()
+    key = hashlib.sha256(json.dumps({**search_settings(ts), "search_version": SEARCH_VERSION}, sort_keys=True).encode()
                          + fingerprint(inputs, prep.val).encode()).hexdigest()[:16]
     study = study or cache_dir() / "search" / f"{checkpoint_hash(loaded.path)[:16] if loaded.path else 'model'}-{key}.journal"
     study.parent.mkdir(parents=True, exist_ok=True)
@@ -253,10 +263,11 @@ def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Setting
     if ts.readout_steps > 0:
         _log(f"training a readout on top of the chosen edit ({ts.readout_steps} steps)")
         lap = time.time()
-        readout, rinfo = fit_readout(m, tok, prep, basis, params, ts)
+        readout, rinfo = fit_readout(m, tok, prep, basis, params, ts, conf["chosen"]["kl"])
         seconds["readout"] = round(time.time() - lap, 1)
         _log(f"no readout: {rinfo['skipped']}" if "skipped" in rinfo else
-             f"readout kept at scale {rinfo['scale']} (validation: harmful floor, first-token {ts.readout_kl} <= {ts.kl_max})")
+             f"readout kept at scale {rinfo['scale']} (validation: harmful floor, first-token {rinfo['kl_stat']} <= "
+             f"{rinfo['kl_max']:.4f})")
     lap = time.time()
     before, after = before_after(loaded, eval_config(settings), lambda: previewed(m, basis, params, readout),
                                  lambda: apply_edit(m, basis, params, readout))

@@ -299,7 +299,8 @@ def readout_summary(info: dict | None) -> str:
         f"Readout (steer.readout, {info['writers']} writers): {len(info['history'])} steps; on its train minibatches refusal "
         f"score on sensitive prompts {first['target_score']:.2f} -> {last['target_score']:.2f}, harmful "
         f"{first['keep_score']:.2f} -> {last['keep_score']:.2f}, harmless KL {first['kl']:.3f} -> {last['kl']:.3f}. "
-        f"Validation (largest fraction with harmful score >= floor and first-token {info['kl_stat']} <= the bound): kept {kept}.",
+        f"Validation (largest fraction with harmful score >= floor and first-token {info['kl_stat']} <= "
+        f"{info['kl_max']:.4f}): kept {kept}.",
         "", *rows])
 
 

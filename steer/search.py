@@ -95,10 +95,11 @@ def edit_basis(inputs: SearchInputs, p: EditParams) -> torch.Tensor:
 
 
 @contextmanager
-def edited(model: torch.nn.Module, basis: torch.Tensor, p: EditParams) -> Iterator[None]:
-    """Preview the edit: hooks, or for the norm-preserving variant a weight edit undone on exit."""
+def edited(model: torch.nn.Module, basis: torch.Tensor, p: EditParams, in_weights: bool = False) -> Iterator[None]:
+    """Preview the edit: hooks, or (the norm-preserving variant, or in_weights) a weight edit undone
+    on exit: the saved weights exactly, and no hook cost per forward and backward pass."""
     profiles = {"attn": p.attn, "mlp": p.mlp}
-    if not p.preserve_norm:
+    if not (p.preserve_norm or in_weights):
         with ablated(model, basis.float(), profiles=profiles, embed=p.embed):
             yield
         return
@@ -107,7 +108,7 @@ def edited(model: torch.nn.Module, basis: torch.Tensor, p: EditParams) -> Iterat
     saved = [(t, t.detach().clone()) for t in params]
     head, tied = res.lm_head.weight, getattr(model.config, "tie_word_embeddings", None)
     try:
-        orthogonalize(model, basis.float(), profiles=profiles, embed=p.embed, preserve_norm=True)
+        orthogonalize(model, basis.float(), profiles=profiles, embed=p.embed, preserve_norm=p.preserve_norm)
         yield
     finally:
         with torch.no_grad():

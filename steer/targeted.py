@@ -149,8 +149,9 @@ class TargetedSettings:
     search_contrasts: str = "optimized"
     # target scores below this count as done in the search's objective (steer.search.TARGET_FLOOR; None: plain mean)
     target_floor: float | None = TARGET_FLOOR
-    # steer.readout on top of the chosen edit (0: none): Adam steps, the KL term's answer tokens, and the
-    # validation statistic of first-token KL that fit_scale holds to kl_max ("kl": mean; "kl_ucb": 95% bound)
+    # steer.readout on top of the chosen edit (0: none): Adam steps, the KL term's answer tokens, and what
+    # fit_scale holds validation first-token KL to ("kl": mean <= kl_max; "kl_ucb": 95% bound <= kl_max;
+    # "edit": mean <= the chosen edit's own mean)
     # 20 steps at 4.8e-4 (the same lr x steps as the library's 32 at 3e-4, 6 min on the embedded model):
     # on validation EN censorship as with 32, KL mean 0.037 vs 0.031 (results/readout-probe/run4)
     readout_steps: int = 20
@@ -284,14 +285,17 @@ def confirm(model, tokenizer, prep: Prepared, inputs: SearchInputs, front: list[
 
 
 def fit_readout(model, tokenizer, prep: Prepared, basis: torch.Tensor, params: EditParams,
-                s: TargetedSettings) -> tuple[dict[str, torch.Tensor] | None, dict]:
-    """steer.readout on top of the chosen edit, the model's weights unchanged (the edit previewed
-    by hooks): trained on the train splits along r = basis[0], then backed off to the largest
-    fraction that keeps the harmful floor and first-token KL (statistic s.readout_kl) <= s.kl_max
-    on the validation prompts. Returns that scaled readout (None when no fraction qualifies: the
-    edit stays as chosen) and what the report records. An architecture whose writers cannot take
-    a readout (post-norm, mixture of experts) gets none, and the report says why."""
-    from .readout import ReadoutSettings, continuations, fit_scale, scaled, train_readout, zeros
+                s: TargetedSettings, edit_kl: float | None = None) -> tuple[dict[str, torch.Tensor] | None, dict]:
+    """steer.readout on top of the chosen edit, the model's weights as they were on return:
+    trained on the train splits along r = basis[0], then backed off to the largest fraction that
+    keeps the harmful floor and first-token KL on the validation prompts within its bound:
+    s.readout_kl "kl" (mean <= s.kl_max), "kl_ucb" (95% bound <= s.kl_max) or "edit" (mean <=
+    edit_kl, the chosen edit's own validation mean: the readout spends no KL). The edit is
+    written into the weights for the duration (restored after), so the readout is trained on
+    exactly the edited weights. Returns that scaled readout (None when no fraction qualifies:
+    the edit stays as chosen) and what the report records. An architecture whose writers cannot
+    take a readout (post-norm, mixture of experts) gets none, and the report says why."""
+    from .readout import SCALES, ReadoutSettings, continuations, fit_scale, scaled, train_readout, zeros
 
     rs = ReadoutSettings(steps=s.readout_steps, lr=s.readout_lr, kl_tokens=s.readout_kl_tokens,
                          loss=replace(ReadoutSettings().loss, seed=s.seed))
@@ -299,16 +303,19 @@ def fit_readout(model, tokenizer, prep: Prepared, basis: torch.Tensor, params: E
         zeros(model, rs.components)
     except SteerError as exc:
         return None, {"skipped": str(exc)}
+    if s.readout_kl not in ("kl", "kl_ucb", "edit") or (s.readout_kl == "edit" and edit_kl is None):
+        raise ValueError(f"readout_kl {s.readout_kl!r} needs to be 'kl', 'kl_ucb' or 'edit' (with edit_kl)")
+    stat, bound = ("kl", edit_kl) if s.readout_kl == "edit" else (s.readout_kl, s.kl_max)
     g = prep.groups
     cont = continuations(model, tokenizer, g["harmless"].texts, rs.kl_tokens, s.batch_size) if rs.kl_tokens > 1 else None
     r = basis[0].float()
-    with edited(model, basis, params):  # entered first: its hooks run before the readout's, as baking does
+    with edited(model, basis, params, in_weights=True):  # the weights apply_edit writes, then the readout's hooks
         readout, history = train_readout(model, tokenizer, g["sensitive"], g["harmful"], g["harmless"], r,
                                          prep.val.refusal_tokens, rs, cont)
-        scale, fits = fit_scale(model, tokenizer, r, readout, prep.val, prep.keep_floor, s.kl_max,
-                                batch_size=s.batch_size, kl_stat=s.readout_kl)
-    info = {"settings": asdict(rs), "kl_stat": s.readout_kl, "scale": scale, "fits": fits, "history": history,
-            "writers": len(readout)}
+        scale, fits = fit_scale(model, tokenizer, r, readout, prep.val, prep.keep_floor, bound, SCALES,
+                                s.batch_size, kl_stat=stat)
+    info = {"settings": asdict(rs), "kl_stat": stat, "kl_max": bound, "criterion": s.readout_kl, "scale": scale,
+            "fits": fits, "history": history, "writers": len(readout)}
     return (scaled(readout, scale) if scale > 0 else None), info
 
 

@@ -137,3 +137,17 @@ def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):
     targeted_abliterate(str(tiny / "model"), tiny / "t", ts, Settings(eval_limit=2, max_new_tokens=4), study=tiny / "s.journal")
     assert main(["edit", str(tiny / "model"), "--directions", str(tiny / "t"), "--out", str(tiny / "rebuilt")]) == 0
     assert (tiny / "rebuilt" / "model.safetensors").read_bytes() == (tiny / "t" / "model.safetensors").read_bytes()
+
+
+def test_search_journal_key_ignores_settings_used_only_after_the_search():
+    from dataclasses import fields, replace
+
+    from steer.pipeline import AFTER_SEARCH, search_settings
+    from steer.targeted import TargetedSettings
+
+    ts = TargetedSettings()
+    assert set(AFTER_SEARCH) < {f.name for f in fields(TargetedSettings)}  # no stale names
+    later = replace(ts, confirm=5, max_new_tokens=9, readout_steps=3, readout_lr=1.0, readout_kl_tokens=2, readout_kl="kl_ucb")
+    assert search_settings(later) == search_settings(ts)
+    for change in ({"trials": 7}, {"kl_max": 0.2}, {"seed": 1}, {"optimize_steps": 5}, {"n_val": 3}):
+        assert search_settings(replace(ts, **change)) != search_settings(ts), change

@@ -1,5 +1,7 @@
 """Censorship vs harmful-refusal contrasts on a tiny model."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -83,6 +85,18 @@ def test_prepare_search_confirm_on_a_tiny_model(tokenizer, monkeypatch):
     assert result["chosen"] in result["candidates"] and set(result["base"]) == {
         "censorship/sensitive/en", "censorship/sensitive/zh", "refusal/harmful"}
     assert all(0 <= v <= 1 for r in result["candidates"] for v in r["judged"].values())
+    # a readout held to the chosen edit's own validation KL (it may spend none): kept only where its mean is within
+    p = targeted.EditParams.from_dict(result["chosen"]["params"])
+    basis = targeted.edit_basis(inputs, p)
+    rs = replace(s, readout_steps=2, readout_kl_tokens=2, readout_kl="edit")
+    got, info = targeted.fit_readout(model, tokenizer, prep, basis, p, rs, edit_kl=result["chosen"]["kl"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights restored
+    assert info["kl_max"] == result["chosen"]["kl"] and info["kl_stat"] == "kl" and len(info["history"]) == 2
+    kept = [f for f in info["fits"] if f["feasible"]]
+    assert (got is None) == (not kept) and all(f["kl"] <= info["kl_max"] for f in kept)
+    assert info["scale"] == (kept[0]["scale"] if kept else 0.0)
+    with pytest.raises(ValueError, match="edit_kl"):
+        targeted.fit_readout(model, tokenizer, prep, basis, p, rs)
 
 
 def test_previewed_edit_and_readout_equal_the_applied_weights(tokenizer):
@@ -91,7 +105,7 @@ def test_previewed_edit_and_readout_equal_the_applied_weights(tokenizer):
     from steer.collect import batched_last_logits
     from steer.edit import Profile
     from steer.readout import zeros
-    from steer.search import EditParams
+    from steer.search import EditParams, edited
 
     model = make_model("qwen2")
     texts = chat_texts(tokenizer, PROMPTS)
@@ -106,6 +120,10 @@ def test_previewed_edit_and_readout_equal_the_applied_weights(tokenizer):
         edit_only = batched_last_logits(model, tokenizer, texts)
     assert torch.equal(batched_last_logits(model, tokenizer, texts), base)  # hooks removed
     assert (hooked - edit_only).abs().max() > 1e-3  # the readout does something on top of the edit
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with edited(model, basis, params, in_weights=True):  # the edit written into the weights, undone on exit
+        torch.testing.assert_close(batched_last_logits(model, tokenizer, texts), edit_only, atol=2e-5, rtol=1e-5)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     targeted.apply_edit(model, basis, params, readout)
     torch.testing.assert_close(batched_last_logits(model, tokenizer, texts), hooked, atol=2e-5, rtol=1e-5)
     got, info = targeted.fit_readout(make_model("gemma2"), tokenizer, None, basis, params, targeted.TargetedSettings())
