@@ -152,12 +152,13 @@ class TargetedSettings:
     # steer.readout on top of the chosen edit (0: none): Adam steps, the KL term's answer tokens, and what
     # fit_scale holds validation first-token KL to ("kl": mean <= kl_max; "kl_ucb": 95% bound <= kl_max;
     # "edit": mean <= the chosen edit's own mean)
-    # 20 steps at 4.8e-4 (the same lr x steps as the library's 32 at 3e-4, 6 min on the embedded model):
-    # on validation EN censorship as with 32, KL mean 0.037 vs 0.031 (results/readout-probe/run4)
-    readout_steps: int = 20
+    # 16 steps at 4.8e-4 (about 5 min on the embedded model; the library's 32 at 3e-4 take 10): the 30-minute
+    # budget (results/readout-probe/run4, results/targeted-readout/). Held to the edit's own KL ("edit"): held
+    # to mean <= 0.05 instead, session 11's first run reached test KL 0.062 (results/targeted-readout/run1/)
+    readout_steps: int = 16
     readout_lr: float = 4.8e-4
     readout_kl_tokens: int = 8
-    readout_kl: str = "kl"
+    readout_kl: str = "edit"
 
 
 @dataclass

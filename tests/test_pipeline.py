@@ -98,7 +98,7 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
     from steer.targeted import TargetedSettings
 
     monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
-    ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=2, max_new_tokens=4, kl_max=10.0, readout_steps=2,
+    ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=2, max_new_tokens=4, kl_max=10.0, readout_steps=2, readout_kl="kl",
                           readout_kl_tokens=2)
     settings = Settings(eval_limit=3, max_new_tokens=4)
     input_hash = checkpoint_hash(tiny / "model")
@@ -132,7 +132,7 @@ def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):
     from steer.targeted import TargetedSettings
 
     monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
-    ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=1, max_new_tokens=4, kl_max=10.0, readout_steps=2,
+    ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=1, max_new_tokens=4, kl_max=10.0, readout_steps=2, readout_kl="kl",
                           readout_kl_tokens=2)
     targeted_abliterate(str(tiny / "model"), tiny / "t", ts, Settings(eval_limit=2, max_new_tokens=4), study=tiny / "s.journal")
     assert main(["edit", str(tiny / "model"), "--directions", str(tiny / "t"), "--out", str(tiny / "rebuilt")]) == 0
