@@ -77,10 +77,10 @@ def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> N
                         "(greedy answers refuse only from about -1 up); 'none' = plain mean (default: -2)")
     g.add_argument("--study", type=Path, help="search journal file (resumable; default in $STEER_CACHE/search)")
     if in_abliterate:
-        g.add_argument("--readout-steps", type=int, default=16,
+        g.add_argument("--readout-steps", type=int, default=32,
                        help="train a learned rank-1 readout on top of the chosen edit (steer.readout: each attention and "
                             "MLP writer's output along the edit direction becomes a learned function of its input), "
-                            "this many steps; 0 = the searched edit alone (default: 16)")
+                            "this many steps; 0 = the searched edit alone (default: 32)")
         g.add_argument("--readout-kl-tokens", type=int, default=8,
                        help="the readout's KL term covers this many answer tokens of the base model on harmless prompts "
                             "(default: 8)")
