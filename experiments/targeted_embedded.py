@@ -6,8 +6,10 @@ MMLU zero-shot on the same 2,850-question stratified subset as results/compare-e
 
 The targeted run itself is timed (wall, peak RSS of the child) because the issue's budget is
 30 minutes on the 2-core machine; the comparison is evidence, not part of that budget. The
-timed run gets an empty evaluation cache (STEER_EVAL_CACHE in a temporary folder) so that its
-base-model evaluation is computed, as on a fresh machine; the embedded model's converted
+timed run gets an empty evaluation cache (STEER_EVAL_CACHE in a temporary folder) and a new
+search journal (--study in that folder, unless given) so that its base-model evaluation and its
+search are computed, as on a fresh machine (session 11's third run, before this, resumed the
+journal its second run had left with the same search settings); the embedded model's converted
 checkpoint (about 45 s on first use) is taken from the cache. --no-mmlu leaves MMLU out of the
 comparison (run `steer eval --suite mmlu` on the edited side separately; an hour less on 2 cores).
 The checkpoint goes to runs/targeted (not committed: 2.5 GB); reports, plots, contrasts and
@@ -44,8 +46,9 @@ def main() -> None:
     run_dir.parent.mkdir(exist_ok=True)
     command = ["steer", "abliterate", "--keep-safety", "--out", "runs/targeted", "--force"] + args
     started = time.time()
-    with tempfile.TemporaryDirectory() as cold:
-        subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "STEER_EVAL_CACHE": cold})
+    with tempfile.TemporaryDirectory() as cold:  # no cached evaluation, no search journal to resume
+        study = [] if "--study" in args else ["--study", str(Path(cold) / "search.journal")]
+        subprocess.run(command + study, cwd=ROOT, check=True, env={**os.environ, "STEER_EVAL_CACHE": cold})
     wall = time.time() - started
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     dest.mkdir(parents=True, exist_ok=True)

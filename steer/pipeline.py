@@ -280,7 +280,7 @@ def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Setting
         prep.contrasts.readout = readout
         prep.contrasts.save(tmp / "contrasts.safetensors", {
             "edit": params.to_dict(), "keep_safety": ts.keep_safety, "keep_layers": ts.keep_layers,
-            "readout": {k: rinfo[k] for k in ("settings", "kl_stat", "scale")} if rinfo else None})
+            "readout": {k: rinfo[k] for k in ("settings", "kl_stat", "kl_max", "scale")} if readout else None})
         plot_cosines(report["cosines"], tmp / "cosines.png", "cosine similarity per layer (last position)")
         plot_pareto(trial_rows(st), front, conf["chosen"], tmp / "pareto.png")
         report["elapsed_s"] = round(time.time() - started, 1)

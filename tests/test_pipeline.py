@@ -151,3 +151,29 @@ def test_search_journal_key_ignores_settings_used_only_after_the_search():
     assert search_settings(later) == search_settings(ts)
     for change in ({"trials": 7}, {"kl_max": 0.2}, {"seed": 1}, {"optimize_steps": 5}, {"n_val": 3}):
         assert search_settings(replace(ts, **change)) != search_settings(ts), change
+
+
+def test_targeted_abliterate_without_a_readout_on_post_norm_writers(tmp_path, monkeypatch):
+    """Gemma's writers go through a norm before the residual add: no readout, the report says why,
+    and the edit is saved and rebuilt as without one."""
+    from steer import targeted
+    from steer.cli import main
+    from steer.pipeline import targeted_abliterate
+    from steer.targeted import TargetedSettings
+
+    save_checkpoint(make_model("gemma2"), make_tokenizer(), tmp_path / "model")
+    monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
+    ts = TargetedSettings(n_val=4, trials=2, k_max=1, confirm=1, max_new_tokens=4, kl_max=10.0, optimize_steps=0,
+                          readout_steps=2, readout_kl_tokens=2)
+    report = targeted_abliterate(str(tmp_path / "model"), tmp_path / "t", ts, Settings(eval_limit=2, max_new_tokens=4),
+                                 study=tmp_path / "s.journal")
+    assert "plain linear writers" in report["readout"]["skipped"]
+    assert "Readout: none (" in (tmp_path / "t" / "report.md").read_text()
+    assert targeted.Contrasts.load(tmp_path / "t" / "contrasts.safetensors").readout is None
+    assert main(["edit", str(tmp_path / "model"), "--directions", str(tmp_path / "t"), "--out", str(tmp_path / "r")]) == 0
+    from safetensors.torch import load_file
+
+    got, want = load_file(tmp_path / "r" / "model.safetensors"), load_file(tmp_path / "t" / "model.safetensors")
+    assert set(got) == set(want)
+    for k in want:  # streamed vs in memory: equal up to float rounding (post-norm bases are computed per writer)
+        torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5)
