@@ -32,8 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("report.md", "report.json", "cosines.png", "pareto.png", "contrasts.safetensors", "contrasts.json", "steer_manifest.json")
-COMPARE = ["--suite", "censorship,refusal,xstest,kl,mmlu", "--data-dir", "../shared/data", "--limit", "mmlu=2850",
-           "--batch-size", "16", "--seed", "0"]
+SUITES = "censorship,refusal,xstest,kl"
+MMLU = ["--limit", "mmlu=2850"]
+COMPARE = ["--data-dir", "../shared/data", "--batch-size", "16", "--seed", "0"]
 
 
 def main() -> None:
@@ -70,8 +71,8 @@ def main() -> None:
     # written now and again after the comparison, so the run's own record survives an interrupted compare
     (dest / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     if not opts.no_compare:
-        suites = COMPARE if not opts.no_mmlu else ["--suite", "censorship,refusal,xstest,kl", *COMPARE[2:4], *COMPARE[6:]]
-        compare = ["steer", "compare", "embedded", "runs/targeted", *suites, "--out", f"{opts.dest}/compare", "--force"]
+        suites = ["--suite", SUITES] if opts.no_mmlu else ["--suite", SUITES + ",mmlu", *MMLU]
+        compare = ["steer", "compare", "embedded", "runs/targeted", *suites, *COMPARE, "--out", f"{opts.dest}/compare", "--force"]
         subprocess.run(compare, cwd=ROOT, check=True)
         info["compare_command"] = " ".join(compare)
         (dest / "run.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -123,8 +123,13 @@ def applied(model, r: torch.Tensor, readout: Readout) -> Iterator[None]:
 
 @torch.no_grad()
 def bake(model, r: torch.Tensor, readout: Readout) -> int:
-    """W <- W + r a^T for every writer in readout, in place; returns how many."""
-    mods = _writers(model, tuple({k.split(".")[1] for k in readout}))
+    """W <- W + r a^T for every writer in readout, in place; returns how many. A readout that does
+    not fit the model (a writer it lacks, a vector of the wrong size) is refused before any write."""
+    mods = _writers(model, tuple({k.split(".")[1] for k in readout if "." in k}))
+    for key, a in readout.items():
+        if key not in mods or a.shape != (mods[key].in_features,):
+            have = f"input size {mods[key].in_features}" if key in mods else "no such writer"
+            raise SteerError(f"the readout vector for {key} (shape {list(a.shape)}) does not fit {type(model).__name__}: {have}")
     for key, a in readout.items():
         add_rank1(mods[key].weight, r, a)
     return len(readout)

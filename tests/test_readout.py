@@ -157,3 +157,14 @@ def test_later_token_kl_lines_up_with_the_base_models_answer(tokenizer):
     assert shifted["kl_later"] > 100 * row["kl_later"] + 0.1
     with pytest.raises(ValueError, match="continuations"):
         train_readout(model, tokenizer, target, keep, harmless, r, REFUSAL, s, progress=False)
+
+
+def test_bake_refuses_a_readout_that_does_not_fit_before_writing():
+    model = make_model("qwen2")
+    r, state = _unit(model.config.hidden_size), {k: v.clone() for k, v in model.state_dict().items()}
+    good = _random_readout(model)
+    with pytest.raises(SteerError, match="readout vector for 9.mlp .* no such writer"):
+        bake(model, r, {**good, "9.mlp": good["0.mlp"]})
+    with pytest.raises(SteerError, match=r"readout vector for 1.attn \(shape \[3\]\) .* input size"):
+        bake(model, r, {**good, "1.attn": torch.zeros(3)})
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # nothing written
