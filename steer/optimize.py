@@ -136,7 +136,7 @@ def minibatch_loss(logits: torch.Tensor, picks: list[list[int]], base: list[torc
 
 def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, attn: float = 1.0, mlp: float = 1.0) -> torch.Tensor:
     """Last-position logits [N, vocab] with r ablated at flat strengths attn / mlp, rows in the order of texts (one batch)."""
-    (idx, batch), = list(encode_batches(tokenizer, texts, len(texts)))
+    (idx, batch), = list(encode_batches(tokenizer, texts, len(texts), share_prefix=True))
     with ablated(model, r, profiles={"attn": Profile(attn, floor=attn), "mlp": Profile(mlp, floor=mlp)}):
         logits = last_logits(model, batch)
     out = torch.empty_like(logits)

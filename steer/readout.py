@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import resolve
-from .collect import batched_last_logits, encode_batches, input_device, last_logits, left_pad
+from .collect import batched_last_logits, encode_batches, forward, left_pad
 from .edit import add_rank1
 from .engine import GenSpec, generate_ids
 from .errors import SteerError
@@ -93,8 +93,7 @@ def continuations(model, tokenizer, texts: list[str], n: int, batch_size: int = 
         raise SteerError(f"no harmless prompt has a base answer of {n} tokens")
     logp = []
     for i in range(0, len(ids), batch_size):
-        batch = {k: v.to(input_device(model)) for k, v in left_pad(ids[i:i + batch_size], tokenizer.pad_token_id).items()}
-        logits = model(**batch, logits_to_keep=n, use_cache=False).logits.float().cpu()
+        logits = forward(model, left_pad(ids[i:i + batch_size], tokenizer.pad_token_id, share_prefix=True), n).float().cpu()
         logp.append(torch.log_softmax(logits, -1).to(torch.bfloat16))
     return Continuations(ids, torch.cat(logp))
 
@@ -190,17 +189,22 @@ def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group,
             for step in bar:
                 picks, texts = draw(rng, groups)
                 written: list[torch.Tensor] = []
-                grab = [mods[k].register_forward_hook(lambda m, args, out, a=a: written.append((args[0][:, -1] @ a).pow(2).mean()))
-                        for k, a in params.items()]
-                try:
-                    if cont is None:
-                        logits, later = _forward(model, tokenizer, texts, r, params), None
-                    else:
-                        logits, later = _forward_cont(model, tokenizer, texts[:len(texts) - len(picks[2])], cont, picks[2],
-                                                      r, params)
-                finally:
-                    for h in grab:
-                        h.remove()
+
+                @contextmanager
+                def grab() -> Iterator[None]:  # what each writer writes along r at the rows' last positions
+                    hs = [mods[k].register_forward_hook(lambda m, args, out, a=a: written.append((args[0][:, -1] @ a).pow(2).mean()))
+                          for k, a in params.items()]
+                    try:
+                        yield
+                    finally:
+                        for h in hs:
+                            h.remove()
+
+                if cont is None:
+                    logits, later = _forward(model, tokenizer, texts, r, params, grab), None
+                else:
+                    logits, later = _forward_cont(model, tokenizer, texts[:len(texts) - len(picks[2])], cont, picks[2],
+                                                  r, params, grab)
                 loss, row = minibatch_loss(logits, picks, base, refusal_tokens, ls)
                 penalty = torch.stack(written).mean()
                 total = loss + s.l2 * penalty
@@ -217,27 +221,28 @@ def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group,
     return {k: a.detach().clone() for k, a in params.items()}, history
 
 
-def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, readout: Readout) -> torch.Tensor:
-    """Last-position logits [N, vocab] with the readout hooked in, rows in the order of texts."""
-    (idx, batch), = list(encode_batches(tokenizer, texts, len(texts)))
+def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, readout: Readout, rest_hooks=None) -> torch.Tensor:
+    """Last-position logits [N, vocab] with the readout hooked in, rows in the order of texts
+    (rest_hooks: steer.collect.forward's, a context for the rows' own tokens)."""
+    (idx, batch), = list(encode_batches(tokenizer, texts, len(texts), share_prefix=True))
     with applied(model, r, readout):
-        logits = last_logits(model, batch)
+        logits = forward(model, batch, 1, rest_hooks)[:, -1].float().cpu()
     out = torch.empty_like(logits)
     out[torch.tensor(idx)] = logits
     return out
 
 
 def _forward_cont(model, tokenizer, texts: list[str], cont: Continuations, picks: list[int], r: torch.Tensor,
-                  readout: Readout) -> tuple[torch.Tensor, torch.Tensor]:
+                  readout: Readout, rest_hooks=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One left-padded batch: chat texts (target and keep prompts) then the picked harmless
     continuations. Returns first-answer-position logits [len(texts) + len(picks), vocab] (a
     harmless row's first answer position is n positions from its end) and the mean KL(base ||
     edited) over the harmless rows' n - 1 later positions."""
     n = cont.base_logp.shape[1]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] + [cont.ids[i] for i in picks]
-    batch = {k: v.to(input_device(model)) for k, v in left_pad(ids, tokenizer.pad_token_id).items()}
+    batch = left_pad(ids, tokenizer.pad_token_id, share_prefix=True)
     with applied(model, r, readout):
-        out = model(**batch, logits_to_keep=n, use_cache=False).logits.float().cpu()  # [B, n, vocab]
+        out = forward(model, batch, n, rest_hooks).float().cpu()  # [B, n, vocab]
     t = len(texts)
     lp = cont.base_logp[picks, 1:].float()
     later = (lp.exp() * (lp - torch.log_softmax(out[t:, 1:], -1))).sum(-1).mean()

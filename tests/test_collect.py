@@ -75,3 +75,75 @@ def test_collection_with_layers_offloaded_to_disk(tmp_path, tokenizer):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batched_last_logits(offloaded.model, offloaded.tokenizer, texts),
                                batched_last_logits(model, tokenizer, texts), atol=1e-4, rtol=1e-4)
+
+
+def test_shared_prefix_forward_equals_plain_forward(arch, tokenizer):
+    """The prefix run once with its KV cache repeated over the rows gives every row's logits
+    (several last positions), as one left-padded batch does."""
+    from steer.collect import forward, left_pad
+
+    model = make_model(arch)
+    ids = tokenizer(chat_texts(tokenizer, PROMPTS), add_special_tokens=False)["input_ids"]
+    shared = left_pad(ids, tokenizer.pad_token_id, share_prefix=True)
+    assert shared["prefix_ids"].tolist() == [ids[0][:6]]  # "<|im_start|>user\n", one token per byte
+    assert shared["attention_mask"].shape[1] == 6 + shared["input_ids"].shape[1]
+    plain = forward(model, left_pad(ids, tokenizer.pad_token_id), 4)
+    torch.testing.assert_close(forward(model, shared, 4), plain, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefix_gradients_equal_plain(tokenizer):
+    """Gradients flow through the repeated cache into the prefix's share: a vector added to
+    every attention output (prefix positions included) gets the plain batch's gradient."""
+    from steer.collect import forward, left_pad
+
+    model = make_model("llama")
+    ids = tokenizer(chat_texts(tokenizer, PROMPTS), add_special_tokens=False)["input_ids"]
+    grads = []
+    for share in (False, True):
+        v = torch.zeros(model.config.hidden_size, requires_grad=True)
+        hook = model.model.layers[0].self_attn.o_proj.register_forward_hook(lambda m, a, out: out + v)
+        try:
+            forward(model, left_pad(ids, tokenizer.pad_token_id, share_prefix=share), 2).float().logsumexp(-1).sum().backward()
+        finally:
+            hook.remove()
+        grads.append(v.grad)
+    assert grads[1].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_rest_hooks_see_only_the_rows(tokenizer):
+    from contextlib import contextmanager
+
+    from steer.collect import forward, left_pad
+
+    model = make_model("qwen2")
+    ids = tokenizer(chat_texts(tokenizer, PROMPTS), add_special_tokens=False)["input_ids"]
+    seen = []
+
+    @contextmanager
+    def rows():
+        h = model.model.layers[1].mlp.down_proj.register_forward_hook(lambda m, a, out: seen.append(a[0].shape[0]))
+        try:
+            yield
+        finally:
+            h.remove()
+
+    forward(model, left_pad(ids, tokenizer.pad_token_id, share_prefix=True), 1, rows)
+    assert seen == [len(ids)]  # once, for the rows; not for the prefix's single row
+
+
+def test_shared_prefix_leaves_each_row_a_token_and_skips_short_prefixes():
+    from steer.collect import MIN_SHARED, left_pad, shared_prefix_length
+
+    assert shared_prefix_length([[5, 6, 7], [5, 6, 7]]) == 2  # identical rows keep their last token
+    assert shared_prefix_length([[5, 6, 7, 8]]) == 0
+    assert shared_prefix_length([[5, 6, 9], [5, 6, 7, 8]]) == 2
+    short = [[1] * (MIN_SHARED - 1) + [2, 3], [1] * (MIN_SHARED - 1) + [4]]
+    batch = left_pad(short, 0, share_prefix=True)
+    assert "prefix_ids" not in batch and batch["input_ids"].shape == (2, MIN_SHARED + 1)
+    long = [[1] * MIN_SHARED + [2, 3], [1] * MIN_SHARED + [4]]
+    batch = left_pad(long, 0, share_prefix=True)
+    assert batch["prefix_ids"].tolist() == [[1] * MIN_SHARED]
+    assert batch["input_ids"].tolist() == [[2, 3], [0, 4]]
+    assert batch["position_ids"].tolist() == [[MIN_SHARED, MIN_SHARED + 1], [MIN_SHARED, MIN_SHARED]]
+    assert batch["attention_mask"].tolist() == [[1] * MIN_SHARED + [1, 1], [1] * MIN_SHARED + [0, 1]]
