@@ -107,6 +107,7 @@ def last_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
     return forward(model, batch, 1)[:, -1].float().cpu()
 
 
+@torch.inference_mode()
 def batched_last_logits(model, tokenizer, texts: list[str], batch_size: int = 16, desc: str | None = None) -> torch.Tensor:
     """Last-position logits [len(texts), vocab] for chat-formatted texts, in input order."""
     out: list[torch.Tensor | None] = [None] * len(texts)

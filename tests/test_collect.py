@@ -147,3 +147,12 @@ def test_shared_prefix_leaves_each_row_a_token_and_skips_short_prefixes():
     assert batch["input_ids"].tolist() == [[2, 3], [0, 4]]
     assert batch["position_ids"].tolist() == [[MIN_SHARED, MIN_SHARED + 1], [MIN_SHARED, MIN_SHARED]]
     assert batch["attention_mask"].tolist() == [[1] * MIN_SHARED + [1, 1], [1] * MIN_SHARED + [0, 1]]
+
+
+def test_batched_last_logits_build_no_graph(tokenizer):
+    """Inference only: with parameters that require gradients, the logits carry no autograd graph
+    (one would keep every batch's activations alive: an 11 GB peak on the embedded model)."""
+    model = make_model("qwen2")
+    assert all(p.requires_grad for p in model.parameters())
+    logits = batched_last_logits(model, tokenizer, chat_texts(tokenizer, PROMPTS), batch_size=2)
+    assert not logits.requires_grad and logits.grad_fn is None
