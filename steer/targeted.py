@@ -126,7 +126,7 @@ def compute_contrasts(model, tokenizer, texts: dict[str, list[str]], n_positions
 @dataclass
 class TargetedSettings:
     n_val: int = 32  # sensitive and harmful validation prompts (twice as many harmless ones)
-    # Optuna trials (each: one forward pass over the validation prompts, ~13 s on the embedded model); with
+    # Optuna trials (each: one forward pass over the validation prompts, ~7 s on the embedded model with the shared prefix); with
     # 16 (4 seeded, 6 random, 6 TPE) the best edit hinged on the random draws (session 7)
     trials: int = 32
     k_max: int = 3  # largest subspace searched
@@ -152,7 +152,7 @@ class TargetedSettings:
     # steer.readout on top of the chosen edit (0: none): Adam steps, the KL term's answer tokens, and what
     # fit_scale holds validation first-token KL to ("kl": mean <= kl_max; "kl_ucb": 95% bound <= kl_max;
     # "edit": mean <= the chosen edit's own mean)
-    # ReadoutSettings' 32 steps at 3e-4 (10 min on the embedded model), held to the edit's own KL ("edit"):
+    # ReadoutSettings' 32 steps at 3e-4 (7-8 min on the embedded model since session 12, 10 before), held to the edit's own KL ("edit"):
     # session 10's readout, the one whose test split met the KL bound. Shorter schedules that fit the 30-minute
     # budget (results/targeted-readout/run1, run2) either spent KL (0.062 on the test split, held to mean <= 0.05)
     # or were held back to a quarter (English 5.7%)
