@@ -152,9 +152,9 @@ class TargetedSettings:
     # steer.readout on top of the chosen edit (0: none): Adam steps, the KL term's answer tokens, and what
     # fit_scale holds validation first-token KL to ("kl": mean <= kl_max; "kl_ucb": 95% bound <= kl_max;
     # "edit": mean <= the chosen edit's own mean)
-    # ReadoutSettings' 32 steps at 3e-4 (7-8 min on the embedded model since session 12, 10 before), held to the edit's own KL ("edit"):
-    # session 10's readout, the one whose test split met the KL bound. Shorter schedules that fit the 30-minute
-    # budget (results/targeted-readout/run1, run2) either spent KL (0.062 on the test split, held to mean <= 0.05)
+    # ReadoutSettings' 32 steps at 3e-4 (8 min on the embedded model; 10 before the shared prefix), held to the
+    # edit's own KL ("edit"): session 10's readout, the one whose test split met the KL bound. Shorter schedules
+    # that fit session 11's 30-minute budget (results/targeted-readout/run1, run2) either spent KL (0.062 on the test split, held to mean <= 0.05)
     # or were held back to a quarter (English 5.7%)
     readout_steps: int = 32
     readout_lr: float = 3e-4
