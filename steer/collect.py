@@ -102,9 +102,10 @@ def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], logits_to_ke
         return model(**inputs, **{_cache_kwarg(model): cache}, logits_to_keep=logits_to_keep, use_cache=False).logits
 
 
-def last_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def last_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                rest_hooks: Callable[[], AbstractContextManager] | None = None) -> torch.Tensor:
     """Float32 logits [batch, vocab] at the last position (the model's first answer token)."""
-    return forward(model, batch, 1)[:, -1].float().cpu()
+    return forward(model, batch, 1, rest_hooks)[:, -1].float().cpu()
 
 
 @torch.inference_mode()

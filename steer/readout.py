@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import resolve
-from .collect import batched_last_logits, encode_batches, forward, left_pad
+from .collect import batched_last_logits, encode_batches, forward, last_logits, left_pad
 from .edit import add_rank1
 from .engine import GenSpec, generate_ids
 from .errors import SteerError
@@ -189,17 +189,7 @@ def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group,
             for step in bar:
                 picks, texts = draw(rng, groups)
                 written: list[torch.Tensor] = []
-
-                @contextmanager
-                def grab() -> Iterator[None]:  # what each writer writes along r at the rows' last positions
-                    hs = [mods[k].register_forward_hook(lambda m, args, out, a=a: written.append((args[0][:, -1] @ a).pow(2).mean()))
-                          for k, a in params.items()]
-                    try:
-                        yield
-                    finally:
-                        for h in hs:
-                            h.remove()
-
+                grab = lambda: _written(mods, params, written)  # noqa: E731  (the rows only, not a shared prefix)
                 if cont is None:
                     logits, later = _forward(model, tokenizer, texts, r, params, grab), None
                 else:
@@ -221,12 +211,24 @@ def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group,
     return {k: a.detach().clone() for k, a in params.items()}, history
 
 
+@contextmanager
+def _written(mods: dict[str, torch.nn.Module], readout: Readout, into: list[torch.Tensor]) -> Iterator[None]:
+    """Hooks appending, per writer, mean (a^T x)^2 at each row's last position (what it writes along r) to `into`."""
+    hs = [mods[k].register_forward_hook(lambda m, args, out, a=a: into.append((args[0][:, -1] @ a).pow(2).mean()))
+          for k, a in readout.items()]
+    try:
+        yield
+    finally:
+        for h in hs:
+            h.remove()
+
+
 def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, readout: Readout, rest_hooks=None) -> torch.Tensor:
     """Last-position logits [N, vocab] with the readout hooked in, rows in the order of texts
     (rest_hooks: steer.collect.forward's, a context for the rows' own tokens)."""
     (idx, batch), = list(encode_batches(tokenizer, texts, len(texts), share_prefix=True))
     with applied(model, r, readout):
-        logits = forward(model, batch, 1, rest_hooks)[:, -1].float().cpu()
+        logits = last_logits(model, batch, rest_hooks)
     out = torch.empty_like(logits)
     out[torch.tensor(idx)] = logits
     return out
