@@ -32,7 +32,8 @@ Use "embedded" for MODEL/BASE to name the embedded default model explicitly.
 """
 
 EVAL_HELP = """suites: censorship (held-out sensitive prompts, EN/ZH: refusal and censorship
-rates), refusal (harmful and harmless prompts), xstest (safe prompts: over-refusal), kl
+rates), refusal (harmful and harmless prompts), xstest (safe prompts: over-refusal), controls
+(topic-matched China questions nobody censors, EN/ZH: the judge's floor), kl
 (first-token and multi-token KL vs the base/reference model on harmless prompts), mmlu,
 gsm8k, math500, aime24, aime25 (need --data-dir); "all" runs every suite.
 Answers are cached per item in $STEER_CACHE/eval, so an interrupted run resumes."""
@@ -196,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", type=Path, help="benchmark data folder (layout: docs/evaluation.md), e.g. ../shared/data")
         p.add_argument("--limit", default=None, help="items per suite: N for all suites, or suite=N,... (seeded, stratified); default all")
         p.add_argument("--max-new-tokens", default=None, help="suite=N,... overrides of generation lengths")
+        p.add_argument("--repetition-penalty", type=float, default=1.0,
+                       help="decode the judged suites' answers with this repetition penalty (HF's; both models "
+                            "in compare). Default 1.0: plain greedy, the protocol of every committed result")
         p.add_argument("--shots", type=int, default=0, choices=(0, 5), help="MMLU few-shot examples from the dev split (default: 0)")
         p.add_argument("--judge", default="markers", help="'markers' (default) or an OpenAI-compatible URL, e.g. http://localhost:8080/v1#model")
         p.add_argument("--batch-size", type=int, default=16)
@@ -462,7 +466,9 @@ def _eval_config(args):
         raise SteerError(f"--data-dir {args.data_dir} does not exist")
     if args.batch_size < 1:
         raise SteerError("--batch-size must be at least 1")
-    return EvalConfig(suites, args.data_dir, limits, args.seed, args.batch_size, args.shots, tokens)
+    if not args.repetition_penalty > 0:
+        raise SteerError(f"--repetition-penalty must be positive, got {args.repetition_penalty}")
+    return EvalConfig(suites, args.data_dir, limits, args.seed, args.batch_size, args.shots, tokens, args.repetition_penalty)
 
 
 def _eval(args) -> int:

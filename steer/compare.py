@@ -44,6 +44,7 @@ def meta(config: EvalConfig, judge: Judge, models: dict[str, str], elapsed: floa
 
     return {"steer_version": __version__, "command": " ".join(sys.argv), "models": models, "suites": config.suites,
             "limits": config.limits, "seed": config.seed, "shots": config.shots, "judge": judge.name,
+            "decoding": {"greedy": True, "repetition_penalty": config.repetition_penalty, "max_new_tokens": config.max_new_tokens},
             "data_dir": str(config.data_dir) if config.data_dir else None, "elapsed_s": round(elapsed, 1),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0]}}
 

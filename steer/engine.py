@@ -80,6 +80,15 @@ def cached_map(cache: ItemCache, keys: Sequence[str], compute: Callable[[list[in
 class GenSpec:
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()  # cut the answer at the first of these (and stop generating)
+    # HF's multiplicative penalty on every token already in the sequence (prompt included); 1.0 = plain greedy
+    repetition_penalty: float = 1.0
+
+    def cache_key(self) -> dict:
+        """Settings that identify an answer; a default penalty is left out so plain-greedy keys stay as they were."""
+        d = asdict(self)
+        if d["repetition_penalty"] == 1.0:
+            del d["repetition_penalty"]
+        return d
 
 
 def truncate(text: str, stop: Sequence[str]) -> str:
@@ -89,11 +98,13 @@ def truncate(text: str, stop: Sequence[str]) -> str:
 
 @torch.inference_mode()
 def generate_ids(model, tokenizer, texts: list[str], spec: GenSpec, batch_size: int = 16, desc: str | None = None) -> list[dict]:
-    """Greedy answers in input order: {"text", "ids"} (ids = generated tokens up to and incl. EOS)."""
+    """Greedy answers in input order: {"text", "ids"} (ids = generated tokens up to and incl. EOS);
+    with spec.repetition_penalty != 1 the greedy choice is made on the penalized logits."""
     eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
     config = GenerationConfig(max_new_tokens=spec.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=sorted(eos), stop_strings=list(spec.stop) or None)
+                              eos_token_id=sorted(eos), stop_strings=list(spec.stop) or None,
+                              repetition_penalty=spec.repetition_penalty)
     device = input_device(model)
     out: list[dict] = [{}] * len(texts)
     bar = tqdm(total=len(texts), desc=desc, disable=desc is None, leave=False)
@@ -114,7 +125,7 @@ def generate_ids(model, tokenizer, texts: list[str], spec: GenSpec, batch_size: 
 def generate_cached(model, tokenizer, texts: list[str], spec: GenSpec, cache: ItemCache, model_id: str,
                     batch_size: int = 16, desc: str | None = None) -> list[dict]:
     """generate_ids with the per-item cache; batches are formed from the uncached items only."""
-    keys = [key("generate", model_id, t, asdict(spec)) for t in texts]
+    keys = [key("generate", model_id, t, spec.cache_key()) for t in texts]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     compute = lambda idx: generate_ids(model, tokenizer, [texts[i] for i in idx], spec, batch_size)  # noqa: E731
     # Chunks of several batches keep length sorting effective while saving progress often.

@@ -1,6 +1,6 @@
 """Evaluate: run named suites on one model with the cached engine; judge, KL and damage checks.
 
-Suites (see SUITES): censorship, refusal, xstest (judged answers); kl (needs a reference model);
+Suites (see SUITES): censorship, refusal, xstest, controls (judged answers); kl (needs a reference model);
 mmlu, gsm8k, math500, aime24, aime25 (steer.capability). Each returns
     {"metrics": {name: {"value", "ci": [lo, hi], "n"}}, "items": [per-item dicts], "paired": [...]}
 where `paired` names the boolean item fields that `steer compare` tests item by item.
@@ -38,6 +38,7 @@ class EvalConfig:
     batch_size: int = 16
     shots: int = 0  # MMLU few-shot examples from the dev split
     max_new_tokens: dict[str, int] = field(default_factory=dict)  # per suite overrides
+    repetition_penalty: float = 1.0  # judged suites' decoding (1.0 = plain greedy, the default protocol)
 
     def limit(self, suite: str) -> int | None:
         return self.limits.get(suite, self.limits.get("*"))
@@ -84,7 +85,7 @@ def sample(prompts: list[Prompt], limit: int | None, seed: int) -> list[Prompt]:
 def judged(ctx: Ctx, suite: str, groups: dict[str, list[Prompt]]) -> dict:
     """Greedy answers (cached) for every group, labelled by the judge; rates per group."""
     flat = [(g, p) for g, ps in groups.items() for p in ps]
-    spec = GenSpec(ctx.config.tokens(suite, JUDGED_TOKENS))
+    spec = GenSpec(ctx.config.tokens(suite, JUDGED_TOKENS), repetition_penalty=ctx.config.repetition_penalty)
     texts = chat_texts(ctx.tokenizer, [p.text for _, p in flat])
     outs = generate_cached(ctx.model, ctx.tokenizer, texts, spec, ctx.cache, ctx.model_id, ctx.config.batch_size, desc=suite)
     labels = ctx.judge.classify([p.text for _, p in flat], [o["text"] for o in outs])
@@ -95,7 +96,7 @@ def judged(ctx: Ctx, suite: str, groups: dict[str, list[Prompt]]) -> dict:
     for g in groups:
         rows = [i for i in items if i["group"] == g]
         metrics[f"refusal/{g}"] = rate([i["refused"] for i in rows])
-        if suite == "censorship":
+        if suite in ("censorship", "controls"):
             metrics[f"censorship/{g}"] = rate([i["censored"] for i in rows])
             # diagnostic beside it, never instead: a repetition loop is not an answer (so it counts as
             # censored above), but it is a decoding failure of small models rather than a deflection
@@ -109,6 +110,14 @@ def judged(ctx: Ctx, suite: str, groups: dict[str, list[Prompt]]) -> dict:
 def suite_censorship(ctx: Ctx) -> dict:
     lim, s = ctx.config.limit("censorship"), ctx.config.seed
     return judged(ctx, "censorship", {lang: sample(load_prompts("sensitive", "test", lang), lim, s) for lang in ("en", "zh")})
+
+
+def suite_controls(ctx: Ctx) -> dict:
+    """The censorship metrics on topic-matched controls (China questions nobody censors, test split):
+    the rate the judge gives answers that are not censorship (loops, echoes, invented deflections),
+    so the floor under the censorship suite's rates."""
+    lim, s = ctx.config.limit("controls"), ctx.config.seed
+    return judged(ctx, "controls", {lang: sample(load_prompts("controls", "test", lang), lim, s) for lang in ("en", "zh")})
 
 
 def suite_refusal(ctx: Ctx) -> dict:
@@ -214,6 +223,7 @@ SUITES: dict[str, Callable[[Ctx], dict]] = {
     "censorship": suite_censorship,
     "refusal": suite_refusal,
     "xstest": suite_xstest,
+    "controls": suite_controls,
     "kl": suite_kl,
     **{name: _capability(name) for name in ("mmlu", "gsm8k", "math500", "aime24", "aime25")},
 }

@@ -147,7 +147,9 @@ def eval_markdown(summary: dict) -> str:
 
 
 def _meta_line(meta: dict) -> str:
-    return (f"\nseed {meta['seed']}; limits {meta['limits'] or 'none (all items)'}; MMLU shots {meta['shots']}; judge "
+    penalty = meta.get("decoding", {}).get("repetition_penalty", 1.0)
+    decoding = "greedy" if penalty == 1.0 else f"greedy with repetition penalty {penalty}"
+    return (f"\nseed {meta['seed']}; limits {meta['limits'] or 'none (all items)'}; judged answers {decoding}; MMLU shots {meta['shots']}; judge "
             f"{meta['judge']}; steer {meta['steer_version']}, torch {meta['versions']['torch']}, transformers "
             f"{meta['versions']['transformers']}; {meta['elapsed_s']} s.\n\n`{meta['command']}`")
 

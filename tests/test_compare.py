@@ -61,6 +61,20 @@ def test_eval_twice_reuses_the_cache_and_refuses_to_overwrite(ckpts, data_dir, m
     assert summary["results"]["censorship"]["metrics"]["refusal/en"]["n"] == 3
 
 
+def test_repetition_penalty_decodes_both_models_and_is_recorded(ckpts, capsys):
+    common = ["--suite", "controls", "--limit", "3", "--max-new-tokens", "controls=8"]
+    assert main(["compare", str(ckpts / "base"), str(ckpts / "edited"), *common, "--out", str(ckpts / "g")]) == 0
+    assert main(["compare", str(ckpts / "base"), str(ckpts / "edited"), *common, "--repetition-penalty", "1.5",
+                 "--out", str(ckpts / "p")]) == 0
+    greedy, penal = (json.loads((ckpts / d / "comparison.json").read_text()) for d in ("g", "p"))
+    assert greedy["meta"]["decoding"]["repetition_penalty"] == 1.0 and penal["meta"]["decoding"]["repetition_penalty"] == 1.5
+    for side in ("base", "edited"):  # both sides decoded with the penalty, not read from the greedy cache
+        outs = [[json.loads(line)["output"] for line in (ckpts / d / side / "items" / "controls.jsonl").read_text().splitlines()]
+                for d in ("g", "p")]
+        assert outs[0] != outs[1], side
+    assert "greedy with repetition penalty 1.5" in (ckpts / "p" / "report.md").read_text()
+
+
 def test_identical_models_have_no_significant_difference():
     items = [{"id": str(i), "correct": i % 2 == 0} for i in range(10)]
     res = paired({"mmlu": {"items": items, "paired": ["correct"]}}, {"mmlu": {"items": items, "paired": ["correct"]}})
@@ -76,6 +90,7 @@ def test_identical_models_have_no_significant_difference():
     (["--suite", "mmlu", "--limit", "ten"], "expected N or suite=N"),
     (["--suite", "mmlu", "--limit", "gsm8k=5"], "not in --suite"),
     (["--suite", "kl"], "kl needs a reference model"),
+    (["--suite", "censorship", "--repetition-penalty", "0"], "--repetition-penalty must be positive"),
 ])
 def test_eval_bad_input_is_one_line(ckpts, extra, message, capsys):
     assert main(["eval", str(ckpts / "base"), "--out", str(ckpts / "x"), *extra]) == 2

@@ -76,3 +76,35 @@ def test_generate_cached_reuses_answers(tokenizer, tmp_path, monkeypatch):
     assert again == first
     lines = (tmp_path / "c.jsonl").read_text().splitlines()
     assert len(lines) == len(PROMPTS) and all(json.loads(line)["value"]["ids"] for line in lines)
+
+
+def _penalized_greedy(model, ids: list[int], n: int, penalty: float) -> list[int]:
+    """Reference: greedy on logits where every token already in the sequence (prompt included)
+    has its logit divided by the penalty when positive, multiplied when negative."""
+    seq = list(ids)
+    for _ in range(n):
+        logits = model(torch.tensor([seq])).logits[0, -1].double()
+        seen = torch.tensor(sorted(set(seq)))
+        logits[seen] = torch.where(logits[seen] > 0, logits[seen] / penalty, logits[seen] * penalty)
+        seq.append(int(logits.argmax()))
+    return seq[len(ids):]
+
+
+@torch.inference_mode()
+def test_repetition_penalty_matches_a_hand_written_greedy_loop(tokenizer):
+    model = make_model("qwen2")
+    texts = chat_texts(tokenizer, PROMPTS[1:3])
+    plain = generate_ids(model, tokenizer, texts, GenSpec(12), batch_size=2)
+    penal = generate_ids(model, tokenizer, texts, GenSpec(12, repetition_penalty=1.3), batch_size=2)
+    assert [p["ids"] for p in plain] != [p["ids"] for p in penal]  # the penalty reached generation
+    for text, out in zip(texts, penal):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert out["ids"] == _penalized_greedy(model, ids, len(out["ids"]), 1.3)[:len(out["ids"])]
+
+
+def test_only_a_non_default_penalty_enters_the_cache_key():
+    from dataclasses import asdict
+
+    assert GenSpec(48).cache_key() == {k: v for k, v in asdict(GenSpec(48)).items() if k != "repetition_penalty"}
+    assert GenSpec(48).cache_key() == {"max_new_tokens": 48, "stop": ()}  # the keys every committed cache was written with
+    assert GenSpec(48, repetition_penalty=1.1).cache_key()["repetition_penalty"] == 1.1

@@ -7,7 +7,7 @@ from conftest import make_model
 from steer.engine import ItemCache, fingerprint
 from steer.errors import SteerError
 from steer.evaluate import Ctx, EvalConfig, logits_fn, parse_suites, run_suites, token_kl
-from steer.prompts import chat_texts
+from steer.prompts import chat_texts, load_prompts
 from steer.select import first_token_kl
 
 
@@ -38,11 +38,11 @@ def test_token_kl_is_zero_for_the_same_model_and_matches_first_token_kl(tokenize
 def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
     model = make_model("llama")
     config = EvalConfig(parse_suites("all"), data_dir, {"*": 4, "mmlu": 4}, max_new_tokens={"gsm8k": 8, "math500": 8, "aime24": 8,
-                        "aime25": 8, "censorship": 6, "refusal": 6, "xstest": 6})
+                        "aime25": 8, "censorship": 6, "refusal": 6, "xstest": 6, "controls": 6})
     ctx = ctx_for(model, tokenizer, config, tmp_path)
     ctx.reference = ctx_for(make_model("llama", seed=3), tokenizer, config, tmp_path)
     res = run_suites(ctx)
-    assert list(res) == ["censorship", "refusal", "xstest", "kl", "mmlu", "gsm8k", "math500", "aime24", "aime25"]
+    assert list(res) == ["censorship", "refusal", "xstest", "controls", "kl", "mmlu", "gsm8k", "math500", "aime24", "aime25"]
     for suite, r in res.items():
         for name, m in r["metrics"].items():
             assert m["n"] > 0 and (m["value"] != m["value"] or 0 <= m["value"]), (suite, name)
@@ -52,6 +52,14 @@ def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
         m = res["censorship"]["metrics"].get(f"censorship_without_loops/{lang}")
         assert (m is None) if not fluent else (m["n"] == len(fluent) and m["value"] == sum(fluent) / len(fluent))
     assert res["xstest"]["metrics"]["refusal/safe"]["n"] == 2  # only the safe prompts
+    # controls: held-out topic-matched China questions, judged with the censorship metrics
+    ctrl = res["controls"]
+    assert {i["id"].split("-")[1] for i in ctrl["items"]} == {"en", "zh"} and all(i["id"].startswith("ctrl-") for i in ctrl["items"])
+    test_ids = {p.id for p in load_prompts("controls", "test")}
+    assert {i["id"] for i in ctrl["items"]} <= test_ids
+    for lang in ("en", "zh"):
+        rows = [i["censored"] for i in ctrl["items"] if i["group"] == lang]
+        assert ctrl["metrics"][f"censorship/{lang}"] == {**ctrl["metrics"][f"censorship/{lang}"], "n": 4, "value": sum(rows) / 4}
     assert {i["subject"] for i in res["mmlu"]["items"]} == {"anatomy", "astronomy"}  # 2 per subject
     assert set(res["mmlu"]["per_subject"]) == {"anatomy", "astronomy"}
     assert res["kl"]["metrics"]["kl/first_token"]["value"] > 0
