@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-new-tokens", default=None, help="suite=N,... overrides of generation lengths")
         p.add_argument("--repetition-penalty", type=float, default=1.0,
                        help="decode the judged suites' answers with this repetition penalty (HF's; both models "
-                            "in compare). Default 1.0: plain greedy, the protocol of every committed result")
+                            "in compare). Default 1.0: plain greedy, the committed results' protocol unless their README says otherwise")
         p.add_argument("--shots", type=int, default=0, choices=(0, 5), help="MMLU few-shot examples from the dev split (default: 0)")
         p.add_argument("--judge", default="markers", help="'markers' (default) or an OpenAI-compatible URL, e.g. http://localhost:8080/v1#model")
         p.add_argument("--batch-size", type=int, default=16)
