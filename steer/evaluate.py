@@ -107,17 +107,21 @@ def judged(ctx: Ctx, suite: str, groups: dict[str, list[Prompt]]) -> dict:
     return {"metrics": metrics, "items": items, "paired": ["refused", "censored", "degenerate"]}
 
 
+def _by_language(ctx: Ctx, suite: str, prompt_set: str) -> dict:
+    """A shipped set's test split, English and Chinese groups, judged."""
+    lim, s = ctx.config.limit(suite), ctx.config.seed
+    return judged(ctx, suite, {lang: sample(load_prompts(prompt_set, "test", lang), lim, s) for lang in ("en", "zh")})
+
+
 def suite_censorship(ctx: Ctx) -> dict:
-    lim, s = ctx.config.limit("censorship"), ctx.config.seed
-    return judged(ctx, "censorship", {lang: sample(load_prompts("sensitive", "test", lang), lim, s) for lang in ("en", "zh")})
+    return _by_language(ctx, "censorship", "sensitive")
 
 
 def suite_controls(ctx: Ctx) -> dict:
     """The censorship metrics on topic-matched controls (China questions nobody censors, test split):
     the rate the judge gives answers that are not censorship (loops, echoes, invented deflections),
     so the floor under the censorship suite's rates."""
-    lim, s = ctx.config.limit("controls"), ctx.config.seed
-    return judged(ctx, "controls", {lang: sample(load_prompts("controls", "test", lang), lim, s) for lang in ("en", "zh")})
+    return _by_language(ctx, "controls", "controls")
 
 
 def suite_refusal(ctx: Ctx) -> dict:
