@@ -37,7 +37,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from steer.load import sha256_file
+    from steer.model.load import sha256_file
 
     info = {
         "command": " ".join(command),

@@ -20,8 +20,8 @@ import subprocess
 import torch
 from targeted_setup import ROOT, prepared, committed_direction
 
-from steer.edit import Profile
-from steer.search import EditParams, edit_basis, score
+from steer.edit.project import Profile
+from steer.targeted.search import EditParams, edit_basis, score
 
 GRID = {"attn": (1.0, 1.1), "mlp": (0.6, 0.75, 0.9), "embed": (0.7, 1.0)}
 

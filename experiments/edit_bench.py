@@ -10,7 +10,7 @@ from resource.getrusage(RUSAGE_CHILDREN) in a per-run wrapper):
   (b) edit:  `steer edit CKPT --directions F --out DIR` (the streaming editor; by default no
       sha256 of the files), and edit_hash: the same with --hash (input and output
       sha256 in the manifest: two extra hashing passes, shown for what they cost);
-  (c) naive: AutoModelForCausalLM.from_pretrained(dtype="auto"), steer.edit.orthogonalize,
+  (c) naive: AutoModelForCausalLM.from_pretrained(dtype="auto"), steer.edit.project.orthogonalize,
       save_pretrained (skipped with --skip-naive, or when 2.5x the checkpoint exceeds free RAM).
 Page cache: dropping it needs root, so every run is preceded by `sync` and a full read of the
 input files (all runs see a warm input cache). Each run's wall time is taken twice: when the
@@ -42,9 +42,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from steer.directions import DirectionSet  # noqa: E402
-from steer.load import weight_files  # noqa: E402
-from steer.rawio import header_bytes, read_header  # noqa: E402
+from steer.locate.directions import DirectionSet  # noqa: E402
+from steer.model.load import weight_files  # noqa: E402
+from steer.checkpoint.rawio import header_bytes, read_header  # noqa: E402
 
 GiB = 1 << 30
 # Runs in a fresh interpreter: the child's wall time and peak RSS (RUSAGE_CHILDREN of this wrapper = that child only).
@@ -57,7 +57,7 @@ COPY = """import sys
 from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from steer.load import weight_files
+from steer.model.load import weight_files
 src, out = Path(sys.argv[1]), Path(sys.argv[2]); out.mkdir(parents=True)
 for f in weight_files(src):
     with safe_open(str(f), "pt") as fh:
@@ -65,8 +65,8 @@ for f in weight_files(src):
     save_file(load_file(str(f)), str(out / f.name), metadata=meta)"""
 NAIVE = """import sys, torch
 from transformers import AutoModelForCausalLM
-from steer.directions import DirectionSet
-from steer.edit import orthogonalize
+from steer.locate.directions import DirectionSet
+from steer.edit.project import orthogonalize
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype="auto")
 orthogonalize(model, DirectionSet.load(sys.argv[2]).vector())
 model.save_pretrained(sys.argv[3])"""
@@ -191,7 +191,7 @@ def run(a) -> dict:
         info = describe(ckpt)
         directions_file(ckpt, work / "dirs.safetensors")
         dirs = str(work / "dirs.safetensors")
-        steer = [sys.executable, "-m", "steer.cli", "edit", str(ckpt), "--directions", dirs, "--out"]
+        steer = [sys.executable, "-m", "steer.cli.main", "edit", str(ckpt), "--directions", dirs, "--out"]
         out = work / "out"  # every route writes here (removed before and after each run)
         routes = {"copy": [sys.executable, "-c", COPY, str(ckpt), str(out)],
                   "edit": steer + [str(out)],

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from steer.benchmarks import LOADERS, stratified_subset
-from steer.capability import BOXED_SUFFIX, GSM8K_SUFFIX, MAX_TOKENS, STOP
-from steer.engine import GenSpec, generate_ids
-from steer.evaluate import JUDGED_TOKENS
-from steer.load import load_model
-from steer.mmlu import score_mmlu
+from steer.eval.benchmarks import LOADERS, stratified_subset
+from steer.eval.capability import BOXED_SUFFIX, GSM8K_SUFFIX, MAX_TOKENS, STOP
+from steer.eval.engine import GenSpec, generate_ids
+from steer.eval.suites import JUDGED_TOKENS
+from steer.model.load import load_model
+from steer.eval.mmlu import score_mmlu
 from steer.prompts import chat_texts, load_prompts
 
 

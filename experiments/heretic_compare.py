@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--table-only", action="store_true",
                     help="rebuild table.md from the saved heretic run and results/targeted-embedded (no heretic, no evaluation)")
     args = ap.parse_args()
-    from steer.load import embedded_checkpoint
+    from steer.model.load import embedded_checkpoint
 
     work, dest = ROOT / "runs" / "heretic", ROOT / "results" / "heretic-vs-steer"
     work.mkdir(parents=True, exist_ok=True)

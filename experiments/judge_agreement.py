@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from steer.judge import LABELS, MarkerJudge, agreement
-from steer.save import write_json
+from steer.eval.judge import LABELS, MarkerJudge, agreement
+from steer.checkpoint.save import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "steer" / "data" / "judge"

@@ -17,10 +17,10 @@ import json
 import random
 from pathlib import Path
 
-from steer.directions import DirectionSet
-from steer.edit import ablated
-from steer.generation import generate
-from steer.load import load_model
+from steer.locate.directions import DirectionSet
+from steer.edit.project import ablated
+from steer.model.generation import generate
+from steer.model.load import load_model
 from steer.prompts import chat_texts, load_prompts
 
 ROOT = Path(__file__).resolve().parents[1]

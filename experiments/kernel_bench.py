@@ -1,4 +1,4 @@
-"""Benchmark steer.kernels.project against a plain copy of the same matrix (its memory-bound floor).
+"""Benchmark steer.edit.kernels.project against a plain copy of the same matrix (its memory-bound floor).
 
     python experiments/kernel_bench.py --threads 1 --sides out,in --backends native,blocked
     python experiments/kernel_bench.py                       # 8192 x 8192, fp32 and bf16, k = 1 and 4
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from steer.edit import orthonormal_basis, project_out
-from steer.kernels import kernel_name, project
+from steer.edit.project import orthonormal_basis, project_out
+from steer.edit.kernels import kernel_name, project
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sides", default="out", help="comma list of out,in")
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--backends", default="auto", help="comma list of steer.kernels backends (auto, native, blocked, triton)")
+    p.add_argument("--backends", default="auto", help="comma list of steer.edit.kernels backends (auto, native, blocked, triton)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--preserve-norm", action="store_true")

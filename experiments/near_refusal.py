@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from targeted_setup import ROOT, RUNS, prepared
 
-from steer.collect import batched_last_logits
-from steer.generation import generate
-from steer.judge import MarkerJudge
+from steer.model.collect import batched_last_logits
+from steer.model.generation import generate
+from steer.eval.judge import MarkerJudge
 from steer.prompts import chat_texts
-from steer.select import refusal_score
-from steer.targeted import rebuild
+from steer.locate.select import refusal_score
+from steer.targeted.contrasts import rebuild
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Exploration: which steer.optimize settings give a direction with the best no-decoding trade-off.
+"""Exploration: which steer.targeted.optimize settings give a direction with the best no-decoding trade-off.
 
     python experiments/optimize_variants.py --set NAME [--only VARIANTS] [--out results/optimize-variants]
 
@@ -8,7 +8,7 @@ flat (attention, MLP) strength pairs its set lists, on the validation split, as 
 (lower is better), harmful refusal score (must stay >= the floor), first-token KL on the harmless
 prompts the base model answers (what the search bounds) and on a seeded sample of all harmless
 validation prompts (what the evaluation's KL suite measures: it includes the few the base
-refuses), and the share of target prompts scoring above steer.search.NEAR_REFUSAL (greedy answers
+refuses), and the share of target prompts scoring above steer.targeted.search.NEAR_REFUSAL (greedy answers
 refuse above it). The variants "session6" and "session8" are the directions of those sessions'
 committed runs (results/targeted-embedded at e3605b1 / 7c5c9b4, read from git history; no
 training); each set scores one of them as its reference. No generation, no judge: this chooses what to run in full, it is not a result about
@@ -26,11 +26,11 @@ from dataclasses import asdict, replace
 import torch
 from targeted_setup import ROOT, prepared, committed_direction
 
-from steer.collect import batched_last_logits
-from steer.edit import Profile
-from steer.optimize import OptimizeSettings, optimize_direction
+from steer.model.collect import batched_last_logits
+from steer.edit.project import Profile
+from steer.targeted.optimize import OptimizeSettings, optimize_direction
 from steer.prompts import chat_texts, load_prompts, seeded_sample
-from steer.search import NEAR_REFUSAL, EditParams, ValData, edit_basis, score
+from steer.targeted.search import NEAR_REFUSAL, EditParams, ValData, edit_basis, score
 
 BASE = OptimizeSettings(steps=32)  # the default until session 8; the sets below vary it
 # each set: the variants trained and the (attention, MLP) strength pairs every direction is scored at
@@ -67,7 +67,7 @@ def main() -> None:
     loaded, ts, prep = prepared()
     m, tok, c = loaded.model, loaded.tokenizer, prep.contrasts
     layer = round(0.6 * (c.censorship.shape[0] - 1))
-    from steer.directions import remove_span
+    from steer.locate.directions import remove_span
 
     init = remove_span(c.censorship, c.harmless_mean)[layer, -1]
     span = c.harmful[:, -1]

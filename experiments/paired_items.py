@@ -5,7 +5,7 @@
 For when the two sides come from separate runs (e.g. an edited model's `steer eval` against a
 committed base run's items): items are matched by id; both sides must hold the same ids. Prints
 and writes both rates, the paired delta with its bootstrap 95% CI and the exact McNemar test
-(steer.stats, as `steer compare` computes them).
+(steer.eval.stats, as `steer compare` computes them).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from steer.stats import mcnemar_exact, paired_bootstrap_ci
+from steer.eval.stats import mcnemar_exact, paired_bootstrap_ci
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Shared-prefix forward passes (steer.collect.left_pad(share_prefix=True)) against plain
+"""Shared-prefix forward passes (steer.model.collect.left_pad(share_prefix=True)) against plain
 left-padded batches, measured in one run on the embedded model.
 
     python experiments/prefix_bench.py --out results/prefix-bench
@@ -9,9 +9,9 @@ the rows. Three workloads of the targeted pipeline, each run both ways on the sa
 the optimized edit direction of results/targeted-readout hooked in as the pipeline does:
 - search trial: last-position logits of the 128 validation prompts, batches of 32, no gradient;
 - optimize step: one minibatch (8 sensitive, 6 harmful, 12 harmless train prompts), forward and
-  backward to the direction (steer.optimize);
+  backward to the direction (steer.targeted.optimize);
 - readout step: 8 + 6 prompts and 24 harmless prompts teacher-forced through 8 answer tokens,
-  logits at the last 8 positions, forward and backward to a readout (steer.readout).
+  logits at the last 8 positions, forward and backward to a readout (steer.targeted.readout).
 Reports the median of --repeats timings (plain and shared interleaved), the ratio plain /
 shared, and the largest logit difference between the two (float rounding).
 """
@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from steer.collect import forward, left_pad
-from steer.edit import Profile, ablated
-from steer.load import load_model
+from steer.model.collect import forward, left_pad
+from steer.edit.project import Profile, ablated
+from steer.model.load import load_model
 from steer.prompts import chat_texts, load_prompts
-from steer.readout import applied, continuations, zeros
+from steer.targeted.readout import applied, continuations, zeros
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python experiments/readout_checkpoint.py --config kl_tokens=8 --out runs/readout [--force]
 
 Rebuilds the edit recorded in results/targeted-embedded/ (session 8's), trains a readout
-(steer.readout) with the --config settings (experiments/readout_probe.py's syntax; deterministic,
+(steer.targeted.readout) with the --config settings (experiments/readout_probe.py's syntax; deterministic,
 so the same readout as the probe's row), scales it back to the largest fraction that meets the
 search's constraints on the validation split (readout.fit_scale), bakes it into the weights and
 saves a Hugging Face checkpoint with `readout_run.json` (settings, fraction, fits, commit). The
@@ -23,10 +23,10 @@ import torch
 from readout_probe import parse
 from targeted_setup import ROOT, prepared
 
-from steer.load import checkpoint_hash
-from steer.readout import SCALES, bake, continuations, fit_scale, scaled, train_readout
-from steer.save import atomic_dir, check_output, save_checkpoint, write_json
-from steer.targeted import rebuild, recorded_edit
+from steer.model.load import checkpoint_hash
+from steer.targeted.readout import SCALES, bake, continuations, fit_scale, scaled, train_readout
+from steer.checkpoint.save import atomic_dir, check_output, save_checkpoint, write_json
+from steer.targeted.contrasts import rebuild, recorded_edit
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
-"""Probe: a learned readout (steer.readout) on top of the committed targeted edit, validation split only.
+"""Probe: a learned readout (steer.targeted.readout) on top of the committed targeted edit, validation split only.
 
     python experiments/readout_probe.py [--config lr=1e-4,l2=1,steps=32 ...] [--out results/readout-probe]
 
 Rebuilds the edit recorded in results/targeted-embedded/ (session 8's, as `steer edit` would),
-then for each --config trains a readout on the train splits (steer.optimize's loss) and measures
+then for each --config trains a readout on the train splits (steer.targeted.optimize's loss) and measures
 on the validation split: the search's no-decoding scores (target score, share of refused prompts
 above NEAR_REFUSAL, harmful score, first-token KL and its 95% bound), the judged greedy answers
 the confirmation step uses (censorship EN / ZH, harmful refusal), and the largest fraction of
@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from targeted_setup import ROOT, prepared
 
-from steer.collect import batched_last_logits
-from steer.readout import ReadoutSettings, applied, continuations, fit_scale, train_readout
-from steer.search import metrics
-from steer.targeted import judged_rates, rebuild, recorded_edit
+from steer.model.collect import batched_last_logits
+from steer.targeted.readout import ReadoutSettings, applied, continuations, fit_scale, train_readout
+from steer.targeted.search import metrics
+from steer.targeted.contrasts import judged_rates, rebuild, recorded_edit
 
 
 def parse(spec: str) -> ReadoutSettings:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from steer.load import load_model
-from steer.search import EditParams, edit_basis, edited, score
-from steer.targeted import TargetedSettings, judged_rates, prepare
+from steer.model.load import load_model
+from steer.targeted.search import EditParams, edit_basis, edited, score
+from steer.targeted.contrasts import TargetedSettings, judged_rates, prepare
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
 
 
 def _flat(s: float):
-    from steer.edit import Profile
+    from steer.edit.project import Profile
 
     return Profile(peak=s, floor=s)
 

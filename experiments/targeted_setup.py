@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load
 
-from steer.load import Loaded, load_model
-from steer.targeted import Prepared, TargetedSettings, prepare
+from steer.model.load import Loaded, load_model
+from steer.targeted.contrasts import Prepared, TargetedSettings, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 # results/targeted-embedded/ held these sessions' runs at these commits; later runs replaced its files

@@ -16,18 +16,18 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .collect import batched_last_logits, residual_means
-from .directions import DirectionSet, diff_in_means, project_off
-from .edit import ablated, orthogonalize
-from .errors import SteerError
-from .evaluate import EvalConfig, logits_fn, run_suites, suite_kl
-from .kernels import kernel_name
-from .load import Loaded, checkpoint_hash, load_model
-from .prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash, seeded_sample
-from .report import before_after_table, plot_selection, selection_table, write_report
-from .save import atomic_dir, check_output, save_checkpoint, write_json
-from .select import find_refusal_tokens, select_direction, split_by_score
+from steer import __version__
+from steer.model.collect import batched_last_logits, residual_means
+from steer.locate.directions import DirectionSet, diff_in_means, project_off
+from steer.edit.project import ablated, orthogonalize
+from steer.errors import SteerError
+from steer.eval.suites import EvalConfig, logits_fn, run_suites, suite_kl
+from steer.edit.kernels import kernel_name
+from steer.model.load import Loaded, checkpoint_hash, load_model
+from steer.prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash, seeded_sample
+from steer.report.tables import before_after_table, plot_selection, selection_table, write_report
+from steer.checkpoint.save import atomic_dir, check_output, save_checkpoint, write_json
+from steer.locate.select import find_refusal_tokens, select_direction, split_by_score
 
 
 @dataclass
@@ -153,7 +153,7 @@ def _kl(ctx, preview) -> dict:
 def before_after(loaded: Loaded, config: EvalConfig, preview, apply) -> tuple[dict, dict]:
     """Evaluate the base model, measure KL against the previewed edit, apply the edit to the
     weights (apply()), evaluate again. The same engine and suites as `steer eval`."""
-    from .compare import context
+    from steer.eval.compare import context
 
     _log("evaluating the base model on held-out prompts")
     ctx = context(loaded, config)
@@ -209,9 +209,9 @@ def search_settings(ts) -> dict:
 def targeted_search(loaded: Loaded, ts, study: Path | None = None):
     """Contrasts, the seeded resumable Optuna search, and the judge-confirmed choice among the
     Pareto candidates. Returns (prepared, search inputs, study, front, confirmation, study path)."""
-    from .load import cache_dir
-    from .search import SEARCH_VERSION, fingerprint, pareto, run_search
-    from .targeted import confirm, prepare
+    from steer.model.load import cache_dir
+    from steer.targeted.search import SEARCH_VERSION, fingerprint, pareto, run_search
+    from steer.targeted.contrasts import confirm, prepare
 
     m, tok = loaded.model, loaded.tokenizer
     torch.manual_seed(ts.seed)
@@ -247,9 +247,9 @@ def targeted_abliterate(model: str | None, out: Path, ts=None, settings: Setting
     harmless), an Optuna search scored without decoding, judge-confirmed Pareto candidates, then
     the same edit-evaluate-save path as `abliterate`. `study` (a journal file) makes the search
     resumable; by default it lives in $STEER_CACHE/search/."""
-    from .report import optimize_summary, pareto_table, plot_cosines, plot_pareto, readout_summary, stage_times
-    from .search import EditParams, edit_basis, trial_rows
-    from .targeted import TargetedSettings, apply_edit, fit_readout, previewed
+    from steer.report.tables import optimize_summary, pareto_table, plot_cosines, plot_pareto, readout_summary, stage_times
+    from steer.targeted.search import EditParams, edit_basis, trial_rows
+    from steer.targeted.contrasts import TargetedSettings, apply_edit, fit_readout, previewed
 
     ts, settings = ts or TargetedSettings(), settings or Settings()
     check_output(Path(out), force, (Path(model) if model else None,))

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SteerError
+from steer.errors import SteerError
 
 SHIPPED_DIR = Path(__file__).parent / "data" / "prompts"
 SHIPPED = ("sensitive", "controls", "harmless", "harmful")

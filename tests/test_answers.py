@@ -1,6 +1,6 @@
 import pytest
 
-from steer.answers import boxed, equivalent, last_number
+from steer.eval.answers import boxed, equivalent, last_number
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from steer.benchmarks import LOADERS, Item, load_mmlu, stratified_subset
+from steer.eval.benchmarks import LOADERS, Item, load_mmlu, stratified_subset
 from steer.errors import SteerError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

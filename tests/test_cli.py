@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from conftest import make_model
-from steer.adapters import resolve
-from steer.cli import main
-from steer.collect import residual_means
-from steer.directions import DirectionSet, diff_in_means
-from steer.load import checkpoint_hash, load_model
+from steer.model.adapters import resolve
+from steer.cli.main import main
+from steer.model.collect import residual_means
+from steer.locate.directions import DirectionSet, diff_in_means
+from steer.model.load import checkpoint_hash, load_model
 from steer.prompts import chat_texts, post_instruction_length
-from steer.save import save_checkpoint
+from steer.checkpoint.save import save_checkpoint
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_chat_keeps_history_and_quits_on_empty_line(setup, capsys, monkeypatch):
 
 
 def test_search_writes_the_pareto_front(setup, monkeypatch, capsys):
-    from steer import targeted
+    from steer.targeted import contrasts as targeted
 
     monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
     out = setup / "search"
@@ -134,7 +134,7 @@ def test_device_map_flags_are_checked_before_loading(setup, capsys):
 
 
 def test_export_gguf_command(tmp_path, tokenizer, capsys):
-    from steer.gguf_io import GGUFSource
+    from steer.checkpoint.gguf_io import GGUFSource
 
     model = make_model("qwen2")
     save_checkpoint(model, tokenizer, tmp_path / "model")
@@ -148,9 +148,9 @@ def test_export_gguf_command(tmp_path, tokenizer, capsys):
 
 
 def test_targeted_flags_reach_the_settings(capsys):
-    from steer.cli import _targeted, build_parser
-    from steer.search import TARGET_FLOOR
-    from steer.targeted import TargetedSettings
+    from steer.cli.main import _targeted, build_parser
+    from steer.targeted.search import TARGET_FLOOR
+    from steer.targeted.contrasts import TargetedSettings
 
     args = build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety", "--search-kl-max", "0.2",
                                       "--keep-layers", "same", "--trials", "7", "--optimize-steps", "0",

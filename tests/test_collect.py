@@ -1,7 +1,7 @@
 import torch
 
 from conftest import PROMPTS, make_model
-from steer.collect import batched_last_logits, encode_batches, residual_means
+from steer.model.collect import batched_last_logits, encode_batches, residual_means
 from steer.prompts import chat_texts, post_instruction_length
 
 
@@ -44,7 +44,7 @@ def test_batches_are_length_sorted_and_cover_all(tokenizer):
 
 
 def test_residual_stack_rows_average_to_residual_means(tokenizer):
-    from steer.collect import residual_stack
+    from steer.model.collect import residual_stack
 
     model = make_model("qwen2")
     texts = chat_texts(tokenizer, PROMPTS)
@@ -59,7 +59,7 @@ def test_residual_stack_rows_average_to_residual_means(tokenizer):
 def test_collection_with_layers_offloaded_to_disk(tmp_path, tokenizer):
     """A model larger than memory: accelerate keeps some layers on disk (device_map) and the
     directions measured through them equal the in-memory ones."""
-    from steer.load import load_model
+    from steer.model.load import load_model
 
     model = make_model("qwen2")
     model.save_pretrained(tmp_path / "ckpt")
@@ -80,7 +80,7 @@ def test_collection_with_layers_offloaded_to_disk(tmp_path, tokenizer):
 def test_shared_prefix_forward_equals_plain_forward(arch, tokenizer):
     """The prefix run once with its KV cache repeated over the rows gives every row's logits
     (several last positions), as one left-padded batch does."""
-    from steer.collect import forward, left_pad
+    from steer.model.collect import forward, left_pad
 
     model = make_model(arch)
     ids = tokenizer(chat_texts(tokenizer, PROMPTS), add_special_tokens=False)["input_ids"]
@@ -94,7 +94,7 @@ def test_shared_prefix_forward_equals_plain_forward(arch, tokenizer):
 def test_shared_prefix_gradients_equal_plain(tokenizer):
     """Gradients flow through the repeated cache into the prefix's share: a vector added to
     every attention output (prefix positions included) gets the plain batch's gradient."""
-    from steer.collect import forward, left_pad
+    from steer.model.collect import forward, left_pad
 
     model = make_model("llama")
     ids = tokenizer(chat_texts(tokenizer, PROMPTS), add_special_tokens=False)["input_ids"]
@@ -114,7 +114,7 @@ def test_shared_prefix_gradients_equal_plain(tokenizer):
 def test_rest_hooks_see_only_the_rows(tokenizer):
     from contextlib import contextmanager
 
-    from steer.collect import forward, left_pad
+    from steer.model.collect import forward, left_pad
 
     model = make_model("qwen2")
     ids = tokenizer(chat_texts(tokenizer, PROMPTS), add_special_tokens=False)["input_ids"]
@@ -133,7 +133,7 @@ def test_rest_hooks_see_only_the_rows(tokenizer):
 
 
 def test_shared_prefix_leaves_each_row_a_token_and_skips_short_prefixes():
-    from steer.collect import MIN_SHARED, left_pad, shared_prefix_length
+    from steer.model.collect import MIN_SHARED, left_pad, shared_prefix_length
 
     assert shared_prefix_length([[5, 6, 7], [5, 6, 7]]) == 2  # identical rows keep their last token
     assert shared_prefix_length([[5, 6, 7, 8]]) == 0

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import make_model
-from steer import engine
-from steer.cli import main
-from steer.compare import paired
-from steer.save import save_checkpoint
+from steer.eval import engine
+from steer.cli.main import main
+from steer.eval.compare import paired
+from steer.checkpoint.save import save_checkpoint
 
 
 @pytest.fixture

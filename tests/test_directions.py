@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from steer.directions import DirectionSet, diff_in_means, project_off
+from steer.locate.directions import DirectionSet, diff_in_means, project_off
 from steer.errors import SteerError
 
 
@@ -49,7 +49,7 @@ def test_corrupt_directions_file(tmp_path):
 
 
 def test_remove_span_leaves_a_direction_orthogonal_to_the_others():
-    from steer.directions import remove_span
+    from steer.locate.directions import remove_span
 
     g = torch.Generator().manual_seed(0)
     censor, harmful, mean = (torch.randn(4, 3, 16, generator=g, dtype=torch.float64) for _ in range(3))
@@ -68,7 +68,7 @@ def test_remove_span_leaves_a_direction_orthogonal_to_the_others():
 
 
 def test_principal_directions_are_orthonormal_signed_and_lead_with_the_mean_shift():
-    from steer.directions import principal_directions
+    from steer.locate.directions import principal_directions
 
     g = torch.Generator().manual_seed(1)
     shift = torch.zeros(32, dtype=torch.float64)
@@ -84,7 +84,7 @@ def test_principal_directions_are_orthonormal_signed_and_lead_with_the_mean_shif
 
 
 def test_interpolated_index_blends_neighbouring_layers():
-    from steer.directions import interpolate
+    from steer.locate.directions import interpolate
 
     dirs = torch.zeros(3, 1, 4, dtype=torch.float64)
     dirs[0, 0, 0], dirs[1, 0, 1], dirs[2, 0, 2] = 1, 2, 3

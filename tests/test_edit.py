@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from conftest import MOE_CONFIGS, PROMPTS, make_model
-from steer.adapters import resolve
-from steer.collect import batched_last_logits
-from steer.edit import ablated, orthogonalize, orthonormal_basis, project_out
+from steer.model.adapters import resolve
+from steer.model.collect import batched_last_logits
+from steer.edit.project import ablated, orthogonalize, orthonormal_basis, project_out
 from steer.prompts import chat_texts
 
 
@@ -126,7 +126,7 @@ def test_norm_preserving_projection_keeps_vector_norms(side):
 
 
 def test_profile_weights_peak_and_fall_off():
-    from steer.edit import Profile
+    from steer.edit.project import Profile
 
     assert Profile().weights(4) == [1.0] * 4
     w = Profile(peak=1.0, center=2.0, width=2.0, floor=0.2).weights(6)
@@ -135,7 +135,7 @@ def test_profile_weights_peak_and_fall_off():
 
 @pytest.mark.parametrize("arch", ["qwen2", "gemma2"])
 def test_profiled_hooks_equal_profiled_weight_edit(arch, tokenizer):
-    from steer.edit import Profile
+    from steer.edit.project import Profile
 
     model = make_model(arch)
     direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(5))

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import make_model
-from steer import engine
-from steer.engine import GenSpec, ItemCache, cached_map, fingerprint, generate_cached, generate_ids, truncate
+from steer.eval import engine
+from steer.eval.engine import GenSpec, ItemCache, cached_map, fingerprint, generate_cached, generate_ids, truncate
 from steer.prompts import chat_texts
 
 PROMPTS = ["Hi", "Tell me a long story about a dragon.", "2+2?", "Name three rivers in Europe, please."]

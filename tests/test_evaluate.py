@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from conftest import make_model
-from steer.engine import ItemCache, fingerprint
+from steer.eval.engine import ItemCache, fingerprint
 from steer.errors import SteerError
-from steer.evaluate import Ctx, EvalConfig, logits_fn, parse_suites, run_suites, token_kl
+from steer.eval.suites import Ctx, EvalConfig, logits_fn, parse_suites, run_suites, token_kl
 from steer.prompts import chat_texts, load_prompts
-from steer.select import first_token_kl
+from steer.locate.select import first_token_kl
 
 
 def ctx_for(model, tokenizer, config, tmp_path):

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from conftest import CHAT_TEMPLATE, COMMON, PROMPTS, SPECIALS, make_model, make_tokenizer
 from steer.errors import SteerError
-from steer.gguf_io import GGUFSource, export_gguf
+from steer.checkpoint.gguf_io import GGUFSource, export_gguf
 
 TEXTS = ["Hello world, how are you?", "你好，今天怎么样？", "  spaces\tand\nnewlines 12345", "<|im_start|>user\nhi<|im_end|>"]
 
@@ -173,7 +173,9 @@ def test_gguf_source_matches_transformers(checkpoints, tmp_path, arch):
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(folder)
     assert tok.chat_template == CHAT_TEMPLATE
-    assert torch.equal(_logits(model, tok), _logits(reference, tok))
+    # The weights are bit-equal (above); two loaded models' forward passes need not be (kernel choice
+    # varies with transformers version and CPU), so the logits are compared within float32 rounding.
+    torch.testing.assert_close(_logits(model, tok), _logits(reference, tok), rtol=0, atol=1e-6)
 
 
 def test_llama_biases_survive_gguf_source(tmp_path):
@@ -283,8 +285,8 @@ def test_embedded_gguf_roundtrip(tmp_path):
 
     from safetensors import safe_open
 
-    from steer.generation import generate
-    from steer.load import EMBEDDED_PACKAGES, embedded_checkpoint, load_model
+    from steer.model.generation import generate
+    from steer.model.load import EMBEDDED_PACKAGES, embedded_checkpoint, load_model
     from steer.prompts import chat_texts
 
     cached = embedded_checkpoint()

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from conftest import PROMPTS, make_model
-from steer.collect import residual_means
+from steer.model.collect import residual_means
 from steer.prompts import chat_texts, post_instruction_length
-from steer.save import save_checkpoint
+from steer.checkpoint.save import save_checkpoint
 
 
 def test_nnsight_reads_the_same_means(tokenizer):
     pytest.importorskip("nnsight", reason="pip install -e '.[research]'")
-    from steer.interop import nnsight_residual_means
+    from steer.model.interop import nnsight_residual_means
 
     model = make_model("qwen2")
     texts = chat_texts(tokenizer, PROMPTS)
@@ -23,7 +23,7 @@ def test_nnsight_reads_the_same_means(tokenizer):
 
 def test_transformer_lens_bridge_resid_pre(tokenizer, tmp_path):
     pytest.importorskip("transformer_lens", reason="pip install -e '.[research]'")
-    from steer.interop import transformer_lens_bridge
+    from steer.model.interop import transformer_lens_bridge
 
     model = make_model("llama")
     save_checkpoint(model, tokenizer, tmp_path / "m")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from steer.errors import SteerError
-from steer.judge import EndpointJudge, MarkerJudge, agreement, classify, degenerate, echoes, make_judge
+from steer.eval.judge import EndpointJudge, MarkerJudge, agreement, classify, degenerate, echoes, make_judge
 
 DATA = Path(__file__).resolve().parents[1] / "steer" / "data" / "judge"
 

@@ -1,4 +1,4 @@
-"""steer.kernels.project against the reference steer.edit.project_out.
+"""steer.edit.kernels.project against the reference steer.edit.project.project_out.
 
 The Triton tests run the kernel on CPU tensors through Triton's interpreter. TRITON_INTERPRET
 is set here, before anything can import triton (no other test module does), because Triton
@@ -14,9 +14,9 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from steer import kernels  # noqa: E402
-from steer.edit import orthonormal_basis, project_out  # noqa: E402
-from steer.kernels import project  # noqa: E402
+from steer.edit import kernels  # noqa: E402
+from steer.edit.project import orthonormal_basis, project_out  # noqa: E402
+from steer.edit.kernels import project  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 # (side, weight shape) with d_model = 67: an "out" matrix, an "in" matrix, an "out" bias

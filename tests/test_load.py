@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from conftest import PROMPTS, make_model
-from steer import load
-from steer.collect import batched_last_logits
+from steer.model import load
+from steer.model.collect import batched_last_logits
 from steer.errors import SteerError
-from steer.load import checkpoint_hash, load_model
+from steer.model.load import checkpoint_hash, load_model
 from steer.prompts import chat_texts
-from steer.save import save_checkpoint
+from steer.checkpoint.save import save_checkpoint
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import make_model
-from steer.benchmarks import Item
+from steer.eval.benchmarks import Item
 from steer.errors import SteerError
-from steer.mmlu import score_mmlu, summarize
+from steer.eval.mmlu import score_mmlu, summarize
 
 ITEMS = [
     Item("a-1", "What is 2 + 2?", "B", ("3", "4", "5", "6"), "elementary_mathematics"),

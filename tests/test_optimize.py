@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from conftest import PROMPTS, make_model
-from steer.collect import batched_last_logits
-from steer.edit import Profile, ablated
-from steer.optimize import Group, OptimizeSettings, _target_term, optimize_direction, unit_direction
+from steer.model.collect import batched_last_logits
+from steer.edit.project import Profile, ablated
+from steer.targeted.optimize import Group, OptimizeSettings, _target_term, optimize_direction, unit_direction
 from steer.prompts import chat_texts
-from steer.search import EditParams, SearchInputs, run_search
-from steer.select import first_token_kl, refusal_score
+from steer.targeted.search import EditParams, SearchInputs, run_search
+from steer.locate.select import first_token_kl, refusal_score
 
 REFUSAL = [70, 71]
 
@@ -92,7 +92,7 @@ def test_unit_direction_removes_the_span():
 def test_search_tries_the_optimized_direction_first(tokenizer):
     model = make_model("qwen2")
     target, keep, harmless = _groups(model, tokenizer)
-    from steer.search import ValData
+    from steer.targeted.search import ValData
 
     val = ValData(target.texts, keep.texts, harmless.texts, target.base_logits, keep.base_logits, harmless.base_logits, REFUSAL)
     g = torch.Generator().manual_seed(0)

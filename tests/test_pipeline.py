@@ -11,10 +11,11 @@ import torch
 import transformers
 
 from conftest import make_model, make_tokenizer
-from steer import pipeline, select
-from steer.load import checkpoint_hash, load_model
+from steer import pipeline
+from steer.locate import select
+from steer.model.load import checkpoint_hash, load_model
 from steer.pipeline import Settings, abliterate
-from steer.save import save_checkpoint
+from steer.checkpoint.save import save_checkpoint
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def test_refusal_score_and_kl():
 
 def test_directions_then_edit_cli(tiny, capsys):
     """`steer directions` then `steer edit` gives the same weights as `abliterate`'s edit."""
-    from steer.cli import main
+    from steer.cli.main import main
 
     args = ["--n-val", "4", "--screen", "2", "--screen-prompts", "2"]
     assert main(["directions", str(tiny / "model"), "--out", str(tiny / "d")] + args) == 0
@@ -93,9 +94,9 @@ def test_directions_then_edit_cli(tiny, capsys):
 
 
 def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
-    from steer import targeted
+    from steer.targeted import contrasts as targeted
     from steer.pipeline import targeted_abliterate
-    from steer.targeted import TargetedSettings
+    from steer.targeted.contrasts import TargetedSettings
 
     monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
     ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=2, max_new_tokens=4, kl_max=10.0, readout_steps=2, readout_kl="kl",
@@ -119,17 +120,17 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
     assert f"| {row['target_score']:.2f} | {row['target_raw']:.2f} | {row['target_high']:.1%} |" in md
     # the readout: trained, kept at the largest fraction within the (loose) bound, and saved beside the contrasts
     assert len(report["readout"]["history"]) == 2 and report["readout"]["scale"] == 1.0
-    assert "Readout (steer.readout, 6 writers): 2 steps" in md and "Wall time" in md
+    assert "Readout (steer.targeted.readout, 6 writers): 2 steps" in md and "Wall time" in md
     assert set(report["seconds"]) == {"prepare", "search", "confirm", "readout", "evaluate", "load_save"}
     saved = targeted.Contrasts.load(tiny / "t1" / "contrasts.safetensors").readout
     assert set(saved) == {f"{i}.{c}" for i in range(3) for c in ("attn", "mlp")} and any(a.abs().sum() > 0 for a in saved.values())
 
 
 def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):
-    from steer import targeted
-    from steer.cli import main
+    from steer.targeted import contrasts as targeted
+    from steer.cli.main import main
     from steer.pipeline import targeted_abliterate
-    from steer.targeted import TargetedSettings
+    from steer.targeted.contrasts import TargetedSettings
 
     monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
     ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=1, max_new_tokens=4, kl_max=10.0, readout_steps=2, readout_kl="kl",
@@ -143,7 +144,7 @@ def test_search_journal_key_ignores_settings_used_only_after_the_search():
     from dataclasses import fields, replace
 
     from steer.pipeline import AFTER_SEARCH, search_settings
-    from steer.targeted import TargetedSettings
+    from steer.targeted.contrasts import TargetedSettings
 
     ts = TargetedSettings()
     assert set(AFTER_SEARCH) < {f.name for f in fields(TargetedSettings)}  # no stale names
@@ -156,10 +157,10 @@ def test_search_journal_key_ignores_settings_used_only_after_the_search():
 def test_targeted_abliterate_without_a_readout_on_post_norm_writers(tmp_path, monkeypatch):
     """Gemma's writers go through a norm before the residual add: no readout, the report says why,
     and the edit is saved and rebuilt as without one."""
-    from steer import targeted
-    from steer.cli import main
+    from steer.targeted import contrasts as targeted
+    from steer.cli.main import main
     from steer.pipeline import targeted_abliterate
-    from steer.targeted import TargetedSettings
+    from steer.targeted.contrasts import TargetedSettings
 
     save_checkpoint(make_model("gemma2"), make_tokenizer(), tmp_path / "model")
     monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])

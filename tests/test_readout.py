@@ -1,17 +1,17 @@
-"""The learned readout (steer.readout) on tiny models: hooks equal the baked weights, the update
+"""The learned readout (steer.targeted.readout) on tiny models: hooks equal the baked weights, the update
 is rank 1 along r, training descends and is seeded, unsupported writers are refused."""
 
 import pytest
 import torch
 
 from conftest import PROMPTS, make_model
-from steer.adapters import resolve
-from steer.collect import batched_last_logits
+from steer.model.adapters import resolve
+from steer.model.collect import batched_last_logits
 from steer.errors import SteerError
-from steer.optimize import Group, OptimizeSettings
+from steer.targeted.optimize import Group, OptimizeSettings
 from steer.prompts import chat_texts
-from steer.readout import Continuations, ReadoutSettings, applied, bake, continuations, fit_scale, train_readout, zeros
-from steer.select import refusal_score
+from steer.targeted.readout import Continuations, ReadoutSettings, applied, bake, continuations, fit_scale, train_readout, zeros
+from steer.locate.select import refusal_score
 
 REFUSAL = [70, 71]
 
@@ -109,7 +109,7 @@ def test_training_is_seeded(tokenizer):
 
 
 def test_fit_scale_takes_the_largest_fraction_that_meets_the_constraints(tokenizer):
-    from steer.search import ValData
+    from steer.targeted.search import ValData
 
     model = make_model("qwen2")
     t, k = (chat_texts(tokenizer, PROMPTS[i::3]) for i in range(2))

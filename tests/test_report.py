@@ -1,6 +1,6 @@
 """Report tables: what a reader sees for each metric."""
 
-from steer.report import before_after_table
+from steer.report.tables import before_after_table
 
 
 def _m(value, n):

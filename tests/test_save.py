@@ -1,7 +1,7 @@
 import pytest
 
 from steer.errors import SteerError
-from steer.save import atomic_dir, check_output
+from steer.checkpoint.save import atomic_dir, check_output
 
 
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):

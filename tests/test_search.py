@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from conftest import PROMPTS, make_model
-from steer.collect import batched_last_logits
-from steer.edit import Profile
+from steer.model.collect import batched_last_logits
+from steer.edit.project import Profile
 from steer.prompts import chat_texts
 from steer.errors import SteerError
-from steer.select import refusal_score
-from steer import search
-from steer.search import (NEAR_REFUSAL, EditParams, SearchInputs, ValData, edit_basis, edited, fingerprint, pareto, run_search, score,
+from steer.locate.select import refusal_score
+from steer.targeted import search
+from steer.targeted.search import (NEAR_REFUSAL, EditParams, SearchInputs, ValData, edit_basis, edited, fingerprint, pareto, run_search, score,
                           trial_rows)
 
 

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from steer.stats import bootstrap_ci, mcnemar_exact, wilson_ci
+from steer.eval.stats import bootstrap_ci, mcnemar_exact, wilson_ci
 
 
 def test_wilson_known_values():

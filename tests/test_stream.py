@@ -11,11 +11,11 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from conftest import ARCHS, MOE_CONFIGS, PROMPTS, make_model
-from steer.cli import main
-from steer.edit import Profile, orthogonalize
+from steer.cli.main import main
+from steer.edit.project import Profile, orthogonalize
 from steer.errors import SteerError
-from steer.load import checkpoint_hash, weight_files
-from steer.stream import edit_checkpoint
+from steer.model.load import checkpoint_hash, weight_files
+from steer.checkpoint.stream import edit_checkpoint
 
 MANTISSA = {torch.float32: 24, torch.bfloat16: 8, torch.float16: 11}
 
@@ -117,7 +117,7 @@ def test_readout_streams_like_the_in_memory_bake(arch, dtype, tokenizer, tmp_pat
     """A learned readout (W <- W + r a^T after the projection) written shard by shard equals
     orthogonalize + readout.bake in memory; a readout vector for a writer the checkpoint lacks,
     or of the wrong size, is one clear error."""
-    from steer.readout import bake, zeros
+    from steer.targeted.readout import bake, zeros
 
     model = make_model(arch).to(dtype)
     src = _save(model, tokenizer, tmp_path / "in", "60KB")
@@ -193,7 +193,7 @@ def test_output_loads_and_gives_the_in_memory_logits(arch, dtype, shard, tokeniz
 
 
 def test_gguf_input_becomes_float32_safetensors_shards(tokenizer, tmp_path):
-    from steer.gguf_io import export_gguf
+    from steer.checkpoint.gguf_io import export_gguf
 
     model = make_model("qwen2")
     model.config.tie_word_embeddings = True  # a GGUF without output.weight: the tied path
@@ -217,7 +217,7 @@ def test_gguf_input_becomes_float32_safetensors_shards(tokenizer, tmp_path):
 def test_fused_experts_with_d_model_last(tmp_path, monkeypatch):
     """A fused [E, d_ff, d_model] layout (x @ W experts, d_model_axis=1): each expert slice is
     edited on side "in", so no expert writes along r; other tensors are copied verbatim."""
-    from steer import adapters
+    from steer.model import adapters
 
     writer = adapters.Writer("mlp.experts", "mlp", param="down_proj", fused=True, d_model_axis=1)
     monkeypatch.setitem(adapters.ADAPTERS, "XWForCausalLM",
@@ -301,7 +301,7 @@ def test_read_only_output_location(sharded, tmp_path):
 
 
 def test_failure_while_writing_leaves_nothing(sharded, tmp_path, monkeypatch):
-    from steer import stream
+    from steer.checkpoint import stream
 
     calls = []
 
@@ -325,8 +325,8 @@ def test_unsupported_architecture(sharded, tmp_path):
 # ------------------------------------------------------------------------------------ the CLI
 
 def test_cli_rebuilds_a_targeted_edit_from_contrasts_without_loading(tokenizer, tmp_path):
-    from steer.search import EditParams
-    from steer.targeted import Contrasts, rebuild
+    from steer.targeted.search import EditParams
+    from steer.targeted.contrasts import Contrasts, rebuild
 
     model = make_model("gemma2")
     src = _save(model, tokenizer, tmp_path / "in")
@@ -349,8 +349,8 @@ def test_cli_rebuilds_a_targeted_edit_from_contrasts_without_loading(tokenizer, 
 def test_cli_streams_the_embedded_model_byte_identically(tokenizer, tmp_path, monkeypatch):
     """Without CHECKPOINT the embedded model's cached checkpoint is streamed: the weights are
     byte for byte what loading it, orthogonalizing and save_pretrained give."""
-    from steer import load
-    from steer.directions import DirectionSet
+    from steer.model import load
+    from steer.locate.directions import DirectionSet
 
     model = make_model("qwen2")
     model.config.tie_word_embeddings = True  # like Qwen2.5-0.5B
@@ -370,8 +370,8 @@ def test_cli_streams_the_embedded_model_byte_identically(tokenizer, tmp_path, mo
 
 def test_cli_hub_id_is_edited_in_memory_like_the_stream(tokenizer, tmp_path, monkeypatch):
     """A hub id is downloaded and edited in memory (no local folder to stream): same weights."""
-    from steer import load
-    from steer.directions import DirectionSet
+    from steer.model import load
+    from steer.locate.directions import DirectionSet
 
     src = _save(make_model("llama"), tokenizer, tmp_path / "in")
     monkeypatch.setattr(load, "load_model", lambda spec, dtype=torch.float32: load.Loaded(

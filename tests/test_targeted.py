@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import PROMPTS, make_model
-from steer.collect import residual_means
+from steer.model.collect import residual_means
 from steer.prompts import chat_texts
-from steer.report import plot_cosines
-from steer import targeted
-from steer.targeted import _cos, compute_contrasts
+from steer.report.tables import plot_cosines
+from steer.targeted import contrasts as targeted
+from steer.targeted.contrasts import _cos, compute_contrasts
 
 
 def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(tokenizer, tmp_path):
@@ -39,11 +39,11 @@ def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(token
     every = c.search_inputs(keep_safety=True, keep_layers="all")
     L = model.config.num_hidden_layers
     assert every.keep.shape == (L, 3, L, model.config.hidden_size)
-    from steer.search import EditParams, edit_basis
+    from steer.targeted.search import EditParams, edit_basis
 
     basis = edit_basis(every, EditParams(index=1.0, position=-1, k=2))
     assert (basis @ c.harmful[:, -1].double().T).abs().max() < 1e-8  # orthogonal to every layer's harmful direction
-    from steer.targeted import Contrasts
+    from steer.targeted.contrasts import Contrasts
 
     c.save(tmp_path / "c.safetensors", {})
     assert Contrasts.load(tmp_path / "c.safetensors").optimized is None
@@ -64,7 +64,7 @@ def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(token
 
 
 def test_prepare_search_confirm_on_a_tiny_model(tokenizer, monkeypatch):
-    from steer.search import pareto, run_search
+    from steer.targeted.search import pareto, run_search
 
     monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
     model = make_model("qwen2")
@@ -102,10 +102,10 @@ def test_prepare_search_confirm_on_a_tiny_model(tokenizer, monkeypatch):
 def test_previewed_edit_and_readout_equal_the_applied_weights(tokenizer):
     """previewed() (hooks: the edit first, then the readout) gives the logits apply_edit() writes
     into the weights; an architecture without plain linear writers gets no readout, with the reason."""
-    from steer.collect import batched_last_logits
-    from steer.edit import Profile
-    from steer.readout import zeros
-    from steer.search import EditParams, edited
+    from steer.model.collect import batched_last_logits
+    from steer.edit.project import Profile
+    from steer.targeted.readout import zeros
+    from steer.targeted.search import EditParams, edited
 
     model = make_model("qwen2")
     texts = chat_texts(tokenizer, PROMPTS)

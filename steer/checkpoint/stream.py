@@ -1,0 +1,519 @@
+"""Streaming checkpoint editor: orthogonalize a checkpoint on disk, tensor by tensor.
+
+The in-memory route (load the model, `steer.edit.project.orthogonalize`, save_pretrained) needs the
+whole model in memory and rewrites every byte through Python. Only the embedding and the
+residual writers change, so this editor reads each of those tensors into one of two reused
+buffers (plain positioned reads: no mmap, no whole-file loads), projects it in place with
+`steer.edit.kernels.project` (maths in float32, storage dtype kept), writes it from a background
+thread while the next one is read and projected, and copies every other tensor's bytes verbatim
+(through an 8 MiB buffer, steer.checkpoint.rawio.Copier). Peak memory is about two tensors plus the interpreter, whatever the model
+size; the output has the input's shard layout, names, dtypes, order and
+metadata, and equals what the in-memory route writes (tests/test_stream.py).
+
+A GGUF file is read with steer.checkpoint.gguf_io.GGUFSource (de-quantized tensor by tensor) and written
+as float32 safetensors shards.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import shutil
+import sys
+import time
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from steer.model.adapters import Adapter, adapter_for
+from steer.edit.project import Profile, add_rank1, orthonormal_basis
+from steer.errors import SteerError
+from steer.edit.kernels import kernel_name, project
+from steer.model.load import architecture, sha256_file, weight_files
+from steer.checkpoint.rawio import (CHUNK, TORCH_DTYPES, Copier, FileHasher, combine_hashes, header_bytes, numel, pread_into, pwrite_all,
+                    read_header)
+from steer.checkpoint.save import atomic_dir, check_output, write_json
+
+INDEX = "model.safetensors.index.json"
+MANIFEST = "steer_manifest.json"
+GGUF_SHARD_BYTES = 5 << 30  # float32 output shards of a GGUF input
+# Weight files other than the safetensors being edited: not copied (they would hold unedited weights).
+_OTHER_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".npz")
+
+
+@dataclass(frozen=True)
+class TensorEdit:
+    """How one tensor is edited: project_out(matrix, basis, side, strength) for its matrix, or for
+    each expert's slice of a fused [E, ...] tensor; `norm` names the post-norm weight whose scale
+    gives the writer's basis (Gemma, see steer.edit.project.writer_basis); `readout` names the learned
+    readout vector added after the projection (steer.targeted.readout: W <- W + r a^T)."""
+
+    side: str
+    strength: float
+    norm: str | None = None
+    fused: bool = False
+    readout: str | None = None
+
+
+@dataclass
+class Entry:
+    """One tensor of an output shard and where its bytes come from."""
+
+    name: str
+    dtype: str  # safetensors dtype ("BF16")
+    shape: list[int]
+    nbytes: int
+    src: Path | None  # input file (None: it comes from a GGUF source's iterator)
+    offset: int  # absolute offset of its bytes in src
+    edit: TensorEdit | None = None
+    copy_of: str | None = None  # an untied lm_head: the original bytes of this tensor
+
+
+@dataclass
+class Shard:
+    file: str  # output (and input) file name
+    metadata: dict | None
+    entries: list[Entry] = field(default_factory=list)
+
+
+def edit_checkpoint(src: Path, out: Path, basis: torch.Tensor, *, profiles: dict[str, Profile] | None = None,
+                    embed: float = 1.0, preserve_norm: bool = False, force: bool = False, manifest: dict | None = None,
+                    hashes: bool = False, shard_bytes: int = GGUF_SHARD_BYTES,
+                    readout: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None) -> dict:
+    """Write `out`: the checkpoint `src` with span(basis) removed, like steer.edit.project.orthogonalize.
+
+    src: a safetensors checkpoint folder (model.safetensors, or shards with an index) or a .gguf
+    file (written as float32 safetensors shards of at most shard_bytes). basis: directions
+    [k, d_model] or [d_model] (orthonormalized here). The embedding is edited with strength
+    `embed`, every writer with its component's profile at its layer; a tied unembedding is
+    written out as the original embedding (config untied). The output appears atomically;
+    `manifest` entries are added to steer_manifest.json; hashes=True adds the input's and output's
+    sha256 (two extra hashing passes over every byte, so off by default). readout: (r [d_model],
+    {"<layer>.<component>": a [d_in]}) of steer.targeted.readout, added to those writers after their
+    projection, as readout.bake after orthogonalize in memory. Returns stats (tensors and bytes edited and copied, seconds).
+    """
+    src, out, start = Path(src), Path(out), time.perf_counter()
+    check_output(out, force, (src,))
+    basis = orthonormal_basis(basis)  # [d_model, k]
+    gguf = src.suffix == ".gguf"
+    if gguf:
+        from steer.checkpoint.gguf_io import GGUFSource
+
+        source, shards, in_files = GGUFSource(src), None, [src]
+    else:
+        if not src.is_dir():
+            raise SteerError(f"no such model folder: {src}")
+        adapter = adapter_for(architecture(src))
+        shards = _folder_shards(src)
+        in_files = [src / s.file for s in shards]
+    try:
+        with atomic_dir(out, force) as tmp:
+            if gguf:  # its config and tokenizer files first: the plan needs the config
+                adapter = adapter_for(source.architecture)
+                source.write_side_files(tmp)
+                shards = _gguf_shards(source.specs(), shard_bytes)
+            config = json.loads((tmp if gguf else src).joinpath("config.json").read_text())
+            norms = plan(adapter, shards, _n_layers(config), basis.shape[0], profiles or {}, embed, src,
+                         readout[1] if readout else None)
+            tied = _ties(config, tmp if gguf else src) and _untie(adapter, shards)
+            in_hashes = _in_background(lambda: {f.name: sha256_file(f) for f in in_files}) if hashes else None
+            editor = _Editor(basis, adapter.norm_offset, preserve_norm, readout)
+            total = sum(e.nbytes for s in shards for e in s.entries)
+            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"edit {src.name}", disable=None)
+            with bar:
+                if gguf:
+                    _write_gguf(source, shards, tmp, editor, norms, bar)
+                    out_hashes = {s.file: sha256_file(tmp / s.file) for s in shards} if hashes else {}
+                else:
+                    out_hashes = _write_folder(shards, tmp, editor, norms, bar, hashes)
+            skipped = _side_files(None if gguf else src, tmp, shards, tied, config)
+            stats = _stats(shards, tied, skipped, editor.buffer_bytes, time.perf_counter() - start)
+            write_json(tmp / MANIFEST, _manifest(src, basis, profiles, embed, preserve_norm, stats, manifest,
+                                                 in_hashes.result() if in_hashes else {}, out_hashes, gguf))
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise SteerError(f"cannot edit {src} into {out}: {exc.strerror or exc}{where}") from None
+    return stats
+
+
+def _in_background(fn) -> Future:
+    """Run fn in a daemon thread (input hashing: an error exit does not wait for it)."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+# ------------------------------------------------------------------------------------ layout
+
+def _folder_shards(src: Path) -> list[Shard]:
+    """The input's shards and tensors (headers validated: truncation, missing shards)."""
+    shards, seen = [], set()
+    for f in weight_files(src):
+        infos, metadata = read_header(f)
+        shard = Shard(f.name, metadata, [Entry(t.name, t.dtype, t.shape, t.nbytes, f, t.offset) for t in infos])
+        if dup := seen & {e.name for e in shard.entries}:
+            raise SteerError(f"tensor {sorted(dup)[0]} appears in two shards of {src}")
+        seen |= {e.name for e in shard.entries}
+        shards.append(shard)
+    return shards
+
+
+def _gguf_shards(specs: list[tuple[str, tuple[int, ...]]], shard_bytes: int) -> list[Shard]:
+    """float32 output shards of at most shard_bytes (a bigger tensor gets a shard of its own)."""
+    groups: list[list[Entry]] = [[]]
+    size = 0
+    for name, shape in specs:
+        n = 4 * numel(shape)
+        if groups[-1] and size + n > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(Entry(name, "F32", list(shape), n, None, 0))
+        size += n
+    if len(groups) == 1:
+        return [Shard("model.safetensors", {"format": "pt"}, groups[0])]
+    return [Shard(f"model-{i:05d}-of-{len(groups):05d}.safetensors", {"format": "pt"}, g) for i, g in enumerate(groups, 1)]
+
+
+def _n_layers(config: dict) -> int:
+    for c in (config, config.get("text_config") or {}):
+        if isinstance(c.get("num_hidden_layers"), int):
+            return c["num_hidden_layers"]
+    raise SteerError("config.json has no num_hidden_layers")
+
+
+def _ties(config: dict, folder: Path) -> bool:
+    """Whether the model ties lm_head to the embedding (config, else the config class default)."""
+    for c in (config, config.get("text_config") or {}):
+        if "tie_word_embeddings" in c:
+            return bool(c["tie_word_embeddings"])
+    from transformers import AutoConfig
+
+    return bool(AutoConfig.from_pretrained(folder).get_text_config().tie_word_embeddings)
+
+
+def _untie(adapter: Adapter, shards: list[Shard]) -> bool:
+    """Give lm_head the embedding's original bytes (what edit._untie does in memory): replace its
+    entry, or add one to the embedding's shard (where save_pretrained's sorted order puts it)."""
+    emb_name, lm_name = f"{adapter.embed}.weight", f"{adapter.lm_head}.weight"
+    shard, emb = next((s, e) for s in shards for e in s.entries if e.name == emb_name)
+    lm = Entry(lm_name, emb.dtype, list(emb.shape), emb.nbytes, emb.src, emb.offset, copy_of=emb_name)
+    for s in shards:
+        for i, e in enumerate(s.entries):
+            if e.name == lm_name:
+                s.entries[i] = lm
+                return True
+    names = [e.name for e in shard.entries]
+    sorted_file = names == sorted(names) and all(e.dtype == emb.dtype for e in shard.entries)
+    shard.entries.insert(bisect.bisect(names, lm_name) if sorted_file else len(names), lm)
+    return True
+
+
+# -------------------------------------------------------------------------------------- plan
+
+def plan(adapter: Adapter, shards: list[Shard], n_layers: int, d_model: int, profiles: dict[str, Profile],
+         embed: float, src: Path, readout: dict[str, torch.Tensor] | None = None) -> set[str]:
+    """Set each entry's edit from the adapter table; return the post-norm weights they need.
+
+    The embedding [vocab, d_model] is edited on side "in" with strength `embed`; every writer
+    weight and bias with its component's profile strength at its layer; the writer weights named
+    in `readout` ("<layer>.<component>" -> a [d_in]) also get their readout vector.
+    """
+    readout = readout or {}
+    components = {w.component for w in adapter.writers}
+    if unknown := set(profiles) - components:
+        raise SteerError(f"no writer component {sorted(unknown)}; have {sorted(components)}")
+    per = {c: profiles.get(c, Profile()).weights(n_layers) for c in components}
+    entries = {e.name: e for s in shards for e in s.entries}
+    emb = entries.get(f"{adapter.embed}.weight")
+    if emb is None or len(emb.shape) != 2:
+        raise SteerError(f"{src} has no embedding {adapter.embed}.weight [vocab, d_model]")
+    if emb.shape[1] != d_model:
+        raise SteerError(f"the directions have hidden size {d_model}, model has {emb.shape[1]} ({src})")
+    emb.edit = _checked(emb, TensorEdit("in", embed))
+    found: dict[int, set] = {i: set() for i in range(n_layers)}
+    for e in entries.values():
+        hit = adapter.writer_of(e.name)
+        if hit is None:
+            continue
+        layer, w, role = hit
+        if layer >= n_layers:
+            raise SteerError(f"{e.name}: layer {layer} but config.json has num_hidden_layers {n_layers}")
+        _check_shape(e, w, role, d_model)
+        norm = f"{adapter.layers}.{layer}.{w.post_norm}.weight" if w.post_norm else None
+        side = "out" if role == "bias" else w.side
+        key = f"{layer}.{w.component}" if role == "weight" and f"{layer}.{w.component}" in readout else None
+        if key and (norm or len(e.shape) != 2 or w.d_model_axis != 0):
+            raise SteerError(f"{e.name}: a learned readout needs a plain [d_model, d_in] writer added straight to the residual stream")
+        if key and list(readout[key].shape) != e.shape[1:]:
+            raise SteerError(f"the readout vector for {key} has shape {list(readout[key].shape)}; {e.name} has {e.shape}")
+        e.edit = _checked(e, TensorEdit(side, per[w.component][layer], norm, fused=len(e.shape) == 3, readout=key))
+        found[layer].add(w)
+    _check_coverage(adapter, found)
+    used = {e.edit.readout for e in entries.values() if e.edit and e.edit.readout}
+    if missing := sorted(set(readout) - used):
+        raise SteerError(f"the readout has a vector for writer {missing[0]}, which {src} does not have")
+    norms = {e.edit.norm for e in entries.values() if e.edit and e.edit.norm}
+    if missing := sorted(norms - set(entries)):
+        raise SteerError(f"{src} has no post-norm weight {missing[0]} (needed to edit its writer)")
+    return norms
+
+
+def _checked(e: Entry, edit: TensorEdit) -> TensorEdit:
+    if e.dtype not in TORCH_DTYPES:
+        raise SteerError(f"cannot edit {e.name}: dtype {e.dtype} (only {', '.join(TORCH_DTYPES)}; de-quantize first)")
+    return edit
+
+
+def _check_shape(e: Entry, w, role: str, d: int) -> None:
+    """Bias [d] ([E, d] fused); weight 2-D with d on the writer's d_model axis ([E, ...] fused)."""
+    fused = w.fused and len(e.shape) == 3
+    matrix = e.shape[1:] if fused else e.shape
+    ok = matrix == [d] if role == "bias" else (len(matrix) == 2 and matrix[w.d_model_axis] == d)
+    if not ok or (len(e.shape) == 3 and not w.fused):
+        raise SteerError(f"{e.name} has shape {e.shape}; expected hidden size {d} on its residual-stream axis")
+
+
+def _check_coverage(adapter: Adapter, found: dict[int, set]) -> None:
+    components = {w.component for w in adapter.writers}
+    for layer, writers in found.items():
+        missing = [w for w in adapter.writers if not w.optional and w not in writers]
+        missing_components = components - {w.component for w in writers}
+        if missing or missing_components:
+            what = missing[0].module if missing else f"{sorted(missing_components)[0]} writer"
+            raise SteerError(f"layer {layer} has no {what} weight in the checkpoint (adapter table out of date?)")
+
+
+# ------------------------------------------------------------------------------------- write
+
+class _Editor:
+    """Applies TensorEdits in place: steer.edit.kernels.project on each matrix (float32 maths)."""
+
+    def __init__(self, basis: torch.Tensor, norm_offset: float, preserve_norm: bool,
+                 readout: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None):
+        self.basis, self.norm_offset, self.preserve_norm = basis, norm_offset, preserve_norm
+        self.readout = readout
+        self.norm_bases: dict[str, torch.Tensor] = {}
+        self._bufs = [torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.uint8)]
+
+    def add_norm(self, name: str, weight: torch.Tensor) -> None:
+        """Basis for writers behind this RMSNorm (exactly steer.edit.project.writer_basis)."""
+        scale = self.norm_offset + weight.to(torch.float32)
+        self.norm_bases[name] = orthonormal_basis((self.basis * scale[:, None]).T)
+
+    def apply(self, t: torch.Tensor, edit: TensorEdit) -> None:
+        wb = self.basis if edit.norm is None else self.norm_bases[edit.norm]
+        for m in t.unbind(0) if edit.fused else (t,):
+            project(m, wb, edit.side, edit.strength, self.preserve_norm, out=m)
+        if edit.readout is not None:
+            r, vectors = self.readout
+            add_rank1(t, r, vectors[edit.readout])
+
+    @property
+    def buffer_bytes(self) -> int:
+        return sum(b.numel() for b in self._bufs)
+
+    def buffer(self, nbytes: int, slot: int = 0) -> torch.Tensor:
+        """Reused uint8 buffer number `slot` (0 or 1), grown to at least nbytes (so at most
+        twice the largest edited tensor in all). The caller makes sure no write still reads it."""
+        if self._bufs[slot].numel() < nbytes:
+            self._bufs[slot] = torch.empty(0, dtype=torch.uint8)  # free the old one first
+            self._bufs[slot] = torch.empty(nbytes, dtype=torch.uint8)
+        return self._bufs[slot][:nbytes]
+
+
+def _read_tensor(e: Entry, fd: int, raw: torch.Tensor) -> torch.Tensor:
+    pread_into(fd, memoryview(raw.numpy()), e.offset)
+    return raw.view(TORCH_DTYPES[e.dtype]).view(e.shape)
+
+
+def _write_folder(shards: list[Shard], tmp: Path, editor: _Editor, norms: set[str], bar, hashes: bool) -> dict[str, str]:
+    """Write every shard (header, then data in order); return their sha256 if hashes."""
+    fds: dict[Path, int] = {}
+    fd = lambda path: fds.setdefault(path, os.open(path, os.O_RDONLY))  # noqa: E731
+    digests = {}
+    try:
+        for e in (e for s in shards for e in s.entries if e.name in norms):  # post-norms first (tiny)
+            editor.add_norm(e.name, _read_tensor(e, fd(e.src), torch.empty(e.nbytes, dtype=torch.uint8)))
+        for shard in shards:
+            dst = tmp / shard.file
+            out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            hasher = FileHasher(dst) if hashes else None
+            try:
+                _write_shard(shard, out, fd, editor, bar, hasher)
+            finally:
+                os.close(out)
+                digest = hasher.finish() if hasher else None
+            if digest:
+                digests[shard.file] = digest
+    finally:
+        for f in fds.values():
+            os.close(f)
+    return digests
+
+
+def _write_shard(shard: Shard, out: int, fd, editor: _Editor, bar, hasher: FileHasher | None) -> None:
+    """Header, then every tensor at its offset. Edited tensors alternate between two buffers and
+    are written by a background thread, so writing tensor i overlaps reading and projecting
+    tensor i+1 (pwrite and the kernel release the GIL). Progress and the hasher advance in file
+    order, only over bytes whose write has finished."""
+    head = header_bytes([(e.name, e.dtype, e.shape, e.nbytes) for e in shard.entries], shard.metadata)
+    pwrite_all(out, memoryview(head), 0)
+    at, final, copier = len(head), len(head), Copier()
+    pending: deque[tuple[Future | None, int]] = deque()  # writes and copies in file order
+    in_use: list[Future | None] = [None, None]  # the write still reading each buffer
+
+    def retire(wait: bool) -> None:
+        nonlocal final
+        while pending and (wait or pending[0][0] is None or pending[0][0].done()):
+            job, n = pending.popleft()
+            if job is not None:
+                job.result()  # a failed write raises here
+            final += n
+            bar.update(n)
+            if hasher:
+                hasher.advance(final)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="steer-write") as writer:
+        i, slot = 0, 0
+        while i < len(shard.entries):
+            e = shard.entries[i]
+            if e.edit is not None:
+                if in_use[slot] is not None:
+                    in_use[slot].result()
+                raw = editor.buffer(e.nbytes, slot)
+                editor.apply(_read_tensor(e, fd(e.src), raw), e.edit)
+                in_use[slot] = writer.submit(pwrite_all, out, memoryview(raw.numpy()), at)
+                pending.append((in_use[slot], e.nbytes))
+                at, slot, i = at + e.nbytes, 1 - slot, i + 1
+                retire(False)
+                continue
+            j, n = i + 1, e.nbytes  # coalesce a run of tensors contiguous in the same input file
+            while j < len(shard.entries) and (f := shard.entries[j]).edit is None and f.src == e.src and f.offset == e.offset + n:
+                n += f.nbytes
+                j += 1
+            for k in range(0, n, CHUNK):  # copy in steps (progress, hashing)
+                step = min(CHUNK, n - k)
+                copier.copy(fd(e.src), e.offset + k, out, at, step)
+                pending.append((None, step))
+                at += step
+                retire(False)
+            i = j
+        retire(True)
+
+
+def _write_gguf(source, shards: list[Shard], tmp: Path, editor: _Editor, norms: set[str], bar) -> None:
+    """Dequantized GGUF tensors, edited, written at their slots (they arrive in file order; a
+    writer whose post-norm comes later waits for it)."""
+    slots, outs = {}, []
+    try:
+        for s in shards:
+            out = os.open(tmp / s.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            outs.append(out)
+            head = header_bytes([(e.name, e.dtype, e.shape, e.nbytes) for e in s.entries], s.metadata)
+            pwrite_all(out, memoryview(head), 0)
+            pos = len(head)
+            for e in s.entries:
+                slots[e.name] = (e, out, pos)
+                pos += e.nbytes
+        copies = {e.copy_of: name for name, (e, _, _) in slots.items() if e.copy_of}
+        pending: dict[str, list] = {}
+        todo = {name for name, (e, _, _) in slots.items() if not e.copy_of}
+
+        def put(name: str, t: torch.Tensor) -> None:
+            e, out, pos = slots[name]
+            if e.edit is not None:
+                editor.apply(t, e.edit)
+            pwrite_all(out, memoryview(t.numpy()).cast("B"), pos)
+            bar.update(e.nbytes)
+
+        for name, tensor in source.tensors():
+            if name not in todo:
+                raise SteerError(f"GGUF tensor {name} is not in the file's tensor list, or comes twice")
+            todo.discard(name)
+            t = tensor.to(torch.float32).contiguous()
+            if name in copies:
+                put(copies[name], t)  # the original, written before the edit
+            edit = slots[name][0].edit
+            if edit is not None and edit.norm is not None and edit.norm not in editor.norm_bases:
+                pending.setdefault(edit.norm, []).append((name, t))
+                continue
+            put(name, t)
+            if name in norms:
+                editor.add_norm(name, t)
+                for waiting, wt in pending.pop(name, []):
+                    put(waiting, wt)
+        if todo or pending:
+            raise SteerError(f"GGUF file ended before tensor {sorted(todo or pending)[0]}")
+    finally:
+        for out in outs:
+            os.close(out)
+
+
+# -------------------------------------------------------------------------- side files, stats
+
+def _side_files(src: Path | None, tmp: Path, shards: list[Shard], tied: bool, config: dict) -> list[str]:
+    """Copy config, tokenizer, templates...; rewrite the index and (untied) config. Returns the
+    names of files not copied (other weight formats, folders)."""
+    skipped = []
+    if src is not None:
+        for p in sorted(src.iterdir()):
+            if p.name in {s.file for s in shards} | {INDEX, MANIFEST}:
+                continue
+            if not p.is_file() or p.suffix in _OTHER_WEIGHTS:
+                skipped.append(p.name)
+                continue
+            shutil.copyfile(p, tmp / p.name)
+    if len(shards) > 1 or (src is not None and (src / INDEX).is_file()):
+        index = json.loads((src / INDEX).read_text()) if src is not None and (src / INDEX).is_file() else {}
+        index.setdefault("metadata", {})["total_size"] = sum(e.nbytes for s in shards for e in s.entries)
+        index["weight_map"] = {e.name: s.file for s in shards for e in s.entries}
+        (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    if tied:  # as save_pretrained writes the config of the untied model
+        for c in (config, config.get("text_config")):
+            if isinstance(c, dict):
+                c["tie_word_embeddings"] = False
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return skipped
+
+
+def _stats(shards: list[Shard], tied: bool, skipped: list[str], buffer_bytes: int, seconds: float) -> dict:
+    entries = [e for s in shards for e in s.entries]
+    edited = [e for e in entries if e.edit is not None]
+    edited_bytes = sum(e.nbytes for e in edited)
+    return {"tensors_edited": len(edited), "tensors_copied": len(entries) - len(edited),
+            "bytes_edited": edited_bytes, "bytes_copied": sum(e.nbytes for e in entries) - edited_bytes,
+            "shards": len(shards), "untied_embeddings": tied, "skipped_files": skipped, "buffer_bytes": buffer_bytes,
+            "seconds": round(seconds, 3)}
+
+
+def _manifest(src: Path, basis: torch.Tensor, profiles, embed: float, preserve_norm: bool, stats: dict, extra: dict | None,
+              in_hashes: dict[str, str], out_hashes: dict[str, str], gguf: bool) -> dict:
+    from importlib.metadata import version
+
+    from steer import __version__
+
+    in_sha = (in_hashes.get(src.name) if gguf else combine_hashes(in_hashes)) if in_hashes else None
+    return {
+        "steer_version": __version__, "command": " ".join(sys.argv),
+        "versions": {"torch": torch.__version__, "transformers": version("transformers"), "python": sys.version.split()[0]},
+        "edit": {"rank": basis.shape[1], "embed": embed, "preserve_norm": preserve_norm, "streamed": True,
+                 "kernel": kernel_name("cpu"),  # native and blocked round differently (1 bf16 ulp at most)
+                 "profiles": {k: asdict(v) for k, v in (profiles or {}).items()}},
+        **(extra or {}),
+        "input": {"model": str(src), "sha256": in_sha, **((extra or {}).get("input") or {})},
+        "stats": stats,
+        "output_sha256": combine_hashes(out_hashes) if out_hashes else None,
+    }

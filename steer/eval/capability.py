@@ -1,0 +1,83 @@
+"""Capability suites: MMLU (letter log-probs), GSM8K, MATH-500, AIME 2024/2025 (greedy generation).
+
+Prompts (documented in docs/evaluation.md):
+- MMLU: steer.eval.mmlu, chat template, zero-shot by default (`--shots 5` uses the dev split).
+- GSM8K: the question, then "Solve step by step and end with 'The answer is <number>'."; the
+  number after the last "answer is", else the last number in the answer.
+- MATH-500 / AIME: the problem, then "Please reason step by step, and put your final answer within
+  \\boxed{}." (Qwen's maths prompt); the last \\boxed{}, else (AIME) the last number.
+"""
+
+from __future__ import annotations
+
+import re
+
+from steer.eval.answers import boxed, equivalent, last_number
+from steer.eval.benchmarks import LOADERS, Item, load_mmlu, stratified_subset
+from steer.eval.engine import GenSpec, cached_map, generate_cached, key
+from steer.eval.judge import degenerate
+from steer.eval.mmlu import score_mmlu, summarize
+from steer.prompts import chat_texts
+
+GSM8K_SUFFIX = "\nSolve step by step and end with 'The answer is <number>'."
+BOXED_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+MAX_TOKENS = {"gsm8k": 320, "math500": 512, "aime24": 768, "aime25": 768}
+STOP = ("\n\n\n\n",)  # runaway blank lines: nothing useful follows
+
+
+def extract(suite: str, text: str) -> str | None:
+    if suite == "gsm8k":
+        tail = re.split(r"answer is", text, flags=re.I)
+        return last_number(tail[-1]) if len(tail) > 1 and last_number(tail[-1]) else last_number(text)
+    found = boxed(text)
+    if found is None and suite.startswith("aime"):
+        return last_number(text)
+    return found
+
+
+def run_mmlu(ctx) -> dict:
+    from steer.eval.suites import rate
+
+    cfg = ctx.config
+    data = ctx.data_dir("mmlu")
+    items = stratified_subset(load_mmlu(data, "test"), cfg.limit("mmlu"), cfg.seed, equal=True)
+    dev = {}
+    if cfg.shots:
+        for it in load_mmlu(data, "dev"):
+            dev.setdefault(it.group, []).append(it)
+    keys = [key("mmlu", ctx.model_id, it.id, it.question, cfg.shots) for it in items]
+    compute = lambda idx: score_mmlu(ctx.model, ctx.tokenizer, [items[i] for i in idx], dev, cfg.shots,  # noqa: E731
+                                     batch_size=cfg.batch_size)
+    lengths = [len(it.question) + sum(map(len, it.choices)) for it in items]
+    rows = cached_map(ctx.cache, keys, compute, chunk=8 * cfg.batch_size, desc=f"mmlu {cfg.shots}-shot", order=lengths.__getitem__)
+    results = [{"id": it.id, "subject": it.group, "prompt": it.question, "choices": list(it.choices), "output": r["logprobs"],
+                "extracted": r["pred"], "answer": it.answer, "correct": r["correct"]} for it, r in zip(items, rows)]
+    summary = summarize(results)
+    return {"metrics": {"accuracy": rate([r["correct"] for r in results]),
+                        "macro_accuracy": {"value": summary["macro"], "ci": [None, None], "n": len(summary["per_subject"])}},
+            "per_subject": summary["per_subject"], "items": results, "paired": ["correct"]}
+
+
+def run_generative(suite: str, ctx) -> dict:
+    cfg = ctx.config
+    items: list[Item] = stratified_subset(LOADERS[suite](ctx.data_dir(suite)), cfg.limit(suite), cfg.seed)
+    suffix = GSM8K_SUFFIX if suite == "gsm8k" else BOXED_SUFFIX
+    texts = chat_texts(ctx.tokenizer, [it.question + suffix for it in items])
+    spec = GenSpec(cfg.tokens(suite, MAX_TOKENS[suite]), STOP)
+    outs = generate_cached(ctx.model, ctx.tokenizer, texts, spec, ctx.cache, ctx.model_id, cfg.batch_size, desc=suite)
+    results = []
+    for it, o in zip(items, outs):
+        pred = extract(suite, o["text"])
+        results.append({"id": it.id, "group": it.group, "prompt": it.question, "output": o["text"], "extracted": pred,
+                        "answer": it.answer, "correct": equivalent(pred, it.answer),
+                        "hit_limit": len(o["ids"]) >= spec.max_new_tokens, "degenerate": degenerate(o["text"])})
+    from steer.eval.suites import rate
+
+    return {"metrics": {"accuracy": rate([r["correct"] for r in results]),
+                        "hit_token_limit": rate([r["hit_limit"] for r in results]),
+                        "degenerate": rate([r["degenerate"] for r in results])},
+            "items": results, "paired": ["correct", "degenerate"]}
+
+
+def run(suite: str, ctx) -> dict:
+    return run_mmlu(ctx) if suite == "mmlu" else run_generative(suite, ctx)

@@ -1,0 +1,147 @@
+"""`steer eval` and `steer compare`: run suites on one model, or on a base and an edited model
+with paired tests on the same items, and write JSON, per-item JSONL, Markdown and plots.
+
+Output folder (written atomically; cached items live in $STEER_CACHE/eval, keyed by weights):
+    summary.json / comparison.json   metrics with 95% CIs (and paired tests)
+    report.md                        the same as Markdown tables
+    items/<suite>.jsonl              one line per item: id, prompt, output, extracted/label, correct
+    *.png                            metric bars with CIs; MMLU per-subject deltas
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from steer import __version__
+from steer.eval.engine import ItemCache, fingerprint
+from steer.errors import SteerError
+from steer.eval.suites import Ctx, EvalConfig, run_suites
+from steer.eval.judge import Judge, MarkerJudge
+from steer.model.load import Loaded, cache_dir, load_model
+from steer.checkpoint.save import atomic_dir, check_output, write_json
+from steer.eval.stats import mcnemar_exact, paired_bootstrap_ci
+
+
+def _log(msg: str) -> None:
+    print(f"[steer] {msg}", file=sys.stderr, flush=True)
+
+
+def context(loaded: Loaded, config: EvalConfig, judge: Judge | None = None, cache: bool = True) -> Ctx:
+    model_id = fingerprint(loaded.model)
+    folder = Path(os.environ.get("STEER_EVAL_CACHE") or cache_dir() / "eval")
+    store = ItemCache(folder / f"{model_id[:24]}.jsonl" if cache else None)
+    return Ctx(loaded.model, loaded.tokenizer, model_id, store, config, judge or MarkerJudge())
+
+
+def meta(config: EvalConfig, judge: Judge, models: dict[str, str], elapsed: float) -> dict:
+    import transformers
+
+    return {"steer_version": __version__, "command": " ".join(sys.argv), "models": models, "suites": config.suites,
+            "limits": config.limits, "seed": config.seed, "shots": config.shots, "judge": judge.name,
+            "decoding": {"greedy": True, "repetition_penalty": config.repetition_penalty, "max_new_tokens": config.max_new_tokens},
+            "data_dir": str(config.data_dir) if config.data_dir else None, "elapsed_s": round(elapsed, 1),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0]}}
+
+
+def _summary(results: dict[str, dict]) -> dict:
+    return {suite: {k: v for k, v in r.items() if k not in ("items", "paired")} for suite, r in results.items()}
+
+
+def _write_items(folder: Path, results: dict[str, dict]) -> None:
+    (folder / "items").mkdir(exist_ok=True)
+    for suite, r in results.items():
+        with open(folder / "items" / f"{suite}.jsonl", "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in r["items"])
+
+
+def evaluate_model(model: str | None, config: EvalConfig, out: Path, *, reference: str | None = None,
+                   judge: Judge | None = None, force: bool = False, cache: bool = True) -> dict:
+    """`steer eval`: suites on one model (kl against `reference`)."""
+    from steer.report.tables import eval_markdown, plot_metrics
+
+    check_output(out, force)
+    if "kl" in config.suites and reference is None:
+        raise SteerError("suite kl needs a reference model: add --reference BASE (or use steer compare)")
+    started = time.time()
+    loaded = load_model(model)
+    ctx = context(loaded, config, judge, cache)
+    if reference is not None:
+        ctx.reference = context(load_model(reference), config, judge, cache)
+    _log(f"evaluating {loaded.source} on {', '.join(config.suites)}")
+    results = run_suites(ctx)
+    summary = {"meta": meta(config, ctx.judge, {"model": loaded.source, "reference": reference}, time.time() - started),
+               "results": _summary(results)}
+    with atomic_dir(out, force) as tmp:
+        write_json(tmp / "summary.json", summary)
+        _write_items(tmp, results)
+        md = eval_markdown(summary)
+        (tmp / "report.md").write_text(md + "\n", encoding="utf-8")
+        plot_metrics(summary["results"], None, tmp / "metrics.png")
+    print(md)
+    return summary
+
+
+MAX_GROUPS = 8
+
+
+def paired(base: dict[str, dict], edited: dict[str, dict]) -> dict[str, dict]:
+    """Per suite and paired field: exact McNemar test and a bootstrap CI of the difference,
+    on the items both runs share (matched by suite, group and id)."""
+    out = {}
+    for suite, e in edited.items():
+        if suite not in base:
+            continue
+        b_items = {(i.get("group"), i["id"]): i for i in base[suite]["items"]}
+        for fld in e["paired"]:
+            rows = [(b_items[k][fld], i[fld], i.get("group")) for i in e["items"] if (k := (i.get("group"), i["id"])) in b_items]
+            groups = sorted({g for _, _, g in rows}, key=str)
+            # Always the whole suite; per group too when there are few groups (MATH-500 has 35
+            # subject/level groups of 1-4 items: no test on those would mean anything).
+            for g in [None] + (groups if 1 < len(groups) <= MAX_GROUPS else []):
+                sel = [(x, y) for x, y, gg in rows if g is None or gg == g]
+                bs, es = [bool(x) for x, _ in sel], [bool(y) for _, y in sel]
+                test = mcnemar_exact(bs, es)
+                test["delta_ci"] = list(paired_bootstrap_ci(bs, es))
+                test["base"], test["edited"] = sum(bs) / len(bs), sum(es) / len(es)
+                out[f"{suite}/{fld}" + (f"/{g}" if g else "")] = test
+    return out
+
+
+def compare_models(base: str | None, edited: str, config: EvalConfig, out: Path, *, judge: Judge | None = None,
+                   force: bool = False, cache: bool = True) -> dict:
+    """`steer compare`: the same suites and items on both models, paired tests, plots."""
+    from steer.report.tables import compare_markdown, plot_metrics, plot_subject_deltas
+
+    check_output(out, force)
+    started = time.time()
+    b = load_model(base)
+    bctx = context(b, config, judge, cache)
+    _log(f"base model {b.source}: {', '.join(s for s in config.suites if s != 'kl')}")
+    b_res = run_suites(bctx, [s for s in config.suites if s != "kl"])
+    e = load_model(edited)
+    ectx = context(e, config, judge, cache)
+    ectx.reference = bctx  # base weights stay loaded for KL only
+    _log(f"edited model {e.source}: {', '.join(config.suites)}")
+    e_res = run_suites(ectx)
+    tests = paired(b_res, e_res)
+    comparison = {"meta": meta(config, ectx.judge, {"base": b.source, "edited": e.source}, time.time() - started),
+                  "base": _summary(b_res), "edited": _summary(e_res), "paired": tests}
+    with atomic_dir(out, force) as tmp:
+        write_json(tmp / "comparison.json", comparison)
+        for name, res in (("base", b_res), ("edited", e_res)):
+            (tmp / name).mkdir()
+            _write_items(tmp / name, res)
+        md = compare_markdown(comparison)
+        (tmp / "report.md").write_text(md + "\n", encoding="utf-8")
+        plot_metrics(comparison["base"], comparison["edited"], tmp / "metrics.png")
+        if "mmlu" in b_res and "mmlu" in e_res:
+            plot_subject_deltas(comparison["base"]["mmlu"]["per_subject"], comparison["edited"]["mmlu"]["per_subject"],
+                                tmp / "mmlu_subjects.png")
+    print(md)
+    return comparison

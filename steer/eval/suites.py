@@ -1,0 +1,250 @@
+"""Evaluate: run named suites on one model with the cached engine; judge, KL and damage checks.
+
+Suites (see SUITES): censorship, refusal, xstest, controls (judged answers); kl (needs a reference model);
+mmlu, gsm8k, math500, aime24, aime25 (steer.eval.capability). Each returns
+    {"metrics": {name: {"value", "ci": [lo, hi], "n"}}, "items": [per-item dicts], "paired": [...]}
+where `paired` names the boolean item fields that `steer compare` tests item by item.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from steer.eval.benchmarks import Item, stratified_subset
+from steer.model.collect import input_device
+from steer.eval.engine import GenSpec, ItemCache, generate_cached
+from steer.errors import SteerError
+from steer.eval.judge import Judge, MarkerJudge, degenerate
+from steer.prompts import Prompt, chat_texts, load_prompts
+from steer.eval.stats import bootstrap_ci, wilson_ci
+
+JUDGED_TOKENS = 48  # answer length the judge was validated on (docs/judging.md)
+KL_TOKENS = 32  # tokens of the base model's greedy continuation used for multi-token KL
+
+
+@dataclass
+class EvalConfig:
+    suites: list[str]
+    data_dir: Path | None = None
+    limits: dict[str, int | None] = field(default_factory=dict)  # per suite; missing = all items
+    seed: int = 0
+    batch_size: int = 16
+    shots: int = 0  # MMLU few-shot examples from the dev split
+    max_new_tokens: dict[str, int] = field(default_factory=dict)  # per suite overrides
+    repetition_penalty: float = 1.0  # judged suites' decoding (1.0 = plain greedy, the default protocol)
+
+    def limit(self, suite: str) -> int | None:
+        return self.limits.get(suite, self.limits.get("*"))
+
+    def tokens(self, suite: str, default: int) -> int:
+        return self.max_new_tokens.get(suite, default)
+
+
+@dataclass
+class Ctx:
+    model: torch.nn.Module
+    tokenizer: object
+    model_id: str  # weights fingerprint (engine.fingerprint): cache key
+    cache: ItemCache
+    config: EvalConfig
+    judge: Judge = field(default_factory=MarkerJudge)
+    reference: Ctx | None = None  # base model for KL
+
+    def data_dir(self, suite: str) -> Path:
+        if self.config.data_dir is None:
+            raise SteerError(f"suite {suite} reads benchmark data: pass --data-dir (e.g. ../shared/data)")
+        if not Path(self.config.data_dir).is_dir():
+            raise SteerError(f"data folder {self.config.data_dir} does not exist (suite {suite})")
+        return Path(self.config.data_dir)
+
+
+def rate(values: list[bool]) -> dict:
+    k, n = sum(values), len(values)
+    return {"value": k / n if n else float("nan"), "ci": list(wilson_ci(k, n)), "n": n}
+
+
+def mean(values: list[float], seed: int = 0) -> dict:
+    return {"value": sum(values) / len(values) if values else float("nan"), "ci": list(bootstrap_ci(values, seed)), "n": len(values)}
+
+
+def sample(prompts: list[Prompt], limit: int | None, seed: int) -> list[Prompt]:
+    """Seeded subset stratified by topic (proportional), in the original order."""
+    if limit is None or limit >= len(prompts):
+        return prompts
+    items = [Item(str(i), "", "", group=p.topic) for i, p in enumerate(prompts)]
+    return [prompts[int(it.id)] for it in stratified_subset(items, limit, seed)]
+
+
+def judged(ctx: Ctx, suite: str, groups: dict[str, list[Prompt]]) -> dict:
+    """Greedy answers (cached) for every group, labelled by the judge; rates per group."""
+    flat = [(g, p) for g, ps in groups.items() for p in ps]
+    spec = GenSpec(ctx.config.tokens(suite, JUDGED_TOKENS), repetition_penalty=ctx.config.repetition_penalty)
+    texts = chat_texts(ctx.tokenizer, [p.text for _, p in flat])
+    outs = generate_cached(ctx.model, ctx.tokenizer, texts, spec, ctx.cache, ctx.model_id, ctx.config.batch_size, desc=suite)
+    labels = ctx.judge.classify([p.text for _, p in flat], [o["text"] for o in outs])
+    items = [{"id": p.id, "group": g, "lang": p.lang, "topic": p.topic, "prompt": p.text, "output": o["text"],
+              "label": lab, "refused": lab == "denial", "censored": lab != "complete", "degenerate": degenerate(o["text"])}
+             for (g, p), o, lab in zip(flat, outs, labels)]
+    metrics = {}
+    for g in groups:
+        rows = [i for i in items if i["group"] == g]
+        metrics[f"refusal/{g}"] = rate([i["refused"] for i in rows])
+        if suite in ("censorship", "controls"):
+            metrics[f"censorship/{g}"] = rate([i["censored"] for i in rows])
+            # diagnostic beside it, never instead: a repetition loop is not an answer (so it counts as
+            # censored above), but it is a decoding failure of small models rather than a deflection
+            fluent = [i["censored"] for i in rows if not i["degenerate"]]
+            if fluent:
+                metrics[f"censorship_without_loops/{g}"] = rate(fluent)
+    metrics["degenerate"] = rate([i["degenerate"] for i in items])
+    return {"metrics": metrics, "items": items, "paired": ["refused", "censored", "degenerate"]}
+
+
+def _by_language(ctx: Ctx, suite: str, prompt_set: str) -> dict:
+    """A shipped set's test split, English and Chinese groups, judged."""
+    lim, s = ctx.config.limit(suite), ctx.config.seed
+    return judged(ctx, suite, {lang: sample(load_prompts(prompt_set, "test", lang), lim, s) for lang in ("en", "zh")})
+
+
+def suite_censorship(ctx: Ctx) -> dict:
+    return _by_language(ctx, "censorship", "sensitive")
+
+
+def suite_controls(ctx: Ctx) -> dict:
+    """The censorship metrics on topic-matched controls (China questions nobody censors, test split):
+    the rate the judge gives answers that are not censorship (loops, echoes, invented deflections),
+    so the floor under the censorship suite's rates."""
+    return _by_language(ctx, "controls", "controls")
+
+
+def suite_refusal(ctx: Ctx) -> dict:
+    lim, s = ctx.config.limit("refusal"), ctx.config.seed
+    return judged(ctx, "refusal", {g: sample(load_prompts(g, "test"), lim, s) for g in ("harmful", "harmless")})
+
+
+def load_xstest(data_dir: Path) -> list[Prompt]:
+    path = data_dir / "overrefusal" / "xstest_prompts.csv"
+    if not path.exists():
+        raise SteerError(f"no XSTest data: expected {path}")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"id", "prompt", "type", "label"} <= set(rows[0]):
+        raise SteerError(f"{path}: expected columns id, prompt, type, label")
+    return [Prompt(f"xstest-{r['id']}", r["prompt"], "en", r["type"]) for r in rows if r["label"] == "safe"]
+
+
+def suite_xstest(ctx: Ctx) -> dict:
+    prompts = sample(load_xstest(ctx.data_dir("xstest")), ctx.config.limit("xstest"), ctx.config.seed)
+    return judged(ctx, "xstest", {"safe": prompts})
+
+
+@torch.inference_mode()
+def token_kl(base_fn: Callable, new_fn: Callable, pad_id: int, seqs: list[list[int]], n_prompt: list[int],
+             batch_size: int = 16, desc: str | None = None) -> list[list[float]]:
+    """Per-token KL(base || new) along teacher-forced sequences.
+
+    seqs[i] = prompt ids + the base model's greedy continuation; n_prompt[i] = prompt length.
+    base_fn/new_fn map (left-padded batch {input_ids, attention_mask, position_ids}, keep) to the
+    logits of the last `keep` positions [B, keep, vocab]: only positions that predict answer
+    tokens are computed, so memory grows with the continuation, not the prompt. Returns, per
+    sequence, the KL at each predicted continuation token: entry 0 is the first answer token
+    (first-token KL), entry j the (j+1)-th.
+    """
+    out: list[list[float]] = [[] for _ in seqs]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, leave=False):
+        idx = order[start:start + batch_size]
+        width = max(len(seqs[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, i in enumerate(idx):
+            ids[r, width - len(seqs[i]):], mask[r, width - len(seqs[i]):] = torch.tensor(seqs[i]), 1
+        batch = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        n_cont = [len(seqs[i]) - n_prompt[i] for i in idx]
+        keep = max(n_cont) + 1  # the last prompt position predicts the first answer token
+        base, new = base_fn(batch, keep), new_fn(batch, keep)
+        for r, i in enumerate(idx):  # row by row: [keep, vocab] in float64 stays small
+            lp, lq = torch.log_softmax(base[r].double(), -1), torch.log_softmax(new[r].double(), -1)
+            kl = (lp.exp() * (lp - lq)).sum(-1)  # [keep]; the last position predicts past the answer
+            first = keep - 1 - n_cont[r]
+            out[i] = kl[first:keep - 1].tolist() if n_cont[r] > 0 else kl[first:first + 1].tolist()
+    return out
+
+
+def logits_fn(model: torch.nn.Module) -> Callable:
+    """(batch, keep) -> float32 logits of the last `keep` positions [B, keep, vocab] (on CPU)."""
+    device = input_device(model)
+    return lambda b, keep: model(**{k: v.to(device) for k, v in b.items()}, logits_to_keep=keep,
+                                 use_cache=False).logits.float().cpu()
+
+
+def suite_kl(ctx: Ctx, new_fn: Callable | None = None) -> dict:
+    """First-token and multi-token KL(base || model) on harmless test prompts.
+
+    Multi-token KL is teacher-forced on the base model's own greedy continuation
+    (KL_TOKENS tokens, cached) and averaged over its tokens per prompt. First-token KL is also
+    reported over the prompts whose base continuation the judge does not label a denial.
+    """
+    ref = ctx.reference
+    if ref is None:
+        raise SteerError("suite kl needs a reference model: `steer eval MODEL --reference BASE`, or use `steer compare`")
+    prompts = sample(load_prompts("harmless", "test"), ctx.config.limit("kl"), ctx.config.seed)
+    texts = chat_texts(ctx.tokenizer, [p.text for p in prompts])
+    cont = generate_cached(ref.model, ref.tokenizer, texts, GenSpec(KL_TOKENS), ref.cache, ref.model_id, ctx.config.batch_size, desc="kl: base")
+    prompt_ids = ctx.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    seqs = [p + c["ids"] for p, c in zip(prompt_ids, cont)]
+    per_token = token_kl(logits_fn(ref.model), new_fn or logits_fn(ctx.model), ctx.tokenizer.pad_token_id, seqs,
+                         [len(p) for p in prompt_ids], ctx.config.batch_size, desc="kl")
+    labels = ctx.judge.classify([p.text for p in prompts], [c["text"] for c in cont])
+    items = [{"id": p.id, "prompt": p.text, "base_continuation": c["text"], "base_label": lab, "kl_first": k[0],
+              "kl_mean": sum(k) / len(k), "kl_tokens": [round(x, 6) for x in k]}
+             for p, c, k, lab in zip(prompts, cont, per_token, labels)]
+    s = ctx.config.seed
+    answered = [i["kl_first"] for i in items if i["base_label"] != "denial"]
+    # the few harmless prompts the base model refuses weigh heavily: an edit that answers one moves
+    # its first token from "I'm sorry" to an answer (KL ~1); the split shows that apart from damage
+    return {"metrics": {"kl/first_token": mean([i["kl_first"] for i in items], s),
+                        "kl/first_token_base_answered": mean(answered, s),
+                        "kl/multi_token": mean([i["kl_mean"] for i in items], s)}, "items": items, "paired": []}
+
+
+def _capability(name: str) -> Callable[[Ctx], dict]:
+    def run(ctx: Ctx) -> dict:
+        from . import capability
+
+        return capability.run(name, ctx)
+    return run
+
+
+SUITES: dict[str, Callable[[Ctx], dict]] = {
+    "censorship": suite_censorship,
+    "refusal": suite_refusal,
+    "xstest": suite_xstest,
+    "controls": suite_controls,
+    "kl": suite_kl,
+    **{name: _capability(name) for name in ("mmlu", "gsm8k", "math500", "aime24", "aime25")},
+}
+
+
+def parse_suites(spec: str) -> list[str]:
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if names == ["all"]:
+        return list(SUITES)
+    unknown = [s for s in names if s not in SUITES]
+    if unknown or not names:
+        raise SteerError(f"unknown suite {', '.join(unknown) or repr(spec)}: choose from {', '.join(SUITES)} (or all)")
+    return names
+
+
+def run_suites(ctx: Ctx, suites: list[str] | None = None) -> dict[str, dict]:
+    """Every suite in order; a suite's failure on bad data stops the run with its message."""
+    random.seed(ctx.config.seed)
+    torch.manual_seed(ctx.config.seed)
+    return {name: SUITES[name](ctx) for name in (suites or ctx.config.suites)}

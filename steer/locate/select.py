@@ -1,0 +1,142 @@
+"""Select: score candidate directions with the criteria of Arditi et al. (no decoding).
+
+Refusal score: log p(refusal tokens) - log(1 - p(refusal tokens)) at the last prompt
+position, where the refusal tokens are the first tokens of the model's own refusals.
+For each candidate (layer, position):
+  bypass  - mean refusal score on target (sensitive) prompts with the direction ablated;
+  induce  - mean refusal score on harmless prompts with the raw direction added at its layer;
+  kl      - mean first-token KL(base || ablated) on harmless prompts.
+Candidates in the last 20% of layers are excluded; the chosen one has the lowest bypass
+among those with induce > 0 and kl < kl_max, where kl is judged by the upper end of its 95%
+confidence interval over the validation prompts (a validation mean just under the threshold
+too often lands above it on held-out prompts: the per-prompt KL is heavy-tailed). To fit a CPU budget every candidate is first
+screened by bypass on a few prompts and only the best `screen` are scored in full.
+As in Arditi et al., directions and scores use only target prompts the model refuses and
+baseline prompts it answers (`split_by_score`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from steer.model.collect import batched_last_logits
+from steer.locate.directions import DirectionSet
+from steer.edit.project import ablated, added
+from steer.errors import SteerError
+from steer.model.generation import generate
+from steer.eval.judge import is_refusal
+
+
+def refusal_score(logits: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
+    """Per-row log-odds of the refusal tokens: logits [B, vocab] -> [B]."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    lp = torch.logsumexp(logp[:, token_ids], dim=-1).clamp(max=-1e-12)
+    return lp - torch.log(-torch.expm1(lp))
+
+
+def first_token_kl(base: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(base || new) of next-token distributions: logits [B, vocab] -> [B]."""
+    lp, lq = torch.log_softmax(base.double(), -1), torch.log_softmax(new.double(), -1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+def find_refusal_tokens(model, tokenizer, target_texts: list[str], target_logits: torch.Tensor,
+                        harmless_logits: torch.Tensor, batch_size: int = 16, max_tokens: int = 4) -> list[int]:
+    """First tokens of the model's own refusals on target prompts (not a per-family list).
+
+    Greedy-decodes a few tokens per target prompt, keeps the refusals (steer.eval.judge), counts
+    their first tokens (the argmax of target_logits) and drops any token that also opens
+    over 20% of harmless answers.
+    """
+    first = target_logits.argmax(-1).tolist()
+    answers = generate(model, tokenizer, target_texts, max_new_tokens=16, batch_size=batch_size, desc="refusal tokens")
+    counts = Counter(tok for tok, ans in zip(first, answers) if is_refusal(ans))
+    harmless_first = Counter(harmless_logits.argmax(-1).tolist())
+    keep = [t for t, _ in counts.most_common() if harmless_first[t] <= 0.2 * len(harmless_logits)][:max_tokens]
+    if not keep:
+        raise SteerError(f"the model refused none of {len(target_texts)} target prompts (judge: steer.eval.judge); nothing to remove")
+    return keep
+
+
+def split_by_score(logits: torch.Tensor, token_ids: list[int], refused: bool, min_keep: int = 4) -> list[int]:
+    """Indices of prompts the model refuses (score > 0) or answers (score < 0), as Arditi et al.
+
+    Falls back to all indices when fewer than min_keep qualify, so tiny sets still work.
+    """
+    scores = refusal_score(logits, token_ids)
+    idx = [i for i, s in enumerate(scores.tolist()) if (s > 0) == refused]
+    return idx if len(idx) >= min_keep else list(range(len(scores)))
+
+
+@dataclass
+class Candidate:
+    layer: int
+    position: int
+    screen_bypass: float
+    bypass: float | None = None
+    induce: float | None = None
+    kl: float | None = None
+    kl_ucb: float | None = None  # upper end of the 95% confidence interval of kl
+    passes: bool | None = None
+
+
+@dataclass
+class Selection:
+    layer: int
+    position: int
+    refusal_tokens: list[int]
+    base_target_score: float
+    base_harmless_score: float
+    candidates: list[Candidate]
+    fallback: str | None  # why the chosen candidate does not pass all filters, if it doesn't
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.inference_mode()
+def select_direction(model, tokenizer, dirs: DirectionSet, target_texts: list[str], harmless_texts: list[str],
+                     refusal_tokens: list[int], *, kl_max: float = 0.1, max_layer_frac: float = 0.8,
+                     screen: int = 8, screen_prompts: int = 8, batch_size: int = 16,
+                     base_logits: tuple[torch.Tensor, torch.Tensor] | None = None) -> Selection:
+    """base_logits: the unedited model's last logits on (target_texts, harmless_texts), if already known."""
+    n_layers, n_pos, _ = dirs.directions.shape
+    if base_logits is None:
+        base_logits = tuple(batched_last_logits(model, tokenizer, t, batch_size) for t in (target_texts, harmless_texts))
+    base_t, base_h = base_logits
+    screen_texts = target_texts[:screen_prompts]
+    norms = dirs.directions.norm(dim=-1)
+    # Template tokens are identical across prompts at the embedding: those differences are ~0.
+    usable = norms > 1e-6 * norms.max()
+    grid = [(layer, pos) for layer in range(max(1, int(n_layers * max_layer_frac))) for pos in range(-n_pos, 0)
+            if usable[layer, pos]]
+    cands = []
+    for layer, pos in tqdm(grid, desc="screen candidates", leave=False):
+        with ablated(model, dirs.vector(layer, pos)):
+            score = refusal_score(batched_last_logits(model, tokenizer, screen_texts, batch_size), refusal_tokens)
+        cands.append(Candidate(layer, pos, float(score.mean())))
+    for c in tqdm(sorted(cands, key=lambda c: c.screen_bypass)[:screen], desc="score candidates", leave=False):
+        with ablated(model, dirs.vector(c.layer, c.position)):
+            logits = batched_last_logits(model, tokenizer, target_texts + harmless_texts, batch_size)
+        c.bypass = float(refusal_score(logits[: len(target_texts)], refusal_tokens).mean())
+        kl = first_token_kl(base_h, logits[len(target_texts):])
+        c.kl = float(kl.mean())
+        c.kl_ucb = c.kl + 1.96 * float(kl.std()) / len(kl) ** 0.5 if len(kl) > 1 else c.kl
+        with added(model, c.layer, dirs.directions[c.layer, c.position].float()):
+            c.induce = float(refusal_score(batched_last_logits(model, tokenizer, harmless_texts, batch_size), refusal_tokens).mean())
+        c.passes = c.induce > 0 and c.kl_ucb < kl_max
+    scored = sorted((c for c in cands if c.bypass is not None), key=lambda c: c.bypass)
+    passing = [c for c in scored if c.passes]
+    fallback = None
+    if passing:
+        best = passing[0]
+    else:
+        low_kl = [c for c in scored if c.kl_ucb < kl_max]
+        best = (low_kl or scored)[0]
+        fallback = "no candidate had induce > 0 and kl_ucb < kl_max; took the lowest bypass" + (" with kl_ucb < kl_max" if low_kl else "")
+    return Selection(best.layer, best.position, refusal_tokens, float(refusal_score(base_t, refusal_tokens).mean()),
+                     float(refusal_score(base_h, refusal_tokens).mean()), cands, fallback)

