@@ -9,9 +9,10 @@ flat (attention, MLP) strength pairs its set lists, on the validation split, as 
 prompts the base model answers (what the search bounds) and on a seeded sample of all harmless
 validation prompts (what the evaluation's KL suite measures: it includes the few the base
 refuses), and the share of target prompts scoring above steer.targeted.search.NEAR_REFUSAL (greedy answers
-refuse above it). The variants "session6" and "session8" are the directions of those sessions'
-committed runs (results/targeted-embedded at e3605b1 / 7c5c9b4, read from git history; no
-training); each set scores one of them as its reference. No generation, no judge: this chooses what to run in full, it is not a result about
+refuse above it). The variants "session6" and "session8" are the directions of the committed
+runs at 6c51148 and f896339 (2026-11-22; results/targeted-embedded at e3605b1 / 7c5c9b4, read from
+git history; no training); each set scores one of them as its reference. Set and variant names
+keep the old work-period numbers; docs/history.md maps them to dates and commits. No generation, no judge: this chooses what to run in full, it is not a result about
 censorship rates.
 """
 
@@ -32,7 +33,7 @@ from steer.targeted.optimize import OptimizeSettings, optimize_direction
 from steer.prompts import chat_texts, load_prompts, seeded_sample
 from steer.targeted.search import NEAR_REFUSAL, EditParams, ValData, edit_basis, score
 
-BASE = OptimizeSettings(steps=32)  # the default until session 8; the sets below vary it
+BASE = OptimizeSettings(steps=32)  # the default until f896339 (2026-11-22); the sets below vary it
 # each set: the variants trained and the (attention, MLP) strength pairs every direction is scored at
 SETS = {
     "session7": ({
@@ -40,12 +41,12 @@ SETS = {
         "average+kl80+keep4": replace(BASE, average=True, kl_weight=80.0, keep_weight=4.0),
         "average+batch1.5x,22steps": replace(BASE, average=True, steps=22, target_batch=12, keep_batch=9, harmless_batch=18),
     }, ((1.0, 1.0), (0.9, 0.9), (0.8, 0.8))),
-    # session 8: more steps, and training under the strengths the search chose in session 7 (attention ~1.4, MLP ~0.65)
+    # f896339 (2026-11-22): more steps, and training under the strengths the 83993f7 run's search chose (attention ~1.4, MLP ~0.65)
     "session8": ({
         "steps48": replace(BASE, steps=48),
         "train-attn1.4-mlp0.7": replace(BASE, attn=1.4, mlp=0.7),
     }, ((1.0, 1.0), (1.2, 0.8), (1.2, 0.7), (1.4, 0.7), (1.4, 0.6), (1.6, 0.7))),
-    # session 9: a target hinge that pulls harder on the prompts still near refusal (OptimizeSettings.power)
+    # 3d85935 (2026-11-22): a target hinge that pulls harder on the prompts still near refusal (OptimizeSettings.power)
     "session9": ({
         "steps48-power2": replace(BASE, steps=48, power=2.0),
         "steps48-power3": replace(BASE, steps=48, power=3.0),
@@ -93,7 +94,7 @@ def main() -> None:
         inputs = c.search_inputs(ts.keep_safety, ts.keep_layers)
         for a, mlp in pairs:
             flat = lambda x: Profile(peak=x, center=(c.censorship.shape[0] - 1) / 2, width=float(c.censorship.shape[0]), floor=x)  # noqa: E731
-            # the session 7 set scaled the embedding with the rest; session 8's pairs keep it at 1 as the search's seeds do
+            # the first set (82da0ea) scaled the embedding with the rest; later sets keep it at 1 as the search's seeds do
             p = EditParams(index=layer, position=-1, contrast="optimized", attn=flat(a), mlp=flat(mlp),
                            embed=a if args.set == "session7" else 1.0)
             basis = directions[name] if directions[name].dim() > 1 else edit_basis(inputs, p)  # a subspace is already off the span
@@ -107,7 +108,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    stem = "variants" if args.set == "session7" else f"variants-{args.set}"  # session 7's files keep their names
+    stem = "variants" if args.set == "session7" else f"variants-{args.set}"  # the first set's files keep their names
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     meta = {"command": "python experiments/optimize_variants.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v),
             "commit": commit, "model": loaded.source, "keep_floor": prep.keep_floor, "split": "val", "seed": ts.seed,

@@ -2,7 +2,7 @@
 
     python experiments/readout_checkpoint.py --config kl_tokens=8 --out runs/readout [--force]
 
-Rebuilds the edit recorded in results/targeted-embedded/ (session 8's), trains a readout
+Rebuilds the edit recorded in results/targeted-embedded/ (that of the 2026-11-22 run at 7c5c9b4), trains a readout
 (steer.targeted.readout) with the --config settings (experiments/readout_probe.py's syntax; deterministic,
 so the same readout as the probe's row), scales it back to the largest fraction that meets the
 search's constraints on the validation split (readout.fit_scale), bakes it into the weights and

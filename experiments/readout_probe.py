@@ -2,7 +2,8 @@
 
     python experiments/readout_probe.py [--config lr=1e-4,l2=1,steps=32 ...] [--out results/readout-probe]
 
-Rebuilds the edit recorded in results/targeted-embedded/ (session 8's, as `steer edit` would),
+Rebuilds the edit recorded in results/targeted-embedded/ (the edit of the 2026-11-22 run at 7c5c9b4,
+as `steer edit` would),
 then for each --config trains a readout on the train splits (steer.targeted.optimize's loss) and measures
 on the validation split: the search's no-decoding scores (target score, share of refused prompts
 above NEAR_REFUSAL, harmful score, first-token KL and its 95% bound), the judged greedy answers

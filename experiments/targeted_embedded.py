@@ -8,8 +8,8 @@ The targeted run itself is timed (wall, peak RSS of the child) because the issue
 30 minutes on the 2-core machine; the comparison is evidence, not part of that budget. The
 timed run gets an empty evaluation cache (STEER_EVAL_CACHE in a temporary folder) and a new
 search journal (--study in that folder, unless given) so that its base-model evaluation and its
-search are computed, as on a fresh machine (session 11's third run, before this, resumed the
-journal its second run had left with the same search settings); the embedded model's converted
+search are computed, as on a fresh machine (the 2026-12-01 run at 56fa5db, before this, resumed
+the journal the run at f62f958 had left with the same search settings); the embedded model's converted
 checkpoint (about 45 s on first use) is taken from the cache. --no-mmlu leaves MMLU out of the
 comparison (run `steer eval --suite mmlu` on the edited side separately; an hour less on 2 cores).
 The checkpoint goes to runs/targeted (not committed: 2.5 GB); reports, plots, contrasts and
