@@ -4,7 +4,7 @@
 
 The searched profiles have 9 parameters; three 32-trial-or-fewer TPE searches (2026-11-22, docs/history.md)
 found different best edits. This scores a small grid of flat strengths per component for the
-direction of the run at 6c51148 (results/targeted-embedded at e3605b1, read from git history), on the
+direction of the run at 6c51148 (its contrasts file as committed in e3605b1, read from git history), on the
 validation split, as the search scores a trial: target and harmful refusal scores, first-token KL
 (answered harmless prompts) and its 95% upper bound. No generation: it tells the search where to
 start, not what the censorship rates are.

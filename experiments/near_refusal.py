@@ -3,8 +3,8 @@ relates to its greedy answer (what the search's no-decoding score can and cannot
 
     python experiments/near_refusal.py [--run session8] [--out results/near-refusal]
 
-Applies the edit recorded with a committed run (results/targeted-embedded at that run's commit,
-read from git history, rebuilt exactly as `steer edit` would), then for every sensitive validation
+Applies the edit recorded with a committed run (the contrasts file committed with that run, read
+from git history, rebuilt exactly as `steer edit` would), then for every sensitive validation
 prompt (English and Chinese, as the confirmation step judges them) records the refusal score (the
 log-odds of the run's refusal tokens at the first answer position), the greedy answer and the
 judge's label. Validation split only: nothing here looks at the test split.

@@ -10,8 +10,8 @@ prompts the base model answers (what the search bounds) and on a seeded sample o
 validation prompts (what the evaluation's KL suite measures: it includes the few the base
 refuses), and the share of target prompts scoring above steer.targeted.search.NEAR_REFUSAL (greedy answers
 refuse above it). The variants "session6" and "session8" are the directions of the committed
-runs at 6c51148 and f896339 (2026-11-22; results/targeted-embedded at e3605b1 / 7c5c9b4, read from
-git history; no training); each set scores one of them as its reference. Set and variant names
+runs at 6c51148 and f896339 (2026-11-22; their contrasts files as committed in e3605b1 / 7c5c9b4, read
+from git history; no training); each set scores one of them as its reference. Set and variant names
 keep the old work-period numbers; docs/history.md maps them to dates and commits. No generation, no judge: this chooses what to run in full, it is not a result about
 censorship rates.
 """

@@ -12,8 +12,8 @@ from steer.model.load import Loaded, load_model
 from steer.targeted.contrasts import Prepared, TargetedSettings, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
-# results/targeted-embedded/ held these runs at these commits (the 2026-11-22 runs at 6c51148 and f896339; keys are
-# their old work-period names, docs/history.md); later runs replaced its files
+# the commits whose contrasts file holds these runs' directions (the 2026-11-22 runs at 6c51148 and f896339; keys
+# are their old work-period names, docs/history.md); later runs replaced those files
 RUNS = {"session6": "e3605b1", "session8": "7c5c9b4"}
 
 
