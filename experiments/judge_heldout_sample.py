@@ -17,8 +17,8 @@ import json
 import random
 from pathlib import Path
 
+from steer.edit.preview import preview
 from steer.locate.directions import DirectionSet
-from steer.edit.project import ablated
 from steer.model.generation import generate
 from steer.model.load import load_model
 from steer.prompts import chat_texts, load_prompts
@@ -49,7 +49,7 @@ def main() -> None:
     texts = chat_texts(loaded.tokenizer, [t for _, _, t in flat])
     dirs = DirectionSet.load(ROOT / "results" / "abliterate-embedded" / "directions.safetensors")
     base = generate(loaded.model, loaded.tokenizer, texts, 48, 32, desc="base")
-    with ablated(loaded.model, dirs.vector()):
+    with preview(loaded.model, dirs.vector()):
         edited = generate(loaded.model, loaded.tokenizer, texts, 48, 32, desc="ablated")
     rows = []
     for model, answers in (("base", base), ("abliterated", edited)):

@@ -25,7 +25,7 @@ from steer.model.collect import batched_last_logits
 from steer.model.generation import generate
 from steer.eval.judge import MarkerJudge
 from steer.prompts import chat_texts
-from steer.locate.select import refusal_score
+from steer.locate.scores import refusal_score
 from steer.targeted.contrasts import rebuild
 
 

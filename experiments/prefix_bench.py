@@ -29,11 +29,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from steer.edit.preview import Edit, preview
 from steer.model.collect import forward, left_pad
-from steer.edit.project import Profile, ablated
+from steer.edit.project import Profile
 from steer.model.load import load_model
 from steer.prompts import chat_texts, load_prompts
-from steer.targeted.readout import applied, continuations, zeros
+from steer.edit.rank1 import zeros
+from steer.targeted.readout import continuations
 
 
 def main() -> None:
@@ -55,19 +57,19 @@ def main() -> None:
     full = {"attn": Profile(1.0, floor=1.0), "mlp": Profile(1.0, floor=1.0)}
 
     def search_trial(share: bool) -> torch.Tensor:
-        with torch.inference_mode(), ablated(model, r, profiles=full):
+        with torch.inference_mode(), preview(model, Edit(r, profiles=full)):
             return torch.cat([forward(model, left_pad(val[i:i + 32], pad, share), 1)[:, -1] for i in range(0, len(val), 32)])
 
     def optimize_step(share: bool) -> torch.Tensor:
         v = r.clone().requires_grad_(True)
-        with ablated(model, v / v.norm(), profiles=full):
+        with preview(model, Edit(v / v.norm(), profiles=full)):
             logits = forward(model, left_pad(mini, pad, share), 1)[:, -1]
         logits.float().logsumexp(-1).sum().backward()
         return logits.detach()
 
     def readout_step(share: bool) -> torch.Tensor:
         a = {k: t.requires_grad_(True) for k, t in zeros(model).items()}
-        with applied(model, r, a):
+        with preview(model, Edit(r, project=False, readout=a)):
             logits = forward(model, left_pad(read_ids, pad, share), 8)
         logits.float().logsumexp(-1).sum().backward()
         return logits.detach()

@@ -24,7 +24,8 @@ from readout_probe import parse
 from targeted_setup import ROOT, prepared
 
 from steer.model.load import checkpoint_hash
-from steer.targeted.readout import SCALES, bake, continuations, fit_scale, scaled, train_readout
+from steer.edit.rank1 import bake, scaled
+from steer.targeted.readout import SCALES, continuations, fit_scale, train_readout
 from steer.checkpoint.save import atomic_dir, check_output, save_checkpoint, write_json
 from steer.targeted.contrasts import rebuild, recorded_edit
 

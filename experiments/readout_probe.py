@@ -25,10 +25,12 @@ from pathlib import Path
 import torch
 from targeted_setup import ROOT, prepared
 
+from steer.edit.preview import Edit, preview
 from steer.model.collect import batched_last_logits
-from steer.targeted.readout import ReadoutSettings, applied, continuations, fit_scale, train_readout
+from steer.targeted.readout import ReadoutSettings, continuations, fit_scale, train_readout
 from steer.targeted.search import metrics
-from steer.targeted.contrasts import judged_rates, rebuild, recorded_edit
+from steer.targeted.confirm import judged_rates
+from steer.targeted.contrasts import rebuild, recorded_edit
 
 
 def parse(spec: str) -> ReadoutSettings:
@@ -96,7 +98,7 @@ def main() -> None:
         start = time.time()
         readout, history = train_readout(model, tok, prep.groups["sensitive"], prep.groups["harmful"], prep.groups["harmless"],
                                          r, prep.val.refusal_tokens, s, cont=cont)
-        with applied(model, r, readout):
+        with preview(model, Edit(r, project=False, readout=readout)):
             got = measure(model, tok, prep, ts)
         # how far the search's constraints (harmful floor, KL bound) would let the readout go
         scale, fits = fit_scale(model, tok, r, readout, prep.val, prep.keep_floor, ts.kl_max, batch_size=ts.batch_size)

@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from steer.edit.preview import preview
 from steer.model.load import load_model
-from steer.targeted.search import EditParams, edit_basis, edited, score
-from steer.targeted.contrasts import TargetedSettings, judged_rates, prepare
+from steer.targeted.search import EditParams, edit_basis, score
+from steer.targeted.confirm import judged_rates
+from steer.targeted.prepare import prepare
+from steer.targeted.settings import TargetedSettings
 
 
 def main() -> None:
@@ -41,7 +44,7 @@ def main() -> None:
             print(contrast, layer, {k: round(v, 4) for k, v in r.items()}, flush=True)
     best = sorted([x for x in rows if x[1]["kl"] < 0.15], key=lambda x: x[1]["target_score"])[: args.judge_top]
     for p, r in best:
-        with edited(m, edit_basis(inputs, p), p):
+        with preview(m, p.edit(edit_basis(inputs, p))):
             print("judged", p.contrast, p.index, json.dumps(judged_rates(m, tok, prep.val_prompts, ts)), flush=True)
 
 

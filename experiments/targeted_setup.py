@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load
 
 from steer.model.load import Loaded, load_model
-from steer.targeted.contrasts import Prepared, TargetedSettings, prepare
+from steer.targeted.prepare import Prepared, prepare
+from steer.targeted.settings import TargetedSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 # the commits whose contrasts file holds these runs' directions (the 2026-11-22 runs at 6c51148 and f896339; keys

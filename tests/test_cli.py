@@ -110,9 +110,9 @@ def test_chat_keeps_history_and_quits_on_empty_line(setup, capsys, monkeypatch):
 
 
 def test_search_writes_the_pareto_front(setup, monkeypatch, capsys):
-    from steer.targeted import contrasts as targeted
+    from steer.locate import scores
 
-    monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
+    monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
     out = setup / "search"
     rc = main(["search", str(setup / "model"), "--out", str(out), "--trials", "3", "--k-max", "2", "--n-val", "4",
                "--confirm", "1", "--study", str(setup / "study.journal"), "--optimize-steps", "2"])
@@ -149,8 +149,8 @@ def test_export_gguf_command(tmp_path, tokenizer, capsys):
 
 def test_targeted_flags_reach_the_settings(capsys):
     from steer.cli.main import _targeted, build_parser
-    from steer.targeted.search import TARGET_FLOOR
-    from steer.targeted.contrasts import TargetedSettings
+    from steer.targeted.settings import TARGET_FLOOR
+    from steer.targeted.settings import TargetedSettings
 
     args = build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety", "--search-kl-max", "0.2",
                                       "--keep-layers", "same", "--trials", "7", "--optimize-steps", "0",

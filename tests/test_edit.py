@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from conftest import MOE_CONFIGS, PROMPTS, make_model
+from steer.edit.preview import Edit, preview
 from steer.model.adapters import resolve
 from steer.model.collect import batched_last_logits
-from steer.edit.project import ablated, orthogonalize, orthonormal_basis, project_out
+from steer.edit.project import orthogonalize, orthonormal_basis, project_out
 from steer.prompts import chat_texts
 
 
@@ -44,7 +45,7 @@ def test_hook_ablation_equals_weight_edit(arch, tokenizer):
     direction = torch.randn(2, d, generator=torch.Generator().manual_seed(1))
     texts = chat_texts(tokenizer, PROMPTS)
     base = batched_last_logits(model, tokenizer, texts)
-    with ablated(model, direction):
+    with preview(model, direction):
         hooked = batched_last_logits(model, tokenizer, texts)
     edited = orthogonalize(model, direction)
     assert edited >= 1 + 2 * model.config.num_hidden_layers
@@ -141,9 +142,9 @@ def test_profiled_hooks_equal_profiled_weight_edit(arch, tokenizer):
     direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(5))
     profiles = {"attn": Profile(peak=1.0, center=1.0, width=0.5, floor=0.0), "mlp": Profile(peak=0.7, center=0.0, width=3, floor=0.1)}
     texts = chat_texts(tokenizer, PROMPTS)
-    with ablated(model, direction, profiles=profiles, embed=0.5):
+    with preview(model, Edit(direction, profiles=profiles, embed=0.5)):
         hooked = batched_last_logits(model, tokenizer, texts)
-    with ablated(model, direction):
+    with preview(model, direction):
         full = batched_last_logits(model, tokenizer, texts)
     orthogonalize(model, direction, profiles=profiles, embed=0.5)
     weights = batched_last_logits(model, tokenizer, texts)
@@ -172,7 +173,7 @@ def test_moe_edit_covers_every_expert_and_equals_hooks(arch, tokenizer):
     model = make_model(arch)
     r = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(7))
     texts = chat_texts(tokenizer, PROMPTS)
-    with ablated(model, r):
+    with preview(model, r):
         hooked = batched_last_logits(model, tokenizer, texts)
     n = orthogonalize(model, r)
     assert n == 1 + sum(1 + (w.bias is not None) for layer in resolve(model).writers for w in layer)

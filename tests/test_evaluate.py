@@ -8,7 +8,7 @@ from steer.eval.engine import ItemCache, fingerprint
 from steer.errors import SteerError
 from steer.eval.suites import Ctx, EvalConfig, logits_fn, parse_suites, run_suites, token_kl
 from steer.prompts import chat_texts, load_prompts
-from steer.locate.select import first_token_kl
+from steer.locate.scores import first_token_kl
 
 
 def ctx_for(model, tokenizer, config, tmp_path):

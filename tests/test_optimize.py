@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from conftest import PROMPTS, make_model
+from steer.edit.preview import Edit, preview
 from steer.model.collect import batched_last_logits
-from steer.edit.project import Profile, ablated
+from steer.edit.project import Profile
 from steer.targeted.optimize import Group, OptimizeSettings, _target_term, optimize_direction, unit_direction
 from steer.prompts import chat_texts
 from steer.targeted.search import EditParams, SearchInputs, run_search
-from steer.locate.select import first_token_kl, refusal_score
+from steer.locate.scores import first_token_kl, refusal_score
 
 REFUSAL = [70, 71]
 
@@ -21,7 +22,7 @@ def _groups(model, tokenizer):
 
 
 def _target_score(model, tokenizer, texts, r):
-    with ablated(model, r.float()):
+    with preview(model, r.float()):
         return float(refusal_score(batched_last_logits(model, tokenizer, texts), REFUSAL).mean())
 
 
@@ -118,7 +119,7 @@ def test_training_runs_under_the_given_component_strengths(tokenizer):
     _, history = optimize_direction(model, tokenizer, target, keep, harmless, init, REFUSAL, None, s, progress=False)
 
     def kl(**profiles):
-        with ablated(model, r0, profiles=profiles):
+        with preview(model, Edit(r0, profiles=profiles)):
             return float(first_token_kl(harmless.base_logits, batched_last_logits(model, tokenizer, harmless.texts)).mean())
 
     # step 0's minibatch KL is the start direction's, under the edit at those strengths
@@ -141,7 +142,7 @@ def test_training_uses_the_target_power(tokenizer):
     model = make_model("qwen2")
     target, keep, harmless = _groups(model, tokenizer)
     init = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(4))
-    with ablated(model, (init / init.norm()).float()):
+    with preview(model, (init / init.norm()).float()):
         scores = refusal_score(batched_last_logits(model, tokenizer, target.texts), REFUSAL)
     s = OptimizeSettings(steps=1, target_batch=99, keep_batch=99, harmless_batch=99, keep_weight=0.0, kl_weight=0.0,
                          margin=1.0, power=3.0)

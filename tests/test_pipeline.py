@@ -11,8 +11,7 @@ import torch
 import transformers
 
 from conftest import make_model, make_tokenizer
-from steer import pipeline
-from steer.locate import select
+from steer.locate import scores
 from steer.model.load import checkpoint_hash, load_model
 from steer.pipeline import Settings, abliterate
 from steer.checkpoint.save import save_checkpoint
@@ -21,7 +20,7 @@ from steer.checkpoint.save import save_checkpoint
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
     save_checkpoint(make_model("qwen2"), make_tokenizer(), tmp_path / "model")
-    monkeypatch.setattr(pipeline, "find_refusal_tokens", lambda *a, **k: [70, 71])
+    monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
     return tmp_path
 
 
@@ -71,12 +70,12 @@ def test_selection_respects_layer_cutoff_and_reports_all_candidates(tiny):
 
 def test_refusal_score_and_kl():
     logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0]])
-    score = select.refusal_score(logits, [0])
+    score = scores.refusal_score(logits, [0])
     assert score[0] == pytest.approx(torch.log(torch.tensor(1 / 3)).item(), abs=1e-6)  # p = 1/4 -> log(1/4 / 3/4)
     assert score[1] == pytest.approx(10 - torch.log(torch.tensor(3.0)).item(), abs=1e-6)  # odds e^10 / 3
-    kl = select.first_token_kl(logits, logits)
+    kl = scores.first_token_kl(logits, logits)
     assert torch.allclose(kl, torch.zeros(2, dtype=kl.dtype))
-    assert select.first_token_kl(logits[:1], logits[1:])[0] > 0
+    assert scores.first_token_kl(logits[:1], logits[1:])[0] > 0
 
 
 def test_directions_then_edit_cli(tiny, capsys):
@@ -94,11 +93,11 @@ def test_directions_then_edit_cli(tiny, capsys):
 
 
 def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
-    from steer.targeted import contrasts as targeted
-    from steer.pipeline import targeted_abliterate
-    from steer.targeted.contrasts import TargetedSettings
+    from steer.targeted.contrasts import Contrasts
+    from steer.targeted.run import targeted_abliterate
+    from steer.targeted.settings import TargetedSettings
 
-    monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
+    monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
     ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=2, max_new_tokens=4, kl_max=10.0, readout_steps=2, readout_kl="kl",
                           readout_kl_tokens=2)
     settings = Settings(eval_limit=3, max_new_tokens=4)
@@ -122,17 +121,16 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
     assert len(report["readout"]["history"]) == 2 and report["readout"]["scale"] == 1.0
     assert "Readout (steer.targeted.readout, 6 writers): 2 steps" in md and "Wall time" in md
     assert set(report["seconds"]) == {"prepare", "search", "confirm", "readout", "evaluate", "load_save"}
-    saved = targeted.Contrasts.load(tiny / "t1" / "contrasts.safetensors").readout
+    saved = Contrasts.load(tiny / "t1" / "contrasts.safetensors").readout
     assert set(saved) == {f"{i}.{c}" for i in range(3) for c in ("attn", "mlp")} and any(a.abs().sum() > 0 for a in saved.values())
 
 
 def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):
-    from steer.targeted import contrasts as targeted
     from steer.cli.main import main
-    from steer.pipeline import targeted_abliterate
-    from steer.targeted.contrasts import TargetedSettings
+    from steer.targeted.run import targeted_abliterate
+    from steer.targeted.settings import TargetedSettings
 
-    monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
+    monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
     ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=1, max_new_tokens=4, kl_max=10.0, readout_steps=2, readout_kl="kl",
                           readout_kl_tokens=2)
     targeted_abliterate(str(tiny / "model"), tiny / "t", ts, Settings(eval_limit=2, max_new_tokens=4), study=tiny / "s.journal")
@@ -143,8 +141,8 @@ def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):
 def test_search_journal_key_ignores_settings_used_only_after_the_search():
     from dataclasses import fields, replace
 
-    from steer.pipeline import AFTER_SEARCH, search_settings
-    from steer.targeted.contrasts import TargetedSettings
+    from steer.targeted.settings import AFTER_SEARCH, search_settings
+    from steer.targeted.settings import TargetedSettings
 
     ts = TargetedSettings()
     assert set(AFTER_SEARCH) < {f.name for f in fields(TargetedSettings)}  # no stale names
@@ -157,20 +155,20 @@ def test_search_journal_key_ignores_settings_used_only_after_the_search():
 def test_targeted_abliterate_without_a_readout_on_post_norm_writers(tmp_path, monkeypatch):
     """Gemma's writers go through a norm before the residual add: no readout, the report says why,
     and the edit is saved and rebuilt as without one."""
-    from steer.targeted import contrasts as targeted
+    from steer.targeted.contrasts import Contrasts
     from steer.cli.main import main
-    from steer.pipeline import targeted_abliterate
-    from steer.targeted.contrasts import TargetedSettings
+    from steer.targeted.run import targeted_abliterate
+    from steer.targeted.settings import TargetedSettings
 
     save_checkpoint(make_model("gemma2"), make_tokenizer(), tmp_path / "model")
-    monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
+    monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
     ts = TargetedSettings(n_val=4, trials=2, k_max=1, confirm=1, max_new_tokens=4, kl_max=10.0, optimize_steps=0,
                           readout_steps=2, readout_kl_tokens=2)
     report = targeted_abliterate(str(tmp_path / "model"), tmp_path / "t", ts, Settings(eval_limit=2, max_new_tokens=4),
                                  study=tmp_path / "s.journal")
     assert "plain linear writers" in report["readout"]["skipped"]
     assert "Readout: none (" in (tmp_path / "t" / "report.md").read_text()
-    assert targeted.Contrasts.load(tmp_path / "t" / "contrasts.safetensors").readout is None
+    assert Contrasts.load(tmp_path / "t" / "contrasts.safetensors").readout is None
     assert main(["edit", str(tmp_path / "model"), "--directions", str(tmp_path / "t"), "--out", str(tmp_path / "r")]) == 0
     from safetensors.torch import load_file
 

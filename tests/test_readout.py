@@ -5,13 +5,15 @@ import pytest
 import torch
 
 from conftest import PROMPTS, make_model
+from steer.edit.preview import Edit, preview
 from steer.model.adapters import resolve
 from steer.model.collect import batched_last_logits
 from steer.errors import SteerError
 from steer.targeted.optimize import Group, OptimizeSettings
 from steer.prompts import chat_texts
-from steer.targeted.readout import Continuations, ReadoutSettings, applied, bake, continuations, fit_scale, train_readout, zeros
-from steer.locate.select import refusal_score
+from steer.edit.rank1 import bake, zeros
+from steer.targeted.readout import Continuations, ReadoutSettings, continuations, fit_scale, train_readout
+from steer.locate.scores import refusal_score
 
 REFUSAL = [70, 71]
 
@@ -32,10 +34,10 @@ def test_hooks_equal_the_baked_weights_and_zero_changes_nothing(arch, tokenizer)
     texts = chat_texts(tokenizer, PROMPTS[:6])
     base = batched_last_logits(model, tokenizer, texts)
     r = _unit(model.config.hidden_size)
-    with applied(model, r, zeros(model)):
+    with preview(model, Edit(r, project=False, readout=zeros(model))):
         assert torch.equal(batched_last_logits(model, tokenizer, texts), base)
     readout = _random_readout(model)
-    with applied(model, r, readout):
+    with preview(model, Edit(r, project=False, readout=readout)):
         hooked = batched_last_logits(model, tokenizer, texts)
     assert (hooked - base).abs().max() > 1e-3  # the readout does something
     assert torch.equal(batched_last_logits(model, tokenizer, texts), base)  # hooks removed
@@ -77,7 +79,7 @@ def test_training_lowers_the_target_score_and_restores_the_model(tokenizer):
     assert len(history) == 10 and history[-1]["target_score"] < history[0]["target_score"] - 0.05
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.requires_grad for p in model.parameters())
-    with applied(model, r, readout):
+    with preview(model, Edit(r, project=False, readout=readout)):
         after = refusal_score(batched_last_logits(model, tokenizer, target.texts), REFUSAL).mean()
     assert after < refusal_score(target.base_logits, REFUSAL).mean() - 0.05
 

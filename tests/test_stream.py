@@ -117,7 +117,7 @@ def test_readout_streams_like_the_in_memory_bake(arch, dtype, tokenizer, tmp_pat
     """A learned readout (W <- W + r a^T after the projection) written shard by shard equals
     orthogonalize + readout.bake in memory; a readout vector for a writer the checkpoint lacks,
     or of the wrong size, is one clear error."""
-    from steer.targeted.readout import bake, zeros
+    from steer.edit.rank1 import bake, zeros
 
     model = make_model(arch).to(dtype)
     src = _save(model, tokenizer, tmp_path / "in", "60KB")

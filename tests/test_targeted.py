@@ -6,10 +6,16 @@ import pytest
 import torch
 
 from conftest import PROMPTS, make_model
+from steer.edit.preview import preview
 from steer.model.collect import residual_means
 from steer.prompts import chat_texts
 from steer.report.tables import plot_cosines
-from steer.targeted import contrasts as targeted
+from steer.locate import scores
+from steer.targeted.confirm import confirm
+from steer.targeted.prepare import prepare
+from steer.targeted.readout import fit_readout
+from steer.targeted.search import EditParams, edit_basis
+from steer.targeted.settings import TargetedSettings
 from steer.targeted.contrasts import _cos, compute_contrasts
 
 
@@ -66,10 +72,10 @@ def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(token
 def test_prepare_search_confirm_on_a_tiny_model(tokenizer, monkeypatch):
     from steer.targeted.search import pareto, run_search
 
-    monkeypatch.setattr(targeted, "find_refusal_tokens", lambda *a, **k: [70, 71])
+    monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
     model = make_model("qwen2")
-    s = targeted.TargetedSettings(n_val=6, trials=3, k_max=2, confirm=2, max_new_tokens=4, kl_max=10.0, optimize_steps=3)
-    prep = targeted.prepare(model, tokenizer, s)
+    s = TargetedSettings(n_val=6, trials=3, k_max=2, confirm=2, max_new_tokens=4, kl_max=10.0, optimize_steps=3)
+    prep = prepare(model, tokenizer, s)
     assert len(prep.val.target) == 6 and len(prep.val.harmless) <= 12
     assert prep.meta["refusal_tokens"] and set(prep.val_prompts) == {"sensitive/en", "sensitive/zh", "harmful"}
     # the optimized direction: unit norm, orthogonal to every layer's harmful direction, a searched contrast
@@ -80,23 +86,23 @@ def test_prepare_search_confirm_on_a_tiny_model(tokenizer, monkeypatch):
     assert torch.equal(inputs.directions["optimized/plain"][1, 0], opt)
     study = run_search(model, tokenizer, inputs, prep.val, n_trials=s.trials, seed=s.seed, keep_floor=-1e9)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = targeted.confirm(model, tokenizer, prep, inputs, pareto(study), s)
+    result = confirm(model, tokenizer, prep, inputs, pareto(study), s)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # previews only
     assert result["chosen"] in result["candidates"] and set(result["base"]) == {
         "censorship/sensitive/en", "censorship/sensitive/zh", "refusal/harmful"}
     assert all(0 <= v <= 1 for r in result["candidates"] for v in r["judged"].values())
     # a readout held to the chosen edit's own validation KL (it may spend none): kept only where its mean is within
-    p = targeted.EditParams.from_dict(result["chosen"]["params"])
-    basis = targeted.edit_basis(inputs, p)
+    p = EditParams.from_dict(result["chosen"]["params"])
+    basis = edit_basis(inputs, p)
     rs = replace(s, readout_steps=2, readout_kl_tokens=2, readout_kl="edit")
-    got, info = targeted.fit_readout(model, tokenizer, prep, basis, p, rs, edit_kl=result["chosen"]["kl"])
+    got, info = fit_readout(model, tokenizer, prep, basis, p, rs, edit_kl=result["chosen"]["kl"])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights restored
     assert info["kl_max"] == result["chosen"]["kl"] and info["kl_stat"] == "kl" and len(info["history"]) == 2
     kept = [f for f in info["fits"] if f["feasible"]]
     assert (got is None) == (not kept) and all(f["kl"] <= info["kl_max"] for f in kept)
     assert info["scale"] == (kept[0]["scale"] if kept else 0.0)
     with pytest.raises(ValueError, match="edit_kl"):
-        targeted.fit_readout(model, tokenizer, prep, basis, p, rs)
+        fit_readout(model, tokenizer, prep, basis, p, rs)
 
 
 def test_previewed_edit_and_readout_equal_the_applied_weights(tokenizer):
@@ -104,8 +110,8 @@ def test_previewed_edit_and_readout_equal_the_applied_weights(tokenizer):
     into the weights; an architecture without plain linear writers gets no readout, with the reason."""
     from steer.model.collect import batched_last_logits
     from steer.edit.project import Profile
-    from steer.targeted.readout import zeros
-    from steer.targeted.search import EditParams, edited
+    from steer.edit.rank1 import zeros
+    from steer.targeted.search import EditParams
 
     model = make_model("qwen2")
     texts = chat_texts(tokenizer, PROMPTS)
@@ -114,17 +120,17 @@ def test_previewed_edit_and_readout_equal_the_applied_weights(tokenizer):
     params = EditParams(index=1.0, position=-1, k=2, attn=Profile(peak=0.8), mlp=Profile(peak=1.2), embed=0.5)
     readout = {k: torch.randn(a.shape, generator=g) * 0.1 for k, a in zeros(model).items()}
     base = batched_last_logits(model, tokenizer, texts)
-    with targeted.previewed(model, basis, params, readout):
+    with preview(model, params.edit(basis, readout)):
         hooked = batched_last_logits(model, tokenizer, texts)
-    with targeted.previewed(model, basis, params, None):
+    with preview(model, params.edit(basis, None)):
         edit_only = batched_last_logits(model, tokenizer, texts)
     assert torch.equal(batched_last_logits(model, tokenizer, texts), base)  # hooks removed
     assert (hooked - edit_only).abs().max() > 1e-3  # the readout does something on top of the edit
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    with edited(model, basis, params, in_weights=True):  # the edit written into the weights, undone on exit
+    with preview(model, params.edit(basis), in_weights=True):  # the edit written into the weights, undone on exit
         torch.testing.assert_close(batched_last_logits(model, tokenizer, texts), edit_only, atol=2e-5, rtol=1e-5)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    targeted.apply_edit(model, basis, params, readout)
+    params.edit(basis, readout).apply(model)
     torch.testing.assert_close(batched_last_logits(model, tokenizer, texts), hooked, atol=2e-5, rtol=1e-5)
-    got, info = targeted.fit_readout(make_model("gemma2"), tokenizer, None, basis, params, targeted.TargetedSettings())
+    got, info = fit_readout(make_model("gemma2"), tokenizer, None, basis, params, TargetedSettings())
     assert got is None and "plain linear writers" in info["skipped"]

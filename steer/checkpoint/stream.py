@@ -20,7 +20,6 @@ import bisect
 import json
 import os
 import shutil
-import sys
 import time
 import threading
 from collections import deque
@@ -32,16 +31,17 @@ import torch
 from tqdm.auto import tqdm
 
 from steer.model.adapters import Adapter, adapter_for
-from steer.edit.project import Profile, add_rank1, orthonormal_basis
+from steer.edit.project import Profile, orthonormal_basis
+from steer.edit.rank1 import add_rank1
 from steer.errors import SteerError
 from steer.edit.kernels import kernel_name, project
 from steer.model.load import architecture, sha256_file, weight_files
+from steer.checkpoint.manifest import MANIFEST, build as build_manifest
 from steer.checkpoint.rawio import (CHUNK, TORCH_DTYPES, Copier, FileHasher, combine_hashes, header_bytes, numel, pread_into, pwrite_all,
                     read_header)
 from steer.checkpoint.save import atomic_dir, check_output, write_json
 
 INDEX = "model.safetensors.index.json"
-MANIFEST = "steer_manifest.json"
 GGUF_SHARD_BYTES = 5 << 30  # float32 output shards of a GGUF input
 # Weight files other than the safetensors being edited: not copied (they would hold unedited weights).
 _OTHER_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".npz")
@@ -501,19 +501,12 @@ def _stats(shards: list[Shard], tied: bool, skipped: list[str], buffer_bytes: in
 
 def _manifest(src: Path, basis: torch.Tensor, profiles, embed: float, preserve_norm: bool, stats: dict, extra: dict | None,
               in_hashes: dict[str, str], out_hashes: dict[str, str], gguf: bool) -> dict:
-    from importlib.metadata import version
-
-    from steer import __version__
-
     in_sha = (in_hashes.get(src.name) if gguf else combine_hashes(in_hashes)) if in_hashes else None
-    return {
-        "steer_version": __version__, "command": " ".join(sys.argv),
-        "versions": {"torch": torch.__version__, "transformers": version("transformers"), "python": sys.version.split()[0]},
-        "edit": {"rank": basis.shape[1], "embed": embed, "preserve_norm": preserve_norm, "streamed": True,
-                 "kernel": kernel_name("cpu"),  # native and blocked round differently (1 bf16 ulp at most)
-                 "profiles": {k: asdict(v) for k, v in (profiles or {}).items()}},
-        **(extra or {}),
-        "input": {"model": str(src), "sha256": in_sha, **((extra or {}).get("input") or {})},
-        "stats": stats,
-        "output_sha256": combine_hashes(out_hashes) if out_hashes else None,
-    }
+    extra = dict(extra or {})
+    given_input = extra.pop("input", None) or {}
+    edit = {"rank": basis.shape[1], "embed": embed, "preserve_norm": preserve_norm, "streamed": True,
+            "profiles": {k: asdict(v) for k, v in (profiles or {}).items()}}
+    entries = {"edit": edit, **extra}  # a recorded edit's parameters replace the streaming summary
+    return build_manifest(kernel=kernel_name("cpu"),  # native and blocked round differently (1 bf16 ulp at most)
+                          **entries, input={"model": str(src), "sha256": in_sha, **given_input}, stats=stats,
+                          output_sha256=combine_hashes(out_hashes) if out_hashes else None)

@@ -6,10 +6,12 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from steer.errors import SteerError
+from steer.locate.settings import Settings
+from steer.settings import add_options, after_search, from_args
+from steer.targeted.settings import TargetedSettings
 
 DESCRIPTION = """\
 steer: remove refusal and censorship directions from a language model's weights,
@@ -39,95 +41,27 @@ gsm8k, math500, aime24, aime25 (need --data-dir); "all" runs every suite.
 Answers are cached per item in $STEER_CACHE/eval, so an interrupted run resumes."""
 
 
-def _settings_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("directions and selection")
-    g.add_argument("--target", default="sensitive", help="prompts to stop refusing: shipped set or file (.txt/.jsonl/.csv[:col]) (default: sensitive)")
-    g.add_argument("--baseline", default="harmless", help="prompts the model answers (default: harmless)")
-    g.add_argument("--n-val", type=int, default=32, help="target validation prompts for selection; twice as many harmless ones for KL (default: 32)")
-    g.add_argument("--projected", action=argparse.BooleanOptionalAction, default=True,
-                   help="remove the baseline-mean component from each direction (default: on)")
-    g.add_argument("--kl-max", type=float, default=0.1, help="max first-token KL on harmless prompts for a candidate (default: 0.1)")
-    g.add_argument("--screen", type=int, default=8, help="candidates scored in full after the bypass screen (default: 8)")
-    g.add_argument("--screen-prompts", type=int, default=8, help="target prompts used to screen every candidate (default: 8)")
-    g.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass or generation batch (default: 32)")
-    g.add_argument("--seed", type=int, default=0)
+def _settings_args(p: argparse.ArgumentParser, evaluation: bool = False) -> None:
+    exclude = () if evaluation else ("eval_limit", "max_new_tokens")
+    add_options(p.add_argument_group("directions and selection"), Settings, exclude=exclude)
 
 
 def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> None:
     g = p.add_argument_group("targeted de-censoring (keep safety refusals)")
     if in_abliterate:
         g.add_argument("--keep-safety", action="store_true",
-                       help="remove censorship (sensitive vs controls), keep harmful-request refusals: search the edit (see steer search)")
-    g.add_argument("--trials", type=int, default=32, help="search trials, each one forward pass over validation prompts (default: 32)")
-    g.add_argument("--k-max", type=int, default=3, help="largest subspace searched (default: 3)")
-    g.add_argument("--keep-fraction", type=float, default=0.9, help="harmful refusal kept >= this fraction of the base model's (default: 0.9)")
-    g.add_argument("--keep-layers", default="all", choices=("same", "all"),
-                   help="make the edit orthogonal to the harmful-refusal direction of every layer, or of its own layer only (default: all)")
-    g.add_argument("--confirm", type=int, default=2, help="Pareto candidates confirmed with generation and the judge (default: 2)")
-    g.add_argument("--search-kl-max", type=float, default=0.05,
-                   help="first-token KL bound (95%% upper bound, harmless validation prompts) a Pareto candidate must meet "
-                        "to be confirmed; --kl-max is the plain mode's (default: 0.05)")
-    g.add_argument("--optimize-steps", type=int, default=48,
-                   help="gradient steps for an optimized direction (steer.targeted.optimize: lower censorship refusal, keep harmful "
-                        "refusal and harmless logits), searched beside the contrasts; 0 = contrasts only (default: 48)")
-    g.add_argument("--search-contrasts", default="optimized", choices=("optimized", "all"),
-                   help="directions the search draws from: the optimized one only (when --optimize-steps > 0), or the "
-                        "contrast directions too (default: optimized)")
-    g.add_argument("--search-target-floor", type=_floor, default=-2.0, metavar="SCORE|none",
-                   help="refusal scores on sensitive validation prompts below this count as done in the search's objective "
-                        "(greedy answers refuse only from about -1 up); 'none' = plain mean (default: -2)")
+                       help="remove censorship (sensitive vs controls), keep harmful-request refusals: search the edit "
+                            "(see steer search)")
+    add_options(g, TargetedSettings, exclude=() if in_abliterate else after_search(TargetedSettings)[2:])
     g.add_argument("--study", type=Path, help="search journal file (resumable; default in $STEER_CACHE/search)")
-    if in_abliterate:
-        g.add_argument("--readout-steps", type=int, default=32,
-                       help="train a learned rank-1 readout on top of the chosen edit (steer.targeted.readout: each attention and "
-                            "MLP writer's output along the edit direction becomes a learned function of its input), "
-                            "this many steps; 0 = the searched edit alone (default: 32)")
-        g.add_argument("--readout-kl-tokens", type=int, default=8,
-                       help="the readout's KL term covers this many answer tokens of the base model on harmless prompts "
-                            "(default: 8)")
-        g.add_argument("--readout-kl", default="edit", choices=("mean", "bound", "edit"),
-                       help="the readout is kept at the largest fraction whose first-token KL on harmless validation "
-                            "prompts is within a bound: its mean or its 95%% upper bound <= --search-kl-max, or its mean "
-                            "<= the chosen edit's own (edit: the readout spends no KL) (default: edit)")
 
 
-def _floor(text: str) -> float | None:
-    return None if text.lower() == "none" else float(text)
+def _targeted(args) -> TargetedSettings:
+    return from_args(TargetedSettings, args)
 
 
-def _targeted(args):
-    from steer.targeted.contrasts import TargetedSettings
-
-    for name in ("trials", "k_max", "confirm"):
-        if getattr(args, name) < 1:
-            raise SteerError(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0 < args.keep_fraction <= 1:
-        raise SteerError("--keep-fraction must be in (0, 1]")
-    if not args.search_kl_max > 0:
-        raise SteerError("--search-kl-max must be positive")
-    if args.optimize_steps < 0:
-        raise SteerError("--optimize-steps must be 0 or more")
-    readout = {}
-    if hasattr(args, "readout_steps"):
-        if args.readout_steps < 0 or args.readout_kl_tokens < 1:
-            raise SteerError("--readout-steps must be 0 or more and --readout-kl-tokens at least 1")
-        readout = {"readout_steps": args.readout_steps, "readout_kl_tokens": args.readout_kl_tokens,
-                   "readout_kl": {"mean": "kl", "bound": "kl_ucb", "edit": "edit"}[args.readout_kl]}
-    return TargetedSettings(trials=args.trials, k_max=args.k_max, keep_fraction=args.keep_fraction, confirm=args.confirm,
-                            batch_size=args.batch_size, seed=args.seed, n_val=args.n_val, keep_layers=args.keep_layers,
-                            kl_max=args.search_kl_max, max_new_tokens=getattr(args, "max_new_tokens", 48),
-                            optimize_steps=args.optimize_steps, search_contrasts=args.search_contrasts,
-                            target_floor=args.search_target_floor, **readout)
-
-
-def _settings(args):
-    from steer.pipeline import Settings
-
-    values = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
-    for name in ("n_val", "screen", "screen_prompts", "batch_size", "eval_limit", "max_new_tokens"):
-        if name in values and values[name] < 1:
-            raise SteerError(f"--{name.replace('_', '-')} must be at least 1")
-    return Settings(**values)
+def _settings(args) -> Settings:
+    return from_args(Settings, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,9 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", metavar="MODEL")
     p.add_argument("--out", required=True, type=Path, help="output folder (checkpoint, report.md/json, directions, plot)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.add_argument("--eval-limit", type=int, default=80, help="held-out prompts per evaluation group (default: 80)")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="greedy tokens per evaluation answer (default: 48)")
-    _settings_args(p)
+    _settings_args(p, evaluation=True)
     _targeted_args(p, in_abliterate=True)
 
     p = sub.add_parser("directions", help="compute and select refusal directions; save them with a plot")
@@ -160,9 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", metavar="MODEL")
     p.add_argument("--out", required=True, type=Path, help="output folder (pareto.json/png, cosines.png, contrasts, search.md)")
     p.add_argument("--force", action="store_true")
-    p.add_argument("--n-val", type=int, default=32, help="sensitive and harmful validation prompts (default: 32)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
     _targeted_args(p)
 
     p = sub.add_parser("edit", help="orthogonalize a saved direction out of a checkpoint and save it",
@@ -249,12 +178,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _abliterate(args) -> int:
-    from steer.pipeline import abliterate, targeted_abliterate
-
     if args.keep_safety:
+        from steer.targeted.run import targeted_abliterate
+
         targeted_abliterate(args.model, args.out, _targeted(args), _settings(args), force=args.force, study=args.study)
         print(f"\nsaved to {args.out} (report.md, report.json, contrasts.safetensors, cosines.png, pareto.png)")
         return 0
+    from steer.pipeline import abliterate
+
     abliterate(args.model, args.out, _settings(args), force=args.force)
     print(f"\nsaved to {args.out} (report.md, report.json, directions.safetensors, selection.png)")
     return 0
@@ -272,17 +203,17 @@ def _json_arg(value: str | None, flag: str):
 
 
 def _directions(args) -> int:
-    from steer.model.load import load_model
-    from steer.pipeline import check_prompts, compute_directions
-    from steer.report.tables import plot_selection, selection_table
     from steer.checkpoint.save import atomic_dir, check_output
+    from steer.locate.run import check_prompts, directions
+    from steer.model.load import load_model
+    from steer.report.tables import plot_selection, selection_table
 
     check_output(args.out, args.force)
     settings = _settings(args)
     check_prompts(settings)
     loaded = load_model(args.model, device_map=_json_arg(args.device_map, "--device-map"), offload_folder=args.offload_folder,
                         max_memory=_json_arg(args.max_memory, "--max-memory"))
-    dirs = compute_directions(loaded, settings)
+    dirs = directions(loaded, settings)
     with atomic_dir(args.out, args.force) as tmp:
         dirs.save(tmp / "directions.safetensors")
         plot_selection(dirs.meta["selection"], loaded.model.config.num_hidden_layers, tmp / "selection.png")
@@ -295,99 +226,32 @@ def _directions(args) -> int:
 
 
 def _search(args) -> int:
+    from steer.checkpoint.save import check_output
     from steer.model.load import load_model
-    from steer.pipeline import targeted_search
-    from steer.report.tables import optimize_summary, pareto_table, plot_cosines, plot_pareto
-    from steer.checkpoint.save import atomic_dir, check_output, write_json
-    from steer.targeted.search import trial_rows
+    from steer.targeted.run import search, write_search
 
     check_output(args.out, args.force)
     ts = _targeted(args)
-    prep, _, st, front, conf, study = targeted_search(load_model(args.model), ts, args.study)
-    with atomic_dir(args.out, args.force) as tmp:
-        write_json(tmp / "pareto.json", {"front": front, "confirm": conf, "trials": trial_rows(st), "prepare": prep.meta,
-                                         "settings": vars(ts), "study": str(study)})
-        prep.contrasts.save(tmp / "contrasts.safetensors", {"chosen": conf["chosen"]["params"], "keep_safety": ts.keep_safety,
-                                                                    "keep_layers": ts.keep_layers})
-        plot_cosines(prep.contrasts.cosines(), tmp / "cosines.png", "cosine similarity per layer (last position)")
-        plot_pareto(trial_rows(st), front, conf["chosen"], tmp / "pareto.png")
-        md = pareto_table(front, conf["candidates"], conf["chosen"])
-        opt = optimize_summary(prep.meta.get("optimize"))
-        (tmp / "search.md").write_text(f"# steer search\n\n{md}\n\n{opt}\n\n{conf['note'] or ''}\n", encoding="utf-8")
-    print(md + f"\n\nchosen: {conf['chosen']['params']}\nsaved to {args.out}")
+    result = search(load_model(args.model), ts, args.study)
+    md = write_search(args.out, result, ts, args.force)
+    print(md + f"\n\nchosen: {result.confirmation['chosen']['params']}\nsaved to {args.out}")
     return 0
 
 
 def _edit(args) -> int:
     """Local folders, .gguf files and the embedded model are edited on disk, tensor by tensor
     (steer.checkpoint.stream: bounded memory); a hub id is loaded and edited in memory."""
-    from steer.model.load import EMBEDDED_NAME, embedded_checkpoint
+    from steer.checkpoint.rebuild import apply_recorded, recorded
     from steer.checkpoint.save import check_output
-    from steer.checkpoint.stream import edit_checkpoint
 
     check_output(args.out, args.force, (Path(args.model) if args.model else None,))
-    basis, options, extra = _edit_spec(args)
-    path = Path(args.model) if args.model else None
-    if path is None or (args.model == "embedded" and not path.exists()):
-        path, extra["input"] = embedded_checkpoint(), {"model": f"embedded:{EMBEDDED_NAME}"}
-    elif not (path.is_dir() or (path.suffix == ".gguf" and path.is_file())):
-        return _edit_in_memory(args, basis, options, extra)
-    stats = edit_checkpoint(path, args.out, basis, force=args.force, manifest=extra, hashes=args.hash, **options)
+    stats = apply_recorded(args.model, recorded(args.directions, args.layer, args.position), args.out, force=args.force,
+                           hashes=args.hash)
+    if "bytes_edited" not in stats:
+        print(f"orthogonalized {stats['tensors_edited']} tensors; saved to {args.out}")
+        return 0
     print(f"orthogonalized {stats['tensors_edited']} tensors ({stats['bytes_edited'] / 2**20:.0f} MiB edited, "
           f"{stats['bytes_copied'] / 2**20:.0f} MiB copied) in {stats['seconds']:.1f} s; saved to {args.out}")
-    return 0
-
-
-def _edit_spec(args) -> tuple:
-    """(directions [k, d_model], edit options, manifest entries) from --directions: a directions
-    file (its selected or --layer/--position direction, full strength) or the contrasts file of
-    a --keep-safety run (the recorded edit: subspace, strength profiles, norm preservation)."""
-    from steer.locate.directions import DirectionSet, is_contrasts_file
-
-    source = args.directions / "contrasts.safetensors" if args.directions.is_dir() else args.directions
-    if is_contrasts_file(source):
-        from steer.targeted.contrasts import recorded_edit, recorded_readout
-
-        basis, params = recorded_edit(source)
-        options = {"profiles": {"attn": params.attn, "mlp": params.mlp}, "embed": params.embed,
-                   "preserve_norm": params.preserve_norm}
-        extra = {"edit": params.to_dict(), "contrasts": str(source)}
-        if readout := recorded_readout(source):  # baked along the edit's first direction, after the projection
-            options["readout"] = (basis[0].float(), readout)
-            extra["readout_writers"] = len(readout)
-        return basis.float(), options, extra
-    dirs = DirectionSet.load(args.directions)
-    vector = dirs.vector(args.layer, args.position)
-    layer, position = (args.layer, -1 if args.position is None else args.position) if args.layer is not None else dirs.selected
-    extra = {"prompts": dirs.meta.get("prompts"), "settings": dirs.meta.get("settings"),
-             "direction": {"file": str(args.directions), "layer": layer, "position": position, "method": dirs.meta.get("method"),
-                           "refusal_tokens": dirs.meta.get("selection", {}).get("refusal_token_strings")}}
-    return vector[None], {}, extra
-
-
-def _edit_in_memory(args, basis, options: dict, extra: dict) -> int:
-    from steer import __version__
-    from steer.edit.project import orthogonalize
-    from steer.model.load import checkpoint_hash, load_model
-    from steer.checkpoint.save import atomic_dir, save_checkpoint, write_json
-
-    loaded = load_model(args.model)
-    d_model = loaded.model.get_input_embeddings().weight.shape[1]
-    if basis.shape[-1] != d_model:
-        raise SteerError(f"directions file {args.directions} has hidden size {basis.shape[-1]}, model has {d_model}")
-    readout = options.pop("readout", None)
-    n = orthogonalize(loaded.model, basis, **options)
-    if readout:
-        from steer.targeted.readout import bake
-
-        bake(loaded.model, *readout)
-    with atomic_dir(args.out, args.force) as tmp:
-        save_checkpoint(loaded.model, loaded.tokenizer, tmp)
-        in_sha = checkpoint_hash(loaded.path) if loaded.path and args.hash else None
-        write_json(tmp / "steer_manifest.json", {"steer_version": __version__, "command": " ".join(sys.argv), **extra,
-                                                 "input": {"model": loaded.source, "sha256": in_sha},
-                                                 "output_sha256": checkpoint_hash(tmp) if args.hash else None})
-    print(f"orthogonalized {n} tensors; saved to {args.out}")
     return 0
 
 
@@ -426,13 +290,14 @@ def _chat(args) -> int:
 
 
 def load_model_with_preview(args):
-    from steer.locate.directions import DirectionSet
+    """The model, with --ablate's direction removed by hooks for the whole session (weights untouched)."""
     from steer.edit.project import ablation_hooks
+    from steer.locate.directions import DirectionSet
     from steer.model.load import load_model
 
     loaded = load_model(args.model)
     if args.ablate:
-        ablation_hooks(loaded.model, DirectionSet.load(args.ablate).vector())  # weights untouched
+        ablation_hooks(loaded.model, DirectionSet.load(args.ablate).vector())
     return loaded
 
 

@@ -15,17 +15,15 @@ from dataclasses import dataclass
 import einops
 import torch
 
+from steer.locate.directions import orthonormalize
 from steer.model.adapters import Resolved, resolve
 from steer.edit.kernels import Side, project
 
 
 def orthonormal_basis(directions: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis [d_model, k] (float32) spanning directions [k, d_model] or [d_model]."""
-    vecs = directions.reshape(-1, directions.shape[-1]).to(torch.float64)
-    q, r = torch.linalg.qr(vecs.T)
-    if torch.any(r.diagonal().abs() < 1e-12 * vecs.norm(dim=1).max()):
-        raise ValueError("directions are linearly dependent or zero")
-    return q.to(torch.float32)
+    """Orthonormal basis [d_model, k] (float32) spanning directions [k, d_model] or [d_model]
+    (steer.locate.directions.orthonormalize, transposed; dependent directions are an error)."""
+    return orthonormalize(directions).T.to(torch.float32)
 
 
 def project_out(weight: torch.Tensor, basis: torch.Tensor, side: Side, strength: float = 1.0,
@@ -64,14 +62,6 @@ def project_out(weight: torch.Tensor, basis: torch.Tensor, side: Side, strength:
     else:
         raise ValueError(f"side must be 'out' or 'in', not {side!r}")
     return w.to(weight.dtype)
-
-
-@torch.no_grad()
-def add_rank1(w: torch.Tensor, r: torch.Tensor, a: torch.Tensor) -> None:
-    """w [d_model, d_in] <- w + r a^T, in place, float32 maths rounded once to w's dtype.
-    steer.targeted.readout's update of a residual writer (r: [d_model], a: [d_in]); in memory and in the
-    streaming editor alike, after the projection."""
-    w.copy_((w.float() + torch.outer(r.float(), a.float())).to(w.dtype))
 
 
 def writer_basis(resolved: Resolved, basis: torch.Tensor, norm: torch.nn.Module | None) -> torch.Tensor:
@@ -169,17 +159,6 @@ def ablation_hooks(model: torch.nn.Module, directions: torch.Tensor, *, profiles
         for writer, s in zip(layer_writers, layer_strengths):  # a fused experts module outputs their weighted sum
             handles.append(writer.module.register_forward_hook(_project_output_hook(writer_basis(res, basis, writer.norm), s)))
     return handles
-
-
-@contextmanager
-def ablated(model: torch.nn.Module, directions: torch.Tensor, **strengths) -> Iterator[None]:
-    """Preview the edit without changing weights, for the duration of the block (profiles=, embed=)."""
-    handles = ablation_hooks(model, directions, **strengths)
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from steer.eval.benchmarks import LOADERS, Item, load_mmlu, stratified_subset
 from steer.eval.engine import GenSpec, cached_map, generate_cached, key
 from steer.eval.judge import degenerate
 from steer.eval.mmlu import score_mmlu, summarize
+from steer.eval.stats import rate
 from steer.prompts import chat_texts
 
 GSM8K_SUFFIX = "\nSolve step by step and end with 'The answer is <number>'."
@@ -36,8 +37,6 @@ def extract(suite: str, text: str) -> str | None:
 
 
 def run_mmlu(ctx) -> dict:
-    from steer.eval.suites import rate
-
     cfg = ctx.config
     data = ctx.data_dir("mmlu")
     items = stratified_subset(load_mmlu(data, "test"), cfg.limit("mmlu"), cfg.seed, equal=True)
@@ -71,8 +70,6 @@ def run_generative(suite: str, ctx) -> dict:
         results.append({"id": it.id, "group": it.group, "prompt": it.question, "output": o["text"], "extracted": pred,
                         "answer": it.answer, "correct": equivalent(pred, it.answer),
                         "hit_limit": len(o["ids"]) >= spec.max_new_tokens, "degenerate": degenerate(o["text"])})
-    from steer.eval.suites import rate
-
     return {"metrics": {"accuracy": rate([r["correct"] for r in results]),
                         "hit_token_limit": rate([r["hit_limit"] for r in results]),
                         "degenerate": rate([r["degenerate"] for r in results])},

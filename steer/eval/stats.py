@@ -54,3 +54,15 @@ def mcnemar_exact(base: list[bool], edited: list[bool]) -> dict:
     n = len(base)
     diff = (sum(edited) - sum(base)) / n if n else float("nan")
     return {"n": n, "base_only": b, "edited_only": c, "delta": diff, "p_value": p}
+
+
+def rate(values: list[bool]) -> dict:
+    """A metric: the share of True with its 95% Wilson interval and n."""
+    k, n = sum(values), len(values)
+    return {"value": k / n if n else float("nan"), "ci": list(wilson_ci(k, n)), "n": n}
+
+
+def mean(values: list[float], seed: int = 0) -> dict:
+    """A metric: the mean with its seeded 95% bootstrap interval and n."""
+    return {"value": sum(values) / len(values) if values else float("nan"), "ci": list(bootstrap_ci(values, seed)),
+            "n": len(values)}

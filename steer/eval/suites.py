@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from steer.eval import capability
 from steer.eval.benchmarks import Item, stratified_subset
 from steer.model.collect import input_device
 from steer.eval.engine import GenSpec, ItemCache, generate_cached
 from steer.errors import SteerError
 from steer.eval.judge import Judge, MarkerJudge, degenerate
 from steer.prompts import Prompt, chat_texts, load_prompts
-from steer.eval.stats import bootstrap_ci, wilson_ci
+from steer.eval.stats import mean, rate
 
 JUDGED_TOKENS = 48  # answer length the judge was validated on (docs/judging.md)
 KL_TOKENS = 32  # tokens of the base model's greedy continuation used for multi-token KL
@@ -63,15 +64,6 @@ class Ctx:
         if not Path(self.config.data_dir).is_dir():
             raise SteerError(f"data folder {self.config.data_dir} does not exist (suite {suite})")
         return Path(self.config.data_dir)
-
-
-def rate(values: list[bool]) -> dict:
-    k, n = sum(values), len(values)
-    return {"value": k / n if n else float("nan"), "ci": list(wilson_ci(k, n)), "n": n}
-
-
-def mean(values: list[float], seed: int = 0) -> dict:
-    return {"value": sum(values) / len(values) if values else float("nan"), "ci": list(bootstrap_ci(values, seed)), "n": len(values)}
 
 
 def sample(prompts: list[Prompt], limit: int | None, seed: int) -> list[Prompt]:
@@ -216,11 +208,7 @@ def suite_kl(ctx: Ctx, new_fn: Callable | None = None) -> dict:
 
 
 def _capability(name: str) -> Callable[[Ctx], dict]:
-    def run(ctx: Ctx) -> dict:
-        from . import capability
-
-        return capability.run(name, ctx)
-    return run
+    return lambda ctx: capability.run(name, ctx)
 
 
 SUITES: dict[str, Callable[[Ctx], dict]] = {

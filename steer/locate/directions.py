@@ -59,6 +59,28 @@ def remove_span(directions: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
     return d - einops.einsum(coeff, q, "... m, ... d m -> ... d")
 
 
+def orthonormalize(vectors: torch.Tensor, *, drop_dependent: bool = False, rtol: float = 1e-12) -> torch.Tensor:
+    """The one orthonormalisation: rows [k', d] (float64) spanning vectors [k, d] (or [d]), in order.
+
+    Row i is vectors[i] minus its components along the earlier rows, normalized, with its sign
+    (QR of vectors^T, columns signed by R's diagonal). A row left with a norm below rtol x the
+    largest input norm is dependent: dropped with drop_dependent (a later row then takes its
+    place), else ValueError. Used for edit bases (steer.edit), searched subspaces
+    (steer.targeted.search) and optimized subspaces (steer.targeted.optimize).
+    """
+    v = vectors.reshape(-1, vectors.shape[-1]).double()
+    scale, keep = float(v.detach().norm(dim=1).max()), list(range(v.shape[0]))
+    while keep:
+        q, r = torch.linalg.qr(v[keep].T)
+        small = (r.diagonal().abs() < rtol * scale).nonzero().flatten().tolist()
+        if not small:
+            return (q * torch.sign(r.diagonal())).T
+        if not drop_dependent:
+            raise ValueError("directions are linearly dependent or zero")
+        del keep[small[0]]
+    raise ValueError("no direction left: every one lies in the span of those before it (or is zero)")
+
+
 def principal_directions(diffs: torch.Tensor, k: int, mean_direction: torch.Tensor | None = None) -> torch.Tensor:
     """Top-k principal directions [k, d] (unit, float64) of per-prompt differences diffs [n, d].
 

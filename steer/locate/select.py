@@ -17,7 +17,6 @@ baseline prompts it answers (`split_by_score`).
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,51 +24,9 @@ from tqdm.auto import tqdm
 
 from steer.model.collect import batched_last_logits
 from steer.locate.directions import DirectionSet
-from steer.edit.project import ablated, added
-from steer.errors import SteerError
-from steer.model.generation import generate
-from steer.eval.judge import is_refusal
-
-
-def refusal_score(logits: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
-    """Per-row log-odds of the refusal tokens: logits [B, vocab] -> [B]."""
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    lp = torch.logsumexp(logp[:, token_ids], dim=-1).clamp(max=-1e-12)
-    return lp - torch.log(-torch.expm1(lp))
-
-
-def first_token_kl(base: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """Per-row KL(base || new) of next-token distributions: logits [B, vocab] -> [B]."""
-    lp, lq = torch.log_softmax(base.double(), -1), torch.log_softmax(new.double(), -1)
-    return (lp.exp() * (lp - lq)).sum(-1)
-
-
-def find_refusal_tokens(model, tokenizer, target_texts: list[str], target_logits: torch.Tensor,
-                        harmless_logits: torch.Tensor, batch_size: int = 16, max_tokens: int = 4) -> list[int]:
-    """First tokens of the model's own refusals on target prompts (not a per-family list).
-
-    Greedy-decodes a few tokens per target prompt, keeps the refusals (steer.eval.judge), counts
-    their first tokens (the argmax of target_logits) and drops any token that also opens
-    over 20% of harmless answers.
-    """
-    first = target_logits.argmax(-1).tolist()
-    answers = generate(model, tokenizer, target_texts, max_new_tokens=16, batch_size=batch_size, desc="refusal tokens")
-    counts = Counter(tok for tok, ans in zip(first, answers) if is_refusal(ans))
-    harmless_first = Counter(harmless_logits.argmax(-1).tolist())
-    keep = [t for t, _ in counts.most_common() if harmless_first[t] <= 0.2 * len(harmless_logits)][:max_tokens]
-    if not keep:
-        raise SteerError(f"the model refused none of {len(target_texts)} target prompts (judge: steer.eval.judge); nothing to remove")
-    return keep
-
-
-def split_by_score(logits: torch.Tensor, token_ids: list[int], refused: bool, min_keep: int = 4) -> list[int]:
-    """Indices of prompts the model refuses (score > 0) or answers (score < 0), as Arditi et al.
-
-    Falls back to all indices when fewer than min_keep qualify, so tiny sets still work.
-    """
-    scores = refusal_score(logits, token_ids)
-    idx = [i for i, s in enumerate(scores.tolist()) if (s > 0) == refused]
-    return idx if len(idx) >= min_keep else list(range(len(scores)))
+from steer.edit.preview import preview
+from steer.edit.project import added
+from steer.locate.scores import first_token_kl, kl_bound, refusal_score
 
 
 @dataclass
@@ -116,16 +73,16 @@ def select_direction(model, tokenizer, dirs: DirectionSet, target_texts: list[st
             if usable[layer, pos]]
     cands = []
     for layer, pos in tqdm(grid, desc="screen candidates", leave=False):
-        with ablated(model, dirs.vector(layer, pos)):
+        with preview(model, dirs.vector(layer, pos)):
             score = refusal_score(batched_last_logits(model, tokenizer, screen_texts, batch_size), refusal_tokens)
         cands.append(Candidate(layer, pos, float(score.mean())))
     for c in tqdm(sorted(cands, key=lambda c: c.screen_bypass)[:screen], desc="score candidates", leave=False):
-        with ablated(model, dirs.vector(c.layer, c.position)):
+        with preview(model, dirs.vector(c.layer, c.position)):
             logits = batched_last_logits(model, tokenizer, target_texts + harmless_texts, batch_size)
         c.bypass = float(refusal_score(logits[: len(target_texts)], refusal_tokens).mean())
         kl = first_token_kl(base_h, logits[len(target_texts):])
         c.kl = float(kl.mean())
-        c.kl_ucb = c.kl + 1.96 * float(kl.std()) / len(kl) ** 0.5 if len(kl) > 1 else c.kl
+        c.kl_ucb = kl_bound(kl)
         with added(model, c.layer, dirs.directions[c.layer, c.position].float()):
             c.induce = float(refusal_score(batched_last_logits(model, tokenizer, harmless_texts, batch_size), refusal_tokens).mean())
         c.passes = c.induce > 0 and c.kl_ucb < kl_max

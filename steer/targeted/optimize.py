@@ -35,9 +35,10 @@ import torch
 from tqdm.auto import tqdm
 
 from steer.model.collect import encode_batches, last_logits
-from steer.locate.directions import remove_span
-from steer.edit.project import Profile, ablated
-from steer.locate.select import first_token_kl, refusal_score
+from steer.locate.directions import orthonormalize, remove_span
+from steer.edit.preview import Edit, preview
+from steer.edit.project import Profile
+from steer.locate.scores import first_token_kl, refusal_score
 
 
 @dataclass
@@ -85,8 +86,7 @@ def unit_direction(v: torch.Tensor, keep_span: torch.Tensor | None) -> torch.Ten
         w = v if keep_span is None else remove_span(v, keep_span)
         return w / w.norm()
     w = v if keep_span is None else remove_span(v, keep_span.expand(v.shape[0], *keep_span.shape))
-    q, _ = torch.linalg.qr(w.T)  # [d, r]
-    return (q * torch.sign((q * w.T).sum(0))).T
+    return orthonormalize(w)
 
 
 def _target_term(score: torch.Tensor, margin: float, power: float) -> torch.Tensor:
@@ -137,7 +137,7 @@ def minibatch_loss(logits: torch.Tensor, picks: list[list[int]], base: list[torc
 def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, attn: float = 1.0, mlp: float = 1.0) -> torch.Tensor:
     """Last-position logits [N, vocab] with r ablated at flat strengths attn / mlp, rows in the order of texts (one batch)."""
     (idx, batch), = list(encode_batches(tokenizer, texts, len(texts), share_prefix=True))
-    with ablated(model, r, profiles={"attn": Profile(attn, floor=attn), "mlp": Profile(mlp, floor=mlp)}):
+    with preview(model, Edit(r, profiles={"attn": Profile(attn, floor=attn), "mlp": Profile(mlp, floor=mlp)})):
         logits = last_logits(model, batch)
     out = torch.empty_like(logits)
     out[torch.tensor(idx)] = logits

@@ -24,18 +24,20 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
 
-from steer.model.adapters import resolve
 from steer.model.collect import batched_last_logits, encode_batches, forward, last_logits, left_pad
-from steer.edit.project import add_rank1
+from steer.edit.preview import Edit, preview
+from steer.edit.rank1 import Readout, scaled, writers, zeros
 from steer.eval.engine import GenSpec, generate_ids
 from steer.errors import SteerError
 from steer.targeted.optimize import Group, OptimizeSettings, draw, frozen, minibatch_loss
-from steer.targeted.search import ValData, metrics
+from steer.targeted.prepare import Prepared
+from steer.targeted.search import EditParams, ValData, metrics
+from steer.targeted.settings import TargetedSettings
 
 
 @dataclass
@@ -54,22 +56,7 @@ class ReadoutSettings:
     loss: OptimizeSettings = field(default_factory=lambda: OptimizeSettings(kl_weight=120.0, keep_weight=4.0, harmless_batch=24))
 
 
-Readout = dict[str, torch.Tensor]  # "<layer>.<component>" -> a [d_in] (float32)
 SCALES = (1.0, 0.75, 0.5, 0.25)  # fractions of a trained readout fit_scale tries, largest first
-
-
-def _writers(model, components: tuple[str, ...]) -> dict[str, torch.nn.Module]:
-    res = resolve(model)
-    out = {}
-    for i, layer in enumerate(res.writers):
-        for b in layer:
-            if b.writer.component not in components:
-                continue
-            if b.norm is not None or b.writer.fused or not isinstance(b.module, torch.nn.Linear):
-                raise SteerError(f"a learned readout needs plain linear writers added straight to the residual stream; "
-                                 f"{type(model).__name__} layer {i} {b.writer.module} is not")
-            out[f"{i}.{b.writer.component}"] = b.module
-    return out
 
 
 @dataclass
@@ -98,46 +85,6 @@ def continuations(model, tokenizer, texts: list[str], n: int, batch_size: int = 
     return Continuations(ids, torch.cat(logp))
 
 
-def zeros(model, components: tuple[str, ...] = ("attn", "mlp")) -> Readout:
-    """The readout that changes nothing (a = 0 for every writer of these components)."""
-    return {k: torch.zeros(m.in_features) for k, m in _writers(model, components).items()}
-
-
-@contextmanager
-def applied(model, r: torch.Tensor, readout: Readout) -> Iterator[None]:
-    """Hooks adding r (a^T x) to each writer's output (x: its input [..., d_in]; r: [d_model])."""
-    mods = _writers(model, tuple({k.split(".")[1] for k in readout}))
-    handles = []
-    for key, a in readout.items():
-        def hook(module, args, output, a=a):
-            coef = args[0] @ a.to(args[0].dtype)  # [...]: what this writer now writes along r
-            return output + coef.unsqueeze(-1) * r.to(output.dtype)
-        handles.append(mods[key].register_forward_hook(hook))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@torch.no_grad()
-def bake(model, r: torch.Tensor, readout: Readout) -> int:
-    """W <- W + r a^T for every writer in readout, in place; returns how many. A readout that does
-    not fit the model (a writer it lacks, a vector of the wrong size) is refused before any write."""
-    mods = _writers(model, tuple({k.split(".")[1] for k in readout if "." in k}))
-    for key, a in readout.items():
-        if key not in mods or a.shape != (mods[key].in_features,):
-            have = f"input size {mods[key].in_features}" if key in mods else "no such writer"
-            raise SteerError(f"the readout vector for {key} (shape {list(a.shape)}) does not fit {type(model).__name__}: {have}")
-    for key, a in readout.items():
-        add_rank1(mods[key].weight, r, a)
-    return len(readout)
-
-
-def scaled(readout: Readout, t: float) -> Readout:
-    return {k: a * t for k, a in readout.items()}
-
-
 @torch.inference_mode()
 def fit_scale(model, tokenizer, r: torch.Tensor, readout: Readout, val: ValData, keep_floor: float | None, kl_max: float | None,
               scales: tuple[float, ...] = SCALES, batch_size: int = 16, kl_stat: str = "kl_ucb") -> tuple[float, list[dict]]:
@@ -151,7 +98,7 @@ def fit_scale(model, tokenizer, r: torch.Tensor, readout: Readout, val: ValData,
         raise ValueError(f"kl_stat must be 'kl' or 'kl_ucb', not {kl_stat!r}")
     rows = []
     for t in sorted(scales, reverse=True):
-        with applied(model, r, scaled(readout, t)):
+        with preview(model, Edit(r, project=False, readout=scaled(readout, t))):
             m = metrics(batched_last_logits(model, tokenizer, val.target + val.keep + val.harmless, batch_size), val)
         m["scale"] = t
         m["feasible"] = (keep_floor is None or m["keep_score"] >= keep_floor) and (kl_max is None or m[kl_stat] <= kl_max)
@@ -182,7 +129,7 @@ def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group,
         harmless = Group([str(i) for i in range(len(cont.ids))], cont.base_logp[:, 0])
     groups = [(target, ls.target_batch), (keep, ls.keep_batch), (harmless, ls.harmless_batch)]
     base = [g.base_logits.detach().clone().float() for g, _ in groups]
-    mods = _writers(model, s.components)
+    mods = writers(model, s.components)
     history = []
     with frozen(model):
         with torch.enable_grad(), tqdm(range(s.steps), desc="training readout", disable=not progress) as bar:
@@ -227,7 +174,7 @@ def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, readout: Reado
     """Last-position logits [N, vocab] with the readout hooked in, rows in the order of texts
     (rest_hooks: steer.model.collect.forward's, a context for the rows' own tokens)."""
     (idx, batch), = list(encode_batches(tokenizer, texts, len(texts), share_prefix=True))
-    with applied(model, r, readout):
+    with preview(model, Edit(r, project=False, readout=readout)):
         logits = last_logits(model, batch, rest_hooks)
     out = torch.empty_like(logits)
     out[torch.tensor(idx)] = logits
@@ -243,9 +190,42 @@ def _forward_cont(model, tokenizer, texts: list[str], cont: Continuations, picks
     n = cont.base_logp.shape[1]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] + [cont.ids[i] for i in picks]
     batch = left_pad(ids, tokenizer.pad_token_id, share_prefix=True)
-    with applied(model, r, readout):
+    with preview(model, Edit(r, project=False, readout=readout)):
         out = forward(model, batch, n, rest_hooks).float().cpu()  # [B, n, vocab]
     t = len(texts)
     lp = cont.base_logp[picks, 1:].float()
     later = (lp.exp() * (lp - torch.log_softmax(out[t:, 1:], -1))).sum(-1).mean()
     return torch.cat([out[:t, -1], out[t:, 0]]), later
+
+
+def fit_readout(model, tokenizer, prep: Prepared, basis: torch.Tensor, params: EditParams,
+                s: TargetedSettings, edit_kl: float | None = None) -> tuple[dict[str, torch.Tensor] | None, dict]:
+    """steer.targeted.readout on top of the chosen edit, the model's weights as they were on return:
+    trained on the train splits along r = basis[0], then backed off to the largest fraction that
+    keeps the harmful floor and first-token KL on the validation prompts within its bound:
+    s.readout_kl "kl" (mean <= s.kl_max), "kl_ucb" (95% bound <= s.kl_max) or "edit" (mean <=
+    edit_kl, the chosen edit's own validation mean: the readout spends no KL). The edit is
+    written into the weights for the duration (restored after), so the readout is trained on
+    exactly the edited weights. Returns that scaled readout (None when no fraction qualifies:
+    the edit stays as chosen) and what the report records. An architecture whose writers cannot
+    take a readout (post-norm, mixture of experts) gets none, and the report says why."""
+    rs = ReadoutSettings(steps=s.readout_steps, lr=s.readout_lr, kl_tokens=s.readout_kl_tokens,
+                         loss=replace(ReadoutSettings().loss, seed=s.seed))
+    try:
+        zeros(model, rs.components)
+    except SteerError as exc:
+        return None, {"skipped": str(exc)}
+    if s.readout_kl not in ("kl", "kl_ucb", "edit") or (s.readout_kl == "edit" and edit_kl is None):
+        raise ValueError(f"readout_kl {s.readout_kl!r} needs to be 'kl', 'kl_ucb' or 'edit' (with edit_kl)")
+    stat, bound = ("kl", edit_kl) if s.readout_kl == "edit" else (s.readout_kl, s.kl_max)
+    g = prep.groups
+    cont = continuations(model, tokenizer, g["harmless"].texts, rs.kl_tokens, s.batch_size) if rs.kl_tokens > 1 else None
+    r = basis[0].float()
+    with preview(model, params.edit(basis), in_weights=True):  # the weights apply_edit writes, then the readout's hooks
+        readout, history = train_readout(model, tokenizer, g["sensitive"], g["harmful"], g["harmless"], r,
+                                         prep.val.refusal_tokens, rs, cont)
+        scale, fits = fit_scale(model, tokenizer, r, readout, prep.val, prep.keep_floor, bound, SCALES,
+                                s.batch_size, kl_stat=stat)
+    info = {"settings": asdict(rs), "kl_stat": stat, "kl_max": bound, "criterion": s.readout_kl, "scale": scale,
+            "fits": fits, "history": history, "writers": len(readout)}
+    return (scaled(readout, scale) if scale > 0 else None), info

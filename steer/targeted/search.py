@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from steer.model.adapters import resolve
 from steer.model.collect import batched_last_logits
-from steer.locate.directions import interpolate, remove_span
-from steer.edit.project import Profile, ablated, orthogonalize
+from steer.locate.directions import interpolate, orthonormalize, remove_span
+from steer.edit.preview import Edit, preview
+from steer.edit.project import Profile
+from steer.edit.rank1 import Readout
 from steer.errors import SteerError
-from steer.locate.select import first_token_kl, refusal_score
+from steer.targeted.settings import TARGET_FLOOR
+from steer.locate.scores import first_token_kl, kl_bound, refusal_score
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,13 @@ class EditParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> EditParams:
+        """The inverse of to_dict."""
         return cls(**{**d, "attn": Profile(**d["attn"]), "mlp": Profile(**d["mlp"])})
+
+    def edit(self, basis: torch.Tensor, readout: Readout | None = None) -> Edit:
+        """The Edit these parameters make of basis [k, d] (edit_basis), with an optional readout along basis[0]."""
+        return Edit(basis, profiles={"attn": self.attn, "mlp": self.mlp}, embed=self.embed,
+                    preserve_norm=self.preserve_norm, readout=readout)
 
 
 @dataclass
@@ -81,42 +87,11 @@ def edit_basis(inputs: SearchInputs, p: EditParams) -> torch.Tensor:
     basis = torch.stack(vecs)
     if inputs.keep is not None:
         basis = remove_span(basis, inputs.keep[layer, p.position].expand(len(basis), *inputs.keep.shape[2:]))
-    # Orthonormalize in order (the main direction first), dropping what the removal of `keep`
-    # made dependent.
-    q: list[torch.Tensor] = []
-    for v in basis:
-        for u in q:
-            v = v - (u @ v) * u
-        if v.norm() > 1e-6:
-            q.append(v / v.norm())
-    if not q:
-        raise ValueError("the edit direction lies inside the span it must stay orthogonal to")
-    return torch.stack(q)
-
-
-@contextmanager
-def edited(model: torch.nn.Module, basis: torch.Tensor, p: EditParams, in_weights: bool = False) -> Iterator[None]:
-    """Preview the edit: hooks, or (the norm-preserving variant, or in_weights) a weight edit undone
-    on exit: the saved weights exactly, and no hook cost per forward and backward pass."""
-    profiles = {"attn": p.attn, "mlp": p.mlp}
-    if not (p.preserve_norm or in_weights):
-        with ablated(model, basis.float(), profiles=profiles, embed=p.embed):
-            yield
-        return
-    res = resolve(model)
-    params = [res.embed.weight] + [t for layer in res.writers for w in layer for t in (w.weight, w.bias) if t is not None]
-    saved = [(t, t.detach().clone()) for t in params]
-    head, tied = res.lm_head.weight, getattr(model.config, "tie_word_embeddings", None)
+    # in order (the main direction first), dropping what the removal of `keep` made dependent
     try:
-        orthogonalize(model, basis.float(), profiles=profiles, embed=p.embed, preserve_norm=p.preserve_norm)
-        yield
-    finally:
-        with torch.no_grad():
-            for t, original in saved:
-                t.copy_(original)
-        res.lm_head.weight = head
-        if tied is not None:
-            model.config.tie_word_embeddings = tied
+        return orthonormalize(basis, drop_dependent=True, rtol=1e-6)
+    except ValueError:
+        raise ValueError("the edit direction lies inside the span it must stay orthogonal to") from None
 
 
 @dataclass
@@ -153,10 +128,6 @@ def fingerprint(inputs: SearchInputs, val: ValData) -> str:
 # judged denial scored above it, none under -1.5 was refused: results/near-refusal/), so the share
 # of target prompts above it is a no-decoding proxy of the refusal rate.
 NEAR_REFUSAL = -1.0
-# Target scores below this count as done in a trial's target score: a plain mean rewarded pushing
-# answered prompts further (costing KL) as much as turning a refused one. (The optimizer has its
-# own margin, OptimizeSettings.margin.)
-TARGET_FLOOR = -2.0
 
 
 @torch.inference_mode()
@@ -165,7 +136,7 @@ def score(model, tokenizer, basis: torch.Tensor, p: EditParams, val: ValData, ba
     """Target and keep refusal scores and harmless first-token KL with the edit applied.
     target_score: mean of the target prompts' scores clamped below at target_floor (None: plain
     mean); target_raw: the plain mean; target_high: the share of target prompts scoring above NEAR_REFUSAL."""
-    with edited(model, basis, p):
+    with preview(model, p.edit(basis)):
         logits = batched_last_logits(model, tokenizer, val.target + val.keep + val.harmless, batch_size)
     return metrics(logits, val, target_floor)
 
@@ -179,7 +150,7 @@ def metrics(logits: torch.Tensor, val: ValData, target_floor: float | None = TAR
     return {"target_score": float(clamped.mean()), "target_raw": float(target.mean()),
             "target_high": float((target > NEAR_REFUSAL).double().mean()),
             "keep_score": float(refusal_score(logits[t:t + k], val.refusal_tokens).mean()) if k else math.nan,
-            "kl": float(kl.mean()), "kl_ucb": float(kl.mean() + 1.96 * kl.std() / len(kl) ** 0.5) if len(kl) > 1 else float(kl.mean())}
+            "kl": float(kl.mean()), "kl_ucb": kl_bound(kl)}
 
 
 def suggest(trial, n_layers: int, n_positions: int, k_max: int, contrasts: list[str],

@@ -1,0 +1,50 @@
+"""The before/after evaluation of `steer abliterate`: the same engine and suites as `steer eval`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from steer.eval.compare import context
+from steer.eval.suites import EvalConfig, logits_fn, run_suites, suite_kl
+from steer.locate.run import Settings, log
+from steer.model.load import Loaded
+
+
+def eval_config(settings: Settings) -> EvalConfig:
+    """Held-out sensitive (EN, ZH), harmful and harmless prompts, eval_limit per group."""
+    return EvalConfig(["censorship", "refusal"], limits={"*": settings.eval_limit}, seed=settings.seed,
+                      batch_size=settings.batch_size,
+                      max_new_tokens={"censorship": settings.max_new_tokens, "refusal": settings.max_new_tokens})
+
+
+def _kl(ctx, preview: Callable[[], AbstractContextManager]) -> dict:
+    """KL(base || edited) on harmless test prompts, the edit previewed by `preview()` (a context
+    manager: hooks, or a reversible weight edit), so the base weights are the reference. The suite
+    also reports it over the prompts the base model answers: where it over-refused a harmless
+    prompt, a change is the point of the edit; damage is the change on the others."""
+    ctx.reference = ctx
+    base_fn = logits_fn(ctx.model)
+
+    def edited_fn(batch, keep):
+        with preview():
+            return base_fn(batch, keep)
+
+    kl = suite_kl(ctx, edited_fn)
+    ctx.reference = None
+    return kl
+
+
+def before_after(loaded: Loaded, config: EvalConfig, preview: Callable[[], AbstractContextManager],
+                 apply: Callable[[], None]) -> tuple[dict, dict]:
+    """Evaluate the base model, measure KL against the previewed edit, apply the edit to the
+    weights (apply()), evaluate again. Returns (before, after) suite results; after["kl"] is the KL."""
+    log("evaluating the base model on held-out prompts")
+    ctx = context(loaded, config)
+    before = run_suites(ctx)
+    kl = _kl(ctx, preview)
+    apply()
+    log("evaluating the edited model")
+    after = run_suites(context(loaded, config))
+    after["kl"] = kl
+    return before, after
