@@ -4,7 +4,8 @@
 ["input"]["model"]: a folder, a .gguf file, "embedded:<name>" or a hub id; `model` overrides it)
 and the recorded edit (a directions file with manifest["direction"]'s layer and position, or the
 contrasts file of a --keep-safety run: its subspace, strength profiles, norm preservation and
-readout), rebuilds the checkpoint with the streaming editor into a temporary folder beside it
+readout; steer.checkpoint.rebuild.recorded builds it as `steer edit` does), rebuilds the
+checkpoint with the streaming editor into a temporary folder beside it
 (removed afterwards), and compares the two tensor by tensor, reading both in bounded chunks.
 It also checks the weights' and the input's sha256 against the manifest where recorded.
 
@@ -179,34 +180,22 @@ def _input(manifest: dict, model: str | Path | None) -> tuple[Path, str]:
 
 
 def _recorded_edit(folder: Path, manifest: dict, directions: Path | None) -> tuple[torch.Tensor, dict, str, dict | None]:
-    """(basis, edit_checkpoint options, description, the EditParams dict the file records) for
-    the recorded edit: what steer.cli.main's _edit_spec builds from --directions."""
-    from steer.locate.directions import DirectionSet, is_contrasts_file
+    """(basis, edit_checkpoint options, description, the EditParams dict a contrasts file records)
+    for the recorded edit, built by steer.checkpoint.rebuild.recorded as `steer edit` builds it."""
+    from steer.checkpoint.rebuild import recorded
 
     plain = manifest.get("direction")
-    source = directions or _edit_file(folder, manifest, plain)
-    if Path(source).is_dir():
-        source = Path(source) / ("contrasts.safetensors" if (Path(source) / "contrasts.safetensors").is_file()
-                                 else "directions.safetensors")
-    if not Path(source).is_file():
+    source = Path(directions) if directions is not None else _edit_file(folder, manifest, plain)
+    if not source.exists():
         raise SteerError(f"the edit's file {source} is missing; pass it (directions=)")
-    if is_contrasts_file(source):
-        from steer.targeted.contrasts import recorded_edit, recorded_readout
-
-        basis, params = recorded_edit(source)
-        options = {"profiles": {"attn": params.attn, "mlp": params.mlp}, "embed": params.embed,
-                   "preserve_norm": params.preserve_norm}
-        readout = recorded_readout(source)
-        if readout:
-            options["readout"] = (basis[0].float(), readout)
-        what = f"the --keep-safety edit of {source} (rank {basis.shape[0]}{', with its readout' if readout else ''})"
-        return basis.float(), options, what, params.to_dict()
-    if not isinstance(plain, dict):
-        raise SteerError(f"{source} is a directions file but the manifest records no direction (layer, position)")
-    dirs = DirectionSet.load(source)
-    layer, position = plain.get("layer"), plain.get("position")
-    vector = dirs.vector(layer, position)
-    return vector[None], {}, f"the direction of {source} at layer {layer}, position {position}", None
+    layer, position = (plain.get("layer"), plain.get("position")) if isinstance(plain, dict) else (None, None)
+    rec = recorded(source, layer, position)
+    if "direction" in rec.entries:
+        d = rec.entries["direction"]
+        return rec.basis, rec.options, f"the direction of {source} at layer {d['layer']}, position {d['position']}", None
+    readout = ", with its readout" if rec.options.get("readout") else ""
+    what = f"the --keep-safety edit of {rec.entries['contrasts']} (rank {rec.basis.shape[0]}{readout})"
+    return rec.basis, rec.options, what, rec.entries.get("edit")
 
 
 def _edit_file(folder: Path, manifest: dict, plain) -> Path:
