@@ -213,20 +213,17 @@ def _edit_file(folder: Path, manifest: dict, plain) -> Path:
 
 def _notes(manifest: dict, recorded: dict | None) -> list[str]:
     """Where this rebuild runs differently from the original run (rounding may differ by an ulp)."""
+    from steer.checkpoint.manifest import machine, versions
     from steer.edit.kernels import kernel_name
 
     notes = []
     kernel = manifest.get("kernel") or (manifest.get("edit") or {}).get("kernel")
     if kernel and kernel != kernel_name("cpu"):
         notes.append(f"written with the {kernel} projection kernel, rebuilt with {kernel_name('cpu')}")
-    try:
-        from steer.checkpoint.manifest import machine, versions
-    except ImportError:  # a tree without the manifest module: no CPU or version notes
-        machine = versions = None
     cpu = (manifest.get("machine") or {}).get("cpu")
-    if machine and cpu and cpu != machine()["cpu"]:
+    if cpu and cpu != machine()["cpu"]:
         notes.append(f"written on {cpu}, rebuilt on {machine()['cpu']}")
-    was, now = manifest.get("versions") or {}, versions() if versions else {}
+    was, now = manifest.get("versions") or {}, versions()
     changed = [f"{k} {was[k]} -> {now[k]}" for k in ("torch", "transformers", "safetensors")
                if was.get(k) and now.get(k) and was[k] != now[k]]
     if changed:
