@@ -9,8 +9,9 @@
    experiments/heretic_driver.py, seeded, timed (wall and peak RSS), merged model saved.
 3. Evaluates heretic's model with `steer compare` on the held-out test split (judged censorship
    EN/ZH, harmful and harmless refusal, XSTest, KL) and puts it beside steer's targeted run
-   (results/targeted-embedded/, from experiments/targeted_embedded.py), with both tools' times.
-Writes results/heretic-vs-steer/ (comparison.json, README table, heretic's choice and log tail).
+   (results/archive/targeted-embedded-2026-11-22-7c5c9b4/: the edit of the 2026-11-22 run at 7c5c9b4,
+   made by experiments/targeted_embedded.py before the readout existed), with both tools' times.
+Writes results/heretic-compare/ (comparison.json, README table, heretic's choice and log tail).
 """
 
 from __future__ import annotations
@@ -96,11 +97,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default="../shared/data")
     ap.add_argument("--table-only", action="store_true",
-                    help="rebuild table.md from the saved heretic run and results/targeted-embedded (no heretic, no evaluation)")
+                    help="rebuild table.md from the saved heretic run and results/archive/targeted-embedded-2026-11-22-7c5c9b4 (no heretic, no evaluation)")
     args = ap.parse_args()
     from steer.model.load import embedded_checkpoint
 
-    work, dest = ROOT / "runs" / "heretic", ROOT / "results" / "heretic-vs-steer"
+    work, dest = ROOT / "runs" / "heretic", ROOT / "results" / "heretic-compare"
     work.mkdir(parents=True, exist_ok=True)
     if not args.table_only and not args.heretic_python:
         ap.error("--heretic-python is required unless --table-only")
@@ -114,7 +115,7 @@ def main() -> None:
         h_run["log_tail"] = (work / "heretic.log").read_text(errors="replace")[-3000:]
         (dest / "heretic_run.json").write_text(json.dumps(h_run, indent=2) + "\n")
     heretic = json.loads((dest / "heretic" / "comparison.json").read_text())
-    s_dir = ROOT / "results" / "targeted-embedded"
+    s_dir = ROOT / "results/archive/targeted-embedded-2026-11-22-7c5c9b4"
     steer = json.loads((s_dir / "compare" / "comparison.json").read_text()) if (s_dir / "compare" / "comparison.json").exists() else None
     s_run = json.loads((s_dir / "run.json").read_text()) if (s_dir / "run.json").exists() else None
     md = table(heretic, steer, h_run, s_run)

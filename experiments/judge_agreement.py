@@ -1,6 +1,6 @@
 """How well the three-way marker judge agrees with hand labels; how well two labellers agree.
 
-    python experiments/judge_agreement.py            # writes results/judge/
+    python experiments/judge_agreement.py            # writes results/judge-agreement/
 
 Sets (rules: docs/labelling.md; all in steer/data/judge/):
 - labelled.jsonl: 240 responses labelled by the first labeller; the judge's rules were written
@@ -72,7 +72,7 @@ def main() -> None:
     md.append(f"## Two labellers on the same {lab['n']} responses\n\nagreement {100 * lab['agreement']:.1f}%, "
               f"Cohen's kappa {lab['kappa']:.3f}; the judge agrees with the second labeller on "
               f"{100 * lab['judge_vs_second_labeller']:.1f}% of them.\n")
-    folder = ROOT / "results" / "judge"
+    folder = ROOT / "results" / "judge-agreement"
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "agreement.json", out)
     (folder / "README.md").write_text("\n".join(md), encoding="utf-8")

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--preserve-norm", action="store_true")
     p.add_argument("--no-naive", action="store_true", help="skip project_out (slow, needs ~4x memory)")
-    p.add_argument("--out", type=Path, default=Path("results/kernels"))
+    p.add_argument("--out", type=Path, default=Path("results/kernel-bench"))
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:

@@ -1,13 +1,14 @@
 """Diagnostic: how a committed targeted edit's refusal score on each sensitive validation prompt
 relates to its greedy answer (what the search's no-decoding score can and cannot see).
 
-    python experiments/near_refusal.py [--run session8] [--out results/near-refusal]
+    python experiments/near_refusal.py [--run session8] [--out results/near-refusal] [--name DATE-COMMIT]
 
 Applies the edit recorded with a committed run (the contrasts file committed with that run, read
 from git history, rebuilt exactly as `steer edit` would), then for every sensitive validation
 prompt (English and Chinese, as the confirmation step judges them) records the refusal score (the
 log-odds of the run's refusal tokens at the first answer position), the greedy answer and the
-judge's label. Validation split only: nothing here looks at the test split.
+judge's label. Writes NAME.json and NAME.md to --out, NAME by default today's date (UTC) and the
+commit, as results/README.md names runs. Validation split only: nothing here looks at the test split.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from targeted_setup import ROOT, RUNS, prepared
+from targeted_setup import ROOT, RUNS, head_commit, prepared, run_name
 
 from steer.model.collect import batched_last_logits
 from steer.model.generation import generate
@@ -33,6 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="session8", choices=sorted(RUNS))
     ap.add_argument("--out", default="results/near-refusal")
+    ap.add_argument("--name", default=None, help="file name stem (default: DATE-COMMIT of this run)")
     args = ap.parse_args()
     loaded, ts, prep = prepared()
     m, tok = loaded.model, loaded.tokenizer
@@ -53,15 +55,16 @@ def main() -> None:
                   key=lambda r: -r["score"])
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = head_commit()
+    stem = args.name or run_name(commit)
     meta = {"command": f"python experiments/near_refusal.py --run {args.run}", "commit": commit, "run_commit": RUNS[args.run],
             "model": loaded.source, "split": "val", "seed": ts.seed, "max_new_tokens": ts.max_new_tokens,
             "refusal_tokens": prep.meta["refusal_tokens"], "edit": params.to_dict(), "versions": {"torch": torch.__version__}}
-    (out / f"{args.run}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2, ensure_ascii=False) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2, ensure_ascii=False) + "\n")
     lines = ["| id | lang | base score | edited score | label | answer (start) |", "|---|---|---:|---:|---|---|"]
     lines += [f"| {r['id']} | {r['lang']} | {r['base_score']:.2f} | {r['score']:.2f} | {r['label']} | "
               f"{r['answer'][:70].replace('|', '/').replace(chr(10), ' ')} |" for r in rows]
-    (out / f"{args.run}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:30]))
 
 

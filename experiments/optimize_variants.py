@@ -1,6 +1,6 @@
 """Exploration: which steer.targeted.optimize settings give a direction with the best no-decoding trade-off.
 
-    python experiments/optimize_variants.py --set NAME [--only VARIANTS] [--out results/optimize-variants]
+    python experiments/optimize_variants.py --set NAME [--only VARIANTS] [--out results/optimize-variants] [--name DATE-COMMIT]
 
 Prepares once (contrasts, train groups, validation split: the same as `steer abliterate
 --keep-safety`), then trains the optimized direction with each variant below and scores each at the
@@ -12,20 +12,20 @@ refuses), and the share of target prompts scoring above steer.targeted.search.NE
 refuse above it). The variants "session6" and "session8" are the directions of the committed
 runs at 6c51148 and f896339 (2026-11-22; their contrasts files as committed in e3605b1 / 7c5c9b4, read
 from git history; no training); each set scores one of them as its reference. Set and variant names
-keep the old work-period numbers; docs/history.md maps them to dates and commits. No generation, no judge: this chooses what to run in full, it is not a result about
-censorship rates.
+keep the old work-period numbers; docs/history.md maps them to dates and commits. Writes variants-NAME.json and
+variants-NAME.md to --out, NAME by default today's date (UTC) and the commit, as results/README.md names runs.
+No generation, no judge: this chooses what to run in full, it is not a result about censorship rates.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from dataclasses import asdict, replace
 
 import torch
-from targeted_setup import ROOT, prepared, committed_direction
+from targeted_setup import ROOT, committed_direction, head_commit, prepared, run_name
 
 from steer.model.collect import batched_last_logits
 from steer.edit.project import Profile
@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/optimize-variants")
     ap.add_argument("--set", default="session7", choices=sorted(SETS), help="which variants and strength pairs")
     ap.add_argument("--only", default=None, help="comma-separated variant names (default: all of the set)")
+    ap.add_argument("--name", default=None, help="file name stem after variants- (default: DATE-COMMIT of this run)")
     args = ap.parse_args()
     loaded, ts, prep = prepared()
     m, tok, c = loaded.model, loaded.tokenizer, prep.contrasts
@@ -108,8 +109,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    stem = "variants" if args.set == "session7" else f"variants-{args.set}"  # the first set's files keep their names
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = head_commit()
+    stem = f"variants-{args.name or run_name(commit)}"
     meta = {"command": "python experiments/optimize_variants.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v),
             "commit": commit, "model": loaded.source, "keep_floor": prep.keep_floor, "split": "val", "seed": ts.seed,
             "set": args.set, "variants": {k: asdict(variants[k]) for k in names}, "versions": {"torch": torch.__version__}}

@@ -6,7 +6,8 @@ left-padded batches, measured in one run on the embedded model.
 Chat prompts begin with the same system prompt and user header (26 tokens on Qwen2.5, about
 half of each prompt): the shared path runs them once per batch and repeats their KV cache over
 the rows. Three workloads of the targeted pipeline, each run both ways on the same prompts, with
-the optimized edit direction of results/targeted-readout hooked in as the pipeline does:
+the optimized edit direction of results/archive/targeted-embedded-2026-12-01-56fa5db/ (the 2026-12-01
+run at 56fa5db, the default run when this was measured) hooked in as the pipeline does:
 - search trial: last-position logits of the 128 validation prompts, batches of 32, no gradient;
 - optimize step: one minibatch (8 sensitive, 6 harmful, 12 harmless train prompts), forward and
   backward to the direction (steer.targeted.optimize);
@@ -41,7 +42,7 @@ from steer.targeted.readout import continuations
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/prefix-bench"))
-    parser.add_argument("--contrasts", type=Path, default=Path("results/targeted-readout/contrasts.safetensors"))
+    parser.add_argument("--contrasts", type=Path, default=Path("results/archive/targeted-embedded-2026-12-01-56fa5db/contrasts.safetensors"))
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     loaded = load_model(None)

@@ -2,7 +2,7 @@
 
     python experiments/readout_checkpoint.py --config kl_tokens=8 --out runs/readout [--force]
 
-Rebuilds the edit recorded in results/targeted-embedded/ (that of the 2026-11-22 run at 7c5c9b4), trains a readout
+Rebuilds the edit recorded in results/archive/targeted-embedded-2026-11-22-7c5c9b4/ (that of the 2026-11-22 run at 7c5c9b4), trains a readout
 (steer.targeted.readout) with the --config settings (experiments/readout_probe.py's syntax; deterministic,
 so the same readout as the probe's row), scales it back to the largest fraction that meets the
 search's constraints on the validation split (readout.fit_scale), bakes it into the weights and
@@ -44,7 +44,7 @@ def main() -> None:
     loaded, ts, prep = prepared()
     model, tok = loaded.model, loaded.tokenizer
     cont = continuations(model, tok, prep.groups["harmless"].texts, s.kl_tokens, ts.batch_size) if s.kl_tokens > 1 else None
-    contrasts = ROOT / "results/targeted-embedded/contrasts.safetensors"
+    contrasts = ROOT / "results/archive/targeted-embedded-2026-11-22-7c5c9b4/contrasts.safetensors"
     params = rebuild(model, contrasts)
     r = recorded_edit(contrasts)[0][0].float()
     readout, history = train_readout(model, tok, prep.groups["sensitive"], prep.groups["harmful"], prep.groups["harmless"],

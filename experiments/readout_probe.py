@@ -1,8 +1,8 @@
 """Probe: a learned readout (steer.targeted.readout) on top of the committed targeted edit, validation split only.
 
-    python experiments/readout_probe.py [--config lr=1e-4,l2=1,steps=32 ...] [--out results/readout-probe]
+    python experiments/readout_probe.py [--config lr=1e-4,l2=1,steps=32 ...] [--out results/readout-probe] [--name DATE-COMMIT]
 
-Rebuilds the edit recorded in results/targeted-embedded/ (the edit of the 2026-11-22 run at 7c5c9b4,
+Rebuilds the edit recorded in results/archive/targeted-embedded-2026-11-22-7c5c9b4/ (the edit of the 2026-11-22 run at 7c5c9b4,
 as `steer edit` would),
 then for each --config trains a readout on the train splits (steer.targeted.optimize's loss) and measures
 on the validation split: the search's no-decoding scores (target score, share of refused prompts
@@ -10,20 +10,20 @@ above NEAR_REFUSAL, harmful score, first-token KL and its 95% bound), the judged
 the confirmation step uses (censorship EN / ZH, harmful refusal), and the largest fraction of
 the readout that meets the search's constraints (readout.fit_scale). The edit alone is measured
 the same way first. Nothing here looks at the test split. An empty --config means
-ReadoutSettings' defaults. Writes probe.json / probe.md after every configuration.
+ReadoutSettings' defaults. Writes NAME.json / NAME.md to --out after every configuration, NAME by default
+today's date (UTC) and the commit, as results/README.md names runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from targeted_setup import ROOT, prepared
+from targeted_setup import ROOT, head_commit, prepared, run_name
 
 from steer.edit.preview import Edit, preview
 from steer.model.collect import batched_last_logits
@@ -57,21 +57,21 @@ def measure(model, tok, prep, ts) -> dict:
 
 
 def meta_of(args, loaded, ts, params, t0: float) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = head_commit()
     return {"command": "python experiments/readout_probe.py " + " ".join(f"--config '{c}'" for c in args.config),
             "commit": commit, "model": loaded.source, "split": "val", "seed": ts.seed, "edit": params.to_dict(),
             "versions": {"torch": torch.__version__}, "elapsed_s": round(time.time() - t0)}
 
 
-def write(out: Path, meta: dict, rows: list[dict]) -> str:
-    """probe.json and probe.md (rewritten after every configuration, so a stopped run keeps what it measured)."""
+def write(out: Path, name: str, meta: dict, rows: list[dict]) -> str:
+    """NAME.json and NAME.md (rewritten after every configuration, so a stopped run keeps what it measured)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     keys = ["feasible_scale", "target_score", "target_high", "keep_score", "kl", "kl_ucb", "censorship/sensitive/en",
             "censorship/sensitive/zh", "refusal/harmful"]
     lines = ["| config | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     lines += [f"| {row['config'] or '(defaults)'} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |" for row in rows]
-    (out / "probe.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
 
 
@@ -79,7 +79,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", action="append", default=[], help="ReadoutSettings fields, e.g. lr=1e-4,l2=1,steps=32")
     ap.add_argument("--out", default="results/readout-probe")
+    ap.add_argument("--name", default=None, help="file name stem (default: DATE-COMMIT of this run)")
     args = ap.parse_args()
+    name = args.name or run_name()
     t0 = time.time()
     loaded, ts, prep = prepared()
     model, tok = loaded.model, loaded.tokenizer
@@ -89,7 +91,7 @@ def main() -> None:
         raise SystemExit("configs with kl_tokens > 1 must share one length")
     # the base model's answers to the harmless train prompts, before the edit is applied
     cont = continuations(model, tok, prep.groups["harmless"].texts, lengths.pop(), ts.batch_size) if lengths else None
-    contrasts = ROOT / "results/targeted-embedded/contrasts.safetensors"
+    contrasts = ROOT / "results/archive/targeted-embedded-2026-11-22-7c5c9b4/contrasts.safetensors"
     params = rebuild(model, contrasts)
     r = recorded_edit(contrasts)[0][0].float()
     rows = [{"config": "edit alone", "feasible_scale": 0.0, **measure(model, tok, prep, ts)}]
@@ -105,8 +107,8 @@ def main() -> None:
         rows.append({"config": spec, "settings": asdict(s), "train_s": round(time.time() - start, 1), **got,
                      "feasible_scale": scale, "fits": fits, "history": history})
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("history", "settings")}))
-        write(ROOT / args.out, meta_of(args, loaded, ts, params, t0), rows)
-    print(write(ROOT / args.out, meta_of(args, loaded, ts, params, t0), rows))
+        write(ROOT / args.out, name, meta_of(args, loaded, ts, params, t0), rows)
+    print(write(ROOT / args.out, name, meta_of(args, loaded, ts, params, t0), rows))
 
 
 if __name__ == "__main__":
