@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from steer.checkpoint.save import handle_sigterm
 from steer.errors import SteerError
 from steer.locate.settings import Settings
 from steer.settings import add_options, after_search, from_args
@@ -137,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, type=Path, help="output folder (JSON, items/*.jsonl, report.md, plots)")
         p.add_argument("--force", action="store_true", help="replace an existing output folder")
 
+    p = sub.add_parser("verify", help="rebuild a checkpoint from its manifest and compare it bit for bit",
+                       description="Rebuild a checkpoint steer wrote from its steer_manifest.json (input model and "
+                       "recorded directions or contrasts, with the streaming editor) and compare every tensor: "
+                       "bit-identical, within the stated tolerance (float rounding of another CPU or kernel), or "
+                       "different (the worst tensor named). Exit status 0 unless different.")
+    p.add_argument("checkpoint", metavar="DIR", type=Path, help="a folder written by steer abliterate or steer edit")
+    p.add_argument("--model", help="the input checkpoint, instead of the one the manifest names")
+    p.add_argument("--directions", type=Path, help="the directions or contrasts file, instead of the recorded one")
+    p.add_argument("--atol", type=float, help="max |saved - rebuilt| allowed (default: one ulp of the storage dtype "
+                   "plus float32 noise, per element)")
+
     p = sub.add_parser("export-gguf", help="write a safetensors checkpoint as a GGUF file (llama.cpp, Ollama)",
                        description="Write a safetensors checkpoint (e.g. the output of steer edit) as one GGUF file, "
                        "tensor by tensor. Supported: Qwen2 and Llama families with byte-level BPE tokenizers.")
@@ -167,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     else:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    handle_sigterm()  # SIGTERM (timeout, SLURM, Kubernetes) cleans up like Ctrl-C
     try:
         return COMMANDS[args.command](args)
     except SteerError as exc:
@@ -368,7 +381,15 @@ def _export_gguf(args) -> int:
     return 0
 
 
-COMMANDS = {"export-gguf": _export_gguf, "eval": _eval, "compare": _compare, "search": _search, "abliterate": _abliterate, "directions": _directions, "edit": _edit, "generate": _generate, "chat": _chat}
+def _verify(args) -> int:
+    from steer.checkpoint.verify import verify
+
+    result = verify(args.checkpoint, atol=args.atol, model=args.model, directions=args.directions)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+COMMANDS = {"verify": _verify, "export-gguf": _export_gguf, "eval": _eval, "compare": _compare, "search": _search, "abliterate": _abliterate, "directions": _directions, "edit": _edit, "generate": _generate, "chat": _chat}
 
 if __name__ == "__main__":
     sys.exit(main())
