@@ -20,7 +20,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = ("report.md", "report.json", "selection.png", "directions.safetensors", "directions.json", "steer_manifest.json")
+FILES = (
+    "report.md",
+    "report.json",
+    "selection.png",
+    "directions.safetensors",
+    "directions.json",
+    "steer_manifest.json",
+)
 
 
 def main() -> None:
@@ -43,7 +50,11 @@ def main() -> None:
         "command": " ".join(command),
         "made_by": "python experiments/abliterate_embedded.py " + " ".join(sys.argv[1:]),
         "wall_time_s": round(wall, 1),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "output_sha256": json.loads((run_dir / "steer_manifest.json").read_text())["output_sha256"],
         "model_safetensors_sha256": sha256_file(run_dir / "model.safetensors"),

@@ -18,7 +18,7 @@ import json
 import subprocess
 
 import torch
-from targeted_setup import ROOT, prepared, committed_direction
+from targeted_setup import ROOT, committed_direction, prepared
 
 from steer.edit.project import Profile
 from steer.targeted.search import EditParams, edit_basis, score
@@ -40,19 +40,40 @@ def main() -> None:
     for a, mlp, e in itertools.product(*GRID.values()):
         p = EditParams(index=0.5 * (n - 1), position=-1, contrast="optimized", attn=flat(a), mlp=flat(mlp), embed=e)
         r = score(m, tok, edit_basis(inputs, p), p, prep.val, ts.batch_size)
-        row = {"attn": a, "mlp": mlp, "embed": e, **r, "feasible": r["keep_score"] >= prep.keep_floor and r["kl_ucb"] <= ts.kl_max}
+        row = {
+            "attn": a,
+            "mlp": mlp,
+            "embed": e,
+            **r,
+            "feasible": r["keep_score"] >= prep.keep_floor and r["kl_ucb"] <= ts.kl_max,
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    meta = {"command": f"python experiments/component_strengths.py --out {args.out}", "commit": commit, "model": loaded.source,
-            "split": "val", "seed": ts.seed, "keep_floor": prep.keep_floor, "kl_max": ts.kl_max, "versions": {"torch": torch.__version__}}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    meta = {
+        "command": f"python experiments/component_strengths.py --out {args.out}",
+        "commit": commit,
+        "model": loaded.source,
+        "split": "val",
+        "seed": ts.seed,
+        "keep_floor": prep.keep_floor,
+        "kl_max": ts.kl_max,
+        "versions": {"torch": torch.__version__},
+    }
     (out / "grid.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"| attention | MLP | embedding | target score | harmful score (floor {prep.keep_floor:.2f}) | KL (95% bound) | feasible |",
-             "|---:|---:|---:|---:|---:|---:|---|"]
-    lines += [f"| {r['attn']} | {r['mlp']} | {r['embed']} | {r['target_score']:.2f} | {r['keep_score']:.2f} | {r['kl']:.4f} ({r['kl_ucb']:.4f}) | "
-              f"{'yes' if r['feasible'] else 'no'} |" for r in rows]
+    lines = [
+        f"| attention | MLP | embedding | target score | harmful score (floor {prep.keep_floor:.2f}) | KL (95% bound) | feasible |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {r['attn']} | {r['mlp']} | {r['embed']} | {r['target_score']:.2f} | {r['keep_score']:.2f} | {r['kl']:.4f} ({r['kl_ucb']:.4f}) | "
+        f"{'yes' if r['feasible'] else 'no'} |"
+        for r in rows
+    ]
     (out / "grid.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

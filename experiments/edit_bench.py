@@ -42,9 +42,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from steer.checkpoint.rawio import header_bytes, read_header  # noqa: E402
 from steer.locate.directions import DirectionSet  # noqa: E402
 from steer.model.load import weight_files  # noqa: E402
-from steer.checkpoint.rawio import header_bytes, read_header  # noqa: E402
 
 GiB = 1 << 30
 # Runs in a fresh interpreter: the child's wall time and peak RSS (RUSAGE_CHILDREN of this wrapper = that child only).
@@ -76,11 +76,20 @@ def _tensor_specs(a) -> list[tuple[str, list[int]]]:
     """Qwen2 parameter names and shapes, in the order save_pretrained sorts them (by name)."""
     d, f, hd = a.d_model, a.d_ff, a.d_model // a.heads
     kv = a.kv_heads * hd
-    per_layer = {"input_layernorm.weight": [d], "post_attention_layernorm.weight": [d],
-                 "mlp.down_proj.weight": [d, f], "mlp.gate_proj.weight": [f, d], "mlp.up_proj.weight": [f, d],
-                 "self_attn.q_proj.weight": [d, d], "self_attn.q_proj.bias": [d], "self_attn.k_proj.weight": [kv, d],
-                 "self_attn.k_proj.bias": [kv], "self_attn.v_proj.weight": [kv, d], "self_attn.v_proj.bias": [kv],
-                 "self_attn.o_proj.weight": [d, d]}
+    per_layer = {
+        "input_layernorm.weight": [d],
+        "post_attention_layernorm.weight": [d],
+        "mlp.down_proj.weight": [d, f],
+        "mlp.gate_proj.weight": [f, d],
+        "mlp.up_proj.weight": [f, d],
+        "self_attn.q_proj.weight": [d, d],
+        "self_attn.q_proj.bias": [d],
+        "self_attn.k_proj.weight": [kv, d],
+        "self_attn.k_proj.bias": [kv],
+        "self_attn.v_proj.weight": [kv, d],
+        "self_attn.v_proj.bias": [kv],
+        "self_attn.o_proj.weight": [d, d],
+    }
     layer_bytes = 2 * sum(math.prod(s) for s in per_layer.values())
     a.layers = max(1, round((a.size_gb * 1e9 - 4 * a.vocab * d) / layer_bytes))
     specs = [("lm_head.weight", [a.vocab, d]), ("model.embed_tokens.weight", [a.vocab, d]), ("model.norm.weight", [d])]
@@ -112,15 +121,28 @@ def generate(a, folder: Path) -> None:
                 weight_map[name] = fname
                 while n > 0:  # norms: ones-ish would be more realistic, random is fine for timing
                     k = min(n, len(pool_bytes) - pos)
-                    fh.write(pool_bytes[pos:pos + k])
+                    fh.write(pool_bytes[pos : pos + k])
                     n, pos = n - k, (pos + k) % (len(pool_bytes) - 4096) // 2 * 2
     total = sum(n for s in shards for _, _, n in s)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    config = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": a.d_model, "intermediate_size": a.d_ff,
-              "num_hidden_layers": a.layers, "num_attention_heads": a.heads, "num_key_value_heads": a.kv_heads,
-              "vocab_size": a.vocab, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
-              "hidden_act": "silu", "tie_word_embeddings": False, "dtype": "bfloat16", "use_cache": True}
+    config = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": a.d_model,
+        "intermediate_size": a.d_ff,
+        "num_hidden_layers": a.layers,
+        "num_attention_heads": a.heads,
+        "num_key_value_heads": a.kv_heads,
+        "vocab_size": a.vocab,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1e6,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "dtype": "bfloat16",
+        "use_cache": True,
+    }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -158,22 +180,41 @@ def measure(cmd: list[str], checkpoint: Path, out: Path) -> dict:
 def describe(checkpoint: Path) -> dict:
     infos = [t for f in weight_files(checkpoint) for t in read_header(f)[0]]
     sizes = {f.name: f.stat().st_size for f in weight_files(checkpoint)}
-    return {"path": str(checkpoint), "bytes": sum(sizes.values()), "shards": len(sizes), "tensors": len(infos),
-            "largest_tensor": max(infos, key=lambda t: t.nbytes).name, "largest_tensor_bytes": max(t.nbytes for t in infos),
-            "dtypes": sorted({t.dtype for t in infos})}
+    return {
+        "path": str(checkpoint),
+        "bytes": sum(sizes.values()),
+        "shards": len(sizes),
+        "tensors": len(infos),
+        "largest_tensor": max(infos, key=lambda t: t.nbytes).name,
+        "largest_tensor_bytes": max(t.nbytes for t in infos),
+        "dtypes": sorted({t.dtype for t in infos}),
+    }
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
     mem = next((int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal")), None)
     import safetensors
     import transformers
 
     from steer import __version__
-    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "ram_bytes": mem,
-            "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
-                         "safetensors": safetensors.__version__, "steer": __version__}}
+
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "ram_bytes": mem,
+        "versions": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "safetensors": safetensors.__version__,
+            "steer": __version__,
+        },
+    }
 
 
 def _available_ram() -> int:
@@ -193,10 +234,12 @@ def run(a) -> dict:
         dirs = str(work / "dirs.safetensors")
         steer = [sys.executable, "-m", "steer.cli.main", "edit", str(ckpt), "--directions", dirs, "--out"]
         out = work / "out"  # every route writes here (removed before and after each run)
-        routes = {"copy": [sys.executable, "-c", COPY, str(ckpt), str(out)],
-                  "edit": steer + [str(out)],
-                  "edit_hash": steer + [str(out), "--hash"],
-                  "naive": [sys.executable, "-c", NAIVE, str(ckpt), dirs, str(out)]}
+        routes = {
+            "copy": [sys.executable, "-c", COPY, str(ckpt), str(out)],
+            "edit": steer + [str(out)],
+            "edit_hash": steer + [str(out), "--hash"],
+            "naive": [sys.executable, "-c", NAIVE, str(ckpt), dirs, str(out)],
+        }
         skip_naive = a.skip_naive or 2.5 * info["bytes"] > _available_ram()
         runs = []
         for rep in range(a.repeats):
@@ -205,7 +248,9 @@ def run(a) -> dict:
                     continue
                 r = measure(cmd, ckpt, out)
                 runs.append({"route": name, "repeat": rep, **r})
-                print(f"{name} #{rep}: {r['wall_s']:.2f} s, peak RSS {r['peak_rss_bytes'] / GiB:.2f} GiB", file=sys.stderr)
+                print(
+                    f"{name} #{rep}: {r['wall_s']:.2f} s, peak RSS {r['peak_rss_bytes'] / GiB:.2f} GiB", file=sys.stderr
+                )
         return summarize(a, info, runs, skip_naive)
     finally:
         if not a.keep:
@@ -219,43 +264,71 @@ def _ratios(runs: list[dict], route: str, key: str) -> list[float]:
 
 
 def summarize(a, info: dict, runs: list[dict], skip_naive: bool) -> dict:
-    best = {name: min((r for r in runs if r["route"] == name), key=lambda r: r["wall_s"]) for name in {r["route"] for r in runs}}
+    best = {
+        name: min((r for r in runs if r["route"] == name), key=lambda r: r["wall_s"])
+        for name in {r["route"] for r in runs}
+    }
     budget = GiB + 2 * info["largest_tensor_bytes"]
     edit_rss = max(r["peak_rss_bytes"] for r in runs if r["route"] == "edit")
     paired = {key: _ratios(runs, "edit", key) for key in ("wall_s", "wall_sync_s")}
     median = {key: statistics.median(v) for key, v in paired.items()}
-    result = {"command": " ".join(sys.argv), "machine": machine(), "checkpoint": info,
-              "cache": "warm input (sync + full read before every run)",
-              "runs": runs, "best_wall_s": {k: v["wall_s"] for k, v in best.items()},
-              "edit_over_copy": best["edit"]["wall_s"] / best["copy"]["wall_s"],
-              "edit_over_copy_per_repeat": paired["wall_s"], "edit_over_copy_median": median["wall_s"],
-              "edit_over_copy_synced_per_repeat": paired["wall_sync_s"], "edit_over_copy_synced_median": median["wall_sync_s"],
-              "edit_hash_over_copy_median": statistics.median(_ratios(runs, "edit_hash", "wall_s")),
-              "edit_peak_rss_bytes": edit_rss, "rss_budget_bytes": budget,
-              "targets": {"edit_over_copy (median of paired repeats) <= 1.25": median["wall_s"] <= 1.25,
-                          "edit_rss < 1 GiB + 2 x largest tensor": edit_rss < budget},
-              "naive_skipped": skip_naive}
+    result = {
+        "command": " ".join(sys.argv),
+        "machine": machine(),
+        "checkpoint": info,
+        "cache": "warm input (sync + full read before every run)",
+        "runs": runs,
+        "best_wall_s": {k: v["wall_s"] for k, v in best.items()},
+        "edit_over_copy": best["edit"]["wall_s"] / best["copy"]["wall_s"],
+        "edit_over_copy_per_repeat": paired["wall_s"],
+        "edit_over_copy_median": median["wall_s"],
+        "edit_over_copy_synced_per_repeat": paired["wall_sync_s"],
+        "edit_over_copy_synced_median": median["wall_sync_s"],
+        "edit_hash_over_copy_median": statistics.median(_ratios(runs, "edit_hash", "wall_s")),
+        "edit_peak_rss_bytes": edit_rss,
+        "rss_budget_bytes": budget,
+        "targets": {
+            "edit_over_copy (median of paired repeats) <= 1.25": median["wall_s"] <= 1.25,
+            "edit_rss < 1 GiB + 2 x largest tensor": edit_rss < budget,
+        },
+        "naive_skipped": skip_naive,
+    }
     return result
 
 
 def markdown(r: dict) -> str:
     c, m = r["checkpoint"], r["machine"]
-    lines = ["# steer edit benchmark", "", f"`{r['command']}`", "",
-             f"Checkpoint: {c['bytes'] / 1e9:.2f} GB in {c['shards']} shards, {c['tensors']} tensors ({', '.join(c['dtypes'])}); "
-             f"largest {c['largest_tensor']} = {c['largest_tensor_bytes'] / 2**20:.0f} MiB.",
-             f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['ram_bytes'] / GiB:.0f} GiB RAM; {m['platform']}; "
-             + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
-             f"Page cache: {r['cache']}.", "", "| route | repeat | wall s | wall s + sync | peak RSS GiB |", "|---|---|---|---|---|"]
-    lines += [f"| {x['route']} | {x['repeat']} | {x['wall_s']:.2f} | {x['wall_sync_s']:.2f} | {x['peak_rss_bytes'] / GiB:.2f} |"
-              for x in r["runs"]]
+    lines = [
+        "# steer edit benchmark",
+        "",
+        f"`{r['command']}`",
+        "",
+        f"Checkpoint: {c['bytes'] / 1e9:.2f} GB in {c['shards']} shards, {c['tensors']} tensors ({', '.join(c['dtypes'])}); "
+        f"largest {c['largest_tensor']} = {c['largest_tensor_bytes'] / 2**20:.0f} MiB.",
+        f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['ram_bytes'] / GiB:.0f} GiB RAM; {m['platform']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        + ".",
+        f"Page cache: {r['cache']}.",
+        "",
+        "| route | repeat | wall s | wall s + sync | peak RSS GiB |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {x['route']} | {x['repeat']} | {x['wall_s']:.2f} | {x['wall_sync_s']:.2f} | {x['peak_rss_bytes'] / GiB:.2f} |"
+        for x in r["runs"]
+    ]
     per = lambda key: ", ".join(f"{x:.2f}" for x in r[key])  # noqa: E731
-    lines += ["", f"edit / copy, median of the paired repeats: **{r['edit_over_copy_median']:.2f}** (target <= 1.25; "
-              f"per repeat: {per('edit_over_copy_per_repeat')}; best of each: {r['edit_over_copy']:.2f})",
-              f"edit / copy until the files are on disk (sync included), median: {r['edit_over_copy_synced_median']:.2f} "
-              f"(per repeat: {per('edit_over_copy_synced_per_repeat')})",
-              f"with --hash (sha256 of input and output in the manifest), median: {r['edit_hash_over_copy_median']:.2f}",
-              f"edit peak RSS: **{r['edit_peak_rss_bytes'] / GiB:.2f} GiB** vs budget 1 GiB + 2 x largest tensor = "
-              f"{r['rss_budget_bytes'] / GiB:.2f} GiB", ""]
+    lines += [
+        "",
+        f"edit / copy, median of the paired repeats: **{r['edit_over_copy_median']:.2f}** (target <= 1.25; "
+        f"per repeat: {per('edit_over_copy_per_repeat')}; best of each: {r['edit_over_copy']:.2f})",
+        f"edit / copy until the files are on disk (sync included), median: {r['edit_over_copy_synced_median']:.2f} "
+        f"(per repeat: {per('edit_over_copy_synced_per_repeat')})",
+        f"with --hash (sha256 of input and output in the manifest), median: {r['edit_hash_over_copy_median']:.2f}",
+        f"edit peak RSS: **{r['edit_peak_rss_bytes'] / GiB:.2f} GiB** vs budget 1 GiB + 2 x largest tensor = "
+        f"{r['rss_budget_bytes'] / GiB:.2f} GiB",
+        "",
+    ]
     if "naive" in r["best_wall_s"]:
         lines.append(f"naive (load, edit in memory, save_pretrained): {r['best_wall_s']['naive']:.2f} s")
     else:
@@ -265,7 +338,9 @@ def markdown(r: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, help="benchmark this safetensors checkpoint folder instead of a synthetic one")
+    p.add_argument(
+        "--checkpoint", type=Path, help="benchmark this safetensors checkpoint folder instead of a synthetic one"
+    )
     p.add_argument("--size-gb", type=float, default=4.5, help="synthetic checkpoint size (default 4.5)")
     p.add_argument("--d-model", type=int, default=4096)
     p.add_argument("--d-ff", type=int, default=11008)
@@ -273,10 +348,14 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--kv-heads", type=int, default=8)
     p.add_argument("--shard-gb", type=float, default=2.0, help="synthetic shard size (default 2)")
-    p.add_argument("--repeats", type=int, default=5, help="rounds of copy, edit, edit --hash (default 5; ratios pair each round)")
+    p.add_argument(
+        "--repeats", type=int, default=5, help="rounds of copy, edit, edit --hash (default 5; ratios pair each round)"
+    )
     p.add_argument("--naive-repeats", type=int, default=1, help="rounds that also run the naive route (default 1)")
     p.add_argument("--skip-naive", action="store_true", help="skip the in-memory route")
-    p.add_argument("--work-dir", type=Path, help="where the temporary checkpoint and outputs go (default: the system temp dir)")
+    p.add_argument(
+        "--work-dir", type=Path, help="where the temporary checkpoint and outputs go (default: the system temp dir)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary files")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "edit-bench")
     a = p.parse_args()

@@ -23,9 +23,9 @@ import torch
 from steer.eval.benchmarks import LOADERS, stratified_subset
 from steer.eval.capability import BOXED_SUFFIX, GSM8K_SUFFIX, MAX_TOKENS, STOP
 from steer.eval.engine import GenSpec, generate_ids
+from steer.eval.mmlu import score_mmlu
 from steer.eval.suites import JUDGED_TOKENS
 from steer.model.load import load_model
-from steer.eval.mmlu import score_mmlu
 from steer.prompts import chat_texts, load_prompts
 
 
@@ -54,9 +54,20 @@ def main() -> None:
         slow, t_slow = timed(lambda: [generate_ids(model, tok, [t], spec, 1)[0] for t in texts])
         same = sum(a["text"] == b["text"] for a, b in zip(fast, slow))
         tokens = sum(len(o["ids"]) for o in fast)
-        rows.append({"benchmark": name, "items": len(texts), "max_new_tokens": max_tokens, "generated_tokens": tokens,
-                     "engine_s": round(t_fast, 2), "naive_s": round(t_slow, 2), "engine_items_per_s": len(texts) / t_fast,
-                     "naive_items_per_s": len(texts) / t_slow, "speedup": t_slow / t_fast, "identical_answers": same})
+        rows.append(
+            {
+                "benchmark": name,
+                "items": len(texts),
+                "max_new_tokens": max_tokens,
+                "generated_tokens": tokens,
+                "engine_s": round(t_fast, 2),
+                "naive_s": round(t_slow, 2),
+                "engine_items_per_s": len(texts) / t_fast,
+                "naive_items_per_s": len(texts) / t_slow,
+                "speedup": t_slow / t_fast,
+                "identical_answers": same,
+            }
+        )
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
     judged = [p.text for p in load_prompts("sensitive", "test")[:32]]
@@ -64,9 +75,18 @@ def main() -> None:
     mmlu = stratified_subset(LOADERS["mmlu"](args.data_dir), 114, args.seed, equal=True)
     fast, t_fast = timed(lambda: score_mmlu(model, tok, mmlu, batch_size=args.batch_size))
     slow, t_slow = timed(lambda: [score_mmlu(model, tok, [it], batch_size=1)[0] for it in mmlu])
-    rows.append({"benchmark": "mmlu (0-shot, letter log-probs)", "items": len(mmlu), "engine_s": round(t_fast, 2),
-                 "naive_s": round(t_slow, 2), "engine_items_per_s": len(mmlu) / t_fast, "naive_items_per_s": len(mmlu) / t_slow,
-                 "speedup": t_slow / t_fast, "identical_answers": sum(a["pred"] == b["pred"] for a, b in zip(fast, slow))})
+    rows.append(
+        {
+            "benchmark": "mmlu (0-shot, letter log-probs)",
+            "items": len(mmlu),
+            "engine_s": round(t_fast, 2),
+            "naive_s": round(t_slow, 2),
+            "engine_items_per_s": len(mmlu) / t_fast,
+            "naive_items_per_s": len(mmlu) / t_slow,
+            "speedup": t_slow / t_fast,
+            "identical_answers": sum(a["pred"] == b["pred"] for a, b in zip(fast, slow)),
+        }
+    )
     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     for name, n in (("gsm8k", 8), ("math500", 6), ("aime24", 4)):
         items = stratified_subset(LOADERS[name](args.data_dir), n, args.seed)
@@ -75,19 +95,30 @@ def main() -> None:
 
     import transformers
 
-    result = {"command": " ".join(sys.argv), "model": loaded.source, "batch_size": args.batch_size, "seed": args.seed,
-              "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__}, "rows": rows}
+    result = {
+        "command": " ".join(sys.argv),
+        "model": loaded.source,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "rows": rows,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = ["# Evaluation throughput: engine vs naive one-at-a-time loop\n", f"`{result['command']}`\n",
-          f"{loaded.source}, batch size {args.batch_size}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
-          f"seed {args.seed}; both measured in the same run on the same items.\n",
-          "| benchmark | items | max new tokens | engine items/s | naive items/s | speed-up | identical answers |",
-          "|---|---:|---:|---:|---:|---:|---:|"]
+    md = [
+        "# Evaluation throughput: engine vs naive one-at-a-time loop\n",
+        f"`{result['command']}`\n",
+        f"{loaded.source}, batch size {args.batch_size}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
+        f"seed {args.seed}; both measured in the same run on the same items.\n",
+        "| benchmark | items | max new tokens | engine items/s | naive items/s | speed-up | identical answers |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        md.append(f"| {r['benchmark']} | {r['items']} | {r.get('max_new_tokens', '-')} | {r['engine_items_per_s']:.2f} | "
-                  f"{r['naive_items_per_s']:.2f} | {r['speedup']:.1f}x | {r['identical_answers']}/{r['items']} |")
+        md.append(
+            f"| {r['benchmark']} | {r['items']} | {r.get('max_new_tokens', '-')} | {r['engine_items_per_s']:.2f} | "
+            f"{r['naive_items_per_s']:.2f} | {r['speedup']:.1f}x | {r['identical_answers']}/{r['items']} |"
+        )
     (args.out / "README.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

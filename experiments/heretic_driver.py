@@ -45,12 +45,23 @@ def select(message: str, choices):
         if state["saved"]:
             return ""  # exit program
         t = _pick_trial(choices)
-        state["chosen"] = {"trial": t.user_attrs["index"], "refusals": t.user_attrs["refusals"],
-                           "kl_divergence": t.user_attrs["kl_divergence"], "kl_max": KL_MAX,
-                           "parameters": t.user_attrs["parameters"], "direction_index": t.user_attrs["direction_index"],
-                           "pareto": [{"trial": _value(c).user_attrs["index"], "refusals": _value(c).user_attrs["refusals"],
-                                       "kl_divergence": _value(c).user_attrs["kl_divergence"]}
-                                      for c in choices if not isinstance(_value(c), str)]}
+        state["chosen"] = {
+            "trial": t.user_attrs["index"],
+            "refusals": t.user_attrs["refusals"],
+            "kl_divergence": t.user_attrs["kl_divergence"],
+            "kl_max": KL_MAX,
+            "parameters": t.user_attrs["parameters"],
+            "direction_index": t.user_attrs["direction_index"],
+            "pareto": [
+                {
+                    "trial": _value(c).user_attrs["index"],
+                    "refusals": _value(c).user_attrs["refusals"],
+                    "kl_divergence": _value(c).user_attrs["kl_divergence"],
+                }
+                for c in choices
+                if not isinstance(_value(c), str)
+            ],
+        }
         return t
     if message.startswith("What do you want to do"):
         if state["saved"]:

@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from steer.eval.judge import LABELS, MarkerJudge, agreement
 from steer.checkpoint.save import write_json
+from steer.eval.judge import LABELS, MarkerJudge, agreement
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "steer" / "data" / "judge"
@@ -38,18 +38,28 @@ def kappa(a: list[str], b: list[str]) -> float:
 
 
 def table(name: str, a: dict) -> str:
-    lines = [f"### {name} (n = {a['n']}): accuracy {100 * a['accuracy']:.1f}%\n",
-             "| class | precision | recall | support |", "|---|---:|---:|---:|"]
+    lines = [
+        f"### {name} (n = {a['n']}): accuracy {100 * a['accuracy']:.1f}%\n",
+        "| class | precision | recall | support |",
+        "|---|---:|---:|---:|",
+    ]
     for k, c in a["classes"].items():
         lines.append(f"| {k} | {100 * c['precision']:.1f}% | {100 * c['recall']:.1f}% | {c['support']} |")
-    lines += ["", "confusion (rows: label, columns: judge): " + "; ".join(
-        f"{g}: " + ", ".join(f"{p} {n}" for p, n in row.items()) for g, row in a["confusion"].items()), ""]
+    lines += [
+        "",
+        "confusion (rows: label, columns: judge): "
+        + "; ".join(f"{g}: " + ", ".join(f"{p} {n}" for p, n in row.items()) for g, row in a["confusion"].items()),
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main() -> None:
     judge = MarkerJudge()
-    out, md = {"judge": judge.name}, [f"# Judge agreement ({judge.name})\n", "`python experiments/judge_agreement.py`\n"]
+    out, md = (
+        {"judge": judge.name},
+        [f"# Judge agreement ({judge.name})\n", "`python experiments/judge_agreement.py`\n"],
+    )
     for key, name in (("development", "labelled.jsonl"), ("heldout", "heldout_labelled.jsonl")):
         data = rows(name)
         pred = judge.classify([r["prompt"] for r in data], [r["response"] for r in data])
@@ -59,19 +69,27 @@ def main() -> None:
         out[key] = res
         md.append(table(f"{key} set ({name})", res) + f"denial vs not denial: {100 * binary:.1f}%\n")
     combined_n = out["development"]["n"] + out["heldout"]["n"]
-    combined = (out["development"]["accuracy"] * out["development"]["n"] + out["heldout"]["accuracy"] * out["heldout"]["n"]) / combined_n
+    combined = (
+        out["development"]["accuracy"] * out["development"]["n"] + out["heldout"]["accuracy"] * out["heldout"]["n"]
+    ) / combined_n
     out["combined_accuracy"] = combined
     md.append(f"All {combined_n} labelled responses: accuracy {100 * combined:.1f}%\n")
     first = {r["id"]: r for r in rows("labelled.jsonl")}
     second = rows("second_labeller.jsonl")
     a, b = [first[r["id"]]["label"] for r in second], [r["label"] for r in second]
     j = judge.classify([first[r["id"]]["prompt"] for r in second], [first[r["id"]]["response"] for r in second])
-    out["labellers"] = {"n": len(a), "agreement": sum(x == y for x, y in zip(a, b)) / len(a), "kappa": kappa(a, b),
-                        "judge_vs_second_labeller": agreement(b, j)["accuracy"]}
+    out["labellers"] = {
+        "n": len(a),
+        "agreement": sum(x == y for x, y in zip(a, b)) / len(a),
+        "kappa": kappa(a, b),
+        "judge_vs_second_labeller": agreement(b, j)["accuracy"],
+    }
     lab = out["labellers"]
-    md.append(f"## Two labellers on the same {lab['n']} responses\n\nagreement {100 * lab['agreement']:.1f}%, "
-              f"Cohen's kappa {lab['kappa']:.3f}; the judge agrees with the second labeller on "
-              f"{100 * lab['judge_vs_second_labeller']:.1f}% of them.\n")
+    md.append(
+        f"## Two labellers on the same {lab['n']} responses\n\nagreement {100 * lab['agreement']:.1f}%, "
+        f"Cohen's kappa {lab['kappa']:.3f}; the judge agrees with the second labeller on "
+        f"{100 * lab['judge_vs_second_labeller']:.1f}% of them.\n"
+    )
     folder = ROOT / "results" / "judge-agreement"
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "agreement.json", out)

@@ -54,8 +54,18 @@ def main() -> None:
     rows = []
     for model, answers in (("base", base), ("abliterated", edited)):
         for (g, pid, text), answer in zip(flat, answers):
-            rows.append({"id": f"{model}:{pid}", "prompt_id": pid, "group": g, "model": model, "prompt": text,
-                         "response": answer, "label": None, "note": ""})
+            rows.append(
+                {
+                    "id": f"{model}:{pid}",
+                    "prompt_id": pid,
+                    "group": g,
+                    "model": model,
+                    "prompt": text,
+                    "response": answer,
+                    "label": None,
+                    "note": "",
+                }
+            )
     rng.shuffle(rows)  # labelled blind: no model/group order to lean on
     out = ROOT / "steer" / "data" / "judge" / "heldout_unlabelled.jsonl"
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

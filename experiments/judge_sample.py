@@ -33,9 +33,18 @@ def main() -> None:
     rows = []
     for (group, model), items in sorted(strata.items()):
         for item in random.Random(f"{args.seed}:{group}:{model}").sample(items, min(per, len(items))):
-            rows.append({"id": f"{model}:{item['id']}", "prompt_id": item["id"], "group": group,
-                         "model": "base" if model == "before" else "abliterated", "prompt": item["prompt"],
-                         "response": item["answer"], "label": None, "note": ""})
+            rows.append(
+                {
+                    "id": f"{model}:{item['id']}",
+                    "prompt_id": item["id"],
+                    "group": group,
+                    "model": "base" if model == "before" else "abliterated",
+                    "prompt": item["prompt"],
+                    "response": item["answer"],
+                    "label": None,
+                    "note": "",
+                }
+            )
     out = ROOT / "steer" / "data" / "judge" / "unlabelled.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

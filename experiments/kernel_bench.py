@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from steer.edit.project import orthonormal_basis, project_out
 from steer.edit.kernels import kernel_name, project
+from steer.edit.project import orthonormal_basis, project_out
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
@@ -34,6 +34,7 @@ def _median_seconds(fn, repeats: int, warmup: int, device: torch.device) -> floa
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
+
     for _ in range(warmup):
         fn()
     sync()
@@ -49,9 +50,11 @@ def _median_seconds(fn, repeats: int, warmup: int, device: torch.device) -> floa
 def _interleaved(fns: dict, repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
     """Median seconds of each function, timed in turn within every round, so that drift in the
     machine's memory bandwidth (shared hosts) hits the copy and the kernels alike."""
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
+
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -76,8 +79,9 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def bench_one(rows: int, cols: int, dtype: torch.dtype, k: int, side: str, backend: str, args,
-              device: torch.device) -> dict:
+def bench_one(
+    rows: int, cols: int, dtype: torch.dtype, k: int, side: str, backend: str, args, device: torch.device
+) -> dict:
     """Time copy / project / project_out on one [rows, cols] matrix; d_model is the residual side."""
     gen = torch.Generator().manual_seed(0)
     src = torch.randn(rows, cols, generator=gen).to(device=device, dtype=dtype)
@@ -93,27 +97,43 @@ def bench_one(rows: int, cols: int, dtype: torch.dtype, k: int, side: str, backe
     }
     timings = _interleaved(fns, args.repeats, args.warmup, device)
     if not args.no_naive:
-        timings["project_out"] = _median_seconds(lambda: project_out(src, basis, side, 0.7, args.preserve_norm),
-                                                 max(1, args.repeats // 2), min(1, args.warmup), device)
-    row = {"backend": backend, "dtype": str(dtype).removeprefix("torch."), "k": k, "side": side, "shape": [rows, cols],
-           **{f"{name}_s": t for name, t in timings.items()},
-           **{f"{name}_gbps": nbytes / t / 1e9 for name, t in timings.items()}}
+        timings["project_out"] = _median_seconds(
+            lambda: project_out(src, basis, side, 0.7, args.preserve_norm),
+            max(1, args.repeats // 2),
+            min(1, args.warmup),
+            device,
+        )
+    row = {
+        "backend": backend,
+        "dtype": str(dtype).removeprefix("torch."),
+        "k": k,
+        "side": side,
+        "shape": [rows, cols],
+        **{f"{name}_s": t for name, t in timings.items()},
+        **{f"{name}_gbps": nbytes / t / 1e9 for name, t in timings.items()},
+    }
     row["ratio"] = row["kernel_gbps"] / row["copy_gbps"]
     row["inplace_ratio"] = row["inplace_gbps"] / row["copy_gbps"]
     return row
 
 
 def markdown(rows: list[dict], info: dict) -> str:
-    lines = [f"# Projection kernel vs copy ({info['device']}, {info['cpu_model']}, {info['threads']} threads)", "",
-             f"`{info['command']}`; torch {info['torch']}; median of {info['repeats']} after {info['warmup']} warmup.", "",
-             "| backend | dtype | k | side | shape | copy GB/s | kernel GB/s | in-place GB/s | project_out GB/s "
-             "| kernel/copy | in-place/copy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Projection kernel vs copy ({info['device']}, {info['cpu_model']}, {info['threads']} threads)",
+        "",
+        f"`{info['command']}`; torch {info['torch']}; median of {info['repeats']} after {info['warmup']} warmup.",
+        "",
+        "| backend | dtype | k | side | shape | copy GB/s | kernel GB/s | in-place GB/s | project_out GB/s "
+        "| kernel/copy | in-place/copy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         naive = f"{r['project_out_gbps']:.1f}" if "project_out_gbps" in r else "-"
-        lines.append(f"| {r['backend']} | {r['dtype']} | {r['k']} | {r['side']} | {r['shape'][0]}x{r['shape'][1]} | "
-                     f"{r['copy_gbps']:.1f} | {r['kernel_gbps']:.1f} | {r['inplace_gbps']:.1f} | {naive} | "
-                     f"{r['ratio']:.2f} | {r['inplace_ratio']:.2f} |")
+        lines.append(
+            f"| {r['backend']} | {r['dtype']} | {r['k']} | {r['side']} | {r['shape'][0]}x{r['shape'][1]} | "
+            f"{r['copy_gbps']:.1f} | {r['kernel_gbps']:.1f} | {r['inplace_gbps']:.1f} | {naive} | "
+            f"{r['ratio']:.2f} | {r['inplace_ratio']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -126,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sides", default="out", help="comma list of out,in")
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--backends", default="auto", help="comma list of steer.edit.kernels backends (auto, native, blocked, triton)")
+    p.add_argument(
+        "--backends", default="auto", help="comma list of steer.edit.kernels backends (auto, native, blocked, triton)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--preserve-norm", action="store_true")
@@ -136,14 +158,26 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [bench_one(args.size, args.cols or args.size, DTYPES[dt], int(k), side, backend, args, device)
-            for backend in args.backends.split(",") for dt in args.dtypes.split(",")
-            for k in args.ks.split(",") for side in args.sides.split(",")]
-    info = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-            "torch": torch.__version__, "cpu_model": _cpu_model(), "threads": torch.get_num_threads(),
-            "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-            "repeats": args.repeats, "warmup": args.warmup, "backends": args.backends, "auto_cpu_backend": kernel_name("cpu"),
-            "preserve_norm": args.preserve_norm, "python": platform.python_version()}
+    rows = [
+        bench_one(args.size, args.cols or args.size, DTYPES[dt], int(k), side, backend, args, device)
+        for backend in args.backends.split(",")
+        for dt in args.dtypes.split(",")
+        for k in args.ks.split(",")
+        for side in args.sides.split(",")
+    ]
+    info = {
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "torch": torch.__version__,
+        "cpu_model": _cpu_model(),
+        "threads": torch.get_num_threads(),
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "backends": args.backends,
+        "auto_cpu_backend": kernel_name("cpu"),
+        "preserve_norm": args.preserve_norm,
+        "python": platform.python_version(),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
     table = markdown(rows, info)

@@ -24,15 +24,25 @@ def main() -> None:
     ap.add_argument("--field", default="correct")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    read = lambda p: {r["id"]: bool(r[args.field]) for r in map(json.loads, filter(None, p.read_text(encoding="utf-8").split("\n")))}  # noqa: E731
+    read = lambda p: {
+        r["id"]: bool(r[args.field]) for r in map(json.loads, filter(None, p.read_text(encoding="utf-8").split("\n")))
+    }  # noqa: E731
     b, e = read(args.base), read(args.edited)
     if set(b) != set(e):
         raise SystemExit(f"the files hold different items ({len(set(b) ^ set(e))} ids on one side only)")
     ids = sorted(b)
     bs, es = [b[i] for i in ids], [e[i] for i in ids]
     test = mcnemar_exact(bs, es)
-    result = {"base_file": str(args.base), "edited_file": str(args.edited), "field": args.field, "n": len(ids),
-              "base": sum(bs) / len(bs), "edited": sum(es) / len(es), "delta_ci": list(paired_bootstrap_ci(bs, es)), **test}
+    result = {
+        "base_file": str(args.base),
+        "edited_file": str(args.edited),
+        "field": args.field,
+        "n": len(ids),
+        "base": sum(bs) / len(bs),
+        "edited": sum(es) / len(es),
+        "delta_ci": list(paired_bootstrap_ci(bs, es)),
+        **test,
+    }
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -27,14 +27,14 @@ from targeted_setup import ROOT, head_commit, prepared, run_name
 
 from steer.edit.preview import Edit, preview
 from steer.model.collect import batched_last_logits
-from steer.targeted.readout import ReadoutSettings, continuations, fit_scale, train_readout
-from steer.targeted.search import metrics
 from steer.targeted.confirm import judged_rates
 from steer.targeted.contrasts import rebuild, recorded_edit
+from steer.targeted.readout import ReadoutSettings, continuations, fit_scale, train_readout
+from steer.targeted.search import metrics
 
 
 def parse(spec: str) -> ReadoutSettings:
-    """"lr=1e-4,l2=1,components=attn+mlp,loss.kl_weight=80" -> ReadoutSettings (values cast to each field's type)."""
+    """ "lr=1e-4,l2=1,components=attn+mlp,loss.kl_weight=80" -> ReadoutSettings (values cast to each field's type)."""
     kv = dict(item.split("=", 1) for item in spec.split(",") if item)
     s = ReadoutSettings()
     for k, v in kv.items():
@@ -58,19 +58,37 @@ def measure(model, tok, prep, ts) -> dict:
 
 def meta_of(args, loaded, ts, params, t0: float) -> dict:
     commit = head_commit()
-    return {"command": "python experiments/readout_probe.py " + " ".join(f"--config '{c}'" for c in args.config),
-            "commit": commit, "model": loaded.source, "split": "val", "seed": ts.seed, "edit": params.to_dict(),
-            "versions": {"torch": torch.__version__}, "elapsed_s": round(time.time() - t0)}
+    return {
+        "command": "python experiments/readout_probe.py " + " ".join(f"--config '{c}'" for c in args.config),
+        "commit": commit,
+        "model": loaded.source,
+        "split": "val",
+        "seed": ts.seed,
+        "edit": params.to_dict(),
+        "versions": {"torch": torch.__version__},
+        "elapsed_s": round(time.time() - t0),
+    }
 
 
 def write(out: Path, name: str, meta: dict, rows: list[dict]) -> str:
     """NAME.json and NAME.md (rewritten after every configuration, so a stopped run keeps what it measured)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    keys = ["feasible_scale", "target_score", "target_high", "keep_score", "kl", "kl_ucb", "censorship/sensitive/en",
-            "censorship/sensitive/zh", "refusal/harmful"]
+    keys = [
+        "feasible_scale",
+        "target_score",
+        "target_high",
+        "keep_score",
+        "kl",
+        "kl_ucb",
+        "censorship/sensitive/en",
+        "censorship/sensitive/zh",
+        "refusal/harmful",
+    ]
     lines = ["| config | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
-    lines += [f"| {row['config'] or '(defaults)'} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |" for row in rows]
+    lines += [
+        f"| {row['config'] or '(defaults)'} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |" for row in rows
+    ]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
 
@@ -98,14 +116,32 @@ def main() -> None:
     print(json.dumps(rows[-1]))
     for spec, s in zip(args.config, settings):
         start = time.time()
-        readout, history = train_readout(model, tok, prep.groups["sensitive"], prep.groups["harmful"], prep.groups["harmless"],
-                                         r, prep.val.refusal_tokens, s, cont=cont)
+        readout, history = train_readout(
+            model,
+            tok,
+            prep.groups["sensitive"],
+            prep.groups["harmful"],
+            prep.groups["harmless"],
+            r,
+            prep.val.refusal_tokens,
+            s,
+            cont=cont,
+        )
         with preview(model, Edit(r, project=False, readout=readout)):
             got = measure(model, tok, prep, ts)
         # how far the search's constraints (harmful floor, KL bound) would let the readout go
         scale, fits = fit_scale(model, tok, r, readout, prep.val, prep.keep_floor, ts.kl_max, batch_size=ts.batch_size)
-        rows.append({"config": spec, "settings": asdict(s), "train_s": round(time.time() - start, 1), **got,
-                     "feasible_scale": scale, "fits": fits, "history": history})
+        rows.append(
+            {
+                "config": spec,
+                "settings": asdict(s),
+                "train_s": round(time.time() - start, 1),
+                **got,
+                "feasible_scale": scale,
+                "fits": fits,
+                "history": history,
+            }
+        )
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("history", "settings")}))
         write(ROOT / args.out, name, meta_of(args, loaded, ts, params, t0), rows)
     print(write(ROOT / args.out, name, meta_of(args, loaded, ts, params, t0), rows))

@@ -31,7 +31,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = ("report.md", "report.json", "cosines.png", "pareto.png", "contrasts.safetensors", "contrasts.json", "steer_manifest.json")
+FILES = (
+    "report.md",
+    "report.json",
+    "cosines.png",
+    "pareto.png",
+    "contrasts.safetensors",
+    "contrasts.json",
+    "steer_manifest.json",
+)
 SUITES = "censorship,refusal,xstest,kl"
 MMLU = ["--limit", "mmlu=2850"]
 COMPARE = ["--data-dir", "../shared/data", "--batch-size", "16", "--seed", "0"]
@@ -62,9 +70,16 @@ def main() -> None:
     info = {
         "command": " ".join(command),
         "made_by": "python experiments/targeted_embedded.py " + " ".join(sys.argv[1:]),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-        "wall_time_s": round(wall, 1), "peak_rss_gb": round(peak_gb, 2),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "wall_time_s": round(wall, 1),
+        "peak_rss_gb": round(peak_gb, 2),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "output_sha256": json.loads((run_dir / "steer_manifest.json").read_text())["output_sha256"],
     }
@@ -72,7 +87,17 @@ def main() -> None:
     (dest / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     if not opts.no_compare:
         suites = ["--suite", SUITES] if opts.no_mmlu else ["--suite", SUITES + ",mmlu", *MMLU]
-        compare = ["steer", "compare", "embedded", "runs/targeted", *suites, *COMPARE, "--out", f"{opts.dest}/compare", "--force"]
+        compare = [
+            "steer",
+            "compare",
+            "embedded",
+            "runs/targeted",
+            *suites,
+            *COMPARE,
+            "--out",
+            f"{opts.dest}/compare",
+            "--force",
+        ]
         subprocess.run(compare, cwd=ROOT, check=True)
         info["compare_command"] = " ".join(compare)
         (dest / "run.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -16,9 +16,9 @@ import json
 
 from steer.edit.preview import preview
 from steer.model.load import load_model
-from steer.targeted.search import EditParams, edit_basis, score
 from steer.targeted.confirm import judged_rates
 from steer.targeted.prepare import prepare
+from steer.targeted.search import EditParams, edit_basis, score
 from steer.targeted.settings import TargetedSettings
 
 

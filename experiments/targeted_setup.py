@@ -22,7 +22,9 @@ RUNS = {"session6": "e3605b1", "session8": "7c5c9b4"}
 
 def head_commit() -> str:
     """The short hash of the checkout's HEAD (what a run records as its commit)."""
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def run_name(commit: str | None = None) -> str:

@@ -1,7 +1,7 @@
 """The plain pipeline, `steer abliterate`: locate and select a direction, measure the edit, write it, save.
 
-    from steer import abliterate, Settings
-    report = abliterate(None, "out/qwen-abliterated", Settings())
+from steer import abliterate, Settings
+report = abliterate(None, "out/qwen-abliterated", Settings())
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 from steer.checkpoint import manifest
 from steer.checkpoint.save import atomic_dir, check_output, save_checkpoint
-from steer.edit.preview import Edit, preview
 from steer.edit.kernels import kernel_name
+from steer.edit.preview import Edit, preview
 from steer.eval.before_after import before_after, eval_config
 from steer.locate.directions import DirectionSet
 from steer.locate.run import Settings, check_prompts, directions, log
@@ -34,10 +34,16 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     dirs = directions(loaded, settings)
     edit = Edit(dirs.vector())
     # 3. before/after: the base model, KL against the previewed edit, the edit written, the edited model
-    before, after = before_after(loaded, eval_config(settings), lambda: preview(loaded.model, edit),
-                                 lambda: _apply(loaded, edit, dirs))
-    report = {"model": loaded.source, "settings": asdict(settings), "selection": dirs.meta["selection"],
-              "before": before, "after": after}
+    before, after = before_after(
+        loaded, eval_config(settings), lambda: preview(loaded.model, edit), lambda: _apply(loaded, edit, dirs)
+    )
+    report = {
+        "model": loaded.source,
+        "settings": asdict(settings),
+        "selection": dirs.meta["selection"],
+        "before": before,
+        "after": after,
+    }
     # 4. checkpoint, directions, plot, report and manifest, appearing together
     with atomic_dir(out, force) as tmp:
         save_checkpoint(loaded.model, loaded.tokenizer, tmp)
@@ -58,13 +64,29 @@ def _apply(loaded: Loaded, edit: Edit, dirs: DirectionSet) -> None:
 
 def write_manifest(folder: Path, loaded: Loaded, dirs: DirectionSet, report: dict | None) -> dict:
     """The plain run's manifest: what is needed to rebuild (and verify) the output weights."""
-    metrics = None if report is None else {
-        side: {f"{suite}/{name}": m["value"] for suite, r in report[side].items() for name, m in r["metrics"].items()}
-        for side in ("before", "after")}
-    direction = {"layer": dirs.selected[0], "position": dirs.selected[1], "method": dirs.meta.get("method"),
-                 "refusal_tokens": dirs.meta.get("selection", {}).get("refusal_token_strings")}
+    metrics = (
+        None
+        if report is None
+        else {
+            side: {
+                f"{suite}/{name}": m["value"] for suite, r in report[side].items() for name, m in r["metrics"].items()
+            }
+            for side in ("before", "after")
+        }
+    )
+    direction = {
+        "layer": dirs.selected[0],
+        "position": dirs.selected[1],
+        "method": dirs.meta.get("method"),
+        "refusal_tokens": dirs.meta.get("selection", {}).get("refusal_token_strings"),
+    }
     return manifest.write(
-        folder, kernel=kernel_name(next(loaded.model.parameters()).device),  # which projection kernel wrote the weights
+        folder,
+        kernel=kernel_name(next(loaded.model.parameters()).device),  # which projection kernel wrote the weights
         input={"model": loaded.source, "sha256": checkpoint_hash(loaded.path) if loaded.path else None},
-        prompts=dirs.meta.get("prompts"), settings=dirs.meta.get("settings"), direction=direction, metrics=metrics,
-        output_sha256=checkpoint_hash(folder))
+        prompts=dirs.meta.get("prompts"),
+        settings=dirs.meta.get("settings"),
+        direction=direction,
+        metrics=metrics,
+        output_sha256=checkpoint_hash(folder),
+    )

@@ -79,10 +79,20 @@ def _read_jsonl(path: Path) -> list[Prompt]:
             row = json.loads(line)
             text = next(row[k] for k in TEXT_KEYS if k in row)
         except (ValueError, StopIteration, TypeError):
-            raise SteerError(f"{path}:{i}: expected a JSON object with one of the fields {', '.join(TEXT_KEYS)}") from None
+            raise SteerError(
+                f"{path}:{i}: expected a JSON object with one of the fields {', '.join(TEXT_KEYS)}"
+            ) from None
         if not isinstance(text, str) or not text.strip():
             raise SteerError(f"{path}:{i}: empty prompt text")
-        prompts.append(Prompt(str(row.get("id", f"{path.stem}-{i}")), text.strip(), row.get("lang", "?"), row.get("topic", "?"), row.get("split", "?")))
+        prompts.append(
+            Prompt(
+                str(row.get("id", f"{path.stem}-{i}")),
+                text.strip(),
+                row.get("lang", "?"),
+                row.get("topic", "?"),
+                row.get("split", "?"),
+            )
+        )
     return prompts
 
 
@@ -92,8 +102,12 @@ def _read_csv(path: Path, column: str | None) -> list[Prompt]:
         fields = reader.fieldnames or []
         col = column or next((k for k in TEXT_KEYS if k in fields), None)
         if col is None or col not in fields:
-            raise SteerError(f"{path}: no column {column or '/'.join(TEXT_KEYS)} (columns: {', '.join(fields) or 'none'}); name one with {path}:COLUMN")
-        return [Prompt(f"{path.stem}-{i}", row[col].strip()) for i, row in enumerate(reader, 1) if (row[col] or "").strip()]
+            raise SteerError(
+                f"{path}: no column {column or '/'.join(TEXT_KEYS)} (columns: {', '.join(fields) or 'none'}); name one with {path}:COLUMN"
+            )
+        return [
+            Prompt(f"{path.stem}-{i}", row[col].strip()) for i, row in enumerate(reader, 1) if (row[col] or "").strip()
+        ]
 
 
 def seeded_sample(items: list, n: int, seed: int) -> list:
@@ -114,7 +128,9 @@ def chat_texts(tokenizer, texts: list[str], system: str | None = None) -> list[s
         return list(texts)
     head = [{"role": "system", "content": system}] if system else []
     return [
-        tokenizer.apply_chat_template(head + [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+        tokenizer.apply_chat_template(
+            head + [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True
+        )
         for t in texts
     ]
 
@@ -129,7 +145,7 @@ def post_instruction_length(tokenizer) -> int:
     full = chat_texts(tokenizer, [sentinel])[0]
     if sentinel not in full:
         return 1
-    suffix = full[full.rindex(sentinel) + len(sentinel):]
+    suffix = full[full.rindex(sentinel) + len(sentinel) :]
     ids = tokenizer(full, add_special_tokens=False)["input_ids"]
     n = len(tokenizer(suffix, add_special_tokens=False)["input_ids"])
     if n == 0 or ids[-n:] != tokenizer(suffix, add_special_tokens=False)["input_ids"]:

@@ -19,14 +19,35 @@ from typing import Any
 from steer.errors import SteerError
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None, cli: bool = True,
-           minimum: float | None = None, above: float | None = None, maximum: float | None = None,
-           choices: tuple | dict | None = None, parse=None, metavar: str | None = None, after_search: bool = False,
-           default_factory: Any = dataclasses.MISSING) -> Any:
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    cli: bool = True,
+    minimum: float | None = None,
+    above: float | None = None,
+    maximum: float | None = None,
+    choices: tuple | dict | None = None,
+    parse=None,
+    metavar: str | None = None,
+    after_search: bool = False,
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
     """A dataclass field with its CLI metadata. choices: allowed values, or {CLI word: value};
     parse: a function from the flag's text to the value (default: the default's type)."""
-    meta = {"help": help, "flag": flag, "cli": cli, "minimum": minimum, "above": above, "maximum": maximum,
-            "choices": choices, "parse": parse, "metavar": metavar, "after_search": after_search}
+    meta = {
+        "help": help,
+        "flag": flag,
+        "cli": cli,
+        "minimum": minimum,
+        "above": above,
+        "maximum": maximum,
+        "choices": choices,
+        "parse": parse,
+        "metavar": metavar,
+        "after_search": after_search,
+    }
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"steer": meta})
 
 
@@ -39,8 +60,11 @@ def flag_name(f: dataclasses.Field) -> str:
 
 
 def cli_fields(cls, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if _meta(f)["cli"] and (only is None or f.name in only)
-            and f.name not in exclude]
+    return [
+        f
+        for f in dataclasses.fields(cls)
+        if _meta(f)["cli"] and (only is None or f.name in only) and f.name not in exclude
+    ]
 
 
 def _shown(value: Any, choices) -> str:

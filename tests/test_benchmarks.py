@@ -3,15 +3,17 @@ from pathlib import Path
 
 import pytest
 
-from steer.eval.benchmarks import LOADERS, Item, load_mmlu, stratified_subset
 from steer.errors import SteerError
+from steer.eval.benchmarks import LOADERS, Item, load_mmlu, stratified_subset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "capability").is_dir(), reason="shared data folder not beside the checkout")
 
 
 @needs_data
-@pytest.mark.parametrize("name,count", [("mmlu", 14042), ("gsm8k", 1319), ("math500", 500), ("aime24", 30), ("aime25", 30)])
+@pytest.mark.parametrize(
+    "name,count", [("mmlu", 14042), ("gsm8k", 1319), ("math500", 500), ("aime24", 30), ("aime25", 30)]
+)
 def test_loaders_read_the_shared_layout(name, count):
     items = LOADERS[name](DATA)
     assert len(items) == count

@@ -4,15 +4,15 @@ import json
 
 import pytest
 import torch
-
 from conftest import make_model
-from steer.model.adapters import resolve
+
+from steer.checkpoint.save import save_checkpoint
 from steer.cli.main import main
-from steer.model.collect import residual_means
 from steer.locate.directions import DirectionSet, diff_in_means
+from steer.model.adapters import resolve
+from steer.model.collect import residual_means
 from steer.model.load import checkpoint_hash, load_model
 from steer.prompts import chat_texts, post_instruction_length
-from steer.checkpoint.save import save_checkpoint
 
 
 @pytest.fixture
@@ -22,7 +22,9 @@ def setup(tmp_path, tokenizer):
     n_pos = post_instruction_length(tokenizer)
     a = residual_means(model, tokenizer, chat_texts(tokenizer, ["Tell me about 1989.", "Who rules?"]), n_pos)
     b = residual_means(model, tokenizer, chat_texts(tokenizer, ["Bake bread.", "Sum 2 and 3."]), n_pos)
-    DirectionSet(diff_in_means(a, b), a, b, {"selected": {"layer": 1, "position": -1}}).save(tmp_path / "directions.safetensors")
+    DirectionSet(diff_in_means(a, b), a, b, {"selected": {"layer": 1, "position": -1}}).save(
+        tmp_path / "directions.safetensors"
+    )
     return tmp_path
 
 
@@ -37,7 +39,9 @@ def test_help_explains_itself(capsys):
 
 def test_edit_writes_a_loadable_orthogonalized_checkpoint(setup):
     before = checkpoint_hash(setup / "model")
-    assert main(["edit", str(setup / "model"), "--directions", str(setup), "--out", str(setup / "edited"), "--hash"]) == 0
+    assert (
+        main(["edit", str(setup / "model"), "--directions", str(setup), "--out", str(setup / "edited"), "--hash"]) == 0
+    )
     assert checkpoint_hash(setup / "model") == before  # input untouched
     edited = load_model(str(setup / "edited")).model
     r = DirectionSet.load(setup / "directions.safetensors").vector()
@@ -67,9 +71,21 @@ def test_bad_input_is_one_clear_line(setup, capsys, tmp_path):
     model, dirs = str(setup / "model"), str(setup)
     (setup / "exists").mkdir()
     _fails(["edit", model, "--directions", dirs, "--out", str(setup / "exists")], capsys, "already exists")
-    _fails(["edit", str(tmp_path / "missing"), "--directions", dirs, "--out", str(setup / "o1")], capsys, "no such model folder")
-    _fails(["edit", model, "--directions", str(tmp_path / "x.safetensors"), "--out", str(setup / "o2")], capsys, "no such directions file")
-    _fails(["edit", model, "--directions", dirs, "--layer", "99", "--out", str(setup / "o3")], capsys, "no direction at layer 99")
+    _fails(
+        ["edit", str(tmp_path / "missing"), "--directions", dirs, "--out", str(setup / "o1")],
+        capsys,
+        "no such model folder",
+    )
+    _fails(
+        ["edit", model, "--directions", str(tmp_path / "x.safetensors"), "--out", str(setup / "o2")],
+        capsys,
+        "no such directions file",
+    )
+    _fails(
+        ["edit", model, "--directions", dirs, "--layer", "99", "--out", str(setup / "o3")],
+        capsys,
+        "no direction at layer 99",
+    )
     (setup / "empty.txt").write_text("")
     _fails(["directions", model, "--target", str(setup / "empty.txt"), "--out", str(setup / "o4")], capsys, "is empty")
     assert not any((setup / f"o{i}").exists() for i in range(1, 5))
@@ -81,8 +97,11 @@ def test_hidden_size_mismatch(setup, capsys, tokenizer):
     other.config.hidden_size = 64
     d = torch.randn(3, 2, 32, dtype=torch.float64)
     DirectionSet(d, d, d, {"selected": {"layer": 0, "position": -1}}).save(setup / "small.safetensors")
-    _fails(["edit", str(setup / "model"), "--directions", str(setup / "small.safetensors"), "--out", str(setup / "o")],
-           capsys, "hidden size 32, model has 64")
+    _fails(
+        ["edit", str(setup / "model"), "--directions", str(setup / "small.safetensors"), "--out", str(setup / "o")],
+        capsys,
+        "hidden size 32, model has 64",
+    )
 
 
 def test_model_that_never_refuses_is_reported(setup, capsys):
@@ -114,8 +133,26 @@ def test_search_writes_the_pareto_front(setup, monkeypatch, capsys):
 
     monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
     out = setup / "search"
-    rc = main(["search", str(setup / "model"), "--out", str(out), "--trials", "3", "--k-max", "2", "--n-val", "4",
-               "--confirm", "1", "--study", str(setup / "study.journal"), "--optimize-steps", "2"])
+    rc = main(
+        [
+            "search",
+            str(setup / "model"),
+            "--out",
+            str(out),
+            "--trials",
+            "3",
+            "--k-max",
+            "2",
+            "--n-val",
+            "4",
+            "--confirm",
+            "1",
+            "--study",
+            str(setup / "study.journal"),
+            "--optimize-steps",
+            "2",
+        ]
+    )
     assert rc == 0
     data = json.loads((out / "pareto.json").read_text())
     assert data["front"] and len(data["trials"]) == 3 and data["confirm"]["chosen"]["params"]["k"] in (1, 2)
@@ -129,8 +166,14 @@ def test_search_writes_the_pareto_front(setup, monkeypatch, capsys):
 
 def test_device_map_flags_are_checked_before_loading(setup, capsys):
     model = str(setup / "model")
-    _fails(["directions", model, "--device-map", "{not json", "--out", str(setup / "d1")], capsys, "--device-map: not valid JSON")
-    _fails(["directions", model, "--max-memory", "{", "--out", str(setup / "d2")], capsys, "--max-memory: not valid JSON")
+    _fails(
+        ["directions", model, "--device-map", "{not json", "--out", str(setup / "d1")],
+        capsys,
+        "--device-map: not valid JSON",
+    )
+    _fails(
+        ["directions", model, "--max-memory", "{", "--out", str(setup / "d2")], capsys, "--max-memory: not valid JSON"
+    )
 
 
 def test_export_gguf_command(tmp_path, tokenizer, capsys):
@@ -144,31 +187,75 @@ def test_export_gguf_command(tmp_path, tokenizer, capsys):
     got = dict(GGUFSource(out).tensors())
     assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in got)
     _fails(["export-gguf", str(tmp_path / "model"), "--out", str(out)], capsys, "already exists")
-    _fails(["export-gguf", str(tmp_path / "nope"), "--out", str(tmp_path / "x.gguf")], capsys, "no such checkpoint folder")
+    _fails(
+        ["export-gguf", str(tmp_path / "nope"), "--out", str(tmp_path / "x.gguf")], capsys, "no such checkpoint folder"
+    )
 
 
 def test_targeted_flags_reach_the_settings(capsys):
     from steer.cli.main import _targeted, build_parser
-    from steer.targeted.settings import TARGET_FLOOR
-    from steer.targeted.settings import TargetedSettings
+    from steer.targeted.settings import TARGET_FLOOR, TargetedSettings
 
-    args = build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety", "--search-kl-max", "0.2",
-                                      "--keep-layers", "same", "--trials", "7", "--optimize-steps", "0",
-                                      "--search-contrasts", "all", "--search-target-floor", "-3.5"])
+    args = build_parser().parse_args(
+        [
+            "abliterate",
+            "--out",
+            "x",
+            "--keep-safety",
+            "--search-kl-max",
+            "0.2",
+            "--keep-layers",
+            "same",
+            "--trials",
+            "7",
+            "--optimize-steps",
+            "0",
+            "--search-contrasts",
+            "all",
+            "--search-target-floor",
+            "-3.5",
+        ]
+    )
     ts = _targeted(args)
     assert (ts.kl_max, ts.keep_layers, ts.trials, ts.optimize_steps, ts.search_contrasts) == (0.2, "same", 7, 0, "all")
     assert ts.target_floor == -3.5
-    ts = _targeted(build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety", "--readout-steps", "5",
-                                              "--readout-kl-tokens", "3", "--readout-kl", "bound"]))
+    ts = _targeted(
+        build_parser().parse_args(
+            [
+                "abliterate",
+                "--out",
+                "x",
+                "--keep-safety",
+                "--readout-steps",
+                "5",
+                "--readout-kl-tokens",
+                "3",
+                "--readout-kl",
+                "bound",
+            ]
+        )
+    )
     assert (ts.readout_steps, ts.readout_kl_tokens, ts.readout_kl) == (5, 3, "kl_ucb")
     ts, lib = _targeted(build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety"])), TargetedSettings()
-    assert (ts.readout_steps, ts.readout_kl_tokens, ts.readout_kl) == (lib.readout_steps, lib.readout_kl_tokens, lib.readout_kl)
+    assert (ts.readout_steps, ts.readout_kl_tokens, ts.readout_kl) == (
+        lib.readout_steps,
+        lib.readout_kl_tokens,
+        lib.readout_kl,
+    )
     assert main(["abliterate", "--out", "x", "--keep-safety", "--readout-steps", "-1"]) == 2
     assert "--readout-steps must be 0 or more" in capsys.readouterr().err
     default = _targeted(build_parser().parse_args(["search", "--out", "x"]))
-    assert (default.kl_max, default.keep_layers, default.optimize_steps, default.search_contrasts) == (0.05, "all", 48, "optimized")
+    assert (default.kl_max, default.keep_layers, default.optimize_steps, default.search_contrasts) == (
+        0.05,
+        "all",
+        48,
+        "optimized",
+    )
     assert default.target_floor == TargetedSettings().target_floor == TARGET_FLOOR  # the CLI's default is the library's
-    assert _targeted(build_parser().parse_args(["search", "--out", "x", "--search-target-floor", "none"])).target_floor is None
+    assert (
+        _targeted(build_parser().parse_args(["search", "--out", "x", "--search-target-floor", "none"])).target_floor
+        is None
+    )
     assert main(["search", "--out", "x", "--search-kl-max", "0"]) == 2
     assert "--search-kl-max must be positive" in capsys.readouterr().err
     assert main(["search", "--out", "x", "--optimize-steps", "-1"]) == 2

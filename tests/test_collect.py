@@ -1,6 +1,6 @@
 import torch
-
 from conftest import PROMPTS, make_model
+
 from steer.model.collect import batched_last_logits, encode_batches, residual_means
 from steer.prompts import chat_texts, post_instruction_length
 
@@ -64,8 +64,15 @@ def test_collection_with_layers_offloaded_to_disk(tmp_path, tokenizer):
     model = make_model("qwen2")
     model.save_pretrained(tmp_path / "ckpt")
     tokenizer.save_pretrained(tmp_path / "ckpt")
-    device_map = {"model.embed_tokens": "disk", "model.layers.0": "cpu", "model.layers.1": "disk", "model.layers.2": "disk",
-                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "disk"}
+    device_map = {
+        "model.embed_tokens": "disk",
+        "model.layers.0": "cpu",
+        "model.layers.1": "disk",
+        "model.layers.2": "disk",
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "disk",
+    }
     offloaded = load_model(str(tmp_path / "ckpt"), device_map=device_map, offload_folder=tmp_path / "offload")
     # Really not in memory (accelerate reads these straight from the safetensors file when used).
     assert offloaded.model.model.layers[1].mlp.down_proj.weight.device.type == "meta"
@@ -73,8 +80,12 @@ def test_collection_with_layers_offloaded_to_disk(tmp_path, tokenizer):
     got = residual_means(offloaded.model, offloaded.tokenizer, texts, 3, batch_size=2)
     want = residual_means(model, tokenizer, texts, 3, batch_size=2)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(batched_last_logits(offloaded.model, offloaded.tokenizer, texts),
-                               batched_last_logits(model, tokenizer, texts), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        batched_last_logits(offloaded.model, offloaded.tokenizer, texts),
+        batched_last_logits(model, tokenizer, texts),
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 def test_shared_prefix_forward_equals_plain_forward(arch, tokenizer):
@@ -103,7 +114,9 @@ def test_shared_prefix_gradients_equal_plain(tokenizer):
         v = torch.zeros(model.config.hidden_size, requires_grad=True)
         hook = model.model.layers[0].self_attn.o_proj.register_forward_hook(lambda m, a, out: out + v)
         try:
-            forward(model, left_pad(ids, tokenizer.pad_token_id, share_prefix=share), 2).float().logsumexp(-1).sum().backward()
+            forward(model, left_pad(ids, tokenizer.pad_token_id, share_prefix=share), 2).float().logsumexp(
+                -1
+            ).sum().backward()
         finally:
             hook.remove()
         grads.append(v.grad)

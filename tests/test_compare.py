@@ -5,12 +5,12 @@ import json
 
 import pytest
 import torch
-
 from conftest import make_model
-from steer.eval import engine
-from steer.cli.main import main
-from steer.eval.compare import paired
+
 from steer.checkpoint.save import save_checkpoint
+from steer.cli.main import main
+from steer.eval import engine
+from steer.eval.compare import paired
 
 
 @pytest.fixture
@@ -28,8 +28,20 @@ ARGS = ["--limit", "3", "--max-new-tokens", "censorship=4,xstest=4,gsm8k=6"]
 
 def test_compare_writes_json_markdown_plots_and_items(ckpts, data_dir, capsys):
     out = ckpts / "cmp"
-    rc = main(["compare", str(ckpts / "base"), str(ckpts / "edited"), "--suite", "censorship,xstest,kl,mmlu,gsm8k",
-               "--data-dir", str(data_dir), "--out", str(out), *ARGS])
+    rc = main(
+        [
+            "compare",
+            str(ckpts / "base"),
+            str(ckpts / "edited"),
+            "--suite",
+            "censorship,xstest,kl,mmlu,gsm8k",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            *ARGS,
+        ]
+    )
     assert rc == 0
     comp = json.loads((out / "comparison.json").read_text())
     assert set(comp["edited"]) == {"censorship", "xstest", "kl", "mmlu", "gsm8k"} and "kl" not in comp["base"]
@@ -37,8 +49,14 @@ def test_compare_writes_json_markdown_plots_and_items(ckpts, data_dir, capsys):
     test = comp["paired"]["mmlu/correct"]
     assert test["n"] == 3 and 0 <= test["p_value"] <= 1 and len(test["delta_ci"]) == 2
     assert "censorship/censored/en" in comp["paired"]
-    for name in ("report.md", "metrics.png", "mmlu_subjects.png", "base/items/mmlu.jsonl", "edited/items/gsm8k.jsonl",
-                 "edited/items/kl.jsonl"):
+    for name in (
+        "report.md",
+        "metrics.png",
+        "mmlu_subjects.png",
+        "base/items/mmlu.jsonl",
+        "edited/items/gsm8k.jsonl",
+        "edited/items/kl.jsonl",
+    ):
         assert (out / name).is_file(), name
     item = json.loads((out / "edited" / "items" / "gsm8k.jsonl").read_text().splitlines()[0])
     assert set(item) >= {"id", "prompt", "output", "extracted", "correct"}
@@ -48,8 +66,18 @@ def test_compare_writes_json_markdown_plots_and_items(ckpts, data_dir, capsys):
 
 
 def test_eval_twice_reuses_the_cache_and_refuses_to_overwrite(ckpts, data_dir, monkeypatch, capsys):
-    args = ["eval", str(ckpts / "base"), "--suite", "censorship,gsm8k", "--data-dir", str(data_dir), "--limit", "3",
-            "--max-new-tokens", "censorship=4,gsm8k=6"]
+    args = [
+        "eval",
+        str(ckpts / "base"),
+        "--suite",
+        "censorship,gsm8k",
+        "--data-dir",
+        str(data_dir),
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "censorship=4,gsm8k=6",
+    ]
     assert main(args + ["--out", str(ckpts / "e1")]) == 0
     first = (ckpts / "e1" / "items" / "gsm8k.jsonl").read_text()
     assert main(args + ["--out", str(ckpts / "e1")]) == 2
@@ -64,13 +92,34 @@ def test_eval_twice_reuses_the_cache_and_refuses_to_overwrite(ckpts, data_dir, m
 def test_repetition_penalty_decodes_both_models_and_is_recorded(ckpts, capsys):
     common = ["--suite", "controls", "--limit", "3", "--max-new-tokens", "controls=8"]
     assert main(["compare", str(ckpts / "base"), str(ckpts / "edited"), *common, "--out", str(ckpts / "g")]) == 0
-    assert main(["compare", str(ckpts / "base"), str(ckpts / "edited"), *common, "--repetition-penalty", "1.5",
-                 "--out", str(ckpts / "p")]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(ckpts / "base"),
+                str(ckpts / "edited"),
+                *common,
+                "--repetition-penalty",
+                "1.5",
+                "--out",
+                str(ckpts / "p"),
+            ]
+        )
+        == 0
+    )
     greedy, penal = (json.loads((ckpts / d / "comparison.json").read_text()) for d in ("g", "p"))
-    assert greedy["meta"]["decoding"]["repetition_penalty"] == 1.0 and penal["meta"]["decoding"]["repetition_penalty"] == 1.5
+    assert (
+        greedy["meta"]["decoding"]["repetition_penalty"] == 1.0
+        and penal["meta"]["decoding"]["repetition_penalty"] == 1.5
+    )
     for side in ("base", "edited"):  # both sides decoded with the penalty, not read from the greedy cache
-        outs = [[json.loads(line)["output"] for line in (ckpts / d / side / "items" / "controls.jsonl").read_text().splitlines()]
-                for d in ("g", "p")]
+        outs = [
+            [
+                json.loads(line)["output"]
+                for line in (ckpts / d / side / "items" / "controls.jsonl").read_text().splitlines()
+            ]
+            for d in ("g", "p")
+        ]
         assert outs[0] != outs[1], side
     assert "greedy with repetition penalty 1.5" in (ckpts / "p" / "report.md").read_text()
 
@@ -84,14 +133,17 @@ def test_identical_models_have_no_significant_difference():
     assert res["mmlu/correct"]["edited_only"] == 5 and res["mmlu/correct"]["delta"] == 0.5
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--suite", "mmlu,bogus"], "unknown suite bogus"),
-    (["--suite", "mmlu", "--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data does not exist"),
-    (["--suite", "mmlu", "--limit", "ten"], "expected N or suite=N"),
-    (["--suite", "mmlu", "--limit", "gsm8k=5"], "not in --suite"),
-    (["--suite", "kl"], "kl needs a reference model"),
-    (["--suite", "censorship", "--repetition-penalty", "0"], "--repetition-penalty must be positive"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--suite", "mmlu,bogus"], "unknown suite bogus"),
+        (["--suite", "mmlu", "--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data does not exist"),
+        (["--suite", "mmlu", "--limit", "ten"], "expected N or suite=N"),
+        (["--suite", "mmlu", "--limit", "gsm8k=5"], "not in --suite"),
+        (["--suite", "kl"], "kl needs a reference model"),
+        (["--suite", "censorship", "--repetition-penalty", "0"], "--repetition-penalty must be positive"),
+    ],
+)
 def test_eval_bad_input_is_one_line(ckpts, extra, message, capsys):
     assert main(["eval", str(ckpts / "base"), "--out", str(ckpts / "x"), *extra]) == 2
     err = capsys.readouterr().err
@@ -100,16 +152,35 @@ def test_eval_bad_input_is_one_line(ckpts, extra, message, capsys):
 
 def test_eval_wrong_layout_names_the_expected_path(ckpts, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["eval", str(ckpts / "base"), "--suite", "mmlu", "--data-dir", str(tmp_path / "empty"), "--out", str(ckpts / "x")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                str(ckpts / "base"),
+                "--suite",
+                "mmlu",
+                "--data-dir",
+                str(tmp_path / "empty"),
+                "--out",
+                str(ckpts / "x"),
+            ]
+        )
+        == 2
+    )
     assert f"no MMLU data: expected {tmp_path / 'empty'}/capability/mmlu/test" in capsys.readouterr().err
 
 
 def test_paired_tests_cover_the_whole_suite_and_few_groups_only():
     def items(n_groups, flip):
-        return [{"id": str(i), "group": f"g{i % n_groups}", "correct": (i % 3 == 0) != (flip and i % 2 == 0)} for i in range(40)]
+        return [
+            {"id": str(i), "group": f"g{i % n_groups}", "correct": (i % 3 == 0) != (flip and i % 2 == 0)}
+            for i in range(40)
+        ]
 
     for n_groups, per_group in ((2, True), (20, False)):
-        res = paired({"s": {"items": items(n_groups, False), "paired": ["correct"]}},
-                     {"s": {"items": items(n_groups, True), "paired": ["correct"]}})
+        res = paired(
+            {"s": {"items": items(n_groups, False), "paired": ["correct"]}},
+            {"s": {"items": items(n_groups, True), "paired": ["correct"]}},
+        )
         assert res["s/correct"]["n"] == 40  # the whole suite, always
         assert ("s/correct/g1" in res) is per_group

@@ -1,13 +1,16 @@
 import pytest
 import torch
 
-from steer.locate.directions import DirectionSet, diff_in_means, project_off
 from steer.errors import SteerError
+from steer.locate.directions import DirectionSet, diff_in_means, project_off
 
 
 def _set(seed=0):
     g = torch.Generator().manual_seed(seed)
-    a, b = torch.randn(4, 3, 16, generator=g, dtype=torch.float64), torch.randn(4, 3, 16, generator=g, dtype=torch.float64)
+    a, b = (
+        torch.randn(4, 3, 16, generator=g, dtype=torch.float64),
+        torch.randn(4, 3, 16, generator=g, dtype=torch.float64),
+    )
     return DirectionSet(diff_in_means(a, b), a, b, {"selected": {"layer": 2, "position": -1}, "model": "x"})
 
 

@@ -1,11 +1,11 @@
 import pytest
 import torch
-
 from conftest import MOE_CONFIGS, PROMPTS, make_model
+
 from steer.edit.preview import Edit, preview
+from steer.edit.project import orthogonalize, orthonormal_basis, project_out
 from steer.model.adapters import resolve
 from steer.model.collect import batched_last_logits
-from steer.edit.project import orthogonalize, orthonormal_basis, project_out
 from steer.prompts import chat_texts
 
 
@@ -140,7 +140,10 @@ def test_profiled_hooks_equal_profiled_weight_edit(arch, tokenizer):
 
     model = make_model(arch)
     direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(5))
-    profiles = {"attn": Profile(peak=1.0, center=1.0, width=0.5, floor=0.0), "mlp": Profile(peak=0.7, center=0.0, width=3, floor=0.1)}
+    profiles = {
+        "attn": Profile(peak=1.0, center=1.0, width=0.5, floor=0.0),
+        "mlp": Profile(peak=0.7, center=0.0, width=3, floor=0.1),
+    }
     texts = chat_texts(tokenizer, PROMPTS)
     with preview(model, Edit(direction, profiles=profiles, embed=0.5)):
         hooked = batched_last_logits(model, tokenizer, texts)
@@ -151,7 +154,9 @@ def test_profiled_hooks_equal_profiled_weight_edit(arch, tokenizer):
     assert (hooked - weights).abs().max() < 1e-4
     assert (hooked - full).abs().max() > 1e-3  # partial strengths differ from the full edit
     res = resolve(model)  # attention strength 0 at layer 0: that writer is untouched
-    assert torch.equal(res.writers[0][0].weight, make_model(arch).get_submodule("model.layers.0.self_attn.o_proj").weight)
+    assert torch.equal(
+        res.writers[0][0].weight, make_model(arch).get_submodule("model.layers.0.self_attn.o_proj").weight
+    )
 
 
 def test_norm_preserving_edit_keeps_writer_column_norms(tokenizer):

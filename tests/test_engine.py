@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import make_model
+
 from steer.eval import engine
 from steer.eval.engine import GenSpec, ItemCache, cached_map, fingerprint, generate_cached, generate_ids, truncate
 from steer.prompts import chat_texts
@@ -87,7 +87,7 @@ def _penalized_greedy(model, ids: list[int], n: int, penalty: float) -> list[int
         seen = torch.tensor(sorted(set(seq)))
         logits[seen] = torch.where(logits[seen] > 0, logits[seen] / penalty, logits[seen] * penalty)
         seq.append(int(logits.argmax()))
-    return seq[len(ids):]
+    return seq[len(ids) :]
 
 
 @torch.inference_mode()
@@ -99,12 +99,15 @@ def test_repetition_penalty_matches_a_hand_written_greedy_loop(tokenizer):
     assert [p["ids"] for p in plain] != [p["ids"] for p in penal]  # the penalty reached generation
     for text, out in zip(texts, penal):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert out["ids"] == _penalized_greedy(model, ids, len(out["ids"]), 1.3)[:len(out["ids"])]
+        assert out["ids"] == _penalized_greedy(model, ids, len(out["ids"]), 1.3)[: len(out["ids"])]
 
 
 def test_only_a_non_default_penalty_enters_the_cache_key():
     from dataclasses import asdict
 
     assert GenSpec(48).cache_key() == {k: v for k, v in asdict(GenSpec(48)).items() if k != "repetition_penalty"}
-    assert GenSpec(48).cache_key() == {"max_new_tokens": 48, "stop": ()}  # the keys every committed cache was written with
+    assert GenSpec(48).cache_key() == {
+        "max_new_tokens": 48,
+        "stop": (),
+    }  # the keys every committed cache was written with
     assert GenSpec(48, repetition_penalty=1.1).cache_key()["repetition_penalty"] == 1.1

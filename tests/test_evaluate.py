@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-
 from conftest import make_model
-from steer.eval.engine import ItemCache, fingerprint
+
 from steer.errors import SteerError
+from steer.eval.engine import ItemCache, fingerprint
 from steer.eval.suites import Ctx, EvalConfig, logits_fn, parse_suites, run_suites, token_kl
-from steer.prompts import chat_texts, load_prompts
 from steer.locate.scores import first_token_kl
+from steer.prompts import chat_texts, load_prompts
 
 
 def ctx_for(model, tokenizer, config, tmp_path):
@@ -18,7 +18,10 @@ def ctx_for(model, tokenizer, config, tmp_path):
 @torch.no_grad()
 def test_token_kl_is_zero_for_the_same_model_and_matches_first_token_kl(tokenizer):
     base, other = make_model("qwen2", seed=0), make_model("qwen2", seed=1)
-    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in chat_texts(tokenizer, ["Hi", "A longer question here?"])]
+    prompts = [
+        tokenizer(t, add_special_tokens=False)["input_ids"]
+        for t in chat_texts(tokenizer, ["Hi", "A longer question here?"])
+    ]
     seqs = [prompts[0] + [65, 66, 67], prompts[1] + [70]]
     same = token_kl(logits_fn(base), logits_fn(base), tokenizer.pad_token_id, seqs, [len(p) for p in prompts])
     assert [len(k) for k in same] == [3, 1] and max(abs(x) for k in same for x in k) < 1e-9
@@ -31,18 +34,42 @@ def test_token_kl_is_zero_for_the_same_model_and_matches_first_token_kl(tokenize
     ids = torch.tensor([seqs[0]])
     lp = torch.log_softmax(base(ids).logits[0].double(), -1)
     lq = torch.log_softmax(other(ids).logits[0].double(), -1)
-    manual = (lp.exp() * (lp - lq)).sum(-1)[len(prompts[0]) - 1:-1]
+    manual = (lp.exp() * (lp - lq)).sum(-1)[len(prompts[0]) - 1 : -1]
     assert kl[0] == pytest.approx(manual.tolist(), rel=1e-4)
 
 
 def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
     model = make_model("llama")
-    config = EvalConfig(parse_suites("all"), data_dir, {"*": 4, "mmlu": 4}, max_new_tokens={"gsm8k": 8, "math500": 8, "aime24": 8,
-                        "aime25": 8, "censorship": 6, "refusal": 6, "xstest": 6, "controls": 6})
+    config = EvalConfig(
+        parse_suites("all"),
+        data_dir,
+        {"*": 4, "mmlu": 4},
+        max_new_tokens={
+            "gsm8k": 8,
+            "math500": 8,
+            "aime24": 8,
+            "aime25": 8,
+            "censorship": 6,
+            "refusal": 6,
+            "xstest": 6,
+            "controls": 6,
+        },
+    )
     ctx = ctx_for(model, tokenizer, config, tmp_path)
     ctx.reference = ctx_for(make_model("llama", seed=3), tokenizer, config, tmp_path)
     res = run_suites(ctx)
-    assert list(res) == ["censorship", "refusal", "xstest", "controls", "kl", "mmlu", "gsm8k", "math500", "aime24", "aime25"]
+    assert list(res) == [
+        "censorship",
+        "refusal",
+        "xstest",
+        "controls",
+        "kl",
+        "mmlu",
+        "gsm8k",
+        "math500",
+        "aime24",
+        "aime25",
+    ]
     for suite, r in res.items():
         for name, m in r["metrics"].items():
             assert m["n"] > 0 and (m["value"] != m["value"] or 0 <= m["value"]), (suite, name)
@@ -54,12 +81,18 @@ def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
     assert res["xstest"]["metrics"]["refusal/safe"]["n"] == 2  # only the safe prompts
     # controls: held-out topic-matched China questions, judged with the censorship metrics
     ctrl = res["controls"]
-    assert {i["id"].split("-")[1] for i in ctrl["items"]} == {"en", "zh"} and all(i["id"].startswith("ctrl-") for i in ctrl["items"])
+    assert {i["id"].split("-")[1] for i in ctrl["items"]} == {"en", "zh"} and all(
+        i["id"].startswith("ctrl-") for i in ctrl["items"]
+    )
     test_ids = {p.id for p in load_prompts("controls", "test")}
     assert {i["id"] for i in ctrl["items"]} <= test_ids
     for lang in ("en", "zh"):
         rows = [i["censored"] for i in ctrl["items"] if i["group"] == lang]
-        assert ctrl["metrics"][f"censorship/{lang}"] == {**ctrl["metrics"][f"censorship/{lang}"], "n": 4, "value": sum(rows) / 4}
+        assert ctrl["metrics"][f"censorship/{lang}"] == {
+            **ctrl["metrics"][f"censorship/{lang}"],
+            "n": 4,
+            "value": sum(rows) / 4,
+        }
     assert {i["subject"] for i in res["mmlu"]["items"]} == {"anatomy", "astronomy"}  # 2 per subject
     assert set(res["mmlu"]["per_subject"]) == {"anatomy", "astronomy"}
     assert res["kl"]["metrics"]["kl/first_token"]["value"] > 0
@@ -83,7 +116,9 @@ def test_kl_is_also_reported_over_the_prompts_the_base_model_answers(tokenizer, 
     ctx.judge = EveryOtherDenial()  # labels the base model's continuations
     res = run_suites(ctx)["kl"]
     items, metrics = res["items"], res["metrics"]
-    assert [i["base_label"] for i in items] == ["denial", "complete"] * (len(items) // 2) + ["denial"] * (len(items) % 2)
+    assert [i["base_label"] for i in items] == ["denial", "complete"] * (len(items) // 2) + ["denial"] * (
+        len(items) % 2
+    )
     answered = [i["kl_first"] for i in items if i["base_label"] != "denial"]
     assert metrics["kl/first_token_base_answered"]["n"] == len(answered) == len(items) // 2 > 0
     assert metrics["kl/first_token_base_answered"]["value"] == pytest.approx(sum(answered) / len(answered))

@@ -12,22 +12,29 @@ import gguf
 import pytest
 import torch
 import transformers
+from conftest import CHAT_TEMPLATE, COMMON, PROMPTS, SPECIALS, make_model, make_tokenizer
 from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from conftest import CHAT_TEMPLATE, COMMON, PROMPTS, SPECIALS, make_model, make_tokenizer
-from steer.errors import SteerError
 from steer.checkpoint.gguf_io import GGUFSource, export_gguf
+from steer.errors import SteerError
 
-TEXTS = ["Hello world, how are you?", "你好，今天怎么样？", "  spaces\tand\nnewlines 12345", "<|im_start|>user\nhi<|im_end|>"]
+TEXTS = [
+    "Hello world, how are you?",
+    "你好，今天怎么样？",
+    "  spaces\tand\nnewlines 12345",
+    "<|im_start|>user\nhi<|im_end|>",
+]
 
 
 def _llama_no_bias(seed: int = 0) -> torch.nn.Module:
     """conftest's llama has attention biases, which transformers' GGUF config cannot express (it loads
     a bias-free LlamaForCausalLM and drops them; see test_llama_biases_survive_gguf_source)."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(transformers.LlamaConfig(**COMMON, tie_word_embeddings=False), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(
+        transformers.LlamaConfig(**COMMON, tie_word_embeddings=False), dtype=torch.float32
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -57,8 +64,10 @@ def _greedy(model, tokenizer, texts=PROMPTS[:3], n: int = 12) -> list[list[int]]
     out = []
     for t in texts:
         ids = tokenizer(t, return_tensors="pt")["input_ids"]
-        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=0)
-        out.append(gen[0, ids.shape[1]:].tolist())
+        gen = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=0
+        )
+        out.append(gen[0, ids.shape[1] :].tolist())
     return out
 
 
@@ -110,9 +119,15 @@ def test_tokenizer_from_gguf_encodes_like_the_original(checkpoints, tmp_path, ar
         assert back(text)["input_ids"] == original(text)["input_ids"], text
         assert back.decode(original(text)["input_ids"]) == text
     assert back.chat_template == CHAT_TEMPLATE
-    assert (back.bos_token, back.eos_token, back.pad_token) == (original.bos_token, original.eos_token, original.pad_token)
+    assert (back.bos_token, back.eos_token, back.pad_token) == (
+        original.bos_token,
+        original.eos_token,
+        original.pad_token,
+    )
     chat = [{"role": "user", "content": "你好"}]
-    assert back.apply_chat_template(chat, add_generation_prompt=True) == original.apply_chat_template(chat, add_generation_prompt=True)
+    assert back.apply_chat_template(chat, add_generation_prompt=True) == original.apply_chat_template(
+        chat, add_generation_prompt=True
+    )
 
 
 def _trained_tokenizer() -> PreTrainedTokenizerFast:
@@ -120,14 +135,23 @@ def _trained_tokenizer() -> PreTrainedTokenizerFast:
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tk.decoder = decoders.ByteLevel()
     corpus = [p * 3 for p in PROMPTS + TEXTS] + ["the river runs to the sea; the wind blows over the river"] * 5
-    tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=330, special_tokens=SPECIALS,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<|im_start|>", eos_token="<|im_end|>")
+    tk.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=330, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", bos_token="<|im_start|>", eos_token="<|im_end|>"
+    )
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -194,7 +218,9 @@ def test_llama_biases_survive_gguf_source(tmp_path):
 
 def test_tied_embeddings_have_no_output_matrix(tmp_path):
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(transformers.Qwen2Config(**COMMON, tie_word_embeddings=True), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_config(
+        transformers.Qwen2Config(**COMMON, tie_word_embeddings=True), dtype=torch.float32
+    ).eval()
     out = tmp_path / "gguf" / "m.gguf"
     assert export_gguf(_checkpoint(tmp_path / "ckpt", model), out, "f32")["tied_embeddings"]
     assert "output.weight" not in {t.name for t in gguf.GGUFReader(out).tensors}
@@ -219,8 +245,13 @@ def test_bad_gguf_files_raise_steer_error(checkpoints, tmp_path):
     good = tmp_path / "gguf" / "m.gguf"
     export_gguf(checkpoints["qwen2"][0], good, "f32")
     data = good.read_bytes()
-    cases = {"missing.gguf": None, "truncated.gguf": data[:-1000], "header.gguf": data[:2000], "garbage.gguf": b"GGUF" + b"\x07" * 500,
-             "empty.gguf": b""}
+    cases = {
+        "missing.gguf": None,
+        "truncated.gguf": data[:-1000],
+        "header.gguf": data[:2000],
+        "garbage.gguf": b"GGUF" + b"\x07" * 500,
+        "empty.gguf": b"",
+    }
     for name, content in cases.items():
         path = tmp_path / name
         if content is not None:
@@ -303,9 +334,15 @@ def test_embedded_gguf_roundtrip(tmp_path):
     src = GGUFSource(gguf_file)
     timings["open"] = time.perf_counter() - t
     assert src.architecture == "Qwen2ForCausalLM" and not src.tie_word_embeddings
-    wanted = {"model.embed_tokens.weight", "lm_head.weight", "model.layers.0.self_attn.q_proj.weight",
-              "model.layers.0.self_attn.q_proj.bias", "model.layers.11.mlp.down_proj.weight",
-              "model.layers.23.self_attn.k_proj.weight", "model.norm.weight"}
+    wanted = {
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.q_proj.bias",
+        "model.layers.11.mlp.down_proj.weight",
+        "model.layers.23.self_attn.k_proj.weight",
+        "model.norm.weight",
+    }
     specs = dict(src.specs())
     t = time.perf_counter()
     seen = 0
@@ -331,7 +368,11 @@ def test_embedded_gguf_roundtrip(tmp_path):
     timings["load_back"] = time.perf_counter() - t
     for text in ["Hello, world!", "你好，今天怎么样？", "def f(x):\n    return x ** 2"]:
         assert back.tokenizer(text)["input_ids"] == base.tokenizer(text)["input_ids"]
-    prompts = ["Write a Python function that reverses a string.", "What is the capital of France?", "用一句话介绍长城。"]
+    prompts = [
+        "Write a Python function that reverses a string.",
+        "What is the capital of France?",
+        "用一句话介绍长城。",
+    ]
     texts = chat_texts(base.tokenizer, prompts)
     assert chat_texts(back.tokenizer, prompts) == texts
     t = time.perf_counter()

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-
 from conftest import PROMPTS, make_model
+
+from steer.checkpoint.save import save_checkpoint
 from steer.model.collect import residual_means
 from steer.prompts import chat_texts, post_instruction_length
-from steer.checkpoint.save import save_checkpoint
 
 
 def test_nnsight_reads_the_same_means(tokenizer):
@@ -34,4 +34,6 @@ def test_transformer_lens_bridge_resid_pre(tokenizer, tmp_path):
     n_pos = post_instruction_length(tokenizer)
     ours = residual_means(model, tokenizer, text, n_pos)
     for layer in range(model.config.num_hidden_layers):
-        torch.testing.assert_close(cache[f"blocks.{layer}.hook_resid_pre"][0, -n_pos:].double(), ours[layer], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            cache[f"blocks.{layer}.hook_resid_pre"][0, -n_pos:].double(), ours[layer], atol=1e-5, rtol=1e-5
+        )

@@ -15,8 +15,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from steer.edit import kernels  # noqa: E402
-from steer.edit.project import orthonormal_basis, project_out  # noqa: E402
 from steer.edit.kernels import project  # noqa: E402
+from steer.edit.project import orthonormal_basis, project_out  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 # (side, weight shape) with d_model = 67: an "out" matrix, an "in" matrix, an "out" bias
@@ -160,6 +160,7 @@ def test_triton_backend_falls_back_without_triton(monkeypatch):
 
 # ---------------------------------------------------------------- Triton, interpreted on CPU
 
+
 @pytest.fixture
 def triton_only(monkeypatch):
     """Skip without triton; make any fallback to the torch path fail the test."""
@@ -167,6 +168,7 @@ def triton_only(monkeypatch):
 
     def no_fallback(*args, **kwargs):
         raise AssertionError("fell back to the blocked torch path")
+
     monkeypatch.setattr(kernels, "_project_blocked", no_fallback)
 
 
@@ -213,6 +215,7 @@ def test_output_bytes_do_not_depend_on_the_callers_thread_count():
 
 # ---------------------------------------------------------------- native C++ kernel (CPU)
 
+
 @pytest.fixture
 def native_only(monkeypatch):
     """Skip only where no C++ compiler exists; otherwise the kernel must build, and any fallback
@@ -225,6 +228,7 @@ def native_only(monkeypatch):
 
     def no_fallback(*args, **kwargs):
         raise AssertionError("fell back to the blocked torch path")
+
     monkeypatch.setattr(kernels, "_project_blocked", no_fallback)
 
 

@@ -2,14 +2,14 @@ import json
 
 import pytest
 import torch
-
 from conftest import PROMPTS, make_model
+
+from steer.checkpoint.save import save_checkpoint
+from steer.errors import SteerError
 from steer.model import load
 from steer.model.collect import batched_last_logits
-from steer.errors import SteerError
 from steer.model.load import checkpoint_hash, load_model
 from steer.prompts import chat_texts
-from steer.checkpoint.save import save_checkpoint
 
 
 @pytest.fixture
@@ -24,7 +24,9 @@ def test_round_trip(checkpoint, tokenizer):
     loaded = load_model(str(folder))
     texts = chat_texts(tokenizer, PROMPTS)
     assert (folder / "generation_config.json").is_file() and (folder / "tokenizer_config.json").is_file()
-    torch.testing.assert_close(batched_last_logits(loaded.model, loaded.tokenizer, texts), batched_last_logits(model, tokenizer, texts))
+    torch.testing.assert_close(
+        batched_last_logits(loaded.model, loaded.tokenizer, texts), batched_last_logits(model, tokenizer, texts)
+    )
     assert loaded.tokenizer.padding_side == "left"
 
 
@@ -57,7 +59,9 @@ def test_truncated_weights(checkpoint):
 
 def test_index_names_missing_shard(checkpoint):
     folder, _ = checkpoint
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00002-of-00002.safetensors"}}))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00002-of-00002.safetensors"}})
+    )
     with pytest.raises(SteerError, match="names a missing shard: model-00002-of-00002.safetensors"):
         load_model(str(folder))
 

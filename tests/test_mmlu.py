@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
 from conftest import make_model
-from steer.eval.benchmarks import Item
+
 from steer.errors import SteerError
+from steer.eval.benchmarks import Item
 from steer.eval.mmlu import score_mmlu, summarize
 
 ITEMS = [
@@ -20,13 +20,17 @@ DEV = {"geography": [Item("d-1", "Capital of Spain?", "C", ("Lyon", "Porto", "Ma
 def reference(model, tokenizer, item, shots, chat):
     """One prompt at a time, no padding, full forward, compare the four letter logits."""
     subject = item.group.replace("_", " ")
+
     def q(it, ans):
         opts = "".join(f"\n{letter}. {c}" for letter, c in zip("ABCD", it.choices))
         return f"{it.question.strip()}{opts}\nAnswer:" + (f" {it.answer}" if ans else "")
+
     parts = [q(s, True) for s in shots] + [q(item, False)]
     text = f"The following are multiple choice questions (with answers) about {subject}.\n\n" + "\n\n".join(parts)
     if chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
         last = model(**ids).logits[0, -1]
@@ -47,7 +51,9 @@ def test_scorer_matches_independent_implementation(tokenizer):
 def test_summary_micro_and_macro():
     results = [{"subject": s, "correct": c} for s, c in [("x", True), ("x", True), ("x", False), ("y", False)]]
     s = summarize(results)
-    assert s["micro"] == 0.5 and abs(s["macro"] - (2 / 3 + 0) / 2) < 1e-12 and s["per_subject"] == {"x": 2 / 3, "y": 0.0}
+    assert (
+        s["micro"] == 0.5 and abs(s["macro"] - (2 / 3 + 0) / 2) < 1e-12 and s["per_subject"] == {"x": 2 / 3, "y": 0.0}
+    )
 
 
 def test_raw_mode_needs_single_token_letters(tokenizer):

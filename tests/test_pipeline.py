@@ -9,12 +9,12 @@ import json
 import pytest
 import torch
 import transformers
-
 from conftest import make_model, make_tokenizer
+
+from steer.checkpoint.save import save_checkpoint
 from steer.locate import scores
 from steer.model.load import checkpoint_hash, load_model
 from steer.pipeline import Settings, abliterate
-from steer.checkpoint.save import save_checkpoint
 
 
 @pytest.fixture
@@ -35,13 +35,24 @@ def test_abliterate_end_to_end_is_deterministic(tiny):
     _run(tiny, "b")
     assert checkpoint_hash(tiny / "model") == input_hash  # input untouched
     assert (tiny / "a" / "model.safetensors").read_bytes() == (tiny / "b" / "model.safetensors").read_bytes()
-    for name in ("report.md", "report.json", "directions.safetensors", "directions.json", "selection.png", "steer_manifest.json"):
+    for name in (
+        "report.md",
+        "report.json",
+        "directions.safetensors",
+        "directions.json",
+        "selection.png",
+        "steer_manifest.json",
+    ):
         assert (tiny / "a" / name).is_file(), name
     manifest = json.loads((tiny / "a" / "steer_manifest.json").read_text())
     assert manifest["input"]["sha256"] == input_hash
     assert manifest["output_sha256"] == checkpoint_hash(tiny / "a")
     assert manifest["settings"]["seed"] == 0 and manifest["prompts"]["target_train"]["sha256"]
-    assert set(report["before"]) == {"censorship", "refusal"} and set(report["after"]) == {"censorship", "refusal", "kl"}
+    assert set(report["before"]) == {"censorship", "refusal"} and set(report["after"]) == {
+        "censorship",
+        "refusal",
+        "kl",
+    }
     assert set(report["before"]["censorship"]["metrics"]) >= {"refusal/en", "censorship/zh", "degenerate"}
     assert report["after"]["kl"]["metrics"]["kl/first_token"]["value"] >= 0
     md = (tiny / "a" / "report.md").read_text()
@@ -98,15 +109,31 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
     from steer.targeted.settings import TargetedSettings
 
     monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
-    ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=2, max_new_tokens=4, kl_max=10.0, readout_steps=2, readout_kl="kl",
-                          readout_kl_tokens=2)
+    ts = TargetedSettings(
+        n_val=4,
+        trials=3,
+        k_max=2,
+        confirm=2,
+        max_new_tokens=4,
+        kl_max=10.0,
+        readout_steps=2,
+        readout_kl="kl",
+        readout_kl_tokens=2,
+    )
     settings = Settings(eval_limit=3, max_new_tokens=4)
     input_hash = checkpoint_hash(tiny / "model")
     report = targeted_abliterate(str(tiny / "model"), tiny / "t1", ts, settings, study=tiny / "s1.journal")
     targeted_abliterate(str(tiny / "model"), tiny / "t2", ts, settings, study=tiny / "s2.journal")
     assert checkpoint_hash(tiny / "model") == input_hash
     assert (tiny / "t1" / "model.safetensors").read_bytes() == (tiny / "t2" / "model.safetensors").read_bytes()
-    for name in ("report.md", "report.json", "contrasts.safetensors", "cosines.png", "pareto.png", "steer_manifest.json"):
+    for name in (
+        "report.md",
+        "report.json",
+        "contrasts.safetensors",
+        "cosines.png",
+        "pareto.png",
+        "steer_manifest.json",
+    ):
         assert (tiny / "t1" / name).is_file(), name
     manifest = json.loads((tiny / "t1" / "steer_manifest.json").read_text())
     assert manifest["edit"] == report["edit"] and manifest["output_sha256"] == checkpoint_hash(tiny / "t1")
@@ -122,7 +149,9 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
     assert "Readout (steer.targeted.readout, 6 writers): 2 steps" in md and "Wall time" in md
     assert set(report["seconds"]) == {"prepare", "search", "confirm", "readout", "evaluate", "load_save"}
     saved = Contrasts.load(tiny / "t1" / "contrasts.safetensors").readout
-    assert set(saved) == {f"{i}.{c}" for i in range(3) for c in ("attn", "mlp")} and any(a.abs().sum() > 0 for a in saved.values())
+    assert set(saved) == {f"{i}.{c}" for i in range(3) for c in ("attn", "mlp")} and any(
+        a.abs().sum() > 0 for a in saved.values()
+    )
 
 
 def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):
@@ -131,9 +160,20 @@ def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):
     from steer.targeted.settings import TargetedSettings
 
     monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
-    ts = TargetedSettings(n_val=4, trials=3, k_max=2, confirm=1, max_new_tokens=4, kl_max=10.0, readout_steps=2, readout_kl="kl",
-                          readout_kl_tokens=2)
-    targeted_abliterate(str(tiny / "model"), tiny / "t", ts, Settings(eval_limit=2, max_new_tokens=4), study=tiny / "s.journal")
+    ts = TargetedSettings(
+        n_val=4,
+        trials=3,
+        k_max=2,
+        confirm=1,
+        max_new_tokens=4,
+        kl_max=10.0,
+        readout_steps=2,
+        readout_kl="kl",
+        readout_kl_tokens=2,
+    )
+    targeted_abliterate(
+        str(tiny / "model"), tiny / "t", ts, Settings(eval_limit=2, max_new_tokens=4), study=tiny / "s.journal"
+    )
     assert main(["edit", str(tiny / "model"), "--directions", str(tiny / "t"), "--out", str(tiny / "rebuilt")]) == 0
     assert (tiny / "rebuilt" / "model.safetensors").read_bytes() == (tiny / "t" / "model.safetensors").read_bytes()
 
@@ -141,12 +181,13 @@ def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):
 def test_search_journal_key_ignores_settings_used_only_after_the_search():
     from dataclasses import fields, replace
 
-    from steer.targeted.settings import AFTER_SEARCH, search_settings
-    from steer.targeted.settings import TargetedSettings
+    from steer.targeted.settings import AFTER_SEARCH, TargetedSettings, search_settings
 
     ts = TargetedSettings()
     assert set(AFTER_SEARCH) < {f.name for f in fields(TargetedSettings)}  # no stale names
-    later = replace(ts, confirm=5, max_new_tokens=9, readout_steps=3, readout_lr=1.0, readout_kl_tokens=2, readout_kl="kl_ucb")
+    later = replace(
+        ts, confirm=5, max_new_tokens=9, readout_steps=3, readout_lr=1.0, readout_kl_tokens=2, readout_kl="kl_ucb"
+    )
     assert search_settings(later) == search_settings(ts)
     for change in ({"trials": 7}, {"kl_max": 0.2}, {"seed": 1}, {"optimize_steps": 5}, {"n_val": 3}):
         assert search_settings(replace(ts, **change)) != search_settings(ts), change
@@ -155,21 +196,37 @@ def test_search_journal_key_ignores_settings_used_only_after_the_search():
 def test_targeted_abliterate_without_a_readout_on_post_norm_writers(tmp_path, monkeypatch):
     """Gemma's writers go through a norm before the residual add: no readout, the report says why,
     and the edit is saved and rebuilt as without one."""
-    from steer.targeted.contrasts import Contrasts
     from steer.cli.main import main
+    from steer.targeted.contrasts import Contrasts
     from steer.targeted.run import targeted_abliterate
     from steer.targeted.settings import TargetedSettings
 
     save_checkpoint(make_model("gemma2"), make_tokenizer(), tmp_path / "model")
     monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
-    ts = TargetedSettings(n_val=4, trials=2, k_max=1, confirm=1, max_new_tokens=4, kl_max=10.0, optimize_steps=0,
-                          readout_steps=2, readout_kl_tokens=2)
-    report = targeted_abliterate(str(tmp_path / "model"), tmp_path / "t", ts, Settings(eval_limit=2, max_new_tokens=4),
-                                 study=tmp_path / "s.journal")
+    ts = TargetedSettings(
+        n_val=4,
+        trials=2,
+        k_max=1,
+        confirm=1,
+        max_new_tokens=4,
+        kl_max=10.0,
+        optimize_steps=0,
+        readout_steps=2,
+        readout_kl_tokens=2,
+    )
+    report = targeted_abliterate(
+        str(tmp_path / "model"),
+        tmp_path / "t",
+        ts,
+        Settings(eval_limit=2, max_new_tokens=4),
+        study=tmp_path / "s.journal",
+    )
     assert "plain linear writers" in report["readout"]["skipped"]
     assert "Readout: none (" in (tmp_path / "t" / "report.md").read_text()
     assert Contrasts.load(tmp_path / "t" / "contrasts.safetensors").readout is None
-    assert main(["edit", str(tmp_path / "model"), "--directions", str(tmp_path / "t"), "--out", str(tmp_path / "r")]) == 0
+    assert (
+        main(["edit", str(tmp_path / "model"), "--directions", str(tmp_path / "t"), "--out", str(tmp_path / "r")]) == 0
+    )
     from safetensors.torch import load_file
 
     got, want = load_file(tmp_path / "r" / "model.safetensors"), load_file(tmp_path / "t" / "model.safetensors")

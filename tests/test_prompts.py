@@ -45,14 +45,17 @@ def test_user_files(tmp_path):
     assert [p.text for p in load_prompts(f"{tmp_path / 'c.csv'}:target")] == ["Sure", "Sure"]
 
 
-@pytest.mark.parametrize("content,suffix,message", [
-    ("", ".txt", "is empty"),
-    ("\n  \n", ".txt", "is empty"),
-    ("{not json\n", ".jsonl", ":1: expected a JSON object"),
-    ('{"text": ""}\n', ".jsonl", "empty prompt text"),
-    ("a,b\n1,2\n", ".csv", "no column"),
-    ("x", ".parquet", "unsupported prompt file type"),
-])
+@pytest.mark.parametrize(
+    "content,suffix,message",
+    [
+        ("", ".txt", "is empty"),
+        ("\n  \n", ".txt", "is empty"),
+        ("{not json\n", ".jsonl", ":1: expected a JSON object"),
+        ('{"text": ""}\n', ".jsonl", "empty prompt text"),
+        ("a,b\n1,2\n", ".csv", "no column"),
+        ("x", ".parquet", "unsupported prompt file type"),
+    ],
+)
 def test_bad_prompt_files(tmp_path, content, suffix, message):
     path = tmp_path / f"p{suffix}"
     path.write_text(content, encoding="utf-8")
@@ -68,4 +71,6 @@ def test_missing_prompt_file():
 def test_chat_template_and_positions(tokenizer):
     text = chat_texts(tokenizer, ["hello"])[0]
     assert text.endswith("<|im_start|>assistant\n") and "hello" in text
-    assert post_instruction_length(tokenizer) == len(tokenizer("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
+    assert post_instruction_length(tokenizer) == len(
+        tokenizer("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    )

@@ -3,17 +3,17 @@ is rank 1 along r, training descends and is seeded, unsupported writers are refu
 
 import pytest
 import torch
-
 from conftest import PROMPTS, make_model
+
 from steer.edit.preview import Edit, preview
+from steer.edit.rank1 import bake, zeros
+from steer.errors import SteerError
+from steer.locate.scores import refusal_score
 from steer.model.adapters import resolve
 from steer.model.collect import batched_last_logits
-from steer.errors import SteerError
-from steer.targeted.optimize import Group, OptimizeSettings
 from steer.prompts import chat_texts
-from steer.edit.rank1 import bake, zeros
+from steer.targeted.optimize import Group, OptimizeSettings
 from steer.targeted.readout import Continuations, ReadoutSettings, continuations, fit_scale, train_readout
-from steer.locate.scores import refusal_score
 
 REFUSAL = [70, 71]
 
@@ -73,7 +73,9 @@ def test_training_lowers_the_target_score_and_restores_the_model(tokenizer):
     u = (model.lm_head.weight[REFUSAL].mean(0) - model.lm_head.weight.mean(0)) * model.model.norm.weight
     r = (u / u.norm()).detach()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    loss = OptimizeSettings(target_batch=99, keep_batch=99, harmless_batch=99, keep_weight=0.0, kl_weight=0.0, margin=100.0)
+    loss = OptimizeSettings(
+        target_batch=99, keep_batch=99, harmless_batch=99, keep_weight=0.0, kl_weight=0.0, margin=100.0
+    )
     s = ReadoutSettings(steps=10, lr=0.05, l2=0.0, loss=loss)
     readout, history = train_readout(model, tokenizer, target, keep, harmless, r, REFUSAL, s, progress=False)
     assert len(history) == 10 and history[-1]["target_score"] < history[0]["target_score"] - 0.05
@@ -91,8 +93,9 @@ def test_l2_penalty_shrinks_what_is_written(tokenizer):
     loss = OptimizeSettings(target_batch=99, keep_batch=99, harmless_batch=99, margin=100.0)
     size = {}
     for l2 in (0.0, 100.0):
-        readout, _ = train_readout(model, tokenizer, *groups, r, REFUSAL, ReadoutSettings(steps=6, lr=0.05, l2=l2, loss=loss),
-                                   progress=False)
+        readout, _ = train_readout(
+            model, tokenizer, *groups, r, REFUSAL, ReadoutSettings(steps=6, lr=0.05, l2=l2, loss=loss), progress=False
+        )
         size[l2] = sum(float(a.norm()) for a in readout.values())
     assert size[100.0] < size[0.0]
 
@@ -101,9 +104,20 @@ def test_training_is_seeded(tokenizer):
     model = make_model("qwen2")
     groups = _groups(model, tokenizer)
     r = _unit(model.config.hidden_size)
-    run = lambda seed: train_readout(model, tokenizer, *groups, r, REFUSAL, ReadoutSettings(  # noqa: E731
-        steps=3, lr=0.01, components=("mlp",), loss=OptimizeSettings(target_batch=1, keep_batch=1, harmless_batch=1, seed=seed)),
-        progress=False)
+    run = lambda seed: train_readout(
+        model,
+        tokenizer,
+        *groups,
+        r,
+        REFUSAL,
+        ReadoutSettings(  # noqa: E731
+            steps=3,
+            lr=0.01,
+            components=("mlp",),
+            loss=OptimizeSettings(target_batch=1, keep_batch=1, harmless_batch=1, seed=seed),
+        ),
+        progress=False,
+    )
     (a, ha), (b, hb), (c, _) = run(3), run(3), run(4)
     assert set(a) == {f"{i}.mlp" for i in range(len(resolve(model).layers))}
     assert ha == hb and all(torch.equal(a[k], b[k]) for k in a)
@@ -148,9 +162,13 @@ def test_later_token_kl_lines_up_with_the_base_models_answer(tokenizer):
     prompt_len = [len(ids) for ids in tokenizer(harmless.texts, add_special_tokens=False)["input_ids"]]
     assert [len(ids) - n for ids, n in zip(cont.ids, prompt_len)] == [2] * len(cont.ids)
     # the first of the n positions is the first answer token: the prompts' last-position logits
-    torch.testing.assert_close(cont.base_logp[:, 0].float(), torch.log_softmax(harmless.base_logits, -1), atol=0.1, rtol=0.02)
+    torch.testing.assert_close(
+        cont.base_logp[:, 0].float(), torch.log_softmax(harmless.base_logits, -1), atol=0.1, rtol=0.02
+    )
     r = _unit(model.config.hidden_size)
-    s = ReadoutSettings(steps=1, lr=0.0, kl_tokens=3, loss=OptimizeSettings(target_batch=2, keep_batch=2, harmless_batch=4))
+    s = ReadoutSettings(
+        steps=1, lr=0.0, kl_tokens=3, loss=OptimizeSettings(target_batch=2, keep_batch=2, harmless_batch=4)
+    )
     run = lambda c: train_readout(model, tokenizer, target, keep, harmless, r, REFUSAL, s, cont=c, progress=False)[1][0]  # noqa: E731
     row = run(cont)
     # nothing edited: the model is the base model at every position (up to bfloat16 storage)

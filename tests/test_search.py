@@ -2,25 +2,37 @@
 
 import pytest
 import torch
-
 from conftest import PROMPTS, make_model
-from steer.model.collect import batched_last_logits
+
+from steer.edit.preview import preview
 from steer.edit.project import Profile
-from steer.prompts import chat_texts
 from steer.errors import SteerError
 from steer.locate.scores import refusal_score
+from steer.model.collect import batched_last_logits
+from steer.prompts import chat_texts
 from steer.targeted import search
-from steer.edit.preview import preview
-from steer.targeted.search import (NEAR_REFUSAL, EditParams, SearchInputs, ValData, edit_basis, fingerprint, pareto, run_search, score,
-                          trial_rows)
+from steer.targeted.search import (
+    NEAR_REFUSAL,
+    EditParams,
+    SearchInputs,
+    ValData,
+    edit_basis,
+    fingerprint,
+    pareto,
+    run_search,
+    score,
+    trial_rows,
+)
 
 
 def inputs(d=64, layers=3, pos=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    return SearchInputs({"censorship/projected": r(layers, pos, d), "censorship/plain": r(layers, pos, d)},
-                        components=r(layers, pos, 2, d),
-                        keep=r(layers, pos, 1, d))
+    return SearchInputs(
+        {"censorship/projected": r(layers, pos, d), "censorship/plain": r(layers, pos, d)},
+        components=r(layers, pos, 2, d),
+        keep=r(layers, pos, 1, d),
+    )
 
 
 def test_edit_basis_is_orthonormal_and_orthogonal_to_keep():

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from conftest import ARCHS, MOE_CONFIGS, PROMPTS, make_model
 from safetensors.torch import load_file, save_file
 
-from conftest import ARCHS, MOE_CONFIGS, PROMPTS, make_model
+from steer.checkpoint.stream import edit_checkpoint
 from steer.cli.main import main
 from steer.edit.project import Profile, orthogonalize
 from steer.errors import SteerError
 from steer.model.load import checkpoint_hash, weight_files
-from steer.checkpoint.stream import edit_checkpoint
 
 MANTISSA = {torch.float32: 24, torch.bfloat16: 8, torch.float16: 11}
 
@@ -74,7 +74,9 @@ def test_streaming_equals_in_memory_edit_float32(arch, tokenizer, tmp_path):
     assert _tree_hashes(src) == before  # input untouched
     _in_memory(src, torch.float32, r, tmp_path / "ref")
     _check_equal(tmp_path / "out", tmp_path / "ref")
-    n_writers = 2 * model.config.num_hidden_layers + (model.config.num_hidden_layers if arch == "llama" else 0)  # o_proj bias
+    n_writers = 2 * model.config.num_hidden_layers + (
+        model.config.num_hidden_layers if arch == "llama" else 0
+    )  # o_proj bias
     assert stats["tensors_edited"] == 1 + n_writers
     manifest = json.loads((tmp_path / "out" / "steer_manifest.json").read_text())
     assert manifest["input"]["sha256"] == checkpoint_hash(src)
@@ -96,8 +98,11 @@ def test_streaming_equals_in_memory_edit_low_precision(arch, dtype, sharded, tok
     src = _save(model, tokenizer, tmp_path / "in", "60KB" if sharded else None)
     assert (src / "model.safetensors.index.json").is_file() == sharded
     r = _directions(model, k=3)
-    options = {"profiles": {"attn": Profile(peak=1.0, center=1.0, width=1.5, floor=0.2), "mlp": Profile(peak=0.8)},
-               "embed": 0.5, "preserve_norm": True}
+    options = {
+        "profiles": {"attn": Profile(peak=1.0, center=1.0, width=1.5, floor=0.2), "mlp": Profile(peak=0.8)},
+        "embed": 0.5,
+        "preserve_norm": True,
+    }
     stats = edit_checkpoint(src, tmp_path / "out", r, **options)
     # memory: two buffers, the larger one the size of the largest edited tensor (the embedding), never a whole shard
     embed = model.config.vocab_size * model.config.hidden_size * 2
@@ -131,8 +136,10 @@ def test_readout_streams_like_the_in_memory_bake(arch, dtype, tokenizer, tmp_pat
     bake(ref, r, readout)
     ref.save_pretrained(tmp_path / "ref")
     _check_equal(tmp_path / "out", tmp_path / "ref")
-    assert not torch.equal(_tensors(tmp_path / "out")["model.layers.0.mlp.down_proj.weight"],
-                           _tensors(tmp_path / "plain")["model.layers.0.mlp.down_proj.weight"])  # the readout was added
+    assert not torch.equal(
+        _tensors(tmp_path / "out")["model.layers.0.mlp.down_proj.weight"],
+        _tensors(tmp_path / "plain")["model.layers.0.mlp.down_proj.weight"],
+    )  # the readout was added
     assert stats["tensors_edited"] >= len(readout)
     with pytest.raises(SteerError, match="readout has a vector for writer 9.mlp"):
         edit_checkpoint(src, tmp_path / "bad", basis, readout=(r, {**readout, "9.mlp": readout["0.mlp"]}))
@@ -220,16 +227,24 @@ def test_fused_experts_with_d_model_last(tmp_path, monkeypatch):
     from steer.model import adapters
 
     writer = adapters.Writer("mlp.experts", "mlp", param="down_proj", fused=True, d_model_axis=1)
-    monkeypatch.setitem(adapters.ADAPTERS, "XWForCausalLM",
-                        adapters.Adapter("model.layers", "model.embed_tokens", "lm_head", (writer,)))
+    monkeypatch.setitem(
+        adapters.ADAPTERS, "XWForCausalLM", adapters.Adapter("model.layers", "model.embed_tokens", "lm_head", (writer,))
+    )
     src = tmp_path / "in"
     src.mkdir()
-    (src / "config.json").write_text(json.dumps({"architectures": ["XWForCausalLM"], "num_hidden_layers": 2,
-                                                 "tie_word_embeddings": False}))
+    (src / "config.json").write_text(
+        json.dumps({"architectures": ["XWForCausalLM"], "num_hidden_layers": 2, "tie_word_embeddings": False})
+    )
     g = torch.Generator().manual_seed(0)
-    tensors = {"model.embed_tokens.weight": torch.randn(50, 16, generator=g), "lm_head.weight": torch.randn(50, 16, generator=g),
-               **{f"model.layers.{i}.mlp.experts.down_proj": torch.randn(3, 24, 16, generator=g).to(torch.bfloat16) for i in range(2)},
-               "model.layers.0.mlp.experts.gate_up_proj": torch.randn(3, 16, 48, generator=g)}
+    tensors = {
+        "model.embed_tokens.weight": torch.randn(50, 16, generator=g),
+        "lm_head.weight": torch.randn(50, 16, generator=g),
+        **{
+            f"model.layers.{i}.mlp.experts.down_proj": torch.randn(3, 24, 16, generator=g).to(torch.bfloat16)
+            for i in range(2)
+        },
+        "model.layers.0.mlp.experts.gate_up_proj": torch.randn(3, 16, 48, generator=g),
+    }
     save_file(tensors, str(src / "model.safetensors"), metadata={"format": "pt"})
     r = torch.randn(16, generator=g)
     stats = edit_checkpoint(src, tmp_path / "out", r)
@@ -245,6 +260,7 @@ def test_fused_experts_with_d_model_last(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------- bad input
+
 
 @pytest.fixture
 def sharded(tokenizer, tmp_path):
@@ -324,33 +340,50 @@ def test_unsupported_architecture(sharded, tmp_path):
 
 # ------------------------------------------------------------------------------------ the CLI
 
+
 def test_cli_rebuilds_a_targeted_edit_from_contrasts_without_loading(tokenizer, tmp_path):
-    from steer.targeted.search import EditParams
     from steer.targeted.contrasts import Contrasts, rebuild
+    from steer.targeted.search import EditParams
 
     model = make_model("gemma2")
     src = _save(model, tokenizer, tmp_path / "in")
     g = torch.Generator().manual_seed(3)
     t = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     L, P, d = model.config.num_hidden_layers, 2, model.config.hidden_size
-    params = EditParams(index=1.25, position=-1, k=2, attn=Profile(peak=1.2, center=1.0, width=1.0, floor=0.3), embed=0.4,
-                        preserve_norm=True)
+    params = EditParams(
+        index=1.25,
+        position=-1,
+        k=2,
+        attn=Profile(peak=1.2, center=1.0, width=1.0, floor=0.3),
+        embed=0.4,
+        preserve_norm=True,
+    )
     Contrasts(t(L, P, d), t(L, P, d), t(L, P, d), t(L, P, d), t(L, P, 2, d)).save(
-        tmp_path / "contrasts.safetensors", {"chosen": params.to_dict(), "keep_safety": True})
-    assert main(["edit", str(src), "--directions", str(tmp_path / "contrasts.safetensors"), "--out", str(tmp_path / "out")]) == 0
+        tmp_path / "contrasts.safetensors", {"chosen": params.to_dict(), "keep_safety": True}
+    )
+    assert (
+        main(
+            ["edit", str(src), "--directions", str(tmp_path / "contrasts.safetensors"), "--out", str(tmp_path / "out")]
+        )
+        == 0
+    )
     ref = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     assert rebuild(ref, tmp_path / "contrasts.safetensors") == params
     ref.save_pretrained(tmp_path / "ref")
     _check_equal(tmp_path / "out", tmp_path / "ref")
     manifest = json.loads((tmp_path / "out" / "steer_manifest.json").read_text())
-    assert manifest["edit"] == params.to_dict() and manifest["output_sha256"] is None and manifest["input"]["sha256"] is None
+    assert (
+        manifest["edit"] == params.to_dict()
+        and manifest["output_sha256"] is None
+        and manifest["input"]["sha256"] is None
+    )
 
 
 def test_cli_streams_the_embedded_model_byte_identically(tokenizer, tmp_path, monkeypatch):
     """Without CHECKPOINT the embedded model's cached checkpoint is streamed: the weights are
     byte for byte what loading it, orthogonalizing and save_pretrained give."""
-    from steer.model import load
     from steer.locate.directions import DirectionSet
+    from steer.model import load
 
     model = make_model("qwen2")
     model.config.tie_word_embeddings = True  # like Qwen2.5-0.5B
@@ -363,23 +396,43 @@ def test_cli_streams_the_embedded_model_byte_identically(tokenizer, tmp_path, mo
     loaded = load.load_model(None)
     orthogonalize(loaded.model, DirectionSet.load(tmp_path / "dirs.safetensors").vector())
     loaded.model.save_pretrained(tmp_path / "ref")
-    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (
+        tmp_path / "ref" / "model.safetensors"
+    ).read_bytes()
     manifest = json.loads((tmp_path / "out" / "steer_manifest.json").read_text())
     assert manifest["input"]["model"].startswith("embedded:") and manifest["direction"]["layer"] == 1
 
 
 def test_cli_hub_id_is_edited_in_memory_like_the_stream(tokenizer, tmp_path, monkeypatch):
     """A hub id is downloaded and edited in memory (no local folder to stream): same weights."""
-    from steer.model import load
     from steer.locate.directions import DirectionSet
+    from steer.model import load
 
     src = _save(make_model("llama"), tokenizer, tmp_path / "in")
-    monkeypatch.setattr(load, "load_model", lambda spec, dtype=torch.float32: load.Loaded(
-        transformers.AutoModelForCausalLM.from_pretrained(src), tokenizer, spec, src))
+    monkeypatch.setattr(
+        load,
+        "load_model",
+        lambda spec, dtype=torch.float32: load.Loaded(
+            transformers.AutoModelForCausalLM.from_pretrained(src), tokenizer, spec, src
+        ),
+    )
     d = torch.randn(3, 2, 64, dtype=torch.float64)
     DirectionSet(d, d, d, {"selected": {"layer": 2, "position": -2}}).save(tmp_path / "dirs.safetensors")
     for name, model in (("hub", "org/tiny-llama"), ("stream", str(src))):
-        assert main(["edit", model, "--directions", str(tmp_path / "dirs.safetensors"), "--out", str(tmp_path / name), "--hash"]) == 0
+        assert (
+            main(
+                [
+                    "edit",
+                    model,
+                    "--directions",
+                    str(tmp_path / "dirs.safetensors"),
+                    "--out",
+                    str(tmp_path / name),
+                    "--hash",
+                ]
+            )
+            == 0
+        )
     _check_equal(tmp_path / "hub", tmp_path / "stream")
     manifest = json.loads((tmp_path / "hub" / "steer_manifest.json").read_text())
     assert manifest["input"] == {"model": "org/tiny-llama", "sha256": checkpoint_hash(src)}

@@ -4,26 +4,29 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import PROMPTS, make_model
+
 from steer.edit.preview import preview
+from steer.locate import scores
 from steer.model.collect import residual_means
 from steer.prompts import chat_texts
 from steer.report.tables import plot_cosines
-from steer.locate import scores
 from steer.targeted.confirm import confirm
+from steer.targeted.contrasts import _cos, compute_contrasts
 from steer.targeted.prepare import prepare
 from steer.targeted.readout import fit_readout
 from steer.targeted.search import EditParams, edit_basis
 from steer.targeted.settings import TargetedSettings
-from steer.targeted.contrasts import _cos, compute_contrasts
 
 
 def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(tokenizer, tmp_path):
     model = make_model("llama")
-    sets = {"sensitive": ["Tell me about 1989.", "Who rules Tibet?", "What is Falun Gong?", "Why was he jailed?"],
-            "controls": ["What is the longest river in China?", "How is dumpling dough made?"],
-            "harmful": ["Build a bomb.", "Hurt someone."], "harmless": PROMPTS}
+    sets = {
+        "sensitive": ["Tell me about 1989.", "Who rules Tibet?", "What is Falun Gong?", "Why was he jailed?"],
+        "controls": ["What is the longest river in China?", "How is dumpling dough made?"],
+        "harmful": ["Build a bomb.", "Hurt someone."],
+        "harmless": PROMPTS,
+    }
     texts = {k: chat_texts(tokenizer, v) for k, v in sets.items()}
     c = compute_contrasts(model, tokenizer, texts, n_positions=3, k=2, batch_size=2)
     mean = lambda name: residual_means(model, tokenizer, texts[name], 3)  # noqa: E731
@@ -33,13 +36,24 @@ def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(token
     comps = c.components[2, -1]
     assert torch.allclose(comps @ comps.T, torch.eye(2, dtype=torch.float64), atol=1e-8)
     cos = c.cosines()
-    assert set(cos) == {"censorship vs harmful", "censorship vs (sensitive - harmless)", "(sensitive - harmless) vs harmful"}
+    assert set(cos) == {
+        "censorship vs harmful",
+        "censorship vs (sensitive - harmless)",
+        "(sensitive - harmless) vs harmful",
+    }
     assert all(-1 - 1e-9 <= x <= 1 + 1e-9 for v in cos.values() for x in v[1:])
     inputs = c.search_inputs(keep_safety=True)
-    assert set(inputs.directions) == {"censorship/projected", "censorship/plain", "versus_harmless/projected", "versus_harmless/plain"}
+    assert set(inputs.directions) == {
+        "censorship/projected",
+        "censorship/plain",
+        "versus_harmless/projected",
+        "versus_harmless/plain",
+    }
     assert set(c.search_inputs(contrasts="optimized").directions) == set(inputs.directions)  # nothing optimized yet
     proj = inputs.directions["censorship/projected"]
-    assert (proj * c.harmless_mean).sum(-1).abs().max() < 1e-6 * c.harmless_mean.norm(dim=-1).max() * proj.norm(dim=-1).max()
+    assert (proj * c.harmless_mean).sum(-1).abs().max() < 1e-6 * c.harmless_mean.norm(dim=-1).max() * proj.norm(
+        dim=-1
+    ).max()
     assert inputs.keep.shape == (model.config.num_hidden_layers, 3, 1, model.config.hidden_size)
     assert c.search_inputs(keep_safety=False).keep is None
     every = c.search_inputs(keep_safety=True, keep_layers="all")
@@ -63,8 +77,10 @@ def test_contrasts_are_the_right_differences_and_keep_safety_is_orthogonal(token
     with pytest.raises(ValueError, match="contrasts"):
         c.search_inputs(contrasts="optimised")
     with_opt = c.cosines()
-    assert len(with_opt) == 5 and abs(with_opt["optimized vs censorship"][2]
-                                      - float(_cos(c.optimized, c.censorship[2, -1]))) < 1e-12
+    assert (
+        len(with_opt) == 5
+        and abs(with_opt["optimized vs censorship"][2] - float(_cos(c.optimized, c.censorship[2, -1]))) < 1e-12
+    )
     plot_cosines(cos, tmp_path / "cos.png")
     assert (tmp_path / "cos.png").stat().st_size > 1000
 
@@ -89,7 +105,10 @@ def test_prepare_search_confirm_on_a_tiny_model(tokenizer, monkeypatch):
     result = confirm(model, tokenizer, prep, inputs, pareto(study), s)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # previews only
     assert result["chosen"] in result["candidates"] and set(result["base"]) == {
-        "censorship/sensitive/en", "censorship/sensitive/zh", "refusal/harmful"}
+        "censorship/sensitive/en",
+        "censorship/sensitive/zh",
+        "refusal/harmful",
+    }
     assert all(0 <= v <= 1 for r in result["candidates"] for v in r["judged"].values())
     # a readout held to the chosen edit's own validation KL (it may spend none): kept only where its mean is within
     p = EditParams.from_dict(result["chosen"]["params"])
@@ -108,9 +127,9 @@ def test_prepare_search_confirm_on_a_tiny_model(tokenizer, monkeypatch):
 def test_previewed_edit_and_readout_equal_the_applied_weights(tokenizer):
     """previewed() (hooks: the edit first, then the readout) gives the logits apply_edit() writes
     into the weights; an architecture without plain linear writers gets no readout, with the reason."""
-    from steer.model.collect import batched_last_logits
     from steer.edit.project import Profile
     from steer.edit.rank1 import zeros
+    from steer.model.collect import batched_last_logits
     from steer.targeted.search import EditParams
 
     model = make_model("qwen2")

@@ -129,9 +129,15 @@ def test_in_memory_abliterate_output_verifies(disk_dtype, tokenizer, tmp_path, m
     edit = transformers.AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32)
     orthogonalize(edit, dirs.vector())
     _save(edit, tokenizer, out)
-    (out / "steer_manifest.json").write_text(json.dumps({
-        "input": {"model": f"embedded:{load.EMBEDDED_NAME}", "sha256": checkpoint_hash(cache)},
-        "direction": {"layer": 1, "position": -1}, "output_sha256": checkpoint_hash(out)}))
+    (out / "steer_manifest.json").write_text(
+        json.dumps(
+            {
+                "input": {"model": f"embedded:{load.EMBEDDED_NAME}", "sha256": checkpoint_hash(cache)},
+                "direction": {"layer": 1, "position": -1},
+                "output_sha256": checkpoint_hash(out),
+            }
+        )
+    )
     r = verify(out)
     assert r.ok and r.output_sha256 == "match" and r.input_sha256 == "match", r.summary()
     assert r.rebuilt_from == f"embedded:{load.EMBEDDED_NAME}"
@@ -152,18 +158,26 @@ def test_keep_safety_edit_with_readout_verifies(tokenizer, tmp_path):
     g = torch.Generator().manual_seed(3)
     t = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     L, P, d = model.config.num_hidden_layers, 2, model.config.hidden_size
-    params = EditParams(index=1.25, position=-1, k=2, attn=Profile(peak=1.2, center=1.0, width=1.0, floor=0.3), embed=0.4,
-                        preserve_norm=True)
+    params = EditParams(
+        index=1.25,
+        position=-1,
+        k=2,
+        attn=Profile(peak=1.2, center=1.0, width=1.0, floor=0.3),
+        embed=0.4,
+        preserve_norm=True,
+    )
     readout = {k: torch.randn(a.shape, generator=g) * 0.05 for k, a in zeros(model).items()}
     out = tmp_path / "run"
     out.mkdir()
     Contrasts(t(L, P, d), t(L, P, d), t(L, P, d), t(L, P, d), t(L, P, 2, d), readout=readout).save(
-        out / "contrasts.safetensors", {"edit": params.to_dict(), "keep_safety": True, "keep_layers": "all"})
+        out / "contrasts.safetensors", {"edit": params.to_dict(), "keep_safety": True, "keep_layers": "all"}
+    )
     edit = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     rebuild(edit, out / "contrasts.safetensors")
     _save(edit, tokenizer, out)
-    (out / "steer_manifest.json").write_text(json.dumps({"input": {"model": str(src)}, "edit": params.to_dict(),
-                                                         "output_sha256": None}, default=str))
+    (out / "steer_manifest.json").write_text(
+        json.dumps({"input": {"model": str(src)}, "edit": params.to_dict(), "output_sha256": None}, default=str)
+    )
     r = verify(out)
     assert r.ok, r.summary()
     assert "with its readout" in r.edit and "rank 2" in r.edit and r.output_sha256 is None

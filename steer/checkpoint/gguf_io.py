@@ -42,8 +42,11 @@ from steer.model.load import _one_line, weight_files
 IMPORT_ARCHS = ("gemma2", "gemma3", "llama", "phi3", "qwen2", "qwen3")
 # HF class -> GGUF architecture that export_gguf writes.
 EXPORT_ARCHS = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
-QTYPES = {"f32": (QT.F32, gguf.LlamaFileType.ALL_F32), "f16": (QT.F16, gguf.LlamaFileType.MOSTLY_F16),
-          "q8_0": (QT.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0)}
+QTYPES = {
+    "f32": (QT.F32, gguf.LlamaFileType.ALL_F32),
+    "f16": (QT.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "q8_0": (QT.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
 
 
 class _CheckedReader(gguf.GGUFReader):
@@ -84,8 +87,12 @@ class GGUFSource:
 
     def __init__(self, file: Path):
         from transformers import AutoConfig, AutoModelForCausalLM
-        from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor,
-                                                               get_gguf_hf_weights_map, load_gguf_checkpoint)
+        from transformers.modeling_gguf_pytorch_utils import (
+            TENSOR_PROCESSORS,
+            TensorProcessor,
+            get_gguf_hf_weights_map,
+            load_gguf_checkpoint,
+        )
 
         self.file = Path(file)
         if not self.file.is_file():
@@ -96,9 +103,15 @@ class GGUFSource:
             raise SteerError(f"truncated GGUF file {self.file}: {exc}") from None
         except Exception as exc:  # the reader raises ValueError/KeyError/IndexError on damaged headers
             raise SteerError(f"corrupt or truncated GGUF file {self.file}: {_one_line(exc)}") from None
-        arch = self._reader.fields["general.architecture"].contents() if "general.architecture" in self._reader.fields else "?"
+        arch = (
+            self._reader.fields["general.architecture"].contents()
+            if "general.architecture" in self._reader.fields
+            else "?"
+        )
         if arch not in IMPORT_ARCHS:
-            raise SteerError(f"unsupported GGUF architecture {arch!r} in {self.file}; supported: {', '.join(IMPORT_ARCHS)}")
+            raise SteerError(
+                f"unsupported GGUF architecture {arch!r} in {self.file}; supported: {', '.join(IMPORT_ARCHS)}"
+            )
         names = {t.name for t in self._reader.tensors}
         try:
             # The same config dict transformers builds (it also feeds the tensor processor).
@@ -131,8 +144,9 @@ class GGUFSource:
         """(hf_name, float32 tensor in the HF layout), one at a time, in file order."""
         for t in self._tensors:
             weights = gguf.quants.dequantize(t.data, t.tensor_type)  # numpy, [rows, cols] = HF layout
-            result = self._processor.process(weights=weights, name=t.name, tensor_key_mapping=self._names,
-                                             parsed_parameters={"tensors": {}})
+            result = self._processor.process(
+                weights=weights, name=t.name, tensor_key_mapping=self._names, parsed_parameters={"tensors": {}}
+            )
             w = result.weights
             if w.dtype != np.float32 or not w.flags.writeable or not w.flags.c_contiguous:
                 w = np.array(w, dtype=np.float32, order="C")  # F32/F16 data is a read-only view of the mmap
@@ -176,7 +190,9 @@ class _Writer(gguf.GGUFWriter):
     """GGUFWriter that can write an empty string array (the stock one refuses): llama.cpp requires
     `tokenizer.ggml.merges` for a gpt2 vocabulary even when there are no merges."""
 
-    def _pack_val(self, val: Any, vtype: gguf.GGUFValueType, add_vtype: bool, sub_type: gguf.GGUFValueType | None = None) -> bytes:
+    def _pack_val(
+        self, val: Any, vtype: gguf.GGUFValueType, add_vtype: bool, sub_type: gguf.GGUFValueType | None = None
+    ) -> bytes:
         if vtype == gguf.GGUFValueType.ARRAY and len(val) == 0 and sub_type is not None:
             return (self._pack("I", vtype) if add_vtype else b"") + self._pack("I", sub_type) + self._pack("Q", 0)
         return super()._pack_val(val, vtype, add_vtype, sub_type)
@@ -213,13 +229,16 @@ def _order(name: str) -> tuple[int, int]:
 def _plan(folder: Path, config, arch: str, qtype: QT) -> list[_Entry]:
     from safetensors import safe_open
 
-    name_map = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch),
-                                        config.num_hidden_layers)
+    name_map = gguf.get_tensor_name_map(
+        next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), config.num_hidden_layers
+    )
     entries = []
     for shard in weight_files(folder):
         with safe_open(shard, framework="pt") as f:
             for hf_name in f.keys():
-                if hf_name.endswith("rotary_emb.inv_freq") or (hf_name == "lm_head.weight" and config.tie_word_embeddings):
+                if hf_name.endswith("rotary_emb.inv_freq") or (
+                    hf_name == "lm_head.weight" and config.tie_word_embeddings
+                ):
                     continue  # recomputed / tied: llama.cpp writes no output.weight when tied
                 gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
                 if gguf_name is None:
@@ -299,10 +318,20 @@ def _add_tokenizer(w: _Writer, folder: Path, config, arch: str) -> str:
     for i in range(n_vocab):  # ids the tokenizer lacks are padding rows of the embedding, as llama.cpp writes them
         token = by_id.get(i)
         tokens.append(f"[PAD{i}]" if token is None else token)
-        types.append(gguf.TokenType.UNUSED if token is None else gguf.TokenType.NORMAL if i not in added
-                     else gguf.TokenType.CONTROL if added[i].get("special") else gguf.TokenType.USER_DEFINED)
+        types.append(
+            gguf.TokenType.UNUSED
+            if token is None
+            else gguf.TokenType.NORMAL
+            if i not in added
+            else gguf.TokenType.CONTROL
+            if added[i].get("special")
+            else gguf.TokenType.USER_DEFINED
+        )
     # Merges as "a b" (tokenizers >= 0.20 stores pairs); a space inside a part becomes U+0120, as llama.cpp writes it.
-    merges = [m if isinstance(m, str) else " ".join(p.replace(" ", chr(ord(" ") + 256)) for p in m) for m in model.get("merges", [])]
+    merges = [
+        m if isinstance(m, str) else " ".join(p.replace(" ", chr(ord(" ") + 256)) for p in m)
+        for m in model.get("merges", [])
+    ]
     pre = _pre_tokenizer(tj, arch)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
@@ -310,8 +339,9 @@ def _add_tokenizer(w: _Writer, folder: Path, config, arch: str) -> str:
     w.add_token_types(types)
     w.add_key_value(gguf.Keys.Tokenizer.MERGES, merges, gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.STRING)
     # bos/eos/pad/unk ids (tokenizer_config.json, else config.json), add_*_token and the chat template.
-    special = gguf.SpecialVocab(folder, load_merges=False, n_vocab=n_vocab,
-                                special_token_types=("bos", "eos", "unk", "pad"))
+    special = gguf.SpecialVocab(
+        folder, load_merges=False, n_vocab=n_vocab, special_token_types=("bos", "eos", "unk", "pad")
+    )
     bos, eos = special.special_token_ids.get("bos"), special.special_token_ids.get("eos")
     special.add_special_token.setdefault("bos", bos is not None and probe[:1] == [bos])
     special.add_special_token.setdefault("eos", eos is not None and len(probe) > 1 and probe[-1:] == [eos])
@@ -365,7 +395,10 @@ def export_gguf(folder: Path, out_file: Path, qtype: str = "f16", force: bool = 
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        n_head, n_kv = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        n_head, n_kv = (
+            config.num_attention_heads,
+            getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        )
         with ExitStack() as stack:
             from safetensors import safe_open
 
@@ -385,6 +418,13 @@ def export_gguf(folder: Path, out_file: Path, qtype: str = "f16", force: bool = 
             w.close()
         tmp.unlink(missing_ok=True)
         raise
-    return {"file": str(out_file), "architecture": arch, "qtype": qtype, "tensors": len(entries),
-            "bytes": out_file.stat().st_size, "tokenizer_pre": pre, "tied_embeddings": bool(config.tie_word_embeddings),
-            "seconds": round(time.perf_counter() - start, 2)}
+    return {
+        "file": str(out_file),
+        "architecture": arch,
+        "qtype": qtype,
+        "tensors": len(entries),
+        "bytes": out_file.stat().st_size,
+        "tokenizer_pre": pre,
+        "tied_embeddings": bool(config.tie_word_embeddings),
+        "seconds": round(time.perf_counter() - start, 2),
+    }

@@ -19,8 +19,21 @@ from steer.checkpoint.save import write_json
 
 MANIFEST = "steer_manifest.json"
 # CPU features that change float results (vector width, fused multiply-add, bf16 units)
-_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile",
-          "asimd", "sve", "bf16")
+_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "amx_bf16",
+    "amx_tile",
+    "asimd",
+    "sve",
+    "bf16",
+)
 
 
 def _version(package: str) -> str | None:
@@ -33,8 +46,12 @@ def _version(package: str) -> str | None:
 def versions() -> dict[str, str | None]:
     """Library versions recorded in every manifest, report and evaluation summary (importing
     transformers only for its version would cost `steer edit` a second)."""
-    return {"torch": torch.__version__, "transformers": _version("transformers"),
-            "safetensors": _version("safetensors"), "python": sys.version.split()[0]}
+    return {
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "safetensors": _version("safetensors"),
+        "python": sys.version.split()[0],
+    }
 
 
 def machine() -> dict:
@@ -50,8 +67,12 @@ def machine() -> dict:
                 flags = set(value.split())
     except OSError:  # not Linux: the platform module's name is what there is
         pass
-    return {"cpu": name, "flags": sorted(f for f in _FLAGS if f in flags), "machine": platform.machine(),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "cpu": name,
+        "flags": sorted(f for f in _FLAGS if f in flags),
+        "machine": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def build(*, input: dict, output_sha256: str | None, kernel: str | None = None, **entries) -> dict:
@@ -59,8 +80,16 @@ def build(*, input: dict, output_sha256: str | None, kernel: str | None = None, 
     prompts, direction or edit, metrics, ...), the input and the output weights' sha256."""
     from steer import __version__
 
-    return {"steer_version": __version__, "command": " ".join(sys.argv), "versions": versions(), "machine": machine(),
-            "kernel": kernel, **entries, "input": input, "output_sha256": output_sha256}
+    return {
+        "steer_version": __version__,
+        "command": " ".join(sys.argv),
+        "versions": versions(),
+        "machine": machine(),
+        "kernel": kernel,
+        **entries,
+        "input": input,
+        "output_sha256": output_sha256,
+    }
 
 
 def write(folder: Path, **fields) -> dict:

@@ -25,8 +25,23 @@ from steer.model.load import check_safetensors
 CHUNK = 64 << 20  # bytes per copy step (progress and hashing advance per step)
 # safetensors dtype -> torch dtype, for the tensors an edit rewrites (others are only copied)
 TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
-_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
-             "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_ITEMSIZE = {
+    "F64": 8,
+    "I64": 8,
+    "U64": 8,
+    "F32": 4,
+    "I32": 4,
+    "U32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I16": 2,
+    "U16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 
 @dataclass
@@ -55,7 +70,9 @@ def read_header(file: Path) -> tuple[list[TensorInfo], dict | None]:
             raise SteerError(f"corrupt safetensors file {file}: bad header entry {name!r}") from None
         size = _ITEMSIZE.get(info.dtype)
         if size is not None and info.nbytes != size * numel(info.shape):
-            raise SteerError(f"corrupt safetensors file {file}: {name} has {info.nbytes} bytes for {info.dtype} {info.shape}")
+            raise SteerError(
+                f"corrupt safetensors file {file}: {name} has {info.nbytes} bytes for {info.dtype} {info.shape}"
+            )
         infos.append(info)
     return sorted(infos, key=lambda t: t.offset), header.get("__metadata__")
 
@@ -89,7 +106,7 @@ def pread_into(fd: int, buf: memoryview, offset: int) -> None:
         else:  # no preadv (older macOS): one extra copy
             data = os.pread(fd, min(len(buf) - done, CHUNK), offset + done)
             n = len(data)
-            buf[done:done + n] = data
+            buf[done : done + n] = data
         if n == 0:
             raise SteerError(f"unexpected end of file reading {len(buf)} bytes at offset {offset}")
         done += n

@@ -16,8 +16,8 @@ from steer.edit.preview import Edit
 from steer.edit.rank1 import Readout
 from steer.errors import SteerError
 from steer.locate.directions import DirectionSet, is_contrasts_file
-from steer.targeted.contrasts import recorded_edit, recorded_readout
 from steer.model import load
+from steer.targeted.contrasts import recorded_edit, recorded_readout
 
 
 @dataclass
@@ -32,8 +32,13 @@ class Recorded:
     def edit(self) -> Edit:
         """The same edit as an in-memory Edit."""
         readout: tuple[torch.Tensor, Readout] | None = self.options.get("readout")
-        return Edit(self.basis, profiles=self.options.get("profiles"), embed=self.options.get("embed", 1.0),
-                    preserve_norm=self.options.get("preserve_norm", False), readout=readout[1] if readout else None)
+        return Edit(
+            self.basis,
+            profiles=self.options.get("profiles"),
+            embed=self.options.get("embed", 1.0),
+            preserve_norm=self.options.get("preserve_norm", False),
+            readout=readout[1] if readout else None,
+        )
 
 
 def recorded(directions: Path, layer: int | None = None, position: int | None = None) -> Recorded:
@@ -43,8 +48,11 @@ def recorded(directions: Path, layer: int | None = None, position: int | None = 
     source = directions / "contrasts.safetensors" if directions.is_dir() else directions
     if is_contrasts_file(source):
         basis, params = recorded_edit(source)
-        options = {"profiles": {"attn": params.attn, "mlp": params.mlp}, "embed": params.embed,
-                   "preserve_norm": params.preserve_norm}
+        options = {
+            "profiles": {"attn": params.attn, "mlp": params.mlp},
+            "embed": params.embed,
+            "preserve_norm": params.preserve_norm,
+        }
         entries = {"edit": params.to_dict(), "contrasts": str(source)}
         if readout := recorded_readout(source):  # baked along the edit's first direction, after the projection
             options["readout"] = (basis[0].float(), readout)
@@ -53,10 +61,17 @@ def recorded(directions: Path, layer: int | None = None, position: int | None = 
     dirs = DirectionSet.load(directions)
     vector = dirs.vector(layer, position)
     layer, position = (layer, -1 if position is None else position) if layer is not None else dirs.selected
-    entries = {"prompts": dirs.meta.get("prompts"), "settings": dirs.meta.get("settings"),
-               "direction": {"file": str(directions), "layer": layer, "position": position,
-                             "method": dirs.meta.get("method"),
-                             "refusal_tokens": dirs.meta.get("selection", {}).get("refusal_token_strings")}}
+    entries = {
+        "prompts": dirs.meta.get("prompts"),
+        "settings": dirs.meta.get("settings"),
+        "direction": {
+            "file": str(directions),
+            "layer": layer,
+            "position": position,
+            "method": dirs.meta.get("method"),
+            "refusal_tokens": dirs.meta.get("selection", {}).get("refusal_token_strings"),
+        },
+    }
     return Recorded(vector[None], {}, entries)
 
 
@@ -83,6 +98,10 @@ def _in_memory(model: str, rec: Recorded, out: Path, force: bool, hashes: bool) 
     with atomic_dir(out, force) as tmp:
         save_checkpoint(loaded.model, loaded.tokenizer, tmp)
         in_sha = load.checkpoint_hash(loaded.path) if loaded.path and hashes else None
-        manifest.write(tmp, **rec.entries, input={"model": loaded.source, "sha256": in_sha},
-                       output_sha256=load.checkpoint_hash(tmp) if hashes else None)
+        manifest.write(
+            tmp,
+            **rec.entries,
+            input={"model": loaded.source, "sha256": in_sha},
+            output_sha256=load.checkpoint_hash(tmp) if hashes else None,
+        )
     return {"tensors_edited": n}

@@ -133,7 +133,9 @@ _noted: set[str] = set()  # kept temporaries already named once in this process
 def _pattern(name: str) -> re.Pattern:
     """Temporary (tmp) and replaced (old) siblings of output `name`: `.{name}.tmp-{pid}-{host}-{random}`,
     or `.{name}.tmp-{pid}-{random}` without the host (steer.checkpoint.gguf_io's temporary file)."""
-    return re.compile(rf"\.{re.escape(name)}\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?:(?P<host>[A-Za-z0-9_-]+)-)?[a-z0-9_]{{8}}")
+    return re.compile(
+        rf"\.{re.escape(name)}\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?:(?P<host>[A-Za-z0-9_-]+)-)?[a-z0-9_]{{8}}"
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -203,11 +205,17 @@ def remove_stale(out: Path) -> list[Path]:
                 if not p.exists():
                     removed.append(p)
                     what = f"temporary {kind}" if m["kind"] == "tmp" else "previous output it was replacing"
-                    print(f"steer: removed {p} ({_size(size)}): the {what} of an interrupted run "
-                          f"(process {pid}, no longer running)", file=sys.stderr)
+                    print(
+                        f"steer: removed {p} ({_size(size)}): the {what} of an interrupted run "
+                        f"(process {pid}, no longer running)",
+                        file=sys.stderr,
+                    )
                 continue
-            why = (f"belongs to process {pid}, which is still running (another run writing {out.name}?)" if host == HOST else
-                   f"was made on host {host}; remove it if no run there is writing {out.name}")
+            why = (
+                f"belongs to process {pid}, which is still running (another run writing {out.name}?)"
+                if host == HOST
+                else f"was made on host {host}; remove it if no run there is writing {out.name}"
+            )
         elif legacy.fullmatch(p.name):
             why = f"was left by an earlier steer; remove it if no run is writing {out.name}"
         else:

@@ -20,8 +20,8 @@ import bisect
 import json
 import os
 import shutil
-import time
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -30,16 +30,27 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from steer.model.adapters import Adapter, adapter_for
+from steer.checkpoint.manifest import MANIFEST
+from steer.checkpoint.manifest import build as build_manifest
+from steer.checkpoint.rawio import (
+    CHUNK,
+    TORCH_DTYPES,
+    Copier,
+    FileHasher,
+    combine_hashes,
+    header_bytes,
+    numel,
+    pread_into,
+    pwrite_all,
+    read_header,
+)
+from steer.checkpoint.save import atomic_dir, check_output, write_json
+from steer.edit.kernels import kernel_name, project
 from steer.edit.project import Profile, orthonormal_basis
 from steer.edit.rank1 import add_rank1
 from steer.errors import SteerError
-from steer.edit.kernels import kernel_name, project
+from steer.model.adapters import Adapter, adapter_for
 from steer.model.load import architecture, sha256_file, weight_files
-from steer.checkpoint.manifest import MANIFEST, build as build_manifest
-from steer.checkpoint.rawio import (CHUNK, TORCH_DTYPES, Copier, FileHasher, combine_hashes, header_bytes, numel, pread_into, pwrite_all,
-                    read_header)
-from steer.checkpoint.save import atomic_dir, check_output, write_json
 
 INDEX = "model.safetensors.index.json"
 GGUF_SHARD_BYTES = 5 << 30  # float32 output shards of a GGUF input
@@ -82,10 +93,20 @@ class Shard:
     entries: list[Entry] = field(default_factory=list)
 
 
-def edit_checkpoint(src: Path, out: Path, basis: torch.Tensor, *, profiles: dict[str, Profile] | None = None,
-                    embed: float = 1.0, preserve_norm: bool = False, force: bool = False, manifest: dict | None = None,
-                    hashes: bool = False, shard_bytes: int = GGUF_SHARD_BYTES,
-                    readout: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None) -> dict:
+def edit_checkpoint(
+    src: Path,
+    out: Path,
+    basis: torch.Tensor,
+    *,
+    profiles: dict[str, Profile] | None = None,
+    embed: float = 1.0,
+    preserve_norm: bool = False,
+    force: bool = False,
+    manifest: dict | None = None,
+    hashes: bool = False,
+    shard_bytes: int = GGUF_SHARD_BYTES,
+    readout: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None,
+) -> dict:
     """Write `out`: the checkpoint `src` with span(basis) removed, like steer.edit.project.orthogonalize.
 
     src: a safetensors checkpoint folder (model.safetensors, or shards with an index) or a .gguf
@@ -119,8 +140,16 @@ def edit_checkpoint(src: Path, out: Path, basis: torch.Tensor, *, profiles: dict
                 source.write_side_files(tmp)
                 shards = _gguf_shards(source.specs(), shard_bytes)
             config = json.loads((tmp if gguf else src).joinpath("config.json").read_text())
-            norms = plan(adapter, shards, _n_layers(config), basis.shape[0], profiles or {}, embed, src,
-                         readout[1] if readout else None)
+            norms = plan(
+                adapter,
+                shards,
+                _n_layers(config),
+                basis.shape[0],
+                profiles or {},
+                embed,
+                src,
+                readout[1] if readout else None,
+            )
             tied = _ties(config, tmp if gguf else src) and _untie(adapter, shards)
             in_hashes = _in_background(lambda: {f.name: sha256_file(f) for f in in_files}) if hashes else None
             editor = _Editor(basis, adapter.norm_offset, preserve_norm, readout)
@@ -134,8 +163,21 @@ def edit_checkpoint(src: Path, out: Path, basis: torch.Tensor, *, profiles: dict
                     out_hashes = _write_folder(shards, tmp, editor, norms, bar, hashes)
             skipped = _side_files(None if gguf else src, tmp, shards, tied, config)
             stats = _stats(shards, tied, skipped, editor.buffer_bytes, time.perf_counter() - start)
-            write_json(tmp / MANIFEST, _manifest(src, basis, profiles, embed, preserve_norm, stats, manifest,
-                                                 in_hashes.result() if in_hashes else {}, out_hashes, gguf))
+            write_json(
+                tmp / MANIFEST,
+                _manifest(
+                    src,
+                    basis,
+                    profiles,
+                    embed,
+                    preserve_norm,
+                    stats,
+                    manifest,
+                    in_hashes.result() if in_hashes else {},
+                    out_hashes,
+                    gguf,
+                ),
+            )
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         raise SteerError(f"cannot edit {src} into {out}: {exc.strerror or exc}{where}") from None
@@ -157,6 +199,7 @@ def _in_background(fn) -> Future:
 
 
 # ------------------------------------------------------------------------------------ layout
+
 
 def _folder_shards(src: Path) -> list[Shard]:
     """The input's shards and tensors (headers validated: truncation, missing shards)."""
@@ -184,7 +227,9 @@ def _gguf_shards(specs: list[tuple[str, tuple[int, ...]]], shard_bytes: int) -> 
         size += n
     if len(groups) == 1:
         return [Shard("model.safetensors", {"format": "pt"}, groups[0])]
-    return [Shard(f"model-{i:05d}-of-{len(groups):05d}.safetensors", {"format": "pt"}, g) for i, g in enumerate(groups, 1)]
+    return [
+        Shard(f"model-{i:05d}-of-{len(groups):05d}.safetensors", {"format": "pt"}, g) for i, g in enumerate(groups, 1)
+    ]
 
 
 def _n_layers(config: dict) -> int:
@@ -223,8 +268,17 @@ def _untie(adapter: Adapter, shards: list[Shard]) -> bool:
 
 # -------------------------------------------------------------------------------------- plan
 
-def plan(adapter: Adapter, shards: list[Shard], n_layers: int, d_model: int, profiles: dict[str, Profile],
-         embed: float, src: Path, readout: dict[str, torch.Tensor] | None = None) -> set[str]:
+
+def plan(
+    adapter: Adapter,
+    shards: list[Shard],
+    n_layers: int,
+    d_model: int,
+    profiles: dict[str, Profile],
+    embed: float,
+    src: Path,
+    readout: dict[str, torch.Tensor] | None = None,
+) -> set[str]:
     """Set each entry's edit from the adapter table; return the post-norm weights they need.
 
     The embedding [vocab, d_model] is edited on side "in" with strength `embed`; every writer
@@ -256,9 +310,13 @@ def plan(adapter: Adapter, shards: list[Shard], n_layers: int, d_model: int, pro
         side = "out" if role == "bias" else w.side
         key = f"{layer}.{w.component}" if role == "weight" and f"{layer}.{w.component}" in readout else None
         if key and (norm or len(e.shape) != 2 or w.d_model_axis != 0):
-            raise SteerError(f"{e.name}: a learned readout needs a plain [d_model, d_in] writer added straight to the residual stream")
+            raise SteerError(
+                f"{e.name}: a learned readout needs a plain [d_model, d_in] writer added straight to the residual stream"
+            )
         if key and list(readout[key].shape) != e.shape[1:]:
-            raise SteerError(f"the readout vector for {key} has shape {list(readout[key].shape)}; {e.name} has {e.shape}")
+            raise SteerError(
+                f"the readout vector for {key} has shape {list(readout[key].shape)}; {e.name} has {e.shape}"
+            )
         e.edit = _checked(e, TensorEdit(side, per[w.component][layer], norm, fused=len(e.shape) == 3, readout=key))
         found[layer].add(w)
     _check_coverage(adapter, found)
@@ -298,11 +356,17 @@ def _check_coverage(adapter: Adapter, found: dict[int, set]) -> None:
 
 # ------------------------------------------------------------------------------------- write
 
+
 class _Editor:
     """Applies TensorEdits in place: steer.edit.kernels.project on each matrix (float32 maths)."""
 
-    def __init__(self, basis: torch.Tensor, norm_offset: float, preserve_norm: bool,
-                 readout: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None):
+    def __init__(
+        self,
+        basis: torch.Tensor,
+        norm_offset: float,
+        preserve_norm: bool,
+        readout: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None,
+    ):
         self.basis, self.norm_offset, self.preserve_norm = basis, norm_offset, preserve_norm
         self.readout = readout
         self.norm_bases: dict[str, torch.Tensor] = {}
@@ -339,7 +403,9 @@ def _read_tensor(e: Entry, fd: int, raw: torch.Tensor) -> torch.Tensor:
     return raw.view(TORCH_DTYPES[e.dtype]).view(e.shape)
 
 
-def _write_folder(shards: list[Shard], tmp: Path, editor: _Editor, norms: set[str], bar, hashes: bool) -> dict[str, str]:
+def _write_folder(
+    shards: list[Shard], tmp: Path, editor: _Editor, norms: set[str], bar, hashes: bool
+) -> dict[str, str]:
     """Write every shard (header, then data in order); return their sha256 if hashes."""
     fds: dict[Path, int] = {}
     fd = lambda path: fds.setdefault(path, os.open(path, os.O_RDONLY))  # noqa: E731
@@ -401,7 +467,12 @@ def _write_shard(shard: Shard, out: int, fd, editor: _Editor, bar, hasher: FileH
                 retire(False)
                 continue
             j, n = i + 1, e.nbytes  # coalesce a run of tensors contiguous in the same input file
-            while j < len(shard.entries) and (f := shard.entries[j]).edit is None and f.src == e.src and f.offset == e.offset + n:
+            while (
+                j < len(shard.entries)
+                and (f := shard.entries[j]).edit is None
+                and f.src == e.src
+                and f.offset == e.offset + n
+            ):
                 n += f.nbytes
                 j += 1
             for k in range(0, n, CHUNK):  # copy in steps (progress, hashing)
@@ -464,6 +535,7 @@ def _write_gguf(source, shards: list[Shard], tmp: Path, editor: _Editor, norms: 
 
 # -------------------------------------------------------------------------- side files, stats
 
+
 def _side_files(src: Path | None, tmp: Path, shards: list[Shard], tied: bool, config: dict) -> list[str]:
     """Copy config, tokenizer, templates...; rewrite the index and (untied) config. Returns the
     names of files not copied (other weight formats, folders)."""
@@ -493,20 +565,46 @@ def _stats(shards: list[Shard], tied: bool, skipped: list[str], buffer_bytes: in
     entries = [e for s in shards for e in s.entries]
     edited = [e for e in entries if e.edit is not None]
     edited_bytes = sum(e.nbytes for e in edited)
-    return {"tensors_edited": len(edited), "tensors_copied": len(entries) - len(edited),
-            "bytes_edited": edited_bytes, "bytes_copied": sum(e.nbytes for e in entries) - edited_bytes,
-            "shards": len(shards), "untied_embeddings": tied, "skipped_files": skipped, "buffer_bytes": buffer_bytes,
-            "seconds": round(seconds, 3)}
+    return {
+        "tensors_edited": len(edited),
+        "tensors_copied": len(entries) - len(edited),
+        "bytes_edited": edited_bytes,
+        "bytes_copied": sum(e.nbytes for e in entries) - edited_bytes,
+        "shards": len(shards),
+        "untied_embeddings": tied,
+        "skipped_files": skipped,
+        "buffer_bytes": buffer_bytes,
+        "seconds": round(seconds, 3),
+    }
 
 
-def _manifest(src: Path, basis: torch.Tensor, profiles, embed: float, preserve_norm: bool, stats: dict, extra: dict | None,
-              in_hashes: dict[str, str], out_hashes: dict[str, str], gguf: bool) -> dict:
+def _manifest(
+    src: Path,
+    basis: torch.Tensor,
+    profiles,
+    embed: float,
+    preserve_norm: bool,
+    stats: dict,
+    extra: dict | None,
+    in_hashes: dict[str, str],
+    out_hashes: dict[str, str],
+    gguf: bool,
+) -> dict:
     in_sha = (in_hashes.get(src.name) if gguf else combine_hashes(in_hashes)) if in_hashes else None
     extra = dict(extra or {})
     given_input = extra.pop("input", None) or {}
-    edit = {"rank": basis.shape[1], "embed": embed, "preserve_norm": preserve_norm, "streamed": True,
-            "profiles": {k: asdict(v) for k, v in (profiles or {}).items()}}
+    edit = {
+        "rank": basis.shape[1],
+        "embed": embed,
+        "preserve_norm": preserve_norm,
+        "streamed": True,
+        "profiles": {k: asdict(v) for k, v in (profiles or {}).items()},
+    }
     entries = {"edit": edit, **extra}  # a recorded edit's parameters replace the streaming summary
-    return build_manifest(kernel=kernel_name("cpu"),  # native and blocked round differently (1 bf16 ulp at most)
-                          **entries, input={"model": str(src), "sha256": in_sha, **given_input}, stats=stats,
-                          output_sha256=combine_hashes(out_hashes) if out_hashes else None)
+    return build_manifest(
+        kernel=kernel_name("cpu"),  # native and blocked round differently (1 bf16 ulp at most)
+        **entries,
+        input={"model": str(src), "sha256": in_sha, **given_input},
+        stats=stats,
+        output_sha256=combine_hashes(out_hashes) if out_hashes else None,
+    )

@@ -42,7 +42,7 @@ import torch
 from steer.errors import SteerError
 
 MANIFEST = "steer_manifest.json"
-NOISE = 2.0 ** -20  # float32 arithmetic noise, relative to a tensor's largest magnitude
+NOISE = 2.0**-20  # float32 arithmetic noise, relative to a tensor's largest magnitude
 _MANTISSA = {"F64": 53, "F32": 24, "BF16": 8, "F16": 11}  # significand bits (with the implicit one)
 _FLOAT = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 _STEP = 2 << 20  # elements compared at a time (float64 working copies of 16 MiB each)
@@ -77,20 +77,27 @@ class VerifyResult:
     def summary(self) -> str:
         """One paragraph for `steer verify`."""
         changed = sorted((n for n, d in self.max_abs.items() if d != 0), key=lambda n: -self.max_abs[n])
-        what = (f"{self.folder}: {self.status}. The checkpoint was rebuilt from {self.rebuilt_from} with {self.edit}, "
-                f"and its {self.tensors} tensors compared with the saved ones")
+        what = (
+            f"{self.folder}: {self.status}. The checkpoint was rebuilt from {self.rebuilt_from} with {self.edit}, "
+            f"and its {self.tensors} tensors compared with the saved ones"
+        )
         if self.status == "bit-identical":
             text = f"{what}: all equal, bit for bit."
         elif not changed:
             text = f"{what}: equal values, stored in another dtype ({self.tolerance})."
         else:
             worst = self.worst or changed[0]
-            text = (f"{what}: {len(changed)} {'differs' if len(changed) == 1 else 'differ'}, "
-                    f"{len(self.outside) or 'none'} outside the tolerance ({self.tolerance}); "
-                    f"{'worst' if self.outside else 'largest'} {worst}: max abs difference {self.max_abs[worst]:.3g} "
-                    f"({_ulps(self.max_ulps[worst])}).")
-        sha = {"match": "match the manifest's sha256", "mismatch": "do NOT match the manifest's sha256 (changed since "
-               "steer wrote them)", None: "have no sha256 in the manifest"}[self.output_sha256]
+            text = (
+                f"{what}: {len(changed)} {'differs' if len(changed) == 1 else 'differ'}, "
+                f"{len(self.outside) or 'none'} outside the tolerance ({self.tolerance}); "
+                f"{'worst' if self.outside else 'largest'} {worst}: max abs difference {self.max_abs[worst]:.3g} "
+                f"({_ulps(self.max_ulps[worst])})."
+            )
+        sha = {
+            "match": "match the manifest's sha256",
+            "mismatch": "do NOT match the manifest's sha256 (changed since steer wrote them)",
+            None: "have no sha256 in the manifest",
+        }[self.output_sha256]
         text += f" The saved weights {sha}"
         if self.input_sha256 is not None:
             text += f"; the input {'matches' if self.input_sha256 == 'match' else 'does NOT match'} its recorded sha256"
@@ -104,8 +111,9 @@ def _ulps(u: float) -> str:
     return "not a float difference" if u == float("inf") else f"{u:.3g} ulp"
 
 
-def verify(folder: Path, *, atol: float | None = None, model: str | Path | None = None,
-           directions: Path | None = None) -> VerifyResult:
+def verify(
+    folder: Path, *, atol: float | None = None, model: str | Path | None = None, directions: Path | None = None
+) -> VerifyResult:
     """Rebuild `folder` from its steer_manifest.json and compare it with what is saved there.
 
     atol: None for the default per-element tolerance (one ulp of the storage dtype plus float32
@@ -140,6 +148,7 @@ def verify(folder: Path, *, atol: float | None = None, model: str | Path | None 
 
 # ------------------------------------------------------------------------------ the manifest
 
+
 def _read_manifest(folder: Path) -> dict:
     path = folder / MANIFEST
     if not folder.is_dir():
@@ -173,13 +182,17 @@ def _input(manifest: dict, model: str | Path | None) -> tuple[Path, str]:
 
             return Path(snapshot_download(spec, allow_patterns=_HUB_PATTERNS)), spec
         except Exception as exc:
-            raise SteerError(f"cannot fetch the input model {spec!r} from the Hugging Face hub: "
-                             f"{type(exc).__name__}; pass a local copy (model=)") from None
+            raise SteerError(
+                f"cannot fetch the input model {spec!r} from the Hugging Face hub: "
+                f"{type(exc).__name__}; pass a local copy (model=)"
+            ) from None
     how = "given" if model is not None else "recorded in the manifest"
     raise SteerError(f"input checkpoint {spec} ({how}) not found; pass its current location (model=)")
 
 
-def _recorded_edit(folder: Path, manifest: dict, directions: Path | None) -> tuple[torch.Tensor, dict, str, dict | None]:
+def _recorded_edit(
+    folder: Path, manifest: dict, directions: Path | None
+) -> tuple[torch.Tensor, dict, str, dict | None]:
     """(basis, edit_checkpoint options, description, the EditParams dict a contrasts file records)
     for the recorded edit, built by steer.checkpoint.rebuild.recorded as `steer edit` builds it."""
     from steer.checkpoint.rebuild import recorded
@@ -192,7 +205,12 @@ def _recorded_edit(folder: Path, manifest: dict, directions: Path | None) -> tup
     rec = recorded(source, layer, position)
     if "direction" in rec.entries:
         d = rec.entries["direction"]
-        return rec.basis, rec.options, f"the direction of {source} at layer {d['layer']}, position {d['position']}", None
+        return (
+            rec.basis,
+            rec.options,
+            f"the direction of {source} at layer {d['layer']}, position {d['position']}",
+            None,
+        )
     readout = ", with its readout" if rec.options.get("readout") else ""
     what = f"the --keep-safety edit of {rec.entries['contrasts']} (rank {rec.basis.shape[0]}{readout})"
     return rec.basis, rec.options, what, rec.entries.get("edit")
@@ -206,8 +224,10 @@ def _edit_file(folder: Path, manifest: dict, plain) -> Path:
         return folder / name
     recorded = (plain or {}).get("file") if plain is not None else manifest.get("contrasts")
     if not recorded:
-        raise SteerError(f"{folder} has no {name} and the manifest names no "
-                         f"{'directions' if plain is not None else 'contrasts'} file; pass it (directions=)")
+        raise SteerError(
+            f"{folder} has no {name} and the manifest names no "
+            f"{'directions' if plain is not None else 'contrasts'} file; pass it (directions=)"
+        )
     return Path(recorded)
 
 
@@ -224,14 +244,21 @@ def _notes(manifest: dict, recorded: dict | None) -> list[str]:
     if cpu and cpu != machine()["cpu"]:
         notes.append(f"written on {cpu}, rebuilt on {machine()['cpu']}")
     was, now = manifest.get("versions") or {}, versions()
-    changed = [f"{k} {was[k]} -> {now[k]}" for k in ("torch", "transformers", "safetensors")
-               if was.get(k) and now.get(k) and was[k] != now[k]]
+    changed = [
+        f"{k} {was[k]} -> {now[k]}"
+        for k in ("torch", "transformers", "safetensors")
+        if was.get(k) and now.get(k) and was[k] != now[k]
+    ]
     if changed:
         notes.append("library versions changed: " + ", ".join(changed))
     edit = manifest.get("edit")
     recorded = json.loads(json.dumps(recorded, default=str)) if recorded is not None else None  # tuples -> lists
-    if recorded is not None and isinstance(edit, dict) and set(recorded) <= set(edit) and \
-            any(edit[k] != v for k, v in recorded.items()):
+    if (
+        recorded is not None
+        and isinstance(edit, dict)
+        and set(recorded) <= set(edit)
+        and any(edit[k] != v for k, v in recorded.items())
+    ):
         notes.append("the contrasts file records another edit than the manifest (rebuilt from the file)")
     return notes
 
@@ -261,6 +288,7 @@ def _sha_check(recorded: str | None, actual) -> str | None:
 
 
 # ------------------------------------------------------------------------------- comparison
+
 
 def _tensors(folder: Path) -> dict:
     from steer.checkpoint.rawio import read_header
@@ -302,8 +330,11 @@ def compare(saved: Path, rebuilt: Path, atol: float | None = None) -> VerifyResu
             os.close(f)
     status = "differs" if outside else "bit-identical" if identical else "within-tolerance"
     worst = max(outside, key=lambda n: (badness[n], max_abs[n])) if outside else None
-    rule = (f"max abs difference <= {atol:g}" if atol is not None else
-            "every element within 1 ulp of its storage dtype + 2^-20 of its tensor's largest magnitude")
+    rule = (
+        f"max abs difference <= {atol:g}"
+        if atol is not None
+        else "every element within 1 ulp of its storage dtype + 2^-20 of its tensor's largest magnitude"
+    )
     return VerifyResult(Path(saved), status, len(a), max_abs, max_ulps, outside, worst, atol, rule, "", "")
 
 
@@ -328,7 +359,7 @@ def _compare_tensor(fa: int, ta, fb: int, tb) -> tuple[bool, float, float, float
     buf_b = torch.empty(step * size_b, dtype=torch.uint8)
     for start in range(0, n, step):
         k = min(step, n - start)
-        ra, rb = buf_a[:k * size_a], buf_b[:k * size_b]
+        ra, rb = buf_a[: k * size_a], buf_b[: k * size_b]
         pread_into(fa, memoryview(ra.numpy()), ta.offset + start * size_a)
         pread_into(fb, memoryview(rb.numpy()), tb.offset + start * size_b)
         if not float_pair:

@@ -50,9 +50,12 @@ def _settings_args(p: argparse.ArgumentParser, evaluation: bool = False) -> None
 def _targeted_args(p: argparse.ArgumentParser, in_abliterate: bool = False) -> None:
     g = p.add_argument_group("targeted de-censoring (keep safety refusals)")
     if in_abliterate:
-        g.add_argument("--keep-safety", action="store_true",
-                       help="remove censorship (sensitive vs controls), keep harmful-request refusals: search the edit "
-                            "(see steer search)")
+        g.add_argument(
+            "--keep-safety",
+            action="store_true",
+            help="remove censorship (sensitive vs controls), keep harmful-request refusals: search the edit "
+            "(see steer search)",
+        )
     add_options(g, TargetedSettings, exclude=() if in_abliterate else after_search(TargetedSettings)[2:])
     g.add_argument("--study", type=Path, help="search journal file (resumable; default in $STEER_CACHE/search)")
 
@@ -66,15 +69,21 @@ def _settings(args) -> Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="steer", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="steer", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     from steer import __version__
 
     parser.add_argument("--version", action="version", version=f"steer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("abliterate", help="find the refusal direction, edit it out, report before/after, save a checkpoint")
+    p = sub.add_parser(
+        "abliterate", help="find the refusal direction, edit it out, report before/after, save a checkpoint"
+    )
     p.add_argument("model", nargs="?", metavar="MODEL")
-    p.add_argument("--out", required=True, type=Path, help="output folder (checkpoint, report.md/json, directions, plot)")
+    p.add_argument(
+        "--out", required=True, type=Path, help="output folder (checkpoint, report.md/json, directions, plot)"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     _settings_args(p, evaluation=True)
     _targeted_args(p, in_abliterate=True)
@@ -83,79 +92,143 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", metavar="MODEL")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--force", action="store_true")
-    g = p.add_argument_group("models larger than memory (accelerate offload; then edit with the streaming `steer edit`)")
+    g = p.add_argument_group(
+        "models larger than memory (accelerate offload; then edit with the streaming `steer edit`)"
+    )
     g.add_argument("--device-map", help='"auto", "cpu", or a JSON {module: device} map ("cpu", "disk", 0, ...)')
     g.add_argument("--max-memory", help='JSON, e.g. \'{"cpu": "8GiB"}\': what --device-map auto may use per device')
     g.add_argument("--offload-folder", type=Path, help="where layers offloaded to disk are kept")
     _settings_args(p)
 
-    p = sub.add_parser("search", help="search edit parameters that remove censorship and keep safety refusals (Pareto front)")
+    p = sub.add_parser(
+        "search", help="search edit parameters that remove censorship and keep safety refusals (Pareto front)"
+    )
     p.add_argument("model", nargs="?", metavar="MODEL")
-    p.add_argument("--out", required=True, type=Path, help="output folder (pareto.json/png, cosines.png, contrasts, search.md)")
+    p.add_argument(
+        "--out", required=True, type=Path, help="output folder (pareto.json/png, cosines.png, contrasts, search.md)"
+    )
     p.add_argument("--force", action="store_true")
     _targeted_args(p)
 
-    p = sub.add_parser("edit", help="orthogonalize a saved direction out of a checkpoint and save it",
-                       description="Orthogonalize a saved direction out of a checkpoint and save it. A local folder "
-                       "or .gguf file (and the embedded model) is edited on disk tensor by tensor: memory stays "
-                       "around one tensor, whatever the model size; the output keeps the input's shards and dtypes "
-                       "(a .gguf becomes float32 safetensors).")
-    p.add_argument("model", nargs="?", metavar="CHECKPOINT",
-                   help="safetensors checkpoint folder, .gguf file or hub id (default: the embedded model)")
-    p.add_argument("--directions", required=True, type=Path,
-                   help="directions.safetensors, or contrasts.safetensors of a --keep-safety run (rebuilds that edit), or their folder")
+    p = sub.add_parser(
+        "edit",
+        help="orthogonalize a saved direction out of a checkpoint and save it",
+        description="Orthogonalize a saved direction out of a checkpoint and save it. A local folder "
+        "or .gguf file (and the embedded model) is edited on disk tensor by tensor: memory stays "
+        "around one tensor, whatever the model size; the output keeps the input's shards and dtypes "
+        "(a .gguf becomes float32 safetensors).",
+    )
+    p.add_argument(
+        "model",
+        nargs="?",
+        metavar="CHECKPOINT",
+        help="safetensors checkpoint folder, .gguf file or hub id (default: the embedded model)",
+    )
+    p.add_argument(
+        "--directions",
+        required=True,
+        type=Path,
+        help="directions.safetensors, or contrasts.safetensors of a --keep-safety run (rebuilds that edit), or their folder",
+    )
     p.add_argument("--layer", type=int, help="use this layer's direction instead of the selected one")
     p.add_argument("--position", type=int, help="token position counted from the end (-1 = last)")
     p.add_argument("--out", required=True, type=Path, help="output checkpoint folder (appears only when complete)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.add_argument("--hash", action="store_true",
-                   help="record the input's and output's sha256 in steer_manifest.json (hashes every byte twice: on 2 cores "
-                        "about 2-3x the edit time, so off by default; the manifest always has the direction and parameters)")
+    p.add_argument(
+        "--hash",
+        action="store_true",
+        help="record the input's and output's sha256 in steer_manifest.json (hashes every byte twice: on 2 cores "
+        "about 2-3x the edit time, so off by default; the manifest always has the direction and parameters)",
+    )
 
     for name in ("eval", "compare"):
-        help_ = ("evaluate one model on named suites" if name == "eval" else
-                 "evaluate a base and an edited model on the same items, with paired tests")
-        p = sub.add_parser(name, help=help_, description=help_ + ".\n\n" + EVAL_HELP,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        help_ = (
+            "evaluate one model on named suites"
+            if name == "eval"
+            else "evaluate a base and an edited model on the same items, with paired tests"
+        )
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_ + ".\n\n" + EVAL_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if name == "eval":
             p.add_argument("model", nargs="?", metavar="MODEL")
             p.add_argument("--reference", metavar="BASE", help="base model for the kl suite")
         else:
             p.add_argument("base", metavar="BASE")
             p.add_argument("edited", metavar="EDITED")
-        p.add_argument("--suite", default="censorship,refusal", help="comma-separated suites or 'all' (default: censorship,refusal)")
-        p.add_argument("--data-dir", type=Path, help="benchmark data folder (layout: docs/evaluation.md), e.g. ../shared/data")
-        p.add_argument("--limit", default=None, help="items per suite: N for all suites, or suite=N,... (seeded, stratified); default all")
+        p.add_argument(
+            "--suite",
+            default="censorship,refusal",
+            help="comma-separated suites or 'all' (default: censorship,refusal)",
+        )
+        p.add_argument(
+            "--data-dir", type=Path, help="benchmark data folder (layout: docs/evaluation.md), e.g. ../shared/data"
+        )
+        p.add_argument(
+            "--limit",
+            default=None,
+            help="items per suite: N for all suites, or suite=N,... (seeded, stratified); default all",
+        )
         p.add_argument("--max-new-tokens", default=None, help="suite=N,... overrides of generation lengths")
-        p.add_argument("--repetition-penalty", type=float, default=1.0,
-                       help="decode the judged suites' answers with this repetition penalty (HF's; both models "
-                            "in compare). Default 1.0: plain greedy, the committed results' protocol unless their README says otherwise")
-        p.add_argument("--shots", type=int, default=0, choices=(0, 5), help="MMLU few-shot examples from the dev split (default: 0)")
-        p.add_argument("--judge", default="markers", help="'markers' (default) or an OpenAI-compatible URL, e.g. http://localhost:8080/v1#model")
+        p.add_argument(
+            "--repetition-penalty",
+            type=float,
+            default=1.0,
+            help="decode the judged suites' answers with this repetition penalty (HF's; both models "
+            "in compare). Default 1.0: plain greedy, the committed results' protocol unless their README says otherwise",
+        )
+        p.add_argument(
+            "--shots",
+            type=int,
+            default=0,
+            choices=(0, 5),
+            help="MMLU few-shot examples from the dev split (default: 0)",
+        )
+        p.add_argument(
+            "--judge",
+            default="markers",
+            help="'markers' (default) or an OpenAI-compatible URL, e.g. http://localhost:8080/v1#model",
+        )
         p.add_argument("--batch-size", type=int, default=16)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--no-cache", action="store_true", help="do not read or write the per-item cache")
         p.add_argument("--out", required=True, type=Path, help="output folder (JSON, items/*.jsonl, report.md, plots)")
         p.add_argument("--force", action="store_true", help="replace an existing output folder")
 
-    p = sub.add_parser("verify", help="rebuild a checkpoint from its manifest and compare it bit for bit",
-                       description="Rebuild a checkpoint steer wrote from its steer_manifest.json (input model and "
-                       "recorded directions or contrasts, with the streaming editor) and compare every tensor: "
-                       "bit-identical, within the stated tolerance (float rounding of another CPU or kernel), or "
-                       "different (the worst tensor named). Exit status 0 unless different.")
+    p = sub.add_parser(
+        "verify",
+        help="rebuild a checkpoint from its manifest and compare it bit for bit",
+        description="Rebuild a checkpoint steer wrote from its steer_manifest.json (input model and "
+        "recorded directions or contrasts, with the streaming editor) and compare every tensor: "
+        "bit-identical, within the stated tolerance (float rounding of another CPU or kernel), or "
+        "different (the worst tensor named). Exit status 0 unless different.",
+    )
     p.add_argument("checkpoint", metavar="DIR", type=Path, help="a folder written by steer abliterate or steer edit")
     p.add_argument("--model", help="the input checkpoint, instead of the one the manifest names")
     p.add_argument("--directions", type=Path, help="the directions or contrasts file, instead of the recorded one")
-    p.add_argument("--atol", type=float, help="max |saved - rebuilt| allowed (default: one ulp of the storage dtype "
-                   "plus float32 noise, per element)")
+    p.add_argument(
+        "--atol",
+        type=float,
+        help="max |saved - rebuilt| allowed (default: one ulp of the storage dtype plus float32 noise, per element)",
+    )
 
-    p = sub.add_parser("export-gguf", help="write a safetensors checkpoint as a GGUF file (llama.cpp, Ollama)",
-                       description="Write a safetensors checkpoint (e.g. the output of steer edit) as one GGUF file, "
-                       "tensor by tensor. Supported: Qwen2 and Llama families with byte-level BPE tokenizers.")
+    p = sub.add_parser(
+        "export-gguf",
+        help="write a safetensors checkpoint as a GGUF file (llama.cpp, Ollama)",
+        description="Write a safetensors checkpoint (e.g. the output of steer edit) as one GGUF file, "
+        "tensor by tensor. Supported: Qwen2 and Llama families with byte-level BPE tokenizers.",
+    )
     p.add_argument("model", metavar="CHECKPOINT", help="safetensors checkpoint folder")
     p.add_argument("--out", required=True, type=Path, help="output .gguf file (appears only when complete)")
-    p.add_argument("--type", default="f16", choices=("f32", "f16", "q8_0"),
-                   help="storage type of 2-D weights; norms and 1-D tensors stay f32 (default: f16)")
+    p.add_argument(
+        "--type",
+        default="f16",
+        choices=("f32", "f16", "q8_0"),
+        help="storage type of 2-D weights; norms and 1-D tensors stay f32 (default: f16)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output file")
 
     for name, help_ in (("generate", "greedy answers to prompts"), ("chat", "interactive chat in the terminal")):
@@ -165,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("prompt", nargs="*", help="prompts (or use --prompts FILE)")
             p.add_argument("--prompts", help="prompt file or shipped set name")
         p.add_argument("--max-new-tokens", type=int, default=128)
-        p.add_argument("--ablate", type=Path, help="preview: ablate this directions file's selected direction with hooks")
+        p.add_argument(
+            "--ablate", type=Path, help="preview: ablate this directions file's selected direction with hooks"
+        )
     return parser
 
 
@@ -224,8 +299,12 @@ def _directions(args) -> int:
     check_output(args.out, args.force)
     settings = _settings(args)
     check_prompts(settings)
-    loaded = load_model(args.model, device_map=_json_arg(args.device_map, "--device-map"), offload_folder=args.offload_folder,
-                        max_memory=_json_arg(args.max_memory, "--max-memory"))
+    loaded = load_model(
+        args.model,
+        device_map=_json_arg(args.device_map, "--device-map"),
+        offload_folder=args.offload_folder,
+        max_memory=_json_arg(args.max_memory, "--max-memory"),
+    )
     dirs = directions(loaded, settings)
     with atomic_dir(args.out, args.force) as tmp:
         dirs.save(tmp / "directions.safetensors")
@@ -233,8 +312,10 @@ def _directions(args) -> int:
     sel = dirs.meta["selection"]
     print(selection_table(sel) + "\n")
     chosen = next(c for c in sel["candidates"] if (c["layer"], c["position"]) == (sel["layer"], sel["position"]))
-    print(f"selected layer {sel['layer']}, position {sel['position']}: refusal score {chosen['bypass']:.2f} with it "
-          f"removed (base {sel['base_target_score']:.2f}), harmless KL {chosen['kl']:.3f}; saved to {args.out}")
+    print(
+        f"selected layer {sel['layer']}, position {sel['position']}: refusal score {chosen['bypass']:.2f} with it "
+        f"removed (base {sel['base_target_score']:.2f}), harmless KL {chosen['kl']:.3f}; saved to {args.out}"
+    )
     return 0
 
 
@@ -258,13 +339,16 @@ def _edit(args) -> int:
     from steer.checkpoint.save import check_output
 
     check_output(args.out, args.force, (Path(args.model) if args.model else None,))
-    stats = apply_recorded(args.model, recorded(args.directions, args.layer, args.position), args.out, force=args.force,
-                           hashes=args.hash)
+    stats = apply_recorded(
+        args.model, recorded(args.directions, args.layer, args.position), args.out, force=args.force, hashes=args.hash
+    )
     if "bytes_edited" not in stats:
         print(f"orthogonalized {stats['tensors_edited']} tensors; saved to {args.out}")
         return 0
-    print(f"orthogonalized {stats['tensors_edited']} tensors ({stats['bytes_edited'] / 2**20:.0f} MiB edited, "
-          f"{stats['bytes_copied'] / 2**20:.0f} MiB copied) in {stats['seconds']:.1f} s; saved to {args.out}")
+    print(
+        f"orthogonalized {stats['tensors_edited']} tensors ({stats['bytes_edited'] / 2**20:.0f} MiB edited, "
+        f"{stats['bytes_copied'] / 2**20:.0f} MiB copied) in {stats['seconds']:.1f} s; saved to {args.out}"
+    )
     return 0
 
 
@@ -276,7 +360,9 @@ def _generate(args) -> int:
     if not texts:
         raise SteerError("no prompts: give them as arguments or with --prompts FILE")
     loaded = load_model_with_preview(args)
-    answers = generate(loaded.model, loaded.tokenizer, chat_texts(loaded.tokenizer, texts), args.max_new_tokens, desc="generate")
+    answers = generate(
+        loaded.model, loaded.tokenizer, chat_texts(loaded.tokenizer, texts), args.max_new_tokens, desc="generate"
+    )
     for t, a in zip(texts, answers):
         print(f">>> {t}\n{a}\n")
     return 0
@@ -346,7 +432,9 @@ def _eval_config(args):
         raise SteerError("--batch-size must be at least 1")
     if not args.repetition_penalty > 0:
         raise SteerError(f"--repetition-penalty must be positive, got {args.repetition_penalty}")
-    return EvalConfig(suites, args.data_dir, limits, args.seed, args.batch_size, args.shots, tokens, args.repetition_penalty)
+    return EvalConfig(
+        suites, args.data_dir, limits, args.seed, args.batch_size, args.shots, tokens, args.repetition_penalty
+    )
 
 
 def _eval(args) -> int:
@@ -354,8 +442,15 @@ def _eval(args) -> int:
     from steer.eval.judge import make_judge
 
     config = _eval_config(args)
-    evaluate_model(args.model, config, args.out, reference=args.reference,
-                   judge=make_judge(args.judge), force=args.force, cache=not args.no_cache)
+    evaluate_model(
+        args.model,
+        config,
+        args.out,
+        reference=args.reference,
+        judge=make_judge(args.judge),
+        force=args.force,
+        cache=not args.no_cache,
+    )
     print(f"\nsaved to {args.out} (summary.json, report.md, items/*.jsonl, metrics.png)")
     return 0
 
@@ -365,8 +460,15 @@ def _compare(args) -> int:
     from steer.eval.judge import make_judge
 
     config = _eval_config(args)
-    compare_models(args.base, args.edited, config, args.out, judge=make_judge(args.judge),
-                   force=args.force, cache=not args.no_cache)
+    compare_models(
+        args.base,
+        args.edited,
+        config,
+        args.out,
+        judge=make_judge(args.judge),
+        force=args.force,
+        cache=not args.no_cache,
+    )
     print(f"\nsaved to {args.out} (comparison.json, report.md, base/ and edited/ items, plots)")
     return 0
 
@@ -377,7 +479,9 @@ def _export_gguf(args) -> int:
     if not Path(args.model).is_dir():
         raise SteerError(f"no such checkpoint folder: {args.model}")
     stats = export_gguf(Path(args.model), args.out, args.type, force=args.force)
-    print(f"wrote {args.out} ({stats['tensors']} tensors, {args.type}, {stats['bytes'] / 2**20:.0f} MiB) in {stats['seconds']:.1f} s")
+    print(
+        f"wrote {args.out} ({stats['tensors']} tensors, {args.type}, {stats['bytes'] / 2**20:.0f} MiB) in {stats['seconds']:.1f} s"
+    )
     return 0
 
 
@@ -389,7 +493,18 @@ def _verify(args) -> int:
     return 0 if result.ok else 1
 
 
-COMMANDS = {"verify": _verify, "export-gguf": _export_gguf, "eval": _eval, "compare": _compare, "search": _search, "abliterate": _abliterate, "directions": _directions, "edit": _edit, "generate": _generate, "chat": _chat}
+COMMANDS = {
+    "verify": _verify,
+    "export-gguf": _export_gguf,
+    "eval": _eval,
+    "compare": _compare,
+    "search": _search,
+    "abliterate": _abliterate,
+    "directions": _directions,
+    "edit": _edit,
+    "generate": _generate,
+    "chat": _chat,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

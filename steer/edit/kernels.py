@@ -54,8 +54,16 @@ _EPS = 1e-12  # same clamp as project_out
 CPU_THREADS = 1
 
 
-def project(weight: torch.Tensor, basis: torch.Tensor, side: Side, strength: float = 1.0,
-            preserve_norm: bool = False, *, out: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+def project(
+    weight: torch.Tensor,
+    basis: torch.Tensor,
+    side: Side,
+    strength: float = 1.0,
+    preserve_norm: bool = False,
+    *,
+    out: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Return project_out(weight, basis, side, strength, preserve_norm), written into `out`.
 
     weight: side "out": [d_model, d_in] or a bias [d_model]; side "in": [n, d_model]. Any strides.
@@ -109,11 +117,15 @@ def _as_out_side(weight: torch.Tensor, side: Side, out: torch.Tensor) -> tuple[t
     if not weight.is_floating_point():
         raise TypeError(f"weight must be floating point, got {weight.dtype}")
     if weight.dim() != 2 and not (side == "out" and weight.dim() == 1):
-        raise ValueError(f"side {side!r} needs a 2-D weight{' or 1-D bias' if side == 'out' else ''}, "
-                         f"got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"side {side!r} needs a 2-D weight{' or 1-D bias' if side == 'out' else ''}, "
+            f"got shape {tuple(weight.shape)}"
+        )
     if out.shape != weight.shape or out.dtype != weight.dtype or out.device != weight.device:
-        raise ValueError(f"out must match weight's shape, dtype and device: {tuple(out.shape)} {out.dtype} "
-                         f"{out.device} vs {tuple(weight.shape)} {weight.dtype} {weight.device}")
+        raise ValueError(
+            f"out must match weight's shape, dtype and device: {tuple(out.shape)} {out.dtype} "
+            f"{out.device} vs {tuple(weight.shape)} {weight.dtype} {weight.device}"
+        )
     if weight.dim() == 1:
         return weight.unsqueeze(1), out.unsqueeze(1)
     return (weight, out) if side == "out" else (weight.T, out.T)
@@ -149,8 +161,11 @@ def _project_blocked(x: torch.Tensor, b: torch.Tensor, y: torch.Tensor, s: float
     buf = None
     if not direct:
         rows = min(br, x.shape[0])
-        buf = (torch.empty(cw, rows, dtype=b.dtype, device=x.device).T if x.stride(0) == 1
-               else torch.empty(rows, cw, dtype=b.dtype, device=x.device))
+        buf = (
+            torch.empty(cw, rows, dtype=b.dtype, device=x.device).T
+            if x.stride(0) == 1
+            else torch.empty(rows, cw, dtype=b.dtype, device=x.device)
+        )
     in_place = y.data_ptr() == x.data_ptr() and y.stride() == x.stride()
     gram = b.T @ b if preserve_norm else None
     if br >= x.shape[0]:
@@ -159,19 +174,27 @@ def _project_blocked(x: torch.Tensor, b: torch.Tensor, y: torch.Tensor, s: float
         _row_panels(x, b, y, s, gram, br, cw, buf, in_place)
 
 
-def _whole_vectors(x: torch.Tensor, b: torch.Tensor, y: torch.Tensor, s: float, gram: torch.Tensor | None,
-                   cw: int, buf: torch.Tensor | None, in_place: bool) -> None:
+def _whole_vectors(
+    x: torch.Tensor,
+    b: torch.Tensor,
+    y: torch.Tensor,
+    s: float,
+    gram: torch.Tensor | None,
+    cw: int,
+    buf: torch.Tensor | None,
+    in_place: bool,
+) -> None:
     """One pass: load cw whole vectors, project them while in cache, store."""
     m = x.shape[1]
     bt = b.T
     coeff_all = torch.empty(b.shape[1], cw, dtype=b.dtype, device=x.device)
     for j in range(0, m, cw):
-        src, dst = x[:, j:j + cw], y[:, j:j + cw]
+        src, dst = x[:, j : j + cw], y[:, j : j + cw]
         if buf is not None:
-            blk = buf[:, :src.shape[1]].copy_(src)
+            blk = buf[:, : src.shape[1]].copy_(src)
         else:
             blk = dst if in_place else dst.copy_(src)
-        coeff = torch.mm(bt, blk, out=coeff_all[:, :src.shape[1]])
+        coeff = torch.mm(bt, blk, out=coeff_all[:, : src.shape[1]])
         if gram is not None:
             sq = torch.linalg.vector_norm(blk, dim=0).square_()
         blk.addmm_(b, coeff, alpha=-s)
@@ -181,8 +204,17 @@ def _whole_vectors(x: torch.Tensor, b: torch.Tensor, y: torch.Tensor, s: float, 
             dst.copy_(blk)
 
 
-def _row_panels(x: torch.Tensor, b: torch.Tensor, y: torch.Tensor, s: float, gram: torch.Tensor | None,
-                br: int, cw: int, buf: torch.Tensor | None, in_place: bool) -> None:
+def _row_panels(
+    x: torch.Tensor,
+    b: torch.Tensor,
+    y: torch.Tensor,
+    s: float,
+    gram: torch.Tensor | None,
+    br: int,
+    cw: int,
+    buf: torch.Tensor | None,
+    in_place: bool,
+) -> None:
     """Two streaming passes per chunk of cw columns: accumulate c = B^T x (and ||x||^2) over
     panels of br rows, then update the panels."""
     d, m = x.shape
@@ -190,17 +222,17 @@ def _row_panels(x: torch.Tensor, b: torch.Tensor, y: torch.Tensor, s: float, gra
     sq_all = torch.empty(cw, dtype=b.dtype, device=x.device)
     for j in range(0, m, cw):
         w = min(cw, m - j)
-        xs, ys, coeff, sq = x[:, j:j + w], y[:, j:j + w], coeff_all[:, :w].zero_(), sq_all[:w].zero_()
+        xs, ys, coeff, sq = x[:, j : j + w], y[:, j : j + w], coeff_all[:, :w].zero_(), sq_all[:w].zero_()
         for i in range(0, d, br):
-            src = xs[i:i + br] if buf is None else buf[:min(br, d - i), :w].copy_(xs[i:i + br])
-            coeff.addmm_(b[i:i + br].T, src)
+            src = xs[i : i + br] if buf is None else buf[: min(br, d - i), :w].copy_(xs[i : i + br])
+            coeff.addmm_(b[i : i + br].T, src)
             if gram is not None:
                 sq.add_(torch.linalg.vector_norm(src, dim=0).square_())
         factor = _norm_factor(sq, coeff, gram, s)[None, :] if gram is not None else None
         for i in range(0, d, br):
-            src, dst, bi = xs[i:i + br], ys[i:i + br], b[i:i + br]
+            src, dst, bi = xs[i : i + br], ys[i : i + br], b[i : i + br]
             if buf is not None:
-                blk = buf[:src.shape[0], :w].copy_(src).addmm_(bi, coeff, alpha=-s)
+                blk = buf[: src.shape[0], :w].copy_(src).addmm_(bi, coeff, alpha=-s)
             elif in_place:
                 blk = dst.addmm_(bi, coeff, alpha=-s)
             else:
@@ -212,6 +244,7 @@ def _row_panels(x: torch.Tensor, b: torch.Tensor, y: torch.Tensor, s: float, gra
 
 
 # ---------------------------------------------------------------- native CPU kernel (C++)
+
 
 def _native_applies(x: torch.Tensor, y: torch.Tensor) -> bool:
     """CPU float32/bfloat16 with rows or columns contiguous in both x and y (every weight here),
@@ -242,14 +275,18 @@ def native_module():
             with open(os.path.join(csrc, f), "rb") as fh:
                 digest.update(f.encode() + fh.read())
         from torch.utils import cpp_extension
+
         name = f"steer_project_{digest.hexdigest()[:12]}"
         build_dir = cpp_extension._get_build_directory(name, verbose=False)
         if not os.path.exists(os.path.join(build_dir, f"{name}.so")):
             print("steer: compiling the CPU projection kernel (once, about a minute)", file=sys.stderr)
         return cpp_extension.load(name, sources, extra_cflags=flags, verbose=False)
     except Exception as exc:  # no compiler, headers, or ninja: the torch path is correct, only slower
-        warnings.warn(f"steer: native projection kernel unavailable ({type(exc).__name__}: "
-                      f"{str(exc).splitlines()[0] if str(exc) else ''}); using the torch kernel", stacklevel=2)
+        warnings.warn(
+            f"steer: native projection kernel unavailable ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); using the torch kernel",
+            stacklevel=2,
+        )
         return None
 
 
@@ -270,6 +307,7 @@ def kernel_name(device: torch.device | str = "cpu") -> str:
 
 # ---------------------------------------------------------------- Triton (CUDA / interpreter)
 
+
 @functools.cache
 def _triton_available() -> bool:
     try:
@@ -281,6 +319,7 @@ def _triton_available() -> bool:
 
 def _triton_interpreted() -> bool:
     import os
+
     return os.environ.get("TRITON_INTERPRET") == "1" and _triton_available()
 
 
@@ -292,9 +331,26 @@ def _triton_kernel(interpreted: bool):
     import triton.language as tl
 
     @triton.jit
-    def kernel(x_ptr, y_ptr, b_ptr, sb_ptr, h_ptr, D, M, K, sxd, sxm, syd, sym,
-               PRESERVE: tl.constexpr, F64: tl.constexpr, BF16_RTNE: tl.constexpr,
-               K_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    def kernel(
+        x_ptr,
+        y_ptr,
+        b_ptr,
+        sb_ptr,
+        h_ptr,
+        D,
+        M,
+        K,
+        sxd,
+        sxm,
+        syd,
+        sym,
+        PRESERVE: tl.constexpr,
+        F64: tl.constexpr,
+        BF16_RTNE: tl.constexpr,
+        K_PAD: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
         # x, y: [D, M] with strides (sxd, sxm) / (syd, sym). Contiguous, compute dtype: b = B and
         # sb = s B [D, K], h = s^2 B^T B - 2s I [K, K], so ||x - s B c||^2 = ||x||^2 + c.(h c).
         # (The strength enters only through these: a float argument would be fp32 on the GPU.)
@@ -309,10 +365,10 @@ def _triton_kernel(interpreted: bool):
         for d0 in range(0, D, BLOCK_D):  # pass 1: c = B^T x and ||x||^2
             rows = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
             row_ok = rows < D
-            xt = tl.load(x_ptr + rows[:, None] * sxd + cols64[None, :] * sxm,
-                         mask=row_ok[:, None] & col_ok[None, :], other=0).to(cdt)
-            bt = tl.load(b_ptr + rows[:, None] * K + ks[None, :],
-                         mask=row_ok[:, None] & (ks[None, :] < K), other=0)
+            xt = tl.load(
+                x_ptr + rows[:, None] * sxd + cols64[None, :] * sxm, mask=row_ok[:, None] & col_ok[None, :], other=0
+            ).to(cdt)
+            bt = tl.load(b_ptr + rows[:, None] * K + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < K), other=0)
             coeff += tl.sum(bt[:, :, None] * xt[:, None, :], axis=0)
             if PRESERVE:
                 sq += tl.sum(xt * xt, axis=0)
@@ -325,8 +381,7 @@ def _triton_kernel(interpreted: bool):
             row_ok = rows < D
             mask = row_ok[:, None] & col_ok[None, :]
             xt = tl.load(x_ptr + rows[:, None] * sxd + cols64[None, :] * sxm, mask=mask, other=0).to(cdt)
-            sbt = tl.load(sb_ptr + rows[:, None] * K + ks[None, :],
-                          mask=row_ok[:, None] & (ks[None, :] < K), other=0)
+            sbt = tl.load(sb_ptr + rows[:, None] * K + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < K), other=0)
             new = xt - tl.sum(sbt[:, :, None] * coeff[None, :, :], axis=1)
             if PRESERVE:
                 new = new * factor[None, :]
@@ -351,8 +406,23 @@ def _project_triton(x: torch.Tensor, b: torch.Tensor, y: torch.Tensor, s: float,
     kernel = _triton_kernel(interpreted)
     grid = (math.ceil(m / block_n),)
     h = s * s * (b.T @ b) - 2 * s * torch.eye(k, dtype=b.dtype, device=b.device)
-    kernel[grid](x, y, b, (s * b).contiguous(), h.contiguous(), d, m, k,
-                 x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-                 PRESERVE=preserve_norm, F64=b.dtype == torch.float64,
-                 BF16_RTNE=interpreted and y.dtype == torch.bfloat16,
-                 K_PAD=k_pad, BLOCK_D=block_d, BLOCK_N=block_n)
+    kernel[grid](
+        x,
+        y,
+        b,
+        (s * b).contiguous(),
+        h.contiguous(),
+        d,
+        m,
+        k,
+        x.stride(0),
+        x.stride(1),
+        y.stride(0),
+        y.stride(1),
+        PRESERVE=preserve_norm,
+        F64=b.dtype == torch.float64,
+        BF16_RTNE=interpreted and y.dtype == torch.bfloat16,
+        K_PAD=k_pad,
+        BLOCK_D=block_d,
+        BLOCK_N=block_n,
+    )

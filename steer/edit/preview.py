@@ -42,8 +42,9 @@ class Edit:
         """Write the edit into the weights, in place; returns the number of tensors changed."""
         n = 0
         if self.project:
-            n = orthogonalize(model, self.basis.float(), profiles=self.profiles, embed=self.embed,
-                              preserve_norm=self.preserve_norm)
+            n = orthogonalize(
+                model, self.basis.float(), profiles=self.profiles, embed=self.embed, preserve_norm=self.preserve_norm
+            )
         if self.readout:
             n += bake(model, self.r, self.readout)
         return n
@@ -80,7 +81,9 @@ def _restored(model: torch.nn.Module) -> Iterator[None]:
     """Every tensor an edit may write (embedding, writers' weights and biases, the tie of the
     unembedding) restored on exit."""
     res = resolve(model)
-    params = [res.embed.weight] + [t for layer in res.writers for w in layer for t in (w.weight, w.bias) if t is not None]
+    params = [res.embed.weight] + [
+        t for layer in res.writers for w in layer for t in (w.weight, w.bias) if t is not None
+    ]
     saved = [(t, t.detach().clone()) for t in params]
     head, tied = res.lm_head.weight, getattr(model.config, "tie_word_embeddings", None)
     try:

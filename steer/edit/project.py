@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import einops
 import torch
 
+from steer.edit.kernels import Side, project
 from steer.locate.directions import orthonormalize
 from steer.model.adapters import Resolved, resolve
-from steer.edit.kernels import Side, project
 
 
 def orthonormal_basis(directions: torch.Tensor) -> torch.Tensor:
@@ -26,8 +26,9 @@ def orthonormal_basis(directions: torch.Tensor) -> torch.Tensor:
     return orthonormalize(directions).T.to(torch.float32)
 
 
-def project_out(weight: torch.Tensor, basis: torch.Tensor, side: Side, strength: float = 1.0,
-                preserve_norm: bool = False) -> torch.Tensor:
+def project_out(
+    weight: torch.Tensor, basis: torch.Tensor, side: Side, strength: float = 1.0, preserve_norm: bool = False
+) -> torch.Tensor:
     """Return `weight` with span(basis) removed from its residual-stream side.
 
     basis: [d_model, k], orthonormal columns (B^T B = I).
@@ -89,8 +90,10 @@ class Profile:
     floor: float = 1.0
 
     def weights(self, n_layers: int) -> list[float]:
-        return [self.floor + (self.peak - self.floor) * max(0.0, 1 - abs(i - self.center) / self.width)
-                for i in range(n_layers)]
+        return [
+            self.floor + (self.peak - self.floor) * max(0.0, 1 - abs(i - self.center) / self.width)
+            for i in range(n_layers)
+        ]
 
 
 def _strengths(res: Resolved, profiles: dict[str, Profile] | None) -> list[list[float]]:
@@ -98,15 +101,23 @@ def _strengths(res: Resolved, profiles: dict[str, Profile] | None) -> list[list[
     profiles = profiles or {}
     unknown = set(profiles) - {w.component for w in res.adapter.writers}
     if unknown:
-        raise ValueError(f"no writer component {sorted(unknown)}; have {sorted({w.component for w in res.adapter.writers})}")
+        raise ValueError(
+            f"no writer component {sorted(unknown)}; have {sorted({w.component for w in res.adapter.writers})}"
+        )
     n = len(res.layers)
     per = {w.component: profiles.get(w.component, Profile()).weights(n) for w in res.adapter.writers}
     return [[per[b.writer.component][i] for b in res.writers[i]] for i in range(n)]
 
 
 @torch.no_grad()
-def orthogonalize(model: torch.nn.Module, directions: torch.Tensor, *, profiles: dict[str, Profile] | None = None,
-                  embed: float = 1.0, preserve_norm: bool = False) -> int:
+def orthogonalize(
+    model: torch.nn.Module,
+    directions: torch.Tensor,
+    *,
+    profiles: dict[str, Profile] | None = None,
+    embed: float = 1.0,
+    preserve_norm: bool = False,
+) -> int:
     """Orthogonalize the model's residual writers against directions [d_model] or [k, d_model], in place.
 
     Edits the embedding (strength `embed`) and every writer (weight and bias; each expert's
@@ -143,11 +154,13 @@ def _project_output_hook(basis: torch.Tensor, strength: float = 1.0):
     def hook(module, args, output):
         b = basis.to(device=output.device, dtype=output.dtype)
         return output - strength * (output @ b) @ b.T
+
     return hook
 
 
-def ablation_hooks(model: torch.nn.Module, directions: torch.Tensor, *, profiles: dict[str, Profile] | None = None,
-                   embed: float = 1.0) -> list[torch.utils.hooks.RemovableHandle]:
+def ablation_hooks(
+    model: torch.nn.Module, directions: torch.Tensor, *, profiles: dict[str, Profile] | None = None, embed: float = 1.0
+) -> list[torch.utils.hooks.RemovableHandle]:
     """Register hooks that project the embedding's and every writer's output like the weight edit
     (same strengths; the norm-preserving variant has no hook form). The caller removes the
     returned handles; `ablated` does so on exit.
@@ -157,7 +170,9 @@ def ablation_hooks(model: torch.nn.Module, directions: torch.Tensor, *, profiles
     handles = [res.embed.register_forward_hook(_project_output_hook(basis, embed))]
     for layer_writers, layer_strengths in zip(res.writers, _strengths(res, profiles)):
         for writer, s in zip(layer_writers, layer_strengths):  # a fused experts module outputs their weighted sum
-            handles.append(writer.module.register_forward_hook(_project_output_hook(writer_basis(res, basis, writer.norm), s)))
+            handles.append(
+                writer.module.register_forward_hook(_project_output_hook(writer_basis(res, basis, writer.norm), s))
+            )
     return handles
 
 

@@ -33,8 +33,10 @@ def writers(model, components: tuple[str, ...]) -> dict[str, torch.nn.Module]:
             if b.writer.component not in components:
                 continue
             if b.norm is not None or b.writer.fused or not isinstance(b.module, torch.nn.Linear):
-                raise SteerError(f"a learned readout needs plain linear writers added straight to the residual stream; "
-                                 f"{type(model).__name__} layer {i} {b.writer.module} is not")
+                raise SteerError(
+                    f"a learned readout needs plain linear writers added straight to the residual stream; "
+                    f"{type(model).__name__} layer {i} {b.writer.module} is not"
+                )
             out[f"{i}.{b.writer.component}"] = b.module
     return out
 
@@ -55,9 +57,11 @@ def readout_hooks(model, r: torch.Tensor, readout: Readout) -> list[torch.utils.
     mods = writers(model, tuple({k.split(".")[1] for k in readout}))
     handles = []
     for key, a in readout.items():
+
         def hook(module, args, output, a=a):
             coef = args[0] @ a.to(args[0].dtype)  # [...]: what this writer now writes along r
             return output + coef.unsqueeze(-1) * r.to(output.dtype)
+
         handles.append(mods[key].register_forward_hook(hook))
     return handles
 
@@ -70,7 +74,9 @@ def bake(model, r: torch.Tensor, readout: Readout) -> int:
     for key, a in readout.items():
         if key not in mods or a.shape != (mods[key].in_features,):
             have = f"input size {mods[key].in_features}" if key in mods else "no such writer"
-            raise SteerError(f"the readout vector for {key} (shape {list(a.shape)}) does not fit {type(model).__name__}: {have}")
+            raise SteerError(
+                f"the readout vector for {key} (shape {list(a.shape)}) does not fit {type(model).__name__}: {have}"
+            )
     for key, a in readout.items():
         add_rank1(mods[key].weight, r, a)
     return len(readout)

@@ -34,7 +34,7 @@ def boxed(text: str) -> str | None:
     for j in range(i, len(text)):
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         if depth == 0:
-            return text[i + 1:j].strip()
+            return text[i + 1 : j].strip()
     return None
 
 
@@ -43,7 +43,13 @@ def normalize(ans: str) -> str:
     s = re.sub(r"\\text\{\s*([^}]*)\}", r"\1", s)
     s = re.sub(r"\\(?:mathrm|textbf|mbox)\{([^}]*)\}", r"\1", s)
     s = s.replace("\\left", "").replace("\\right", "").replace("\\!", "").replace("\\,", "").replace("\\ ", "")
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("^\\circ", "").replace("^{\\circ}", "").replace("°", "")
+    s = (
+        s.replace("\\dfrac", "\\frac")
+        .replace("\\tfrac", "\\frac")
+        .replace("^\\circ", "")
+        .replace("^{\\circ}", "")
+        .replace("°", "")
+    )
     s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
     s = re.sub(r"^[a-zA-Z]\s*=\s*", "", s)  # "x = 5" -> "5"
     s = re.sub(rf"\s*{_UNITS}(?:\^?\{{?\d\}}?)?\s*$", "", s)
@@ -79,8 +85,7 @@ def _value(s: str):
     if m and int(m.group(3)) != 0:
         return Fraction(int(m.group(2)), int(m.group(3))) * (-1 if m.group(1) else 1)
     try:
-        from sympy.parsing.sympy_parser import (implicit_multiplication_application, parse_expr,
-                                                standard_transformations)
+        from sympy.parsing.sympy_parser import implicit_multiplication_application, parse_expr, standard_transformations
 
         expr = s.replace("\\sqrt", "sqrt").replace("\\pi", "pi").replace("^", "**").replace("{", "(").replace("}", ")")
         expr = re.sub(r"\\frac\(([^()]*)\)\(([^()]*)\)", r"((\1)/(\2))", expr)

@@ -13,9 +13,13 @@ from steer.model.load import Loaded
 
 def eval_config(settings: Settings) -> EvalConfig:
     """Held-out sensitive (EN, ZH), harmful and harmless prompts, eval_limit per group."""
-    return EvalConfig(["censorship", "refusal"], limits={"*": settings.eval_limit}, seed=settings.seed,
-                      batch_size=settings.batch_size,
-                      max_new_tokens={"censorship": settings.max_new_tokens, "refusal": settings.max_new_tokens})
+    return EvalConfig(
+        ["censorship", "refusal"],
+        limits={"*": settings.eval_limit},
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        max_new_tokens={"censorship": settings.max_new_tokens, "refusal": settings.max_new_tokens},
+    )
 
 
 def _kl(ctx, preview: Callable[[], AbstractContextManager]) -> dict:
@@ -35,8 +39,9 @@ def _kl(ctx, preview: Callable[[], AbstractContextManager]) -> dict:
     return kl
 
 
-def before_after(loaded: Loaded, config: EvalConfig, preview: Callable[[], AbstractContextManager],
-                 apply: Callable[[], None]) -> tuple[dict, dict]:
+def before_after(
+    loaded: Loaded, config: EvalConfig, preview: Callable[[], AbstractContextManager], apply: Callable[[], None]
+) -> tuple[dict, dict]:
     """Evaluate the base model, measure KL against the previewed edit, apply the edit to the
     weights (apply()), evaluate again. Returns (before, after) suite results; after["kl"] is the KL."""
     log("evaluating the base model on held-out prompts")

@@ -75,15 +75,21 @@ def load_gsm8k(data_dir: Path) -> list[Item]:
         answer = _field(row, ("answer",), path, i)
         if "####" not in answer:
             raise SteerError(f"{path}:{i}: answer has no '#### <number>' line")
-        items.append(Item(f"gsm8k-{i}", _field(row, ("question",), path, i), answer.split("####")[-1].strip().replace(",", "")))
+        items.append(
+            Item(f"gsm8k-{i}", _field(row, ("question",), path, i), answer.split("####")[-1].strip().replace(",", ""))
+        )
     return items
 
 
 def load_math500(data_dir: Path) -> list[Item]:
     path = Path(data_dir) / "capability" / "math500" / "test.jsonl"
     return [
-        Item(row.get("unique_id", f"math500-{i}"), _field(row, ("problem",), path, i), _field(row, ("answer",), path, i),
-             group=f"{row.get('subject', '?')}/L{row.get('level', '?')}")
+        Item(
+            row.get("unique_id", f"math500-{i}"),
+            _field(row, ("problem",), path, i),
+            _field(row, ("answer",), path, i),
+            group=f"{row.get('subject', '?')}/L{row.get('level', '?')}",
+        )
         for i, row in enumerate(_jsonl(path, "MATH-500"), 1)
     ]
 
@@ -91,7 +97,11 @@ def load_math500(data_dir: Path) -> list[Item]:
 def load_aime(data_dir: Path, year: int) -> list[Item]:
     path = Path(data_dir) / "capability" / f"aime{year % 100}" / "test.jsonl"
     return [
-        Item(f"aime{year % 100}-{row.get('id', i)}", _field(row, ("problem", "question"), path, i), _field(row, ("answer",), path, i))
+        Item(
+            f"aime{year % 100}-{row.get('id', i)}",
+            _field(row, ("problem", "question"), path, i),
+            _field(row, ("answer",), path, i),
+        )
         for i, row in enumerate(_jsonl(path, f"AIME {year}"), 1)
     ]
 

@@ -45,16 +45,41 @@ def run_mmlu(ctx) -> dict:
         for it in load_mmlu(data, "dev"):
             dev.setdefault(it.group, []).append(it)
     keys = [key("mmlu", ctx.model_id, it.id, it.question, cfg.shots) for it in items]
-    compute = lambda idx: score_mmlu(ctx.model, ctx.tokenizer, [items[i] for i in idx], dev, cfg.shots,  # noqa: E731
-                                     batch_size=cfg.batch_size)
+    compute = lambda idx: score_mmlu(
+        ctx.model,
+        ctx.tokenizer,
+        [items[i] for i in idx],
+        dev,
+        cfg.shots,  # noqa: E731
+        batch_size=cfg.batch_size,
+    )
     lengths = [len(it.question) + sum(map(len, it.choices)) for it in items]
-    rows = cached_map(ctx.cache, keys, compute, chunk=8 * cfg.batch_size, desc=f"mmlu {cfg.shots}-shot", order=lengths.__getitem__)
-    results = [{"id": it.id, "subject": it.group, "prompt": it.question, "choices": list(it.choices), "output": r["logprobs"],
-                "extracted": r["pred"], "answer": it.answer, "correct": r["correct"]} for it, r in zip(items, rows)]
+    rows = cached_map(
+        ctx.cache, keys, compute, chunk=8 * cfg.batch_size, desc=f"mmlu {cfg.shots}-shot", order=lengths.__getitem__
+    )
+    results = [
+        {
+            "id": it.id,
+            "subject": it.group,
+            "prompt": it.question,
+            "choices": list(it.choices),
+            "output": r["logprobs"],
+            "extracted": r["pred"],
+            "answer": it.answer,
+            "correct": r["correct"],
+        }
+        for it, r in zip(items, rows)
+    ]
     summary = summarize(results)
-    return {"metrics": {"accuracy": rate([r["correct"] for r in results]),
-                        "macro_accuracy": {"value": summary["macro"], "ci": [None, None], "n": len(summary["per_subject"])}},
-            "per_subject": summary["per_subject"], "items": results, "paired": ["correct"]}
+    return {
+        "metrics": {
+            "accuracy": rate([r["correct"] for r in results]),
+            "macro_accuracy": {"value": summary["macro"], "ci": [None, None], "n": len(summary["per_subject"])},
+        },
+        "per_subject": summary["per_subject"],
+        "items": results,
+        "paired": ["correct"],
+    }
 
 
 def run_generative(suite: str, ctx) -> dict:
@@ -67,13 +92,28 @@ def run_generative(suite: str, ctx) -> dict:
     results = []
     for it, o in zip(items, outs):
         pred = extract(suite, o["text"])
-        results.append({"id": it.id, "group": it.group, "prompt": it.question, "output": o["text"], "extracted": pred,
-                        "answer": it.answer, "correct": equivalent(pred, it.answer),
-                        "hit_limit": len(o["ids"]) >= spec.max_new_tokens, "degenerate": degenerate(o["text"])})
-    return {"metrics": {"accuracy": rate([r["correct"] for r in results]),
-                        "hit_token_limit": rate([r["hit_limit"] for r in results]),
-                        "degenerate": rate([r["degenerate"] for r in results])},
-            "items": results, "paired": ["correct", "degenerate"]}
+        results.append(
+            {
+                "id": it.id,
+                "group": it.group,
+                "prompt": it.question,
+                "output": o["text"],
+                "extracted": pred,
+                "answer": it.answer,
+                "correct": equivalent(pred, it.answer),
+                "hit_limit": len(o["ids"]) >= spec.max_new_tokens,
+                "degenerate": degenerate(o["text"]),
+            }
+        )
+    return {
+        "metrics": {
+            "accuracy": rate([r["correct"] for r in results]),
+            "hit_token_limit": rate([r["hit_limit"] for r in results]),
+            "degenerate": rate([r["degenerate"] for r in results]),
+        },
+        "items": results,
+        "paired": ["correct", "degenerate"],
+    }
 
 
 def run(suite: str, ctx) -> dict:

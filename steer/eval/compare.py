@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from steer import __version__
-from steer.eval.engine import ItemCache, fingerprint
-from steer.errors import SteerError
-from steer.eval.suites import Ctx, EvalConfig, run_suites
-from steer.eval.judge import Judge, MarkerJudge
-from steer.model.load import Loaded, cache_dir, load_model
 from steer.checkpoint.save import atomic_dir, check_output, write_json
+from steer.errors import SteerError
+from steer.eval.engine import ItemCache, fingerprint
+from steer.eval.judge import Judge, MarkerJudge
 from steer.eval.stats import mcnemar_exact, paired_bootstrap_ci
+from steer.eval.suites import Ctx, EvalConfig, run_suites
+from steer.model.load import Loaded, cache_dir, load_model
 
 
 def _log(msg: str) -> None:
@@ -42,11 +42,28 @@ def context(loaded: Loaded, config: EvalConfig, judge: Judge | None = None, cach
 def meta(config: EvalConfig, judge: Judge, models: dict[str, str], elapsed: float) -> dict:
     import transformers
 
-    return {"steer_version": __version__, "command": " ".join(sys.argv), "models": models, "suites": config.suites,
-            "limits": config.limits, "seed": config.seed, "shots": config.shots, "judge": judge.name,
-            "decoding": {"greedy": True, "repetition_penalty": config.repetition_penalty, "max_new_tokens": config.max_new_tokens},
-            "data_dir": str(config.data_dir) if config.data_dir else None, "elapsed_s": round(elapsed, 1),
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0]}}
+    return {
+        "steer_version": __version__,
+        "command": " ".join(sys.argv),
+        "models": models,
+        "suites": config.suites,
+        "limits": config.limits,
+        "seed": config.seed,
+        "shots": config.shots,
+        "judge": judge.name,
+        "decoding": {
+            "greedy": True,
+            "repetition_penalty": config.repetition_penalty,
+            "max_new_tokens": config.max_new_tokens,
+        },
+        "data_dir": str(config.data_dir) if config.data_dir else None,
+        "elapsed_s": round(elapsed, 1),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": sys.version.split()[0],
+        },
+    }
 
 
 def _summary(results: dict[str, dict]) -> dict:
@@ -60,8 +77,16 @@ def _write_items(folder: Path, results: dict[str, dict]) -> None:
             fh.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in r["items"])
 
 
-def evaluate_model(model: str | None, config: EvalConfig, out: Path, *, reference: str | None = None,
-                   judge: Judge | None = None, force: bool = False, cache: bool = True) -> dict:
+def evaluate_model(
+    model: str | None,
+    config: EvalConfig,
+    out: Path,
+    *,
+    reference: str | None = None,
+    judge: Judge | None = None,
+    force: bool = False,
+    cache: bool = True,
+) -> dict:
     """`steer eval`: suites on one model (kl against `reference`)."""
     from steer.report.tables import eval_markdown, plot_metrics
 
@@ -75,8 +100,10 @@ def evaluate_model(model: str | None, config: EvalConfig, out: Path, *, referenc
         ctx.reference = context(load_model(reference), config, judge, cache)
     _log(f"evaluating {loaded.source} on {', '.join(config.suites)}")
     results = run_suites(ctx)
-    summary = {"meta": meta(config, ctx.judge, {"model": loaded.source, "reference": reference}, time.time() - started),
-               "results": _summary(results)}
+    summary = {
+        "meta": meta(config, ctx.judge, {"model": loaded.source, "reference": reference}, time.time() - started),
+        "results": _summary(results),
+    }
     with atomic_dir(out, force) as tmp:
         write_json(tmp / "summary.json", summary)
         _write_items(tmp, results)
@@ -99,7 +126,11 @@ def paired(base: dict[str, dict], edited: dict[str, dict]) -> dict[str, dict]:
             continue
         b_items = {(i.get("group"), i["id"]): i for i in base[suite]["items"]}
         for fld in e["paired"]:
-            rows = [(b_items[k][fld], i[fld], i.get("group")) for i in e["items"] if (k := (i.get("group"), i["id"])) in b_items]
+            rows = [
+                (b_items[k][fld], i[fld], i.get("group"))
+                for i in e["items"]
+                if (k := (i.get("group"), i["id"])) in b_items
+            ]
             groups = sorted({g for _, _, g in rows}, key=str)
             # Always the whole suite; per group too when there are few groups (MATH-500 has 35
             # subject/level groups of 1-4 items: no test on those would mean anything).
@@ -113,8 +144,16 @@ def paired(base: dict[str, dict], edited: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def compare_models(base: str | None, edited: str, config: EvalConfig, out: Path, *, judge: Judge | None = None,
-                   force: bool = False, cache: bool = True) -> dict:
+def compare_models(
+    base: str | None,
+    edited: str,
+    config: EvalConfig,
+    out: Path,
+    *,
+    judge: Judge | None = None,
+    force: bool = False,
+    cache: bool = True,
+) -> dict:
     """`steer compare`: the same suites and items on both models, paired tests, plots."""
     from steer.report.tables import compare_markdown, plot_metrics, plot_subject_deltas
 
@@ -130,8 +169,12 @@ def compare_models(base: str | None, edited: str, config: EvalConfig, out: Path,
     _log(f"edited model {e.source}: {', '.join(config.suites)}")
     e_res = run_suites(ectx)
     tests = paired(b_res, e_res)
-    comparison = {"meta": meta(config, ectx.judge, {"base": b.source, "edited": e.source}, time.time() - started),
-                  "base": _summary(b_res), "edited": _summary(e_res), "paired": tests}
+    comparison = {
+        "meta": meta(config, ectx.judge, {"base": b.source, "edited": e.source}, time.time() - started),
+        "base": _summary(b_res),
+        "edited": _summary(e_res),
+        "paired": tests,
+    }
     with atomic_dir(out, force) as tmp:
         write_json(tmp / "comparison.json", comparison)
         for name, res in (("base", b_res), ("edited", e_res)):
@@ -141,7 +184,10 @@ def compare_models(base: str | None, edited: str, config: EvalConfig, out: Path,
         (tmp / "report.md").write_text(md + "\n", encoding="utf-8")
         plot_metrics(comparison["base"], comparison["edited"], tmp / "metrics.png")
         if "mmlu" in b_res and "mmlu" in e_res:
-            plot_subject_deltas(comparison["base"]["mmlu"]["per_subject"], comparison["edited"]["mmlu"]["per_subject"],
-                                tmp / "mmlu_subjects.png")
+            plot_subject_deltas(
+                comparison["base"]["mmlu"]["per_subject"],
+                comparison["edited"]["mmlu"]["per_subject"],
+                tmp / "mmlu_subjects.png",
+            )
     print(md)
     return comparison

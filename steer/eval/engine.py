@@ -62,15 +62,21 @@ class ItemCache:
                 fh.writelines(json.dumps({"key": k, "value": v}, ensure_ascii=False) + "\n" for k, v in items.items())
 
 
-def cached_map(cache: ItemCache, keys: Sequence[str], compute: Callable[[list[int]], list], chunk: int,
-               desc: str | None = None, order: Callable[[int], int] | None = None) -> list:
+def cached_map(
+    cache: ItemCache,
+    keys: Sequence[str],
+    compute: Callable[[list[int]], list],
+    chunk: int,
+    desc: str | None = None,
+    order: Callable[[int], int] | None = None,
+) -> list:
     """Results for every key: cached ones are read, missing ones computed `chunk` at a time
     (compute gets indices into keys, returns one JSON-able result per index) and stored.
     `order` sorts the missing items first (e.g. by length, so each chunk batches well)."""
     todo = sorted((i for i, k in enumerate(keys) if k not in cache), key=order)
     with tqdm(total=len(keys), initial=len(keys) - len(todo), desc=desc, disable=desc is None, leave=False) as bar:
         for start in range(0, len(todo), chunk):
-            idx = todo[start:start + chunk]
+            idx = todo[start : start + chunk]
             cache.put({keys[i]: r for i, r in zip(idx, compute(idx), strict=True)})
             bar.update(len(idx))
     return [cache[k] for k in keys]
@@ -97,21 +103,32 @@ def truncate(text: str, stop: Sequence[str]) -> str:
 
 
 @torch.inference_mode()
-def generate_ids(model, tokenizer, texts: list[str], spec: GenSpec, batch_size: int = 16, desc: str | None = None) -> list[dict]:
+def generate_ids(
+    model, tokenizer, texts: list[str], spec: GenSpec, batch_size: int = 16, desc: str | None = None
+) -> list[dict]:
     """Greedy answers in input order: {"text", "ids"} (ids = generated tokens up to and incl. EOS);
     with spec.repetition_penalty != 1 the greedy choice is made on the penalized logits."""
     eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
-    config = GenerationConfig(max_new_tokens=spec.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=sorted(eos), stop_strings=list(spec.stop) or None,
-                              repetition_penalty=spec.repetition_penalty)
+    config = GenerationConfig(
+        max_new_tokens=spec.max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=sorted(eos),
+        stop_strings=list(spec.stop) or None,
+        repetition_penalty=spec.repetition_penalty,
+    )
     device = input_device(model)
     out: list[dict] = [{}] * len(texts)
     bar = tqdm(total=len(texts), desc=desc, disable=desc is None, leave=False)
     for idx, batch in encode_batches(tokenizer, texts, batch_size):
         extra = {"tokenizer": tokenizer} if spec.stop else {}
-        ids = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                             generation_config=config, **extra)[:, batch["input_ids"].shape[1]:].tolist()
+        ids = model.generate(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            generation_config=config,
+            **extra,
+        )[:, batch["input_ids"].shape[1] :].tolist()
         for i, row in zip(idx, ids):
             end = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
             row = row[:end]
@@ -122,8 +139,16 @@ def generate_ids(model, tokenizer, texts: list[str], spec: GenSpec, batch_size: 
     return out
 
 
-def generate_cached(model, tokenizer, texts: list[str], spec: GenSpec, cache: ItemCache, model_id: str,
-                    batch_size: int = 16, desc: str | None = None) -> list[dict]:
+def generate_cached(
+    model,
+    tokenizer,
+    texts: list[str],
+    spec: GenSpec,
+    cache: ItemCache,
+    model_id: str,
+    batch_size: int = 16,
+    desc: str | None = None,
+) -> list[dict]:
     """generate_ids with the per-item cache; batches are formed from the uncached items only."""
     keys = [key("generate", model_id, t, spec.cache_key()) for t in texts]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from steer.errors import SteerError
 from steer.eval.benchmarks import Item
 from steer.model.collect import batched_last_logits
-from steer.errors import SteerError
 from steer.prompts import chat_texts
 
 LETTERS = ("A", "B", "C", "D")
@@ -36,14 +36,24 @@ def letter_ids(tokenizer, chat: bool) -> list[int]:
     for letter in LETTERS:
         toks = tokenizer(letter if chat else f" {letter}", add_special_tokens=False)["input_ids"]
         if len(toks) != 1:
-            raise SteerError(f"the tokenizer splits answer letter {letter!r} into {len(toks)} tokens; MMLU scoring needs one")
+            raise SteerError(
+                f"the tokenizer splits answer letter {letter!r} into {len(toks)} tokens; MMLU scoring needs one"
+            )
         ids.append(toks[0])
     return ids
 
 
 @torch.inference_mode()
-def score_mmlu(model, tokenizer, items: list[Item], dev: dict[str, list[Item]] | None = None, shots: int = 0,
-               chat: bool = True, batch_size: int = 16, desc: str | None = None) -> list[dict]:
+def score_mmlu(
+    model,
+    tokenizer,
+    items: list[Item],
+    dev: dict[str, list[Item]] | None = None,
+    shots: int = 0,
+    chat: bool = True,
+    batch_size: int = 16,
+    desc: str | None = None,
+) -> list[dict]:
     """Per-item results: predicted letter, log-probs of A-D (normalized over the four), correct."""
     dev = dev or {}
     prompts = [build_prompt(item, dev.get(item.group, [])[:shots]) for item in items]
@@ -53,8 +63,16 @@ def score_mmlu(model, tokenizer, items: list[Item], dev: dict[str, list[Item]] |
     out = []
     for item, row in zip(items, choice):
         pred = LETTERS[int(row.argmax())]
-        out.append({"id": item.id, "subject": item.group, "answer": item.answer, "pred": pred,
-                    "logprobs": [round(float(x), 6) for x in row], "correct": pred == item.answer})
+        out.append(
+            {
+                "id": item.id,
+                "subject": item.group,
+                "answer": item.answer,
+                "pred": pred,
+                "logprobs": [round(float(x), 6) for x in row],
+                "correct": pred == item.answer,
+            }
+        )
     return out
 
 

@@ -27,8 +27,9 @@ def bootstrap_ci(values: list[float], seed: int = 0, n_boot: int = 2000) -> tupl
     return (means[int(0.025 * n_boot)], means[int(0.975 * n_boot) - 1])
 
 
-def paired_bootstrap_ci(base: list[bool] | list[float], edited: list[bool] | list[float], seed: int = 0,
-                        n_boot: int = 2000) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    base: list[bool] | list[float], edited: list[bool] | list[float], seed: int = 0, n_boot: int = 2000
+) -> tuple[float, float]:
     """95% bootstrap interval of mean(edited - base), resampling items (pairs stay together)."""
     if len(base) != len(edited):
         raise ValueError("paired interval needs the same items for both models")
@@ -64,5 +65,8 @@ def rate(values: list[bool]) -> dict:
 
 def mean(values: list[float], seed: int = 0) -> dict:
     """A metric: the mean with its seeded 95% bootstrap interval and n."""
-    return {"value": sum(values) / len(values) if values else float("nan"), "ci": list(bootstrap_ci(values, seed)),
-            "n": len(values)}
+    return {
+        "value": sum(values) / len(values) if values else float("nan"),
+        "ci": list(bootstrap_ci(values, seed)),
+        "n": len(values),
+    }

@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from steer.errors import SteerError
 from steer.eval import capability
 from steer.eval.benchmarks import Item, stratified_subset
-from steer.model.collect import input_device
 from steer.eval.engine import GenSpec, ItemCache, generate_cached
-from steer.errors import SteerError
 from steer.eval.judge import Judge, MarkerJudge, degenerate
-from steer.prompts import Prompt, chat_texts, load_prompts
 from steer.eval.stats import mean, rate
+from steer.model.collect import input_device
+from steer.prompts import Prompt, chat_texts, load_prompts
 
 JUDGED_TOKENS = 48  # answer length the judge was validated on (docs/judging.md)
 KL_TOKENS = 32  # tokens of the base model's greedy continuation used for multi-token KL
@@ -79,11 +79,25 @@ def judged(ctx: Ctx, suite: str, groups: dict[str, list[Prompt]]) -> dict:
     flat = [(g, p) for g, ps in groups.items() for p in ps]
     spec = GenSpec(ctx.config.tokens(suite, JUDGED_TOKENS), repetition_penalty=ctx.config.repetition_penalty)
     texts = chat_texts(ctx.tokenizer, [p.text for _, p in flat])
-    outs = generate_cached(ctx.model, ctx.tokenizer, texts, spec, ctx.cache, ctx.model_id, ctx.config.batch_size, desc=suite)
+    outs = generate_cached(
+        ctx.model, ctx.tokenizer, texts, spec, ctx.cache, ctx.model_id, ctx.config.batch_size, desc=suite
+    )
     labels = ctx.judge.classify([p.text for _, p in flat], [o["text"] for o in outs])
-    items = [{"id": p.id, "group": g, "lang": p.lang, "topic": p.topic, "prompt": p.text, "output": o["text"],
-              "label": lab, "refused": lab == "denial", "censored": lab != "complete", "degenerate": degenerate(o["text"])}
-             for (g, p), o, lab in zip(flat, outs, labels)]
+    items = [
+        {
+            "id": p.id,
+            "group": g,
+            "lang": p.lang,
+            "topic": p.topic,
+            "prompt": p.text,
+            "output": o["text"],
+            "label": lab,
+            "refused": lab == "denial",
+            "censored": lab != "complete",
+            "degenerate": degenerate(o["text"]),
+        }
+        for (g, p), o, lab in zip(flat, outs, labels)
+    ]
     metrics = {}
     for g in groups:
         rows = [i for i in items if i["group"] == g]
@@ -138,8 +152,15 @@ def suite_xstest(ctx: Ctx) -> dict:
 
 
 @torch.inference_mode()
-def token_kl(base_fn: Callable, new_fn: Callable, pad_id: int, seqs: list[list[int]], n_prompt: list[int],
-             batch_size: int = 16, desc: str | None = None) -> list[list[float]]:
+def token_kl(
+    base_fn: Callable,
+    new_fn: Callable,
+    pad_id: int,
+    seqs: list[list[int]],
+    n_prompt: list[int],
+    batch_size: int = 16,
+    desc: str | None = None,
+) -> list[list[float]]:
     """Per-token KL(base || new) along teacher-forced sequences.
 
     seqs[i] = prompt ids + the base model's greedy continuation; n_prompt[i] = prompt length.
@@ -152,12 +173,12 @@ def token_kl(base_fn: Callable, new_fn: Callable, pad_id: int, seqs: list[list[i
     out: list[list[float]] = [[] for _ in seqs]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, leave=False):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         width = max(len(seqs[i]) for i in idx)
         ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for r, i in enumerate(idx):
-            ids[r, width - len(seqs[i]):], mask[r, width - len(seqs[i]):] = torch.tensor(seqs[i]), 1
+            ids[r, width - len(seqs[i]) :], mask[r, width - len(seqs[i]) :] = torch.tensor(seqs[i]), 1
         batch = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
         n_cont = [len(seqs[i]) - n_prompt[i] for i in idx]
         keep = max(n_cont) + 1  # the last prompt position predicts the first answer token
@@ -166,15 +187,16 @@ def token_kl(base_fn: Callable, new_fn: Callable, pad_id: int, seqs: list[list[i
             lp, lq = torch.log_softmax(base[r].double(), -1), torch.log_softmax(new[r].double(), -1)
             kl = (lp.exp() * (lp - lq)).sum(-1)  # [keep]; the last position predicts past the answer
             first = keep - 1 - n_cont[r]
-            out[i] = kl[first:keep - 1].tolist() if n_cont[r] > 0 else kl[first:first + 1].tolist()
+            out[i] = kl[first : keep - 1].tolist() if n_cont[r] > 0 else kl[first : first + 1].tolist()
     return out
 
 
 def logits_fn(model: torch.nn.Module) -> Callable:
     """(batch, keep) -> float32 logits of the last `keep` positions [B, keep, vocab] (on CPU)."""
     device = input_device(model)
-    return lambda b, keep: model(**{k: v.to(device) for k, v in b.items()}, logits_to_keep=keep,
-                                 use_cache=False).logits.float().cpu()
+    return lambda b, keep: (
+        model(**{k: v.to(device) for k, v in b.items()}, logits_to_keep=keep, use_cache=False).logits.float().cpu()
+    )
 
 
 def suite_kl(ctx: Ctx, new_fn: Callable | None = None) -> dict:
@@ -186,25 +208,58 @@ def suite_kl(ctx: Ctx, new_fn: Callable | None = None) -> dict:
     """
     ref = ctx.reference
     if ref is None:
-        raise SteerError("suite kl needs a reference model: `steer eval MODEL --reference BASE`, or use `steer compare`")
+        raise SteerError(
+            "suite kl needs a reference model: `steer eval MODEL --reference BASE`, or use `steer compare`"
+        )
     prompts = sample(load_prompts("harmless", "test"), ctx.config.limit("kl"), ctx.config.seed)
     texts = chat_texts(ctx.tokenizer, [p.text for p in prompts])
-    cont = generate_cached(ref.model, ref.tokenizer, texts, GenSpec(KL_TOKENS), ref.cache, ref.model_id, ctx.config.batch_size, desc="kl: base")
+    cont = generate_cached(
+        ref.model,
+        ref.tokenizer,
+        texts,
+        GenSpec(KL_TOKENS),
+        ref.cache,
+        ref.model_id,
+        ctx.config.batch_size,
+        desc="kl: base",
+    )
     prompt_ids = ctx.tokenizer(texts, add_special_tokens=False)["input_ids"]
     seqs = [p + c["ids"] for p, c in zip(prompt_ids, cont)]
-    per_token = token_kl(logits_fn(ref.model), new_fn or logits_fn(ctx.model), ctx.tokenizer.pad_token_id, seqs,
-                         [len(p) for p in prompt_ids], ctx.config.batch_size, desc="kl")
+    per_token = token_kl(
+        logits_fn(ref.model),
+        new_fn or logits_fn(ctx.model),
+        ctx.tokenizer.pad_token_id,
+        seqs,
+        [len(p) for p in prompt_ids],
+        ctx.config.batch_size,
+        desc="kl",
+    )
     labels = ctx.judge.classify([p.text for p in prompts], [c["text"] for c in cont])
-    items = [{"id": p.id, "prompt": p.text, "base_continuation": c["text"], "base_label": lab, "kl_first": k[0],
-              "kl_mean": sum(k) / len(k), "kl_tokens": [round(x, 6) for x in k]}
-             for p, c, k, lab in zip(prompts, cont, per_token, labels)]
+    items = [
+        {
+            "id": p.id,
+            "prompt": p.text,
+            "base_continuation": c["text"],
+            "base_label": lab,
+            "kl_first": k[0],
+            "kl_mean": sum(k) / len(k),
+            "kl_tokens": [round(x, 6) for x in k],
+        }
+        for p, c, k, lab in zip(prompts, cont, per_token, labels)
+    ]
     s = ctx.config.seed
     answered = [i["kl_first"] for i in items if i["base_label"] != "denial"]
     # the few harmless prompts the base model refuses weigh heavily: an edit that answers one moves
     # its first token from "I'm sorry" to an answer (KL ~1); the split shows that apart from damage
-    return {"metrics": {"kl/first_token": mean([i["kl_first"] for i in items], s),
-                        "kl/first_token_base_answered": mean(answered, s),
-                        "kl/multi_token": mean([i["kl_mean"] for i in items], s)}, "items": items, "paired": []}
+    return {
+        "metrics": {
+            "kl/first_token": mean([i["kl_first"] for i in items], s),
+            "kl/first_token_base_answered": mean(answered, s),
+            "kl/multi_token": mean([i["kl_mean"] for i in items], s),
+        },
+        "items": items,
+        "paired": [],
+    }
 
 
 def _capability(name: str) -> Callable[[Ctx], dict]:

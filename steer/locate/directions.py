@@ -94,7 +94,7 @@ def principal_directions(diffs: torch.Tensor, k: int, mean_direction: torch.Tens
     x = diffs.double()
     _, _, vh = torch.linalg.svd(x, full_matrices=False)  # uncentred: the mean shift is the signal
     comps = vh[:k]
-    ref = (x.mean(0) if mean_direction is None else mean_direction.double())
+    ref = x.mean(0) if mean_direction is None else mean_direction.double()
     signs = torch.sign(comps @ ref)
     signs[signs == 0] = 1
     return comps * signs[:, None]
@@ -140,7 +140,9 @@ class DirectionSet:
         position = -1 if position is None else position
         n_layers, n_pos, _ = self.directions.shape
         if not (0 <= layer < n_layers and -n_pos <= position < 0):
-            raise SteerError(f"no direction at layer {layer}, position {position}: have layers 0..{n_layers - 1}, positions -{n_pos}..-1")
+            raise SteerError(
+                f"no direction at layer {layer}, position {position}: have layers 0..{n_layers - 1}, positions -{n_pos}..-1"
+            )
         v = self.directions[layer, position]
         return (v / v.norm()).float()
 
@@ -149,7 +151,9 @@ class DirectionSet:
         path = Path(path)
         tensors = {"directions": self.directions, "target_mean": self.target_mean, "baseline_mean": self.baseline_mean}
         tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: v.detach().clone() for k, v in tensors.items()}, str(tmp), metadata={"format": "steer-directions"})
+        save_file(
+            {k: v.detach().clone() for k, v in tensors.items()}, str(tmp), metadata={"format": "steer-directions"}
+        )
         os.replace(tmp, path)
         side = sidecar(path)
         tmp_json = side.with_name(f".{side.name}.tmp")

@@ -41,8 +41,15 @@ def kl_bound(kl: torch.Tensor) -> float:
     return float(kl.mean() + 1.96 * kl.std() / len(kl) ** 0.5) if len(kl) > 1 else float(kl.mean())
 
 
-def find_refusal_tokens(model, tokenizer, target_texts: list[str], target_logits: torch.Tensor,
-                        harmless_logits: torch.Tensor, batch_size: int = 16, max_tokens: int = 4) -> list[int]:
+def find_refusal_tokens(
+    model,
+    tokenizer,
+    target_texts: list[str],
+    target_logits: torch.Tensor,
+    harmless_logits: torch.Tensor,
+    batch_size: int = 16,
+    max_tokens: int = 4,
+) -> list[int]:
     """First tokens of the model's own refusals on target prompts (not a per-family list).
 
     Greedy-decodes a few tokens per target prompt, keeps the refusals (steer.eval.judge), counts
@@ -55,7 +62,9 @@ def find_refusal_tokens(model, tokenizer, target_texts: list[str], target_logits
     harmless_first = Counter(harmless_logits.argmax(-1).tolist())
     keep = [t for t, _ in counts.most_common() if harmless_first[t] <= 0.2 * len(harmless_logits)][:max_tokens]
     if not keep:
-        raise SteerError(f"the model refused none of {len(target_texts)} target prompts (judge: steer.eval.judge); nothing to remove")
+        raise SteerError(
+            f"the model refused none of {len(target_texts)} target prompts (judge: steer.eval.judge); nothing to remove"
+        )
     return keep
 
 
@@ -69,13 +78,16 @@ def split_by_score(logits: torch.Tensor, token_ids: list[int], refused: bool, mi
     return idx if len(idx) >= min_keep else list(range(len(scores)))
 
 
-def refusal_tokens(model, tokenizer, target_texts: list[str], baseline_texts: list[str], seed: int,
-                   batch_size: int = 16) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+def refusal_tokens(
+    model, tokenizer, target_texts: list[str], baseline_texts: list[str], seed: int, batch_size: int = 16
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """The one refusal-token probe: last-position logits of chat-formatted target and baseline
     prompts, and the refusal tokens found from greedy answers to a seeded sample of at most
     PROBE_PROMPTS target prompts. Returns (tokens, target logits [N, vocab], baseline logits)."""
     t_logits = batched_last_logits(model, tokenizer, target_texts, batch_size)
     b_logits = batched_last_logits(model, tokenizer, baseline_texts, batch_size)
     probe = sorted(random.Random(seed).sample(range(len(target_texts)), min(PROBE_PROMPTS, len(target_texts))))
-    tokens = find_refusal_tokens(model, tokenizer, [target_texts[i] for i in probe], t_logits[probe], b_logits, batch_size)
+    tokens = find_refusal_tokens(
+        model, tokenizer, [target_texts[i] for i in probe], t_logits[probe], b_logits, batch_size
+    )
     return tokens, t_logits, b_logits

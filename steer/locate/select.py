@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from steer.model.collect import batched_last_logits
-from steer.locate.directions import DirectionSet
 from steer.edit.preview import preview
 from steer.edit.project import added
+from steer.locate.directions import DirectionSet
 from steer.locate.scores import first_token_kl, kl_bound, refusal_score
+from steer.model.collect import batched_last_logits
 
 
 @dataclass
@@ -56,21 +56,38 @@ class Selection:
 
 
 @torch.inference_mode()
-def select_direction(model, tokenizer, dirs: DirectionSet, target_texts: list[str], harmless_texts: list[str],
-                     refusal_tokens: list[int], *, kl_max: float = 0.1, max_layer_frac: float = 0.8,
-                     screen: int = 8, screen_prompts: int = 8, batch_size: int = 16,
-                     base_logits: tuple[torch.Tensor, torch.Tensor] | None = None) -> Selection:
+def select_direction(
+    model,
+    tokenizer,
+    dirs: DirectionSet,
+    target_texts: list[str],
+    harmless_texts: list[str],
+    refusal_tokens: list[int],
+    *,
+    kl_max: float = 0.1,
+    max_layer_frac: float = 0.8,
+    screen: int = 8,
+    screen_prompts: int = 8,
+    batch_size: int = 16,
+    base_logits: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Selection:
     """base_logits: the unedited model's last logits on (target_texts, harmless_texts), if already known."""
     n_layers, n_pos, _ = dirs.directions.shape
     if base_logits is None:
-        base_logits = tuple(batched_last_logits(model, tokenizer, t, batch_size) for t in (target_texts, harmless_texts))
+        base_logits = tuple(
+            batched_last_logits(model, tokenizer, t, batch_size) for t in (target_texts, harmless_texts)
+        )
     base_t, base_h = base_logits
     screen_texts = target_texts[:screen_prompts]
     norms = dirs.directions.norm(dim=-1)
     # Template tokens are identical across prompts at the embedding: those differences are ~0.
     usable = norms > 1e-6 * norms.max()
-    grid = [(layer, pos) for layer in range(max(1, int(n_layers * max_layer_frac))) for pos in range(-n_pos, 0)
-            if usable[layer, pos]]
+    grid = [
+        (layer, pos)
+        for layer in range(max(1, int(n_layers * max_layer_frac)))
+        for pos in range(-n_pos, 0)
+        if usable[layer, pos]
+    ]
     cands = []
     for layer, pos in tqdm(grid, desc="screen candidates", leave=False):
         with preview(model, dirs.vector(layer, pos)):
@@ -80,11 +97,13 @@ def select_direction(model, tokenizer, dirs: DirectionSet, target_texts: list[st
         with preview(model, dirs.vector(c.layer, c.position)):
             logits = batched_last_logits(model, tokenizer, target_texts + harmless_texts, batch_size)
         c.bypass = float(refusal_score(logits[: len(target_texts)], refusal_tokens).mean())
-        kl = first_token_kl(base_h, logits[len(target_texts):])
+        kl = first_token_kl(base_h, logits[len(target_texts) :])
         c.kl = float(kl.mean())
         c.kl_ucb = kl_bound(kl)
         with added(model, c.layer, dirs.directions[c.layer, c.position].float()):
-            c.induce = float(refusal_score(batched_last_logits(model, tokenizer, harmless_texts, batch_size), refusal_tokens).mean())
+            c.induce = float(
+                refusal_score(batched_last_logits(model, tokenizer, harmless_texts, batch_size), refusal_tokens).mean()
+            )
         c.passes = c.induce > 0 and c.kl_ucb < kl_max
     scored = sorted((c for c in cands if c.bypass is not None), key=lambda c: c.bypass)
     passing = [c for c in scored if c.passes]
@@ -94,6 +113,15 @@ def select_direction(model, tokenizer, dirs: DirectionSet, target_texts: list[st
     else:
         low_kl = [c for c in scored if c.kl_ucb < kl_max]
         best = (low_kl or scored)[0]
-        fallback = "no candidate had induce > 0 and kl_ucb < kl_max; took the lowest bypass" + (" with kl_ucb < kl_max" if low_kl else "")
-    return Selection(best.layer, best.position, refusal_tokens, float(refusal_score(base_t, refusal_tokens).mean()),
-                     float(refusal_score(base_h, refusal_tokens).mean()), cands, fallback)
+        fallback = "no candidate had induce > 0 and kl_ucb < kl_max; took the lowest bypass" + (
+            " with kl_ucb < kl_max" if low_kl else ""
+        )
+    return Selection(
+        best.layer,
+        best.position,
+        refusal_tokens,
+        float(refusal_score(base_t, refusal_tokens).mean()),
+        float(refusal_score(base_h, refusal_tokens).mean()),
+        cands,
+        fallback,
+    )

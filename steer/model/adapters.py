@@ -80,7 +80,7 @@ class Adapter:
         prefix = f"{self.layers}."
         if not name.startswith(prefix):
             return None
-        layer, _, rest = name[len(prefix):].partition(".")
+        layer, _, rest = name[len(prefix) :].partition(".")
         if not layer.isdigit():
             return None
         for w in self.writers:
@@ -126,8 +126,10 @@ _MIXTRAL = Adapter(
     embed="model.embed_tokens",
     lm_head="lm_head",
     # Mixtral checkpoints name the experts block_sparse_moe.experts.{j}.w2 (w2 = down projection).
-    writers=(Writer("self_attn.o_proj", "attn"),
-             Writer("mlp.experts", "mlp", param="down_proj", fused=True, per_expert=("block_sparse_moe.experts.{j}.w2",))),
+    writers=(
+        Writer("self_attn.o_proj", "attn"),
+        Writer("mlp.experts", "mlp", param="down_proj", fused=True, per_expert=("block_sparse_moe.experts.{j}.w2",)),
+    ),
 )
 
 ADAPTERS: dict[str, Adapter] = {
@@ -140,7 +142,9 @@ ADAPTERS: dict[str, Adapter] = {
     "Gemma3ForCausalLM": _GEMMA,
     "Qwen2MoeForCausalLM": _QWEN_MOE,
     "Qwen3MoeForCausalLM": _QWEN_MOE,
-    "OlmoeForCausalLM": Adapter("model.layers", "model.embed_tokens", "lm_head", (Writer("self_attn.o_proj", "attn"), _EXPERTS)),
+    "OlmoeForCausalLM": Adapter(
+        "model.layers", "model.embed_tokens", "lm_head", (Writer("self_attn.o_proj", "attn"), _EXPERTS)
+    ),
     "MixtralForCausalLM": _MIXTRAL,
 }
 
@@ -216,5 +220,7 @@ def resolve(model: torch.nn.Module) -> Resolved:
     components = {w.component for w in adapter.writers}
     for i, bound in enumerate(writers):
         if missing := components - {b.writer.component for b in bound}:
-            raise SteerError(f"layer {i} of {type(model).__name__} has no {sorted(missing)} writer (adapter table out of date?)")
+            raise SteerError(
+                f"layer {i} of {type(model).__name__} has no {sorted(missing)} writer (adapter table out of date?)"
+            )
     return Resolved(adapter, layers, get_module(model, adapter.embed), get_module(model, adapter.lm_head), writers)

@@ -15,22 +15,22 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from tqdm.auto import tqdm
 
-from steer.model.adapters import resolve
 from steer.errors import SteerError
-
+from steer.model.adapters import resolve
 
 # A common prefix shorter than this is run with the rest (a second forward call costs more than it saves).
 MIN_SHARED = 4
 
 
-def encode_batches(tokenizer, texts: list[str], batch_size: int,
-                   share_prefix: bool = False) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+def encode_batches(
+    tokenizer, texts: list[str], batch_size: int, share_prefix: bool = False
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """Yield (original indices, left-padded batch) in order of token length (less padding); with
     share_prefix, each batch's common prefix is split off (left_pad): for forward(), not generate."""
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: (len(ids[i]), i))
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         yield idx, left_pad([ids[i] for i in idx], tokenizer.pad_token_id, share_prefix)
 
 
@@ -60,13 +60,17 @@ def left_pad(ids: list[list[int]], pad_id: int, share_prefix: bool = False) -> d
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        input_ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
+        input_ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0) + p
     if not p:
         return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
-    return {"prefix_ids": torch.tensor([ids[0][:p]]), "input_ids": input_ids, "position_ids": position_ids,
-            "attention_mask": torch.cat([torch.ones(len(rows), p, dtype=torch.long), mask], 1)}
+    return {
+        "prefix_ids": torch.tensor([ids[0][:p]]),
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": torch.cat([torch.ones(len(rows), p, dtype=torch.long), mask], 1),
+    }
 
 
 def input_device(model: torch.nn.Module) -> torch.device:
@@ -81,8 +85,12 @@ def _cache_kwarg(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
-def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], logits_to_keep: int = 1,
-            rest_hooks: Callable[[], AbstractContextManager] | None = None) -> torch.Tensor:
+def forward(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    logits_to_keep: int = 1,
+    rest_hooks: Callable[[], AbstractContextManager] | None = None,
+) -> torch.Tensor:
     """Logits [B, logits_to_keep, vocab] (model dtype, model device) at each row's last positions.
 
     A batch with "prefix_ids" (left_pad(share_prefix=True)) runs the prefix once, repeats its KV
@@ -102,14 +110,19 @@ def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], logits_to_ke
         return model(**inputs, **{_cache_kwarg(model): cache}, logits_to_keep=logits_to_keep, use_cache=False).logits
 
 
-def last_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor],
-                rest_hooks: Callable[[], AbstractContextManager] | None = None) -> torch.Tensor:
+def last_logits(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    rest_hooks: Callable[[], AbstractContextManager] | None = None,
+) -> torch.Tensor:
     """Float32 logits [batch, vocab] at the last position (the model's first answer token)."""
     return forward(model, batch, 1, rest_hooks)[:, -1].float().cpu()
 
 
 @torch.inference_mode()
-def batched_last_logits(model, tokenizer, texts: list[str], batch_size: int = 16, desc: str | None = None) -> torch.Tensor:
+def batched_last_logits(
+    model, tokenizer, texts: list[str], batch_size: int = 16, desc: str | None = None
+) -> torch.Tensor:
     """Last-position logits [len(texts), vocab] for chat-formatted texts, in input order."""
     out: list[torch.Tensor | None] = [None] * len(texts)
     with tqdm(total=len(texts), desc=desc, disable=desc is None, leave=False) as bar:
@@ -120,7 +133,9 @@ def batched_last_logits(model, tokenizer, texts: list[str], batch_size: int = 16
     return torch.stack(out)  # type: ignore[arg-type]
 
 
-def _read_residuals(model, tokenizer, texts: list[str], n_positions: int, batch_size: int, desc: str | None, sink) -> None:
+def _read_residuals(
+    model, tokenizer, texts: list[str], n_positions: int, batch_size: int, desc: str | None, sink
+) -> None:
     """Run every batch with pre-hooks on all decoder layers; sink(layer, row_indices, h) gets the
     residual stream h [batch, n_positions, d_model] entering each layer."""
     if not texts:
@@ -132,6 +147,7 @@ def _read_residuals(model, tokenizer, texts: list[str], n_positions: int, batch_
         def read(module, args, kwargs):
             h = args[0] if args else kwargs["hidden_states"]
             sink(i, rows, h[:, -n_positions:, :].detach().to("cpu"))
+
         return read
 
     handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
@@ -153,7 +169,9 @@ def _check_finite(x: torch.Tensor, layer_dim: int) -> None:
 
 
 @torch.inference_mode()
-def residual_means(model, tokenizer, texts: list[str], n_positions: int, batch_size: int = 16, desc: str | None = None) -> torch.Tensor:
+def residual_means(
+    model, tokenizer, texts: list[str], n_positions: int, batch_size: int = 16, desc: str | None = None
+) -> torch.Tensor:
     """Mean residual stream [n_layers, n_positions, d_model] (float64) before each decoder layer.
 
     Position p indexes the last n_positions tokens (p = n_positions - 1 is the last token).
@@ -172,7 +190,9 @@ def residual_means(model, tokenizer, texts: list[str], n_positions: int, batch_s
 
 
 @torch.inference_mode()
-def residual_stack(model, tokenizer, texts: list[str], n_positions: int, batch_size: int = 16, desc: str | None = None) -> torch.Tensor:
+def residual_stack(
+    model, tokenizer, texts: list[str], n_positions: int, batch_size: int = 16, desc: str | None = None
+) -> torch.Tensor:
     """Per-prompt residual stream [n_prompts, n_layers, n_positions, d_model] (float32), in input
     order: what principal components of per-prompt differences are computed from."""
     n_layers, d_model = len(resolve(model).layers), model.get_input_embeddings().weight.shape[1]

@@ -22,8 +22,9 @@ def nnsight_model(model: torch.nn.Module, tokenizer):
     return LanguageModel(model, tokenizer=tokenizer)
 
 
-def nnsight_residual_means(model: torch.nn.Module, tokenizer, texts: list[str], n_positions: int,
-                           batch_size: int = 16) -> torch.Tensor:
+def nnsight_residual_means(
+    model: torch.nn.Module, tokenizer, texts: list[str], n_positions: int, batch_size: int = 16
+) -> torch.Tensor:
     """Mean residual stream entering each decoder layer at the last n_positions tokens, read
     with nnsight: the same quantity and layout as steer.model.collect.residual_means."""
     lm = nnsight_model(model, tokenizer)

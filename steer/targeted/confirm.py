@@ -11,11 +11,15 @@ from steer.targeted.search import EditParams, SearchInputs, edit_basis
 from steer.targeted.settings import TargetedSettings
 
 
-def judged_rates(model, tokenizer, prompts: dict[str, list[Prompt]], s: TargetedSettings, judge=None) -> dict[str, float]:
+def judged_rates(
+    model, tokenizer, prompts: dict[str, list[Prompt]], s: TargetedSettings, judge=None
+) -> dict[str, float]:
     """Censorship rate per sensitive group and refusal rate on harmful prompts, from greedy answers."""
     judge = judge or MarkerJudge()
     flat = [(g, p) for g, ps in prompts.items() for p in ps]
-    answers = generate(model, tokenizer, chat_texts(tokenizer, [p.text for _, p in flat]), s.max_new_tokens, s.batch_size)
+    answers = generate(
+        model, tokenizer, chat_texts(tokenizer, [p.text for _, p in flat]), s.max_new_tokens, s.batch_size
+    )
     labels = judge.classify([p.text for _, p in flat], answers)
     out = {}
     for g in prompts:

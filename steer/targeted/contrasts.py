@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from steer.model.collect import residual_means, residual_stack
-from steer.locate.directions import principal_directions, remove_span
 from steer.errors import SteerError
+from steer.locate.directions import principal_directions, remove_span
+from steer.model.collect import residual_means, residual_stack
 from steer.targeted.search import EditParams, SearchInputs, edit_basis
 
 
@@ -37,7 +37,9 @@ class Contrasts:
     harmless_mean: torch.Tensor
     components: torch.Tensor  # [L, P, K, d]
     optimized: torch.Tensor | None = None  # [d] steer.targeted.optimize's direction, when it ran
-    readout: dict[str, torch.Tensor] | None = None  # steer.targeted.readout's "<layer>.<component>" -> a [d_in], as baked
+    readout: dict[str, torch.Tensor] | None = (
+        None  # steer.targeted.readout's "<layer>.<component>" -> a [d_in], as baked
+    )
 
     def cosines(self, position: int = -1) -> dict[str, list[float]]:
         """Per-layer cosine similarities at one position (for the plot and the report)."""
@@ -64,11 +66,20 @@ class Contrasts:
     @classmethod
     def load(cls, path: Path) -> Contrasts:
         t = load_file(str(path))
-        readout = {k[len("readout."):]: a for k, a in t.items() if k.startswith("readout.")} or None
-        return cls(t["censorship"], t["versus_harmless"], t["harmful"], t["harmless_mean"], t["components"], t.get("optimized"),
-                   readout)
+        readout = {k[len("readout.") :]: a for k, a in t.items() if k.startswith("readout.")} or None
+        return cls(
+            t["censorship"],
+            t["versus_harmless"],
+            t["harmful"],
+            t["harmless_mean"],
+            t["components"],
+            t.get("optimized"),
+            readout,
+        )
 
-    def search_inputs(self, keep_safety: bool = True, keep_layers: str = "same", contrasts: str = "all") -> SearchInputs:
+    def search_inputs(
+        self, keep_safety: bool = True, keep_layers: str = "same", contrasts: str = "all"
+    ) -> SearchInputs:
         """Directions for steer.targeted.search: the censorship and the sensitive-vs-harmless contrasts, each
         projected (off the harmless mean) and plain, and the optimized direction when there is one;
         contrasts="optimized" offers only the optimized one (when present), so every trial explores
@@ -97,10 +108,14 @@ class Contrasts:
 
 
 @torch.inference_mode()
-def compute_contrasts(model, tokenizer, texts: dict[str, list[str]], n_positions: int, k: int = 3, batch_size: int = 16) -> Contrasts:
+def compute_contrasts(
+    model, tokenizer, texts: dict[str, list[str]], n_positions: int, k: int = 3, batch_size: int = 16
+) -> Contrasts:
     """texts: chat-formatted prompts for "sensitive", "controls", "harmful" and "harmless"."""
-    means = {name: residual_means(model, tokenizer, texts[name], n_positions, batch_size, desc=name)
-             for name in ("controls", "harmful", "harmless")}
+    means = {
+        name: residual_means(model, tokenizer, texts[name], n_positions, batch_size, desc=name)
+        for name in ("controls", "harmful", "harmless")
+    }
     stack = residual_stack(model, tokenizer, texts["sensitive"], n_positions, batch_size, desc="sensitive").double()
     sensitive = stack.mean(0)
     diffs = stack - means["controls"]  # [N, L, P, d]
@@ -111,8 +126,13 @@ def compute_contrasts(model, tokenizer, texts: dict[str, list[str]], n_positions
         for pos in range(n_pos):
             if k > 0 and diffs[:, layer, pos].norm() > 0:
                 components[layer, pos] = principal_directions(diffs[:, layer, pos], k + 1)[1:]
-    return Contrasts(sensitive - means["controls"], sensitive - means["harmless"], means["harmful"] - means["harmless"],
-                     means["harmless"], components)
+    return Contrasts(
+        sensitive - means["controls"],
+        sensitive - means["harmless"],
+        means["harmful"] - means["harmless"],
+        means["harmless"],
+        components,
+    )
 
 
 def recorded_edit(contrasts_file: Path) -> tuple[torch.Tensor, EditParams]:
@@ -123,8 +143,12 @@ def recorded_edit(contrasts_file: Path) -> tuple[torch.Tensor, EditParams]:
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))
         params = EditParams.from_dict(meta.get("edit") or meta["chosen"])
-        basis = edit_basis(Contrasts.load(contrasts_file).search_inputs(meta.get("keep_safety", True),
-                                                                      meta.get("keep_layers", "same")), params)
+        basis = edit_basis(
+            Contrasts.load(contrasts_file).search_inputs(
+                meta.get("keep_safety", True), meta.get("keep_layers", "same")
+            ),
+            params,
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SteerError(f"cannot rebuild the edit recorded in {contrasts_file} and {side.name}: {exc}") from None
     return basis, params

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from steer.model.collect import encode_batches, last_logits
-from steer.locate.directions import orthonormalize, remove_span
 from steer.edit.preview import Edit, preview
 from steer.edit.project import Profile
+from steer.locate.directions import orthonormalize, remove_span
 from steer.locate.scores import first_token_kl, refusal_score
+from steer.model.collect import encode_batches, last_logits
 
 
 @dataclass
@@ -118,8 +118,13 @@ def draw(rng: random.Random, groups: list[tuple[Group, int]]) -> tuple[list[list
     return picks, [g.texts[i] for (g, _), idx in zip(groups, picks) for i in idx]
 
 
-def minibatch_loss(logits: torch.Tensor, picks: list[list[int]], base: list[torch.Tensor], refusal_tokens: list[int],
-                   s: OptimizeSettings) -> tuple[torch.Tensor, dict]:
+def minibatch_loss(
+    logits: torch.Tensor,
+    picks: list[list[int]],
+    base: list[torch.Tensor],
+    refusal_tokens: list[int],
+    s: OptimizeSettings,
+) -> tuple[torch.Tensor, dict]:
     """The loss of the module docstring on one minibatch and its parts. logits: [N, vocab] at the
     first answer position, rows = picks[0] target, picks[1] keep, picks[2] harmless prompts in
     order; base: the base model's logits of the three groups (indexed by picks)."""
@@ -128,15 +133,23 @@ def minibatch_loss(logits: torch.Tensor, picks: list[list[int]], base: list[torc
     k_score = refusal_score(logits[a:b], refusal_tokens)
     k_base = refusal_score(base[1][picks[1]], refusal_tokens)
     kl = first_token_kl(base[2][picks[2]], logits[b:])
-    loss = (_target_term(t_score, s.margin, s.power) + s.keep_weight * torch.relu(k_base - s.slack - k_score).mean()
-            + s.kl_weight * kl.mean())
-    return loss, {"loss": loss.item(), "target_score": t_score.mean().item(), "keep_score": k_score.mean().item(),
-                  "keep_base": k_base.mean().item(), "kl": kl.mean().item()}
+    loss = (
+        _target_term(t_score, s.margin, s.power)
+        + s.keep_weight * torch.relu(k_base - s.slack - k_score).mean()
+        + s.kl_weight * kl.mean()
+    )
+    return loss, {
+        "loss": loss.item(),
+        "target_score": t_score.mean().item(),
+        "keep_score": k_score.mean().item(),
+        "keep_base": k_base.mean().item(),
+        "kl": kl.mean().item(),
+    }
 
 
 def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, attn: float = 1.0, mlp: float = 1.0) -> torch.Tensor:
     """Last-position logits [N, vocab] with r ablated at flat strengths attn / mlp, rows in the order of texts (one batch)."""
-    (idx, batch), = list(encode_batches(tokenizer, texts, len(texts), share_prefix=True))
+    ((idx, batch),) = list(encode_batches(tokenizer, texts, len(texts), share_prefix=True))
     with preview(model, Edit(r, profiles={"attn": Profile(attn, floor=attn), "mlp": Profile(mlp, floor=mlp)})):
         logits = last_logits(model, batch)
     out = torch.empty_like(logits)
@@ -144,9 +157,18 @@ def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, attn: float = 
     return out
 
 
-def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: Group, init: torch.Tensor,
-                       refusal_tokens: list[int], keep_span: torch.Tensor | None = None,
-                       s: OptimizeSettings | None = None, progress: bool = True) -> tuple[torch.Tensor, list[dict]]:
+def optimize_direction(
+    model,
+    tokenizer,
+    target: Group,
+    keep: Group,
+    harmless: Group,
+    init: torch.Tensor,
+    refusal_tokens: list[int],
+    keep_span: torch.Tensor | None = None,
+    s: OptimizeSettings | None = None,
+    progress: bool = True,
+) -> tuple[torch.Tensor, list[dict]]:
     """The optimized unit direction [d] (float64) and the per-step minibatch metrics.
 
     init: [d] starting direction (e.g. the censorship contrast), or [r, d] to optimize an
@@ -180,5 +202,7 @@ def optimize_direction(model, tokenizer, target: Group, keep: Group, harmless: G
                     mean += unit_direction(v.detach().double(), keep_span)
                 row = {"step": step, "lr": lr, **row}
                 history.append(row)
-                bar.set_postfix(target=f"{row['target_score']:.2f}", keep=f"{row['keep_score']:.2f}", kl=f"{row['kl']:.3f}")
+                bar.set_postfix(
+                    target=f"{row['target_score']:.2f}", keep=f"{row['keep_score']:.2f}", kl=f"{row['kl']:.3f}"
+                )
     return unit_direction(mean if s.average else v.detach().double(), keep_span), history

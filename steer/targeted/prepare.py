@@ -32,15 +32,27 @@ def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
     texts = lambda ps: chat_texts(tokenizer, [p.text for p in ps])  # noqa: E731
     logits = lambda ps: batched_last_logits(model, tokenizer, texts(ps), s.batch_size)  # noqa: E731
     train = {name: load_prompts(name, "train") for name in ("sensitive", "controls", "harmful", "harmless")}
-    ref, sensitive, harmless = refusal_tokens(model, tokenizer, texts(train["sensitive"]), texts(train["harmless"]),
-                                              s.seed, s.batch_size)
+    ref, sensitive, harmless = refusal_tokens(
+        model, tokenizer, texts(train["sensitive"]), texts(train["harmless"]), s.seed, s.batch_size
+    )
     lg = {"sensitive": sensitive, "harmful": logits(train["harmful"]), "harmless": harmless}
-    idx = {"sensitive": split_by_score(lg["sensitive"], ref, True) if s.only_refused else list(range(len(train["sensitive"]))),
-           "harmful": split_by_score(lg["harmful"], ref, True), "harmless": split_by_score(lg["harmless"], ref, False)}
+    idx = {
+        "sensitive": split_by_score(lg["sensitive"], ref, True)
+        if s.only_refused
+        else list(range(len(train["sensitive"]))),
+        "harmful": split_by_score(lg["harmful"], ref, True),
+        "harmless": split_by_score(lg["harmless"], ref, False),
+    }
     for name, keep in idx.items():
         train[name], lg[name] = [train[name][i] for i in keep], lg[name][keep]
-    contrasts = compute_contrasts(model, tokenizer, {k: texts(v) for k, v in train.items()},
-                                  post_instruction_length(tokenizer), k=s.k_max - 1, batch_size=s.batch_size)
+    contrasts = compute_contrasts(
+        model,
+        tokenizer,
+        {k: texts(v) for k, v in train.items()},
+        post_instruction_length(tokenizer),
+        k=s.k_max - 1,
+        batch_size=s.batch_size,
+    )
     optimized = None  # what the report records about the optimization
     groups = {n: Group(texts(train[n]), lg[n]) for n in idx}
     if s.optimize_steps > 0:
@@ -48,23 +60,42 @@ def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
     val = {name: load_prompts(name, "val") for name in ("sensitive", "harmful", "harmless")}
     vlg = {name: logits(ps) for name, ps in val.items()}
     keep_idx = lambda name, refused, n: seeded_sample(split_by_score(vlg[name], ref, refused), n, s.seed)  # noqa: E731
-    t_idx = keep_idx("sensitive", True, s.n_val) if s.only_refused else seeded_sample(list(range(len(val["sensitive"]))), s.n_val, s.seed)
+    t_idx = (
+        keep_idx("sensitive", True, s.n_val)
+        if s.only_refused
+        else seeded_sample(list(range(len(val["sensitive"]))), s.n_val, s.seed)
+    )
     k_idx, h_idx = keep_idx("harmful", True, s.n_val), keep_idx("harmless", False, 2 * s.n_val)
-    data = ValData(texts([val["sensitive"][i] for i in t_idx]), texts([val["harmful"][i] for i in k_idx]),
-                   texts([val["harmless"][i] for i in h_idx]), vlg["sensitive"][t_idx], vlg["harmful"][k_idx],
-                   vlg["harmless"][h_idx], ref)
+    data = ValData(
+        texts([val["sensitive"][i] for i in t_idx]),
+        texts([val["harmful"][i] for i in k_idx]),
+        texts([val["harmless"][i] for i in h_idx]),
+        vlg["sensitive"][t_idx],
+        vlg["harmful"][k_idx],
+        vlg["harmless"][h_idx],
+        ref,
+    )
     base_keep = float(refusal_score(data.base_keep, ref).mean())
     floor = s.keep_fraction * base_keep if base_keep > 0 else base_keep - 1.0
-    confirm = {"sensitive/en": [p for p in val["sensitive"] if p.lang == "en"],
-               "sensitive/zh": [p for p in val["sensitive"] if p.lang == "zh"], "harmful": val["harmful"]}
-    meta = {"refusal_tokens": [tokenizer.decode([t]) for t in ref], "base_keep_score": base_keep, "keep_floor": floor,
-            "prompts": {f"{k}_train": {"n": len(v), "sha256": prompts_hash(v)} for k, v in train.items()}}
+    confirm = {
+        "sensitive/en": [p for p in val["sensitive"] if p.lang == "en"],
+        "sensitive/zh": [p for p in val["sensitive"] if p.lang == "zh"],
+        "harmful": val["harmful"],
+    }
+    meta = {
+        "refusal_tokens": [tokenizer.decode([t]) for t in ref],
+        "base_keep_score": base_keep,
+        "keep_floor": floor,
+        "prompts": {f"{k}_train": {"n": len(v), "sha256": prompts_hash(v)} for k, v in train.items()},
+    }
     if optimized is not None:
         meta["optimize"] = optimized
     return Prepared(contrasts, data, confirm, floor, meta, groups)
 
 
-def _optimize(model, tokenizer, contrasts: Contrasts, groups: dict[str, Group], ref: list[int], s: TargetedSettings) -> dict:
+def _optimize(
+    model, tokenizer, contrasts: Contrasts, groups: dict[str, Group], ref: list[int], s: TargetedSettings
+) -> dict:
     """steer.targeted.optimize on the train splits, from the projected censorship direction at 60% depth
     (last position), orthogonal to every layer's harmful direction when keep_safety; stores the
     result in contrasts.optimized and returns what the report records."""
@@ -72,7 +103,11 @@ def _optimize(model, tokenizer, contrasts: Contrasts, groups: dict[str, Group], 
     init = remove_span(contrasts.censorship, contrasts.harmless_mean)[layer, -1]
     span = contrasts.harmful[:, -1] if s.keep_safety else None
     o = OptimizeSettings(steps=s.optimize_steps, seed=s.seed)
-    contrasts.optimized, history = optimize_direction(model, tokenizer, groups["sensitive"], groups["harmful"],
-                                                      groups["harmless"], init, ref, span, o)
-    return {"init": {"contrast": "censorship/projected", "layer": layer, "position": -1},
-            "settings": asdict(o), "history": history}
+    contrasts.optimized, history = optimize_direction(
+        model, tokenizer, groups["sensitive"], groups["harmful"], groups["harmless"], init, ref, span, o
+    )
+    return {
+        "init": {"contrast": "censorship/projected", "layer": layer, "position": -1},
+        "settings": asdict(o),
+        "history": history,
+    }

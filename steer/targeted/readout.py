@@ -29,11 +29,11 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from tqdm.auto import tqdm
 
-from steer.model.collect import batched_last_logits, encode_batches, forward, last_logits, left_pad
 from steer.edit.preview import Edit, preview
 from steer.edit.rank1 import Readout, scaled, writers, zeros
-from steer.eval.engine import GenSpec, generate_ids
 from steer.errors import SteerError
+from steer.eval.engine import GenSpec, generate_ids
+from steer.model.collect import batched_last_logits, encode_batches, forward, last_logits, left_pad
 from steer.targeted.optimize import Group, OptimizeSettings, draw, frozen, minibatch_loss
 from steer.targeted.prepare import Prepared
 from steer.targeted.search import EditParams, ValData, metrics
@@ -53,7 +53,9 @@ class ReadoutSettings:
     components: tuple[str, ...] = ("attn", "mlp")  # writer components that get a readout (attention alone: no gain)
     # weights, margin, batches, seed of steer.targeted.optimize's loss; KL and keep weighted up (with its defaults, 40 and 2,
     # validation KL and harmful scores moved further: results/readout-probe/), twice the harmless prompts per step
-    loss: OptimizeSettings = field(default_factory=lambda: OptimizeSettings(kl_weight=120.0, keep_weight=4.0, harmless_batch=24))
+    loss: OptimizeSettings = field(
+        default_factory=lambda: OptimizeSettings(kl_weight=120.0, keep_weight=4.0, harmless_batch=24)
+    )
 
 
 SCALES = (1.0, 0.75, 0.5, 0.25)  # fractions of a trained readout fit_scale tries, largest first
@@ -80,14 +82,28 @@ def continuations(model, tokenizer, texts: list[str], n: int, batch_size: int = 
         raise SteerError(f"no harmless prompt has a base answer of {n} tokens")
     logp = []
     for i in range(0, len(ids), batch_size):
-        logits = forward(model, left_pad(ids[i:i + batch_size], tokenizer.pad_token_id, share_prefix=True), n).float().cpu()
+        logits = (
+            forward(model, left_pad(ids[i : i + batch_size], tokenizer.pad_token_id, share_prefix=True), n)
+            .float()
+            .cpu()
+        )
         logp.append(torch.log_softmax(logits, -1).to(torch.bfloat16))
     return Continuations(ids, torch.cat(logp))
 
 
 @torch.inference_mode()
-def fit_scale(model, tokenizer, r: torch.Tensor, readout: Readout, val: ValData, keep_floor: float | None, kl_max: float | None,
-              scales: tuple[float, ...] = SCALES, batch_size: int = 16, kl_stat: str = "kl_ucb") -> tuple[float, list[dict]]:
+def fit_scale(
+    model,
+    tokenizer,
+    r: torch.Tensor,
+    readout: Readout,
+    val: ValData,
+    keep_floor: float | None,
+    kl_max: float | None,
+    scales: tuple[float, ...] = SCALES,
+    batch_size: int = 16,
+    kl_stat: str = "kl_ucb",
+) -> tuple[float, list[dict]]:
     """The largest t in scales whose readout t*a meets the search's constraints on validation
     prompts (harmful score >= keep_floor, first-token KL <= kl_max, the KL being its 95% bound
     (kl_stat="kl_ucb", as the search) or its mean ("kl"); steer.targeted.search.metrics), and every
@@ -101,16 +117,27 @@ def fit_scale(model, tokenizer, r: torch.Tensor, readout: Readout, val: ValData,
         with preview(model, Edit(r, project=False, readout=scaled(readout, t))):
             m = metrics(batched_last_logits(model, tokenizer, val.target + val.keep + val.harmless, batch_size), val)
         m["scale"] = t
-        m["feasible"] = (keep_floor is None or m["keep_score"] >= keep_floor) and (kl_max is None or m[kl_stat] <= kl_max)
+        m["feasible"] = (keep_floor is None or m["keep_score"] >= keep_floor) and (
+            kl_max is None or m[kl_stat] <= kl_max
+        )
         rows.append(m)
         if m["feasible"]:
             return t, rows
     return 0.0, rows
 
 
-def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group, r: torch.Tensor,
-                  refusal_tokens: list[int], s: ReadoutSettings | None = None, cont: Continuations | None = None,
-                  progress: bool = True) -> tuple[Readout, list[dict]]:
+def train_readout(
+    model,
+    tokenizer,
+    target: Group,
+    keep: Group,
+    harmless: Group,
+    r: torch.Tensor,
+    refusal_tokens: list[int],
+    s: ReadoutSettings | None = None,
+    cont: Continuations | None = None,
+    progress: bool = True,
+) -> tuple[Readout, list[dict]]:
     """Learn the readout for unit direction r [d] on a model that already carries its edit (the
     groups' base_logits are the unedited model's). With s.kl_tokens > 1 the KL term also covers
     the base model's answer tokens after the first, from `cont` (continuations(), computed on the
@@ -123,7 +150,9 @@ def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group,
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.steps)
     ls, rng = s.loss, random.Random(s.loss.seed)
     if s.kl_tokens > 1 and (cont is None or cont.base_logp.shape[1] != s.kl_tokens):
-        raise ValueError(f"kl_tokens = {s.kl_tokens} needs the harmless prompts' continuations of that length (readout.continuations)")
+        raise ValueError(
+            f"kl_tokens = {s.kl_tokens} needs the harmless prompts' continuations of that length (readout.continuations)"
+        )
     cont = cont if s.kl_tokens > 1 else None
     if cont is not None:  # harmless prompts are drawn from those with a continuation
         harmless = Group([str(i) for i in range(len(cont.ids))], cont.base_logp[:, 0])
@@ -140,8 +169,9 @@ def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group,
                 if cont is None:
                     logits, later = _forward(model, tokenizer, texts, r, params, grab), None
                 else:
-                    logits, later = _forward_cont(model, tokenizer, texts[:len(texts) - len(picks[2])], cont, picks[2],
-                                                  r, params, grab)
+                    logits, later = _forward_cont(
+                        model, tokenizer, texts[: len(texts) - len(picks[2])], cont, picks[2], r, params, grab
+                    )
                 loss, row = minibatch_loss(logits, picks, base, refusal_tokens, ls)
                 penalty = torch.stack(written).mean()
                 total = loss + s.l2 * penalty
@@ -154,15 +184,19 @@ def train_readout(model, tokenizer, target: Group, keep: Group, harmless: Group,
                 opt.step()
                 sched.step()
                 history.append(row)
-                bar.set_postfix(target=f"{row['target_score']:.2f}", keep=f"{row['keep_score']:.2f}", kl=f"{row['kl']:.3f}")
+                bar.set_postfix(
+                    target=f"{row['target_score']:.2f}", keep=f"{row['keep_score']:.2f}", kl=f"{row['kl']:.3f}"
+                )
     return {k: a.detach().clone() for k, a in params.items()}, history
 
 
 @contextmanager
 def _written(mods: dict[str, torch.nn.Module], readout: Readout, into: list[torch.Tensor]) -> Iterator[None]:
     """Hooks appending, per writer, mean (a^T x)^2 at each row's last position (what it writes along r) to `into`."""
-    hs = [mods[k].register_forward_hook(lambda m, args, out, a=a: into.append((args[0][:, -1] @ a).pow(2).mean()))
-          for k, a in readout.items()]
+    hs = [
+        mods[k].register_forward_hook(lambda m, args, out, a=a: into.append((args[0][:, -1] @ a).pow(2).mean()))
+        for k, a in readout.items()
+    ]
     try:
         yield
     finally:
@@ -173,7 +207,7 @@ def _written(mods: dict[str, torch.nn.Module], readout: Readout, into: list[torc
 def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, readout: Readout, rest_hooks=None) -> torch.Tensor:
     """Last-position logits [N, vocab] with the readout hooked in, rows in the order of texts
     (rest_hooks: steer.model.collect.forward's, a context for the rows' own tokens)."""
-    (idx, batch), = list(encode_batches(tokenizer, texts, len(texts), share_prefix=True))
+    ((idx, batch),) = list(encode_batches(tokenizer, texts, len(texts), share_prefix=True))
     with preview(model, Edit(r, project=False, readout=readout)):
         logits = last_logits(model, batch, rest_hooks)
     out = torch.empty_like(logits)
@@ -181,8 +215,16 @@ def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, readout: Reado
     return out
 
 
-def _forward_cont(model, tokenizer, texts: list[str], cont: Continuations, picks: list[int], r: torch.Tensor,
-                  readout: Readout, rest_hooks=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_cont(
+    model,
+    tokenizer,
+    texts: list[str],
+    cont: Continuations,
+    picks: list[int],
+    r: torch.Tensor,
+    readout: Readout,
+    rest_hooks=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One left-padded batch: chat texts (target and keep prompts) then the picked harmless
     continuations. Returns first-answer-position logits [len(texts) + len(picks), vocab] (a
     harmless row's first answer position is n positions from its end) and the mean KL(base ||
@@ -198,8 +240,15 @@ def _forward_cont(model, tokenizer, texts: list[str], cont: Continuations, picks
     return torch.cat([out[:t, -1], out[t:, 0]]), later
 
 
-def fit_readout(model, tokenizer, prep: Prepared, basis: torch.Tensor, params: EditParams,
-                s: TargetedSettings, edit_kl: float | None = None) -> tuple[dict[str, torch.Tensor] | None, dict]:
+def fit_readout(
+    model,
+    tokenizer,
+    prep: Prepared,
+    basis: torch.Tensor,
+    params: EditParams,
+    s: TargetedSettings,
+    edit_kl: float | None = None,
+) -> tuple[dict[str, torch.Tensor] | None, dict]:
     """steer.targeted.readout on top of the chosen edit, the model's weights as they were on return:
     trained on the train splits along r = basis[0], then backed off to the largest fraction that
     keeps the harmful floor and first-token KL on the validation prompts within its bound:
@@ -209,8 +258,12 @@ def fit_readout(model, tokenizer, prep: Prepared, basis: torch.Tensor, params: E
     exactly the edited weights. Returns that scaled readout (None when no fraction qualifies:
     the edit stays as chosen) and what the report records. An architecture whose writers cannot
     take a readout (post-norm, mixture of experts) gets none, and the report says why."""
-    rs = ReadoutSettings(steps=s.readout_steps, lr=s.readout_lr, kl_tokens=s.readout_kl_tokens,
-                         loss=replace(ReadoutSettings().loss, seed=s.seed))
+    rs = ReadoutSettings(
+        steps=s.readout_steps,
+        lr=s.readout_lr,
+        kl_tokens=s.readout_kl_tokens,
+        loss=replace(ReadoutSettings().loss, seed=s.seed),
+    )
     try:
         zeros(model, rs.components)
     except SteerError as exc:
@@ -219,13 +272,25 @@ def fit_readout(model, tokenizer, prep: Prepared, basis: torch.Tensor, params: E
         raise ValueError(f"readout_kl {s.readout_kl!r} needs to be 'kl', 'kl_ucb' or 'edit' (with edit_kl)")
     stat, bound = ("kl", edit_kl) if s.readout_kl == "edit" else (s.readout_kl, s.kl_max)
     g = prep.groups
-    cont = continuations(model, tokenizer, g["harmless"].texts, rs.kl_tokens, s.batch_size) if rs.kl_tokens > 1 else None
+    cont = (
+        continuations(model, tokenizer, g["harmless"].texts, rs.kl_tokens, s.batch_size) if rs.kl_tokens > 1 else None
+    )
     r = basis[0].float()
     with preview(model, params.edit(basis), in_weights=True):  # the weights apply_edit writes, then the readout's hooks
-        readout, history = train_readout(model, tokenizer, g["sensitive"], g["harmful"], g["harmless"], r,
-                                         prep.val.refusal_tokens, rs, cont)
-        scale, fits = fit_scale(model, tokenizer, r, readout, prep.val, prep.keep_floor, bound, SCALES,
-                                s.batch_size, kl_stat=stat)
-    info = {"settings": asdict(rs), "kl_stat": stat, "kl_max": bound, "criterion": s.readout_kl, "scale": scale,
-            "fits": fits, "history": history, "writers": len(readout)}
+        readout, history = train_readout(
+            model, tokenizer, g["sensitive"], g["harmful"], g["harmless"], r, prep.val.refusal_tokens, rs, cont
+        )
+        scale, fits = fit_scale(
+            model, tokenizer, r, readout, prep.val, prep.keep_floor, bound, SCALES, s.batch_size, kl_stat=stat
+        )
+    info = {
+        "settings": asdict(rs),
+        "kl_stat": stat,
+        "kl_max": bound,
+        "criterion": s.readout_kl,
+        "scale": scale,
+        "fits": fits,
+        "history": history,
+        "writers": len(readout),
+    }
     return (scaled(readout, scale) if scale > 0 else None), info

@@ -1,7 +1,7 @@
 """The targeted run, `steer abliterate --keep-safety` and `steer search`: remove censorship, keep safety refusals.
 
-    from steer import targeted_abliterate, TargetedSettings
-    report = targeted_abliterate(None, "out/qwen-decensored", TargetedSettings())
+from steer import targeted_abliterate, TargetedSettings
+report = targeted_abliterate(None, "out/qwen-decensored", TargetedSettings())
 """
 
 from __future__ import annotations
@@ -27,8 +27,16 @@ from steer.report import tables
 from steer.targeted.confirm import confirm
 from steer.targeted.prepare import Prepared, prepare
 from steer.targeted.readout import fit_readout
-from steer.targeted.search import SEARCH_VERSION, EditParams, SearchInputs, edit_basis, fingerprint, pareto, run_search
-from steer.targeted.search import trial_rows
+from steer.targeted.search import (
+    SEARCH_VERSION,
+    EditParams,
+    SearchInputs,
+    edit_basis,
+    fingerprint,
+    pareto,
+    run_search,
+    trial_rows,
+)
 from steer.targeted.settings import TargetedSettings, search_settings
 
 
@@ -53,8 +61,10 @@ class SearchResult:
 def journal_path(loaded: Loaded, ts: TargetedSettings, inputs: SearchInputs, prep: Prepared) -> Path:
     """$STEER_CACHE/search/<model hash>-<key>.journal, keyed by the settings that decide the trials
     and the inputs themselves: a journal never resumes with directions that changed."""
-    key = hashlib.sha256(json.dumps({**search_settings(ts), "search_version": SEARCH_VERSION}, sort_keys=True).encode()
-                         + fingerprint(inputs, prep.val).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps({**search_settings(ts), "search_version": SEARCH_VERSION}, sort_keys=True).encode()
+        + fingerprint(inputs, prep.val).encode()
+    ).hexdigest()[:16]
     model = checkpoint_hash(loaded.path)[:16] if loaded.path else "model"
     return cache_dir() / "search" / f"{model}-{key}.journal"
 
@@ -74,14 +84,26 @@ def search(loaded: Loaded, ts: TargetedSettings, journal: Path | None = None) ->
     journal.parent.mkdir(parents=True, exist_ok=True)
     log(f"searching {ts.trials} trials (study {journal}; resumes if interrupted)")
     lap = time.time()
-    study = run_search(m, tok, inputs, prep.val, n_trials=ts.trials, seed=ts.seed, storage=journal,
-                       keep_floor=prep.keep_floor, kl_max=ts.kl_max, batch_size=ts.batch_size,
-                       target_floor=ts.target_floor)
+    study = run_search(
+        m,
+        tok,
+        inputs,
+        prep.val,
+        n_trials=ts.trials,
+        seed=ts.seed,
+        storage=journal,
+        keep_floor=prep.keep_floor,
+        kl_max=ts.kl_max,
+        batch_size=ts.batch_size,
+        target_floor=ts.target_floor,
+    )
     seconds["search"] = round(time.time() - lap, 1)
     front = pareto(study)
     if not front:
-        raise SteerError(f"no search trial kept harmful refusals above the floor {prep.keep_floor:.2f} with first-token KL "
-                         f"(95% bound) <= {ts.kl_max}; try more --trials or a larger --search-kl-max")
+        raise SteerError(
+            f"no search trial kept harmful refusals above the floor {prep.keep_floor:.2f} with first-token KL "
+            f"(95% bound) <= {ts.kl_max}; try more --trials or a larger --search-kl-max"
+        )
     # 3. the shortlist confirmed with generation and the judge
     log(f"confirming up to {ts.confirm} of {len(front)} Pareto candidates with generation and the judge")
     lap = time.time()
@@ -94,10 +116,21 @@ def write_search(out: Path, result: SearchResult, ts: TargetedSettings, force: b
     """`steer search`'s folder: pareto.json, contrasts.safetensors (+ .json), plots and search.md; returns the table."""
     prep, conf = result.prepared, result.confirmation
     with atomic_dir(out, force) as tmp:
-        write_json(tmp / "pareto.json", {"front": result.front, "confirm": conf, "trials": trial_rows(result.study),
-                                         "prepare": prep.meta, "settings": asdict(ts), "study": str(result.journal)})
-        prep.contrasts.save(tmp / "contrasts.safetensors", {"chosen": conf["chosen"]["params"],
-                                                            "keep_safety": ts.keep_safety, "keep_layers": ts.keep_layers})
+        write_json(
+            tmp / "pareto.json",
+            {
+                "front": result.front,
+                "confirm": conf,
+                "trials": trial_rows(result.study),
+                "prepare": prep.meta,
+                "settings": asdict(ts),
+                "study": str(result.journal),
+            },
+        )
+        prep.contrasts.save(
+            tmp / "contrasts.safetensors",
+            {"chosen": conf["chosen"]["params"], "keep_safety": ts.keep_safety, "keep_layers": ts.keep_layers},
+        )
         _plots(tmp, result)
         md = tables.pareto_table(result.front, conf["candidates"], conf["chosen"])
         opt = tables.optimize_summary(prep.meta.get("optimize"))
@@ -106,29 +139,41 @@ def write_search(out: Path, result: SearchResult, ts: TargetedSettings, force: b
 
 
 def _plots(folder: Path, result: SearchResult) -> None:
-    tables.plot_cosines(result.prepared.contrasts.cosines(), folder / "cosines.png",
-                        "cosine similarity per layer (last position)")
+    tables.plot_cosines(
+        result.prepared.contrasts.cosines(), folder / "cosines.png", "cosine similarity per layer (last position)"
+    )
     tables.plot_pareto(trial_rows(result.study), result.front, result.confirmation["chosen"], folder / "pareto.png")
 
 
-def _readout(loaded: Loaded, result: SearchResult, basis: torch.Tensor, ts: TargetedSettings,
-             seconds: dict) -> tuple[Readout | None, dict | None]:
+def _readout(
+    loaded: Loaded, result: SearchResult, basis: torch.Tensor, ts: TargetedSettings, seconds: dict
+) -> tuple[Readout | None, dict | None]:
     """The readout on top of the chosen edit (steer.targeted.readout), or none with --readout-steps 0."""
     if ts.readout_steps <= 0:
         return None, None
     log(f"training a readout on top of the chosen edit ({ts.readout_steps} steps)")
     lap = time.time()
-    readout, info = fit_readout(loaded.model, loaded.tokenizer, result.prepared, basis, result.params, ts,
-                                result.confirmation["chosen"]["kl"])
+    readout, info = fit_readout(
+        loaded.model, loaded.tokenizer, result.prepared, basis, result.params, ts, result.confirmation["chosen"]["kl"]
+    )
     seconds["readout"] = round(time.time() - lap, 1)
-    log(f"no readout: {info['skipped']}" if "skipped" in info else
-        f"readout kept at scale {info['scale']} (validation: harmful floor, first-token {info['kl_stat']} <= "
-        f"{info['kl_max']:.4f})")
+    log(
+        f"no readout: {info['skipped']}"
+        if "skipped" in info
+        else f"readout kept at scale {info['scale']} (validation: harmful floor, first-token {info['kl_stat']} <= "
+        f"{info['kl_max']:.4f})"
+    )
     return readout, info
 
 
-def targeted_abliterate(model: str | None, out: Path, ts: TargetedSettings | None = None,
-                        settings: Settings | None = None, force: bool = False, study: Path | None = None) -> dict:
+def targeted_abliterate(
+    model: str | None,
+    out: Path,
+    ts: TargetedSettings | None = None,
+    settings: Settings | None = None,
+    force: bool = False,
+    study: Path | None = None,
+) -> dict:
     """Remove censorship but keep safety refusals: contrasts (sensitive vs controls, harmful vs
     harmless), an Optuna search scored without decoding, judge-confirmed Pareto candidates, a
     readout, then the same evaluate-and-save path as `abliterate`. `study` (a journal file) makes
@@ -146,13 +191,24 @@ def targeted_abliterate(model: str | None, out: Path, ts: TargetedSettings | Non
     edit = result.params.edit(basis, readout)
     # 3. before/after with the edit previewed for KL, then written into the weights
     lap = time.time()
-    before, after = before_after(loaded, eval_config(settings), lambda: preview(loaded.model, edit),
-                                 lambda: edit.apply(loaded.model))
+    before, after = before_after(
+        loaded, eval_config(settings), lambda: preview(loaded.model, edit), lambda: edit.apply(loaded.model)
+    )
     seconds["evaluate"] = round(time.time() - lap, 1)
-    report = {"model": loaded.source, "mode": "targeted", "targeted_settings": asdict(ts), "settings": asdict(settings),
-              "edit": result.params.to_dict(), "prepare": result.prepared.meta, "confirm": result.confirmation,
-              "readout": rinfo, "pareto": result.front, "cosines": result.prepared.contrasts.cosines(),
-              "before": before, "after": after}
+    report = {
+        "model": loaded.source,
+        "mode": "targeted",
+        "targeted_settings": asdict(ts),
+        "settings": asdict(settings),
+        "edit": result.params.to_dict(),
+        "prepare": result.prepared.meta,
+        "confirm": result.confirmation,
+        "readout": rinfo,
+        "pareto": result.front,
+        "cosines": result.prepared.contrasts.cosines(),
+        "before": before,
+        "after": after,
+    }
     # 4. checkpoint, contrasts (+ readout), plots, report and manifest, appearing together
     with atomic_dir(out, force) as tmp:
         save_checkpoint(loaded.model, loaded.tokenizer, tmp)
@@ -163,10 +219,16 @@ def targeted_abliterate(model: str | None, out: Path, ts: TargetedSettings | Non
         write_json(tmp / "report.json", report)
         md = _markdown(loaded, report, result, rinfo)
         (tmp / "report.md").write_text(md + "\n", encoding="utf-8")
-        manifest.write(tmp, kernel=kernel_name(next(loaded.model.parameters()).device),
-                       input={"model": loaded.source, "sha256": checkpoint_hash(loaded.path) if loaded.path else None},
-                       edit=result.params.to_dict(), targeted_settings=asdict(ts), prompts=result.prepared.meta["prompts"],
-                       study=str(result.journal), output_sha256=checkpoint_hash(tmp))
+        manifest.write(
+            tmp,
+            kernel=kernel_name(next(loaded.model.parameters()).device),
+            input={"model": loaded.source, "sha256": checkpoint_hash(loaded.path) if loaded.path else None},
+            edit=result.params.to_dict(),
+            targeted_settings=asdict(ts),
+            prompts=result.prepared.meta["prompts"],
+            study=str(result.journal),
+            output_sha256=checkpoint_hash(tmp),
+        )
     print(md)
     return report
 
@@ -175,16 +237,35 @@ def _save_contrasts(folder: Path, result: SearchResult, edit: Edit, ts: Targeted
     """contrasts.safetensors with the readout, and the sidecar `steer edit` rebuilds the edit from."""
     contrasts = result.prepared.contrasts
     contrasts.readout = edit.readout
-    contrasts.save(folder / "contrasts.safetensors", {
-        "edit": result.params.to_dict(), "keep_safety": ts.keep_safety, "keep_layers": ts.keep_layers,
-        "readout": {k: rinfo[k] for k in ("settings", "kl_stat", "kl_max", "scale")} if edit.readout else None})
+    contrasts.save(
+        folder / "contrasts.safetensors",
+        {
+            "edit": result.params.to_dict(),
+            "keep_safety": ts.keep_safety,
+            "keep_layers": ts.keep_layers,
+            "readout": {k: rinfo[k] for k in ("settings", "kl_stat", "kl_max", "scale")} if edit.readout else None,
+        },
+    )
 
 
 def _markdown(loaded: Loaded, report: dict, result: SearchResult, rinfo: dict | None) -> str:
     conf = result.confirmation
-    return "\n".join([
-        f"# steer abliterate --keep-safety: {loaded.source}\n", tables.before_after_table(report["before"], report["after"]),
-        "", f"Edit: {report['edit']}", "", tables.optimize_summary(result.prepared.meta.get("optimize")), "",
-        tables.readout_summary(rinfo), "", tables.stage_times(report["seconds"], report["elapsed_s"]), "",
-        "## Pareto front (validation split)\n", tables.pareto_table(result.front, conf["candidates"], conf["chosen"]), "",
-        conf["note"] or ""])
+    return "\n".join(
+        [
+            f"# steer abliterate --keep-safety: {loaded.source}\n",
+            tables.before_after_table(report["before"], report["after"]),
+            "",
+            f"Edit: {report['edit']}",
+            "",
+            tables.optimize_summary(result.prepared.meta.get("optimize")),
+            "",
+            tables.readout_summary(rinfo),
+            "",
+            tables.stage_times(report["seconds"], report["elapsed_s"]),
+            "",
+            "## Pareto front (validation split)\n",
+            tables.pareto_table(result.front, conf["candidates"], conf["chosen"]),
+            "",
+            conf["note"] or "",
+        ]
+    )

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from steer.model.collect import batched_last_logits
-from steer.locate.directions import interpolate, orthonormalize, remove_span
 from steer.edit.preview import Edit, preview
 from steer.edit.project import Profile
 from steer.edit.rank1 import Readout
 from steer.errors import SteerError
-from steer.targeted.settings import TARGET_FLOOR
+from steer.locate.directions import interpolate, orthonormalize, remove_span
 from steer.locate.scores import first_token_kl, kl_bound, refusal_score
+from steer.model.collect import batched_last_logits
+from steer.targeted.settings import TARGET_FLOOR
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,13 @@ class EditParams:
 
     def edit(self, basis: torch.Tensor, readout: Readout | None = None) -> Edit:
         """The Edit these parameters make of basis [k, d] (edit_basis), with an optional readout along basis[0]."""
-        return Edit(basis, profiles={"attn": self.attn, "mlp": self.mlp}, embed=self.embed,
-                    preserve_norm=self.preserve_norm, readout=readout)
+        return Edit(
+            basis,
+            profiles={"attn": self.attn, "mlp": self.mlp},
+            embed=self.embed,
+            preserve_norm=self.preserve_norm,
+            readout=readout,
+        )
 
 
 @dataclass
@@ -112,8 +117,11 @@ def fingerprint(inputs: SearchInputs, val: ValData) -> str:
     validation prompts. Part of a study's file name, so a journal is resumed only with the same inputs
     (new code or data that changes a direction starts a new study instead of mixing in stale scores)."""
     h = hashlib.sha256()
-    named = [*((k, inputs.directions[k]) for k in sorted(inputs.directions)), ("components", inputs.components),
-             ("keep", inputs.keep)]
+    named = [
+        *((k, inputs.directions[k]) for k in sorted(inputs.directions)),
+        ("components", inputs.components),
+        ("keep", inputs.keep),
+    ]
     for name, t in named:
         h.update(name.encode())
         if t is not None:
@@ -131,8 +139,15 @@ NEAR_REFUSAL = -1.0
 
 
 @torch.inference_mode()
-def score(model, tokenizer, basis: torch.Tensor, p: EditParams, val: ValData, batch_size: int = 16,
-          target_floor: float | None = TARGET_FLOOR) -> dict:
+def score(
+    model,
+    tokenizer,
+    basis: torch.Tensor,
+    p: EditParams,
+    val: ValData,
+    batch_size: int = 16,
+    target_floor: float | None = TARGET_FLOOR,
+) -> dict:
     """Target and keep refusal scores and harmless first-token KL with the edit applied.
     target_score: mean of the target prompts' scores clamped below at target_floor (None: plain
     mean); target_raw: the plain mean; target_high: the share of target prompts scoring above NEAR_REFUSAL."""
@@ -144,29 +159,49 @@ def score(model, tokenizer, basis: torch.Tensor, p: EditParams, val: ValData, ba
 def metrics(logits: torch.Tensor, val: ValData, target_floor: float | None = TARGET_FLOOR) -> dict:
     """score's measures from the last-position logits [N, vocab] of val.target + val.keep + val.harmless."""
     t, k = len(val.target), len(val.keep)
-    kl = first_token_kl(val.base_harmless, logits[t + k:])
+    kl = first_token_kl(val.base_harmless, logits[t + k :])
     target = refusal_score(logits[:t], val.refusal_tokens)
     clamped = target if target_floor is None else target.clamp(min=target_floor)
-    return {"target_score": float(clamped.mean()), "target_raw": float(target.mean()),
-            "target_high": float((target > NEAR_REFUSAL).double().mean()),
-            "keep_score": float(refusal_score(logits[t:t + k], val.refusal_tokens).mean()) if k else math.nan,
-            "kl": float(kl.mean()), "kl_ucb": kl_bound(kl)}
+    return {
+        "target_score": float(clamped.mean()),
+        "target_raw": float(target.mean()),
+        "target_high": float((target > NEAR_REFUSAL).double().mean()),
+        "keep_score": float(refusal_score(logits[t : t + k], val.refusal_tokens).mean()) if k else math.nan,
+        "kl": float(kl.mean()),
+        "kl_ucb": kl_bound(kl),
+    }
 
 
-def suggest(trial, n_layers: int, n_positions: int, k_max: int, contrasts: list[str],
-            layer_frac: tuple[float, float] = (0.2, 0.8)) -> EditParams:
+def suggest(
+    trial,
+    n_layers: int,
+    n_positions: int,
+    k_max: int,
+    contrasts: list[str],
+    layer_frac: tuple[float, float] = (0.2, 0.8),
+) -> EditParams:
     """The search space (Optuna trial -> EditParams)."""
     lo, hi = layer_frac[0] * (n_layers - 1), layer_frac[1] * (n_layers - 1)
 
     def profile(name: str) -> Profile:
-        return Profile(peak=trial.suggest_float(f"{name}_peak", 0.5, 1.5), center=trial.suggest_float(f"{name}_center", 0, n_layers - 1),
-                       width=trial.suggest_float(f"{name}_width", 1.0, float(n_layers)), floor=trial.suggest_float(f"{name}_floor", 0.0, 1.5))
+        return Profile(
+            peak=trial.suggest_float(f"{name}_peak", 0.5, 1.5),
+            center=trial.suggest_float(f"{name}_center", 0, n_layers - 1),
+            width=trial.suggest_float(f"{name}_width", 1.0, float(n_layers)),
+            floor=trial.suggest_float(f"{name}_floor", 0.0, 1.5),
+        )
 
-    return EditParams(index=trial.suggest_float("index", lo, hi), position=trial.suggest_int("position", -n_positions, -1),
-                      k=trial.suggest_int("k", 1, k_max), projected=trial.suggest_categorical("projected", [True, False]),
-                      contrast=trial.suggest_categorical("contrast", contrasts),
-                      attn=profile("attn"), mlp=profile("mlp"), embed=trial.suggest_float("embed", 0.0, 1.0),
-                      preserve_norm=trial.suggest_categorical("preserve_norm", [False, True]))
+    return EditParams(
+        index=trial.suggest_float("index", lo, hi),
+        position=trial.suggest_int("position", -n_positions, -1),
+        k=trial.suggest_int("k", 1, k_max),
+        projected=trial.suggest_categorical("projected", [True, False]),
+        contrast=trial.suggest_categorical("contrast", contrasts),
+        attn=profile("attn"),
+        mlp=profile("mlp"),
+        embed=trial.suggest_float("embed", 0.0, 1.0),
+        preserve_norm=trial.suggest_categorical("preserve_norm", [False, True]),
+    )
 
 
 # The optimized direction's first trials: (attention, MLP) strengths, flat over the layers, embedding 1.
@@ -176,15 +211,33 @@ def suggest(trial, n_layers: int, n_positions: int, k_max: int, contrasts: list[
 OPTIMIZED_SEEDS = ((1.0, 1.0), (1.0, 0.8), (1.2, 0.8), (1.2, 0.7), (1.4, 0.8), (1.4, 0.7))
 
 
-def full_strength(n_layers: int, strength: float = 1.0, contrast: str = "optimized",
-                  layer_frac: tuple[float, float] = (0.2, 0.8), mlp: float | None = None, embed: float | None = None) -> dict:
+def full_strength(
+    n_layers: int,
+    strength: float = 1.0,
+    contrast: str = "optimized",
+    layer_frac: tuple[float, float] = (0.2, 0.8),
+    mlp: float | None = None,
+    embed: float | None = None,
+) -> dict:
     """Search parameters (suggest's names) of a rank-1 edit with one strength at every layer: `strength`
     for attention (and for the MLP and the embedding unless `mlp` / `embed` are given)."""
-    flat = lambda name, s: {f"{name}_peak": s, f"{name}_center": (n_layers - 1) / 2,  # noqa: E731
-                            f"{name}_width": float(n_layers), f"{name}_floor": s}
-    return {"index": sum(layer_frac) / 2 * (n_layers - 1), "position": -1, "k": 1, "projected": True, "contrast": contrast,
-            **flat("attn", strength), **flat("mlp", strength if mlp is None else mlp),
-            "embed": strength if embed is None else embed, "preserve_norm": False}
+    flat = lambda name, s: {
+        f"{name}_peak": s,
+        f"{name}_center": (n_layers - 1) / 2,  # noqa: E731
+        f"{name}_width": float(n_layers),
+        f"{name}_floor": s,
+    }
+    return {
+        "index": sum(layer_frac) / 2 * (n_layers - 1),
+        "position": -1,
+        "k": 1,
+        "projected": True,
+        "contrast": contrast,
+        **flat("attn", strength),
+        **flat("mlp", strength if mlp is None else mlp),
+        "embed": strength if embed is None else embed,
+        "preserve_norm": False,
+    }
 
 
 SEARCH_VERSION = 4  # part of a study's name: bump when what a trial measures or optimizes changes
@@ -192,15 +245,29 @@ SEARCH_VERSION = 4  # part of a study's name: bump when what a trial measures or
 
 def objective_name(keep_floor: float | None, kl_max: float | None, target_floor: float | None = TARGET_FLOOR) -> str:
     """What a study optimizes, recorded in it and checked on resume."""
-    cons = [f"keep_score >= {keep_floor!r}"] * (keep_floor is not None) + [f"kl_ucb <= {kl_max!r}"] * (kl_max is not None)
+    cons = [f"keep_score >= {keep_floor!r}"] * (keep_floor is not None) + [f"kl_ucb <= {kl_max!r}"] * (
+        kl_max is not None
+    )
     target = "target_score" if target_floor is None else f"target_score(floor {target_floor!r})"
     goal = f"min {target}" if kl_max is not None else f"min ({target}, kl)"
     return f"v{SEARCH_VERSION}: {goal}" + (f" s.t. {', '.join(cons)}" if cons else "")
 
 
-def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials: int, seed: int, storage: Path | None = None,
-               keep_floor: float | None = None, kl_max: float | None = None, batch_size: int = 16,
-               study_name: str = "steer", target_floor: float | None = TARGET_FLOOR) -> object:
+def run_search(
+    model,
+    tokenizer,
+    inputs: SearchInputs,
+    val: ValData,
+    *,
+    n_trials: int,
+    seed: int,
+    storage: Path | None = None,
+    keep_floor: float | None = None,
+    kl_max: float | None = None,
+    batch_size: int = 16,
+    study_name: str = "steer",
+    target_floor: float | None = TARGET_FLOOR,
+) -> object:
     """Run (or resume) a seeded study subject to keep score >= keep_floor. Without kl_max:
     multi-objective, minimize (target score, KL). With kl_max: minimize the target score subject
     also to the KL 95% upper bound <= kl_max, so every trial after the random start goes to the
@@ -222,20 +289,31 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
         from optuna.storages.journal import JournalFileBackend
 
         store = JournalStorage(JournalFileBackend(str(storage)))
-    study = optuna.create_study(study_name=study_name, storage=store, sampler=sampler, load_if_exists=True,
-                                directions=["minimize"] if kl_max is not None else ["minimize", "minimize"])
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=store,
+        sampler=sampler,
+        load_if_exists=True,
+        directions=["minimize"] if kl_max is not None else ["minimize", "minimize"],
+    )
     fp = fingerprint(inputs, val)
     if study.trials and study.user_attrs.get("inputs_fingerprint") != fp:  # scores of other directions
-        raise SteerError(f"study {storage} was run with other directions or validation prompts (or by an older "
-                         "steer); resuming would mix stale scores in: use another study file or delete it")
+        raise SteerError(
+            f"study {storage} was run with other directions or validation prompts (or by an older "
+            "steer); resuming would mix stale scores in: use another study file or delete it"
+        )
     goal = objective_name(keep_floor, kl_max, target_floor)
     if study.trials and study.user_attrs.get("objective") != goal:  # other objectives or constraints
-        raise SteerError(f"study {storage} was run for another objective ({study.user_attrs.get('objective', 'unrecorded')}, "
-                         f"not {goal}); use another study file or delete it")
+        raise SteerError(
+            f"study {storage} was run for another objective ({study.user_attrs.get('objective', 'unrecorded')}, "
+            f"not {goal}); use another study file or delete it"
+        )
     study.set_user_attr("inputs_fingerprint", fp)
     study.set_user_attr("objective", goal)
 
-    if "optimized" in contrasts and not study.trials:  # first: steer.targeted.optimize's edit as trained, then OPTIMIZED_SEEDS
+    if (
+        "optimized" in contrasts and not study.trials
+    ):  # first: steer.targeted.optimize's edit as trained, then OPTIMIZED_SEEDS
         for attn, mlp in OPTIMIZED_SEEDS[:n_trials]:  # no queued trial left waiting past the last one run
             study.enqueue_trial(full_strength(n_layers, attn, mlp=mlp, embed=1.0))
 
@@ -269,14 +347,24 @@ def run_search(model, tokenizer, inputs: SearchInputs, val: ValData, *, n_trials
 
 def trial_rows(study) -> list[dict]:
     """Every finished trial's number, metrics and params."""
-    return [{"trial": t.number, **{k: v for k, v in t.user_attrs.items() if k != "params"}, "params": t.user_attrs["params"]}
-            for t in study.trials if t.state.is_finished() and "params" in t.user_attrs]
+    return [
+        {
+            "trial": t.number,
+            **{k: v for k, v in t.user_attrs.items() if k != "params"},
+            "params": t.user_attrs["params"],
+        }
+        for t in study.trials
+        if t.state.is_finished() and "params" in t.user_attrs
+    ]
 
 
 def pareto(study) -> list[dict]:
     """Feasible trials not dominated in (target score, KL), lowest KL first: their params and
     metrics (the same front whether the study minimized both or the target score alone)."""
     rows = [r for r in trial_rows(study) if r.get("violation", 0.0) <= 0]
-    beats = lambda a, b: (a["target_score"] <= b["target_score"] and a["kl"] <= b["kl"]  # noqa: E731
-                          and (a["target_score"] < b["target_score"] or a["kl"] < b["kl"]))
+    beats = lambda a, b: (
+        a["target_score"] <= b["target_score"]
+        and a["kl"] <= b["kl"]  # noqa: E731
+        and (a["target_score"] < b["target_score"] or a["kl"] < b["kl"])
+    )
     return sorted([r for r in rows if not any(beats(o, r) for o in rows)], key=lambda r: (r["kl"], r["trial"]))

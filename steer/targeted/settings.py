@@ -21,12 +21,19 @@ class TargetedSettings:
     trials: int = option(32, "search trials, each one forward pass over validation prompts", minimum=1)
     k_max: int = option(3, "largest subspace searched", minimum=1)
     keep_safety: bool = option(True, "edit directions orthogonal to the harmful-refusal direction", cli=False)
-    keep_layers: str = option("all", "make the edit orthogonal to the harmful-refusal direction of every layer, or of "
-                              "its own layer only", choices=("same", "all"))
+    keep_layers: str = option(
+        "all",
+        "make the edit orthogonal to the harmful-refusal direction of every layer, or of its own layer only",
+        choices=("same", "all"),
+    )
     keep_fraction: float = option(0.9, "harmful refusal kept >= this fraction of the base model's", above=0, maximum=1)
-    kl_max: float = option(0.05, "first-token KL bound (95% upper bound, harmless validation prompts) a Pareto "
-                           "candidate must meet to be confirmed; --kl-max is the plain mode's", flag="--search-kl-max",
-                           above=0)
+    kl_max: float = option(
+        0.05,
+        "first-token KL bound (95% upper bound, harmless validation prompts) a Pareto "
+        "candidate must meet to be confirmed; --kl-max is the plain mode's",
+        flag="--search-kl-max",
+        above=0,
+    )
     # each confirmation generates and judges (~50 s on the embedded model); the readout needed the time of a third
     confirm: int = option(2, "Pareto candidates confirmed with generation and the judge", minimum=1, after_search=True)
     # with every sensitive prompt the search found low-KL edits whose answers did not change
@@ -34,28 +41,53 @@ class TargetedSettings:
     batch_size: int = option(32, "prompts per forward pass or generation batch", minimum=1)
     max_new_tokens: int = option(48, "greedy tokens per confirmation answer", minimum=1, after_search=True)
     seed: int = option(0, "seed of every sample, split and search")
-    optimize_steps: int = option(48, "gradient steps for an optimized direction (steer.targeted.optimize: lower "
-                                 "censorship refusal, keep harmful refusal and harmless logits), searched beside the "
-                                 "contrasts; 0 = contrasts only", minimum=0)
+    optimize_steps: int = option(
+        48,
+        "gradient steps for an optimized direction (steer.targeted.optimize: lower "
+        "censorship refusal, keep harmful refusal and harmless logits), searched beside the "
+        "contrasts; 0 = contrasts only",
+        minimum=0,
+    )
     # with the contrasts too, a third of the trials went to directions the optimized one dominated
-    search_contrasts: str = option("optimized", "directions the search draws from: the optimized one only (when "
-                                   "--optimize-steps > 0), or the contrast directions too", choices=("optimized", "all"))
-    target_floor: float | None = option(TARGET_FLOOR, "refusal scores on sensitive validation prompts below this count "
-                                        "as done in the search's objective (greedy answers refuse only from about -1 "
-                                        "up); 'none' = plain mean", flag="--search-target-floor", parse=none_or_float,
-                                        metavar="SCORE|none")
-    readout_steps: int = option(32, "train a learned rank-1 readout on top of the chosen edit (steer.targeted.readout: "
-                                "each attention and MLP writer's output along the edit direction becomes a learned "
-                                "function of its input), this many steps; 0 = the searched edit alone", minimum=0,
-                                after_search=True)
+    search_contrasts: str = option(
+        "optimized",
+        "directions the search draws from: the optimized one only (when "
+        "--optimize-steps > 0), or the contrast directions too",
+        choices=("optimized", "all"),
+    )
+    target_floor: float | None = option(
+        TARGET_FLOOR,
+        "refusal scores on sensitive validation prompts below this count "
+        "as done in the search's objective (greedy answers refuse only from about -1 "
+        "up); 'none' = plain mean",
+        flag="--search-target-floor",
+        parse=none_or_float,
+        metavar="SCORE|none",
+    )
+    readout_steps: int = option(
+        32,
+        "train a learned rank-1 readout on top of the chosen edit (steer.targeted.readout: "
+        "each attention and MLP writer's output along the edit direction becomes a learned "
+        "function of its input), this many steps; 0 = the searched edit alone",
+        minimum=0,
+        after_search=True,
+    )
     readout_lr: float = option(3e-4, "the readout's Adam learning rate", cli=False, after_search=True)
-    readout_kl_tokens: int = option(8, "the readout's KL term covers this many answer tokens of the base model on "
-                                    "harmless prompts", minimum=1, after_search=True)
+    readout_kl_tokens: int = option(
+        8,
+        "the readout's KL term covers this many answer tokens of the base model on harmless prompts",
+        minimum=1,
+        after_search=True,
+    )
     # shorter schedules either spent KL or were held back to a quarter of the readout (docs/history.md)
-    readout_kl: str = option("edit", "the readout is kept at the largest fraction whose first-token KL on harmless "
-                             "validation prompts is within a bound: its mean or its 95% upper bound <= "
-                             "--search-kl-max, or its mean <= the chosen edit's own (edit: the readout spends no KL)",
-                             choices={"mean": "kl", "bound": "kl_ucb", "edit": "edit"}, after_search=True)
+    readout_kl: str = option(
+        "edit",
+        "the readout is kept at the largest fraction whose first-token KL on harmless "
+        "validation prompts is within a bound: its mean or its 95% upper bound <= "
+        "--search-kl-max, or its mean <= the chosen edit's own (edit: the readout spends no KL)",
+        choices={"mean": "kl", "bound": "kl_ucb", "edit": "edit"},
+        after_search=True,
+    )
 
 
 # fields that act only after the search: a run that changes only these resumes the same study
