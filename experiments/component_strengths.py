@@ -66,11 +66,13 @@ def main() -> None:
     }
     (out / "grid.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     lines = [
-        f"| attention | MLP | embedding | target score | harmful score (floor {prep.keep_floor:.2f}) | KL (95% bound) | feasible |",
+        f"| attention | MLP | embedding | target score | harmful score (floor {prep.keep_floor:.2f}) | "
+        "KL (95% bound) | feasible |",
         "|---:|---:|---:|---:|---:|---:|---|",
     ]
     lines += [
-        f"| {r['attn']} | {r['mlp']} | {r['embed']} | {r['target_score']:.2f} | {r['keep_score']:.2f} | {r['kl']:.4f} ({r['kl_ucb']:.4f}) | "
+        f"| {r['attn']} | {r['mlp']} | {r['embed']} | {r['target_score']:.2f} | {r['keep_score']:.2f} | "
+        f"{r['kl']:.4f} ({r['kl_ucb']:.4f}) | "
         f"{'yes' if r['feasible'] else 'no'} |"
         for r in rows
     ]

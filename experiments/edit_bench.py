@@ -303,7 +303,8 @@ def markdown(r: dict) -> str:
         "",
         f"`{r['command']}`",
         "",
-        f"Checkpoint: {c['bytes'] / 1e9:.2f} GB in {c['shards']} shards, {c['tensors']} tensors ({', '.join(c['dtypes'])}); "
+        f"Checkpoint: {c['bytes'] / 1e9:.2f} GB in {c['shards']} shards, {c['tensors']} tensors "
+        f"({', '.join(c['dtypes'])}); "
         f"largest {c['largest_tensor']} = {c['largest_tensor_bytes'] / 2**20:.0f} MiB.",
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['ram_bytes'] / GiB:.0f} GiB RAM; {m['platform']}; "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
@@ -314,7 +315,8 @@ def markdown(r: dict) -> str:
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {x['route']} | {x['repeat']} | {x['wall_s']:.2f} | {x['wall_sync_s']:.2f} | {x['peak_rss_bytes'] / GiB:.2f} |"
+        f"| {x['route']} | {x['repeat']} | {x['wall_s']:.2f} | {x['wall_sync_s']:.2f} | "
+        f"{x['peak_rss_bytes'] / GiB:.2f} |"
         for x in r["runs"]
     ]
     per = lambda key: ", ".join(f"{x:.2f}" for x in r[key])  # noqa: E731

@@ -109,7 +109,8 @@ def main() -> None:
     md = [
         "# Evaluation throughput: engine vs naive one-at-a-time loop\n",
         f"`{result['command']}`\n",
-        f"{loaded.source}, batch size {args.batch_size}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
+        f"{loaded.source}, batch size {args.batch_size}, {torch.get_num_threads()} CPU threads, "
+        f"torch {torch.__version__}, "
         f"seed {args.seed}; both measured in the same run on the same items.\n",
         "| benchmark | items | max new tokens | engine items/s | naive items/s | speed-up | identical answers |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -124,7 +124,8 @@ def table(heretic: dict, steer: dict | None, h_run: dict, s_run: dict | None) ->
     lines = ["| metric (held-out test split) | base | heretic | steer --keep-safety |", "|---|---:|---:|---:|"]
     for name, suite, key in ROWS:
         lines.append(
-            f"| {name} | {fmt(metric(heretic, 'base', suite, key), name)} | {fmt(metric(heretic, 'edited', suite, key), name)} | "
+            f"| {name} | {fmt(metric(heretic, 'base', suite, key), name)} | "
+            f"{fmt(metric(heretic, 'edited', suite, key), name)} | "
             f"{fmt(metric(steer, 'edited', suite, key), name) if steer else '-'} |"
         )
     t_s = f"{s_run['wall_time_s'] / 60:.1f} min" if s_run else "-"
@@ -143,7 +144,8 @@ def main() -> None:
     ap.add_argument(
         "--table-only",
         action="store_true",
-        help="rebuild table.md from the saved heretic run and results/archive/targeted-embedded-2026-11-22-7c5c9b4 (no heretic, no evaluation)",
+        help="rebuild table.md from the saved heretic run and results/archive/targeted-embedded-2026-11-22-7c5c9b4 "
+        "(no heretic, no evaluation)",
     )
     args = ap.parse_args()
     from steer.model.load import embedded_checkpoint

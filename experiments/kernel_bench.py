@@ -7,9 +7,9 @@
 For every dtype and k, in one process: (a) dst.copy_(src), (b) project(src, basis, side,
 out=dst), (b') project(dst, basis, side, out=dst) in place, as orthogonalize runs it, and
 (c) project_out (the plain formula, for contrast). (a), (b), (b') are timed in turn within each of
---repeats rounds (after --warmup rounds), the median of each reported; GB/s counts the bytes read and written (2 x matrix bytes for all,
-as a kernel that touches each element once would), and `ratio` is kernel GB/s / copy GB/s
-(target >= 0.70). Writes results.json and results.md to --out.
+--repeats rounds (after --warmup rounds), the median of each reported; GB/s counts the bytes read
+and written (2 x matrix bytes for all, as a kernel that touches each element once would), and
+`ratio` is kernel GB/s / copy GB/s (target >= 0.70). Writes results.json and results.md to --out.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Exploration: which steer.targeted.optimize settings give a direction with the best no-decoding trade-off.
 
-    python experiments/optimize_variants.py --set NAME [--only VARIANTS] [--out results/optimize-variants] [--name DATE-COMMIT]
+    python experiments/optimize_variants.py --set NAME [--only VARIANTS] [--out results/optimize-variants]
+        [--name DATE-COMMIT]
 
 Prepares once (contrasts, train groups, validation split: the same as `steer abliterate
 --keep-safety`), then trains the optimized direction with each variant below and scores each at the
@@ -46,7 +47,8 @@ SETS = {
         },
         ((1.0, 1.0), (0.9, 0.9), (0.8, 0.8)),
     ),
-    # f896339 (2026-11-22): more steps, and training under the strengths the 83993f7 run's search chose (attention ~1.4, MLP ~0.65)
+    # f896339 (2026-11-22): more steps, and training under the strengths the 83993f7 run's search chose
+    # (attention ~1.4, MLP ~0.65)
     "session8": (
         {
             "steps48": replace(BASE, steps=48),
@@ -125,8 +127,9 @@ def main() -> None:
         for a, mlp in pairs:
             flat = lambda x: Profile(
                 peak=x, center=(c.censorship.shape[0] - 1) / 2, width=float(c.censorship.shape[0]), floor=x
-            )  # noqa: E731
-            # the first set (82da0ea) scaled the embedding with the rest; later sets keep it at 1 as the search's seeds do
+            )
+            # the first set (82da0ea) scaled the embedding with the rest; later sets keep it at 1 as the search's
+            # seeds do
             p = EditParams(
                 index=layer,
                 position=-1,
@@ -172,7 +175,8 @@ def main() -> None:
     }
     (out / f"{stem}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     lines = [
-        f"| variant | attention, MLP | target score | above {NEAR_REFUSAL:g} | harmful score (floor {prep.keep_floor:.2f}) | "
+        f"| variant | attention, MLP | target score | above {NEAR_REFUSAL:g} | "
+        f"harmful score (floor {prep.keep_floor:.2f}) | "
         f"KL answered (95% bound) | KL all harmless (95% bound) | cos to {ref} |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]

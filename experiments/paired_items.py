@@ -26,7 +26,7 @@ def main() -> None:
     args = ap.parse_args()
     read = lambda p: {
         r["id"]: bool(r[args.field]) for r in map(json.loads, filter(None, p.read_text(encoding="utf-8").split("\n")))
-    }  # noqa: E731
+    }
     b, e = read(args.base), read(args.edited)
     if set(b) != set(e):
         raise SystemExit(f"the files hold different items ({len(set(b) ^ set(e))} ids on one side only)")

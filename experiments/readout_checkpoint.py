@@ -2,12 +2,13 @@
 
     python experiments/readout_checkpoint.py --config kl_tokens=8 --out runs/readout [--force]
 
-Rebuilds the edit recorded in results/archive/targeted-embedded-2026-11-22-7c5c9b4/ (that of the 2026-11-22 run at 7c5c9b4), trains a readout
-(steer.targeted.readout) with the --config settings (experiments/readout_probe.py's syntax; deterministic,
-so the same readout as the probe's row), scales it back to the largest fraction that meets the
-search's constraints on the validation split (readout.fit_scale), bakes it into the weights and
-saves a Hugging Face checkpoint with `readout_run.json` (settings, fraction, fits, commit). The
-held-out test split is then measured by `steer compare`, outside this script.
+Rebuilds the edit recorded in results/archive/targeted-embedded-2026-11-22-7c5c9b4/ (that of the
+2026-11-22 run at 7c5c9b4), trains a readout (steer.targeted.readout) with the --config settings
+(experiments/readout_probe.py's syntax; deterministic, so the same readout as the probe's row),
+scales it back to the largest fraction that meets the search's constraints on the validation split
+(readout.fit_scale), bakes it into the weights and saves a Hugging Face checkpoint with
+`readout_run.json` (settings, fraction, fits, commit). The held-out test split is then measured by
+`steer compare`, outside this script.
 """
 
 from __future__ import annotations

@@ -1,17 +1,18 @@
 """Probe: a learned readout (steer.targeted.readout) on top of the committed targeted edit, validation split only.
 
-    python experiments/readout_probe.py [--config lr=1e-4,l2=1,steps=32 ...] [--out results/readout-probe] [--name DATE-COMMIT]
+    python experiments/readout_probe.py [--config lr=1e-4,l2=1,steps=32 ...] [--out results/readout-probe]
+        [--name DATE-COMMIT]
 
-Rebuilds the edit recorded in results/archive/targeted-embedded-2026-11-22-7c5c9b4/ (the edit of the 2026-11-22 run at 7c5c9b4,
-as `steer edit` would),
-then for each --config trains a readout on the train splits (steer.targeted.optimize's loss) and measures
-on the validation split: the search's no-decoding scores (target score, share of refused prompts
-above NEAR_REFUSAL, harmful score, first-token KL and its 95% bound), the judged greedy answers
-the confirmation step uses (censorship EN / ZH, harmful refusal), and the largest fraction of
-the readout that meets the search's constraints (readout.fit_scale). The edit alone is measured
-the same way first. Nothing here looks at the test split. An empty --config means
-ReadoutSettings' defaults. Writes NAME.json / NAME.md to --out after every configuration, NAME by default
-today's date (UTC) and the commit, as results/README.md names runs.
+Rebuilds the edit recorded in results/archive/targeted-embedded-2026-11-22-7c5c9b4/ (the edit of the
+2026-11-22 run at 7c5c9b4, as `steer edit` would), then for each --config trains a readout on the
+train splits (steer.targeted.optimize's loss) and measures on the validation split: the search's
+no-decoding scores (target score, share of refused prompts above NEAR_REFUSAL, harmful score,
+first-token KL and its 95% bound), the judged greedy answers the confirmation step uses (censorship
+EN / ZH, harmful refusal), and the largest fraction of the readout that meets the search's
+constraints (readout.fit_scale). The edit alone is measured the same way first. Nothing here looks
+at the test split. An empty --config means ReadoutSettings' defaults. Writes NAME.json / NAME.md to
+--out after every configuration, NAME by default today's date (UTC) and the commit, as
+results/README.md names runs.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 then `steer compare` of base vs edited on the held-out test split (judged suites, XSTest, KL and
 MMLU zero-shot on the same 2,850-question stratified subset as results/compare-embedded/).
 
-    python experiments/targeted_embedded.py [--no-compare] [--dest results/DIR] [--no-mmlu] [extra steer abliterate flags]
+    python experiments/targeted_embedded.py [--no-compare] [--dest results/DIR] [--no-mmlu]
+        [extra steer abliterate flags]
 
 The targeted run itself is timed (wall, peak RSS of the child) because the issue's budget is
 30 minutes on the 2-core machine; the comparison is evidence, not part of that budget. The

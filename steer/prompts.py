@@ -24,6 +24,8 @@ TEXT_KEYS = ("text", "prompt", "instruction", "goal", "question")
 
 @dataclass(frozen=True)
 class Prompt:
+    """One prompt: id, text, and the language, topic and split its file records ("?" where it records none)."""
+
     id: str
     text: str
     lang: str = "?"
@@ -103,7 +105,8 @@ def _read_csv(path: Path, column: str | None) -> list[Prompt]:
         col = column or next((k for k in TEXT_KEYS if k in fields), None)
         if col is None or col not in fields:
             raise SteerError(
-                f"{path}: no column {column or '/'.join(TEXT_KEYS)} (columns: {', '.join(fields) or 'none'}); name one with {path}:COLUMN"
+                f"{path}: no column {column or '/'.join(TEXT_KEYS)} (columns: {', '.join(fields) or 'none'}); "
+                f"name one with {path}:COLUMN"
             )
         return [
             Prompt(f"{path.stem}-{i}", row[col].strip()) for i, row in enumerate(reader, 1) if (row[col] or "").strip()

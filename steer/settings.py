@@ -56,10 +56,12 @@ def _meta(f: dataclasses.Field) -> dict:
 
 
 def flag_name(f: dataclasses.Field) -> str:
+    """A field's command-line flag: its `flag`, else --field-name (underscores as hyphens)."""
     return _meta(f).get("flag") or "--" + f.name.replace("_", "-")
 
 
 def cli_fields(cls, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> list[dataclasses.Field]:
+    """The fields of cls that have a command-line flag (option(..., cli=True)), limited to `only`, less `exclude`."""
     return [
         f
         for f in dataclasses.fields(cls)

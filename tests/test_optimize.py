@@ -99,7 +99,7 @@ def test_average_is_the_mean_direction_of_the_second_half(tokenizer):
         *groups,
         init,
         REFUSAL,
-        span,  # noqa: E731
+        span,
         OptimizeSettings(**{**s.__dict__, **kw}),
         progress=False,
     )[0]

@@ -110,7 +110,7 @@ def test_training_is_seeded(tokenizer):
         *groups,
         r,
         REFUSAL,
-        ReadoutSettings(  # noqa: E731
+        ReadoutSettings(
             steps=3,
             lr=0.01,
             components=("mlp",),
@@ -169,7 +169,7 @@ def test_later_token_kl_lines_up_with_the_base_models_answer(tokenizer):
     s = ReadoutSettings(
         steps=1, lr=0.0, kl_tokens=3, loss=OptimizeSettings(target_batch=2, keep_batch=2, harmless_batch=4)
     )
-    run = lambda c: train_readout(model, tokenizer, target, keep, harmless, r, REFUSAL, s, cont=c, progress=False)[1][0]  # noqa: E731
+    run = lambda c: train_readout(model, tokenizer, target, keep, harmless, r, REFUSAL, s, cont=c, progress=False)[1][0]
     row = run(cont)
     # nothing edited: the model is the base model at every position (up to bfloat16 storage)
     assert row["kl"] < 1e-2 and row["kl_later"] < 1e-2

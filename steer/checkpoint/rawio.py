@@ -46,6 +46,8 @@ _ITEMSIZE = {
 
 @dataclass
 class TensorInfo:
+    """One tensor's header entry: name, safetensors dtype, shape, and where its bytes lie (absolute offset, length)."""
+
     name: str
     dtype: str  # safetensors dtype, e.g. "BF16"
     shape: list[int]
@@ -78,6 +80,7 @@ def read_header(file: Path) -> tuple[list[TensorInfo], dict | None]:
 
 
 def numel(shape) -> int:
+    """Number of elements of a tensor of this shape (1 for a scalar's [])."""
     n = 1
     for d in shape:
         n *= int(d)
@@ -113,6 +116,7 @@ def pread_into(fd: int, buf: memoryview, offset: int) -> None:
 
 
 def pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
+    """Write all of buf to the file at offset (short writes are continued)."""
     done = 0
     while done < len(buf):
         done += os.pwrite(fd, buf[done:], offset + done)

@@ -234,4 +234,5 @@ def save_checkpoint(model, tokenizer, folder: Path) -> None:
 
 
 def write_json(path: Path, data: dict) -> None:
+    """Write data as indented UTF-8 JSON with a final newline (values JSON cannot hold are written as str)."""
     Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")

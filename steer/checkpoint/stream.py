@@ -6,12 +6,12 @@ residual writers change, so this editor reads each of those tensors into one of 
 buffers (plain positioned reads: no mmap, no whole-file loads), projects it in place with
 `steer.edit.kernels.project` (maths in float32, storage dtype kept), writes it from a background
 thread while the next one is read and projected, and copies every other tensor's bytes verbatim
-(through an 8 MiB buffer, steer.checkpoint.rawio.Copier). Peak memory is about two tensors plus the interpreter, whatever the model
-size; the output has the input's shard layout, names, dtypes, order and
-metadata, and equals what the in-memory route writes (tests/test_stream.py).
+(through an 8 MiB buffer, steer.checkpoint.rawio.Copier). Peak memory is about two tensors plus the
+interpreter, whatever the model size; the output has the input's shard layout, names, dtypes, order
+and metadata, and equals what the in-memory route writes (tests/test_stream.py).
 
-A GGUF file is read with steer.checkpoint.gguf_io.GGUFSource (de-quantized tensor by tensor) and written
-as float32 safetensors shards.
+A GGUF file is read with steer.checkpoint.gguf_io.GGUFSource (de-quantized tensor by tensor) and
+written as float32 safetensors shards.
 """
 
 from __future__ import annotations
@@ -88,6 +88,9 @@ class Entry:
 
 @dataclass
 class Shard:
+    """One output safetensors file: its name (the input shard's; for a GGUF input model.safetensors or
+    model-0000i-of-0000n.safetensors), its __metadata__, and its tensors in write order."""
+
     file: str  # output (and input) file name
     metadata: dict | None
     entries: list[Entry] = field(default_factory=list)
@@ -117,7 +120,8 @@ def edit_checkpoint(
     `manifest` entries are added to steer_manifest.json; hashes=True adds the input's and output's
     sha256 (two extra hashing passes over every byte, so off by default). readout: (r [d_model],
     {"<layer>.<component>": a [d_in]}) of steer.targeted.readout, added to those writers after their
-    projection, as readout.bake after orthogonalize in memory. Returns stats (tensors and bytes edited and copied, seconds).
+    projection, as readout.bake after orthogonalize in memory. Returns stats (tensors and bytes edited
+    and copied, seconds).
     """
     src, out, start = Path(src), Path(out), time.perf_counter()
     check_output(out, force, (src,))
@@ -311,7 +315,8 @@ def plan(
         key = f"{layer}.{w.component}" if role == "weight" and f"{layer}.{w.component}" in readout else None
         if key and (norm or len(e.shape) != 2 or w.d_model_axis != 0):
             raise SteerError(
-                f"{e.name}: a learned readout needs a plain [d_model, d_in] writer added straight to the residual stream"
+                f"{e.name}: a learned readout needs a plain [d_model, d_in] writer "
+                "added straight to the residual stream"
             )
         if key and list(readout[key].shape) != e.shape[1:]:
             raise SteerError(

@@ -1,4 +1,5 @@
-"""Command line: `steer abliterate | directions | edit | generate | chat`."""
+"""Command line: `steer abliterate | search | directions | edit | export-gguf | verify | generate | chat | eval
+| compare`."""
 
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ def _settings(args) -> Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `steer` argument parser: one subcommand per entry of COMMANDS, its settings flags generated from the
+    settings dataclasses (steer.settings.add_options)."""
     parser = argparse.ArgumentParser(
         prog="steer", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -128,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--directions",
         required=True,
         type=Path,
-        help="directions.safetensors, or contrasts.safetensors of a --keep-safety run (rebuilds that edit), or their folder",
+        help="directions.safetensors, or contrasts.safetensors of a --keep-safety run (rebuilds that edit), "
+        "or their folder",
     )
     p.add_argument("--layer", type=int, help="use this layer's direction instead of the selected one")
     p.add_argument("--position", type=int, help="token position counted from the end (-1 = last)")
@@ -178,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             default=1.0,
             help="decode the judged suites' answers with this repetition penalty (HF's; both models "
-            "in compare). Default 1.0: plain greedy, the committed results' protocol unless their README says otherwise",
+            "in compare). Default 1.0: plain greedy, the committed results' protocol unless their README "
+            "says otherwise",
         )
         p.add_argument(
             "--shots",
@@ -245,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command (argv: sys.argv[1:] when None) and return the exit status: the command's, 2 after a
+    SteerError (printed on one line), 130 after Ctrl-C or SIGTERM."""
     args = build_parser().parse_args(argv)
     # steer prints its own progress. Through the environment when transformers is not imported
     # yet: importing it only for this costs a second that `steer edit` (streaming) does not need.
@@ -480,7 +487,8 @@ def _export_gguf(args) -> int:
         raise SteerError(f"no such checkpoint folder: {args.model}")
     stats = export_gguf(Path(args.model), args.out, args.type, force=args.force)
     print(
-        f"wrote {args.out} ({stats['tensors']} tensors, {args.type}, {stats['bytes'] / 2**20:.0f} MiB) in {stats['seconds']:.1f} s"
+        f"wrote {args.out} ({stats['tensors']} tensors, {args.type}, {stats['bytes'] / 2**20:.0f} MiB) "
+        f"in {stats['seconds']:.1f} s"
     )
     return 0
 

@@ -8,10 +8,11 @@ never materializes a float32 copy of the whole matrix:
   on a row-major weight, biases) are loaded once per block, projected while in cache and
   stored. Strided vectors (side "out" on a row-major weight) take two streaming passes over
   panels of rows: coefficients c = B^T W, then the update.
-- "native" (CPU, float32/bfloat16): `csrc/project_kernel.cpp` (bound in `csrc/project.cpp`), compiled once with torch's C++ extension
-  builder (g++ or clang, cached under ~/.cache/torch_extensions). Same two layouts as "blocked",
-  but the bf16 <-> fp32 conversions happen in registers, so it runs at about the speed of a plain
-  copy (results/kernels). "auto" uses it on CPU when it builds; otherwise (no compiler, or
+- "native" (CPU, float32/bfloat16): `csrc/project_kernel.cpp` (bound in `csrc/project.cpp`),
+  compiled once with torch's C++ extension builder (g++ or clang, cached under
+  ~/.cache/torch_extensions). Same two layouts as "blocked", but the bf16 <-> fp32 conversions
+  happen in registers, so it runs at about the speed of a plain copy (results/kernel-bench).
+  "auto" uses it on CPU when it builds; otherwise (no compiler, or
   STEER_NATIVE_KERNEL=0) "blocked". The two differ by float rounding only (1 bf16 ulp at most).
 - "triton" (CUDA; CPU tensors under TRITON_INTERPRET=1): one kernel, each program owning
   BLOCK_N residual-space vectors.

@@ -13,7 +13,10 @@ import re
 from fractions import Fraction
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_UNITS = r"(?:units?|cm|m|km|inches|inch|feet|foot|ft|degrees?|dollars?|cents?|hours?|minutes?|seconds?|days?|meters?|miles?|sq|square)"
+_UNITS = (
+    r"(?:units?|cm|m|km|inches|inch|feet|foot|ft|degrees?|dollars?|cents?|hours?|minutes?|seconds?|days?|"
+    r"meters?|miles?|sq|square)"
+)
 
 
 def last_number(text: str) -> str | None:
@@ -39,6 +42,9 @@ def boxed(text: str) -> str | None:
 
 
 def normalize(ans: str) -> str:
+    """A final answer as canonical text: \\text/\\mathrm wrappers, \\left/\\right, thin spaces, dollar, percent and
+    degree signs, an "x =" prefix, trailing units, spaces and thousands separators removed; \\dfrac/\\tfrac
+    -> \\frac, \\frac12 -> \\frac{1}{2}, \\sqrt2 -> \\sqrt{2}."""
     s = ans.strip()
     s = re.sub(r"\\text\{\s*([^}]*)\}", r"\1", s)
     s = re.sub(r"\\(?:mathrm|textbf|mbox)\{([^}]*)\}", r"\1", s)

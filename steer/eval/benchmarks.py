@@ -21,6 +21,9 @@ from steer.errors import SteerError
 
 @dataclass(frozen=True)
 class Item:
+    """One benchmark item: id, question, gold answer (MMLU: the letter; maths: the final answer), MMLU's four
+    choices, and its stratum for stratified subsets."""
+
     id: str
     question: str
     answer: str
@@ -35,6 +38,7 @@ def _need(path: Path, what: str) -> Path:
 
 
 def load_mmlu(data_dir: Path, split: str = "test") -> list[Item]:
+    """MMLU items of one split, subject by subject (files in name order): id "<subject>-<row>", group the subject."""
     folder = _need(Path(data_dir) / "capability" / "mmlu" / split, "MMLU")
     files = sorted(folder.glob(f"*_{split}.csv"))
     if not files:
@@ -69,6 +73,7 @@ def _field(row: dict, keys: tuple[str, ...], path: Path, i: int) -> str:
 
 
 def load_gsm8k(data_dir: Path) -> list[Item]:
+    """GSM8K test items; the gold answer is the number after "####" (commas removed)."""
     path = Path(data_dir) / "capability" / "gsm8k" / "test.jsonl"
     items = []
     for i, row in enumerate(_jsonl(path, "GSM8K"), 1):
@@ -82,6 +87,7 @@ def load_gsm8k(data_dir: Path) -> list[Item]:
 
 
 def load_math500(data_dir: Path) -> list[Item]:
+    """MATH-500 test items, grouped by "<subject>/L<level>"."""
     path = Path(data_dir) / "capability" / "math500" / "test.jsonl"
     return [
         Item(
@@ -95,6 +101,8 @@ def load_math500(data_dir: Path) -> list[Item]:
 
 
 def load_aime(data_dir: Path, year: int) -> list[Item]:
+    """AIME test items of one year (2024 or 2025: capability/aime24, aime25); the question is the `problem`
+    or `question` field."""
     path = Path(data_dir) / "capability" / f"aime{year % 100}" / "test.jsonl"
     return [
         Item(

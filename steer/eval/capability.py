@@ -27,6 +27,8 @@ STOP = ("\n\n\n\n",)  # runaway blank lines: nothing useful follows
 
 
 def extract(suite: str, text: str) -> str | None:
+    """The final answer in a generated text: for GSM8K the last number after the last "answer is", else the last
+    number; otherwise the last \\boxed{}, and for AIME the last number when there is none."""
     if suite == "gsm8k":
         tail = re.split(r"answer is", text, flags=re.I)
         return last_number(tail[-1]) if len(tail) > 1 and last_number(tail[-1]) else last_number(text)
@@ -37,6 +39,8 @@ def extract(suite: str, text: str) -> str | None:
 
 
 def run_mmlu(ctx) -> dict:
+    """The mmlu suite: a seeded subset with the same number of items per subject, scored by answer-letter log-prob
+    (cached per item); accuracy, macro accuracy and per-subject accuracy."""
     cfg = ctx.config
     data = ctx.data_dir("mmlu")
     items = stratified_subset(load_mmlu(data, "test"), cfg.limit("mmlu"), cfg.seed, equal=True)
@@ -50,7 +54,7 @@ def run_mmlu(ctx) -> dict:
         ctx.tokenizer,
         [items[i] for i in idx],
         dev,
-        cfg.shots,  # noqa: E731
+        cfg.shots,
         batch_size=cfg.batch_size,
     )
     lengths = [len(it.question) + sum(map(len, it.choices)) for it in items]
@@ -83,6 +87,9 @@ def run_mmlu(ctx) -> dict:
 
 
 def run_generative(suite: str, ctx) -> dict:
+    """A maths suite (gsm8k, math500, aime24, aime25): greedy answers to the chat-formatted problem and the suite's
+    instruction (cached per item), the extracted answer compared with the gold one; accuracy, the share that hit
+    the token limit and the share of degenerate outputs."""
     cfg = ctx.config
     items: list[Item] = stratified_subset(LOADERS[suite](ctx.data_dir(suite)), cfg.limit(suite), cfg.seed)
     suffix = GSM8K_SUFFIX if suite == "gsm8k" else BOXED_SUFFIX
@@ -117,4 +124,5 @@ def run_generative(suite: str, ctx) -> dict:
 
 
 def run(suite: str, ctx) -> dict:
+    """One capability suite on ctx (steer.eval.suites.Ctx): its metrics, items and paired fields."""
     return run_mmlu(ctx) if suite == "mmlu" else run_generative(suite, ctx)

@@ -33,6 +33,9 @@ def _log(msg: str) -> None:
 
 
 def context(loaded: Loaded, config: EvalConfig, judge: Judge | None = None, cache: bool = True) -> Ctx:
+    """The evaluation context of a loaded model: its weights fingerprint, its per-item cache under
+    $STEER_EVAL_CACHE (default $STEER_CACHE/eval; cache=False keeps it in memory), config and judge
+    (MarkerJudge when None)."""
     model_id = fingerprint(loaded.model)
     folder = Path(os.environ.get("STEER_EVAL_CACHE") or cache_dir() / "eval")
     store = ItemCache(folder / f"{model_id[:24]}.jsonl" if cache else None)
@@ -40,6 +43,8 @@ def context(loaded: Loaded, config: EvalConfig, judge: Judge | None = None, cach
 
 
 def meta(config: EvalConfig, judge: Judge, models: dict[str, str], elapsed: float) -> dict:
+    """The run record stored under "meta" in summary.json and comparison.json: command, models, suites, limits,
+    seed, shots, judge, decoding, data folder, elapsed seconds and torch/transformers/Python versions."""
     import transformers
 
     return {

@@ -21,6 +21,7 @@ from steer.model.collect import encode_batches, input_device
 
 
 def key(*parts) -> str:
+    """A cache key: the sha256 hex digest of the parts as JSON with sorted keys."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -84,6 +85,8 @@ def cached_map(
 
 @dataclass(frozen=True)
 class GenSpec:
+    """How an answer is generated (greedy): the token budget, the stop strings and the repetition penalty."""
+
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()  # cut the answer at the first of these (and stop generating)
     # HF's multiplicative penalty on every token already in the sequence (prompt included); 1.0 = plain greedy
@@ -98,6 +101,7 @@ class GenSpec:
 
 
 def truncate(text: str, stop: Sequence[str]) -> str:
+    """The text cut before the earliest occurrence of any stop string (whole when none occurs)."""
     cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
     return text[:cut]
 

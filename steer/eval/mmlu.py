@@ -20,11 +20,13 @@ LETTERS = ("A", "B", "C", "D")
 
 
 def format_question(item: Item, with_answer: bool = False) -> str:
+    """The question and its lettered choices, ending in "Answer:" (and " X", the gold letter, with with_answer)."""
     lines = [item.question.strip()] + [f"{letter}. {choice}" for letter, choice in zip(LETTERS, item.choices)]
     return "\n".join(lines) + "\nAnswer:" + (f" {item.answer}" if with_answer else "")
 
 
 def build_prompt(item: Item, shots: list[Item]) -> str:
+    """The MMLU prompt: a line naming the subject, the answered shots, then the question."""
     subject = item.group.replace("_", " ")
     head = f"The following are multiple choice questions (with answers) about {subject}."
     body = "\n\n".join([format_question(s, True) for s in shots] + [format_question(item)])
@@ -32,6 +34,8 @@ def build_prompt(item: Item, shots: list[Item]) -> str:
 
 
 def letter_ids(tokenizer, chat: bool) -> list[int]:
+    """Token ids of the letters A-D as scored: "A" after the chat template, " A" after raw text; each must be
+    one token."""
     ids = []
     for letter in LETTERS:
         toks = tokenizer(letter if chat else f" {letter}", add_special_tokens=False)["input_ids"]

@@ -32,6 +32,9 @@ KL_TOKENS = 32  # tokens of the base model's greedy continuation used for multi-
 
 @dataclass
 class EvalConfig:
+    """What an evaluation runs: the suites, the benchmark data folder, item limits per suite ("*": every suite),
+    seed, batch size, MMLU shots, token budgets per suite and the judged suites' repetition penalty."""
+
     suites: list[str]
     data_dir: Path | None = None
     limits: dict[str, int | None] = field(default_factory=dict)  # per suite; missing = all items
@@ -50,6 +53,9 @@ class EvalConfig:
 
 @dataclass
 class Ctx:
+    """One model under evaluation: model, tokenizer, weights fingerprint, per-item cache, config, judge, and the
+    reference (base) model's context for the kl suite."""
+
     model: torch.nn.Module
     tokenizer: object
     model_id: str  # weights fingerprint (engine.fingerprint): cache key
@@ -120,6 +126,7 @@ def _by_language(ctx: Ctx, suite: str, prompt_set: str) -> dict:
 
 
 def suite_censorship(ctx: Ctx) -> dict:
+    """Refusal and censorship rates on the sensitive set's test split, English and Chinese, judged."""
     return _by_language(ctx, "censorship", "sensitive")
 
 
@@ -131,11 +138,14 @@ def suite_controls(ctx: Ctx) -> dict:
 
 
 def suite_refusal(ctx: Ctx) -> dict:
+    """Refusal rates on the test splits of the harmful and harmless sets, judged."""
     lim, s = ctx.config.limit("refusal"), ctx.config.seed
     return judged(ctx, "refusal", {g: sample(load_prompts(g, "test"), lim, s) for g in ("harmful", "harmless")})
 
 
 def load_xstest(data_dir: Path) -> list[Prompt]:
+    """XSTest's safe prompts from data_dir/overrefusal/xstest_prompts.csv (columns id, prompt, type, label); the
+    type becomes the topic."""
     path = data_dir / "overrefusal" / "xstest_prompts.csv"
     if not path.exists():
         raise SteerError(f"no XSTest data: expected {path}")
@@ -147,6 +157,7 @@ def load_xstest(data_dir: Path) -> list[Prompt]:
 
 
 def suite_xstest(ctx: Ctx) -> dict:
+    """Over-refusal: the refusal rate on XSTest's safe prompts (--data-dir), judged."""
     prompts = sample(load_xstest(ctx.data_dir("xstest")), ctx.config.limit("xstest"), ctx.config.seed)
     return judged(ctx, "xstest", {"safe": prompts})
 
@@ -277,6 +288,7 @@ SUITES: dict[str, Callable[[Ctx], dict]] = {
 
 
 def parse_suites(spec: str) -> list[str]:
+    """Suite names from a comma-separated list ("all": every suite in SUITES); an unknown name is a SteerError."""
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if names == ["all"]:
         return list(SUITES)

@@ -141,7 +141,8 @@ class DirectionSet:
         n_layers, n_pos, _ = self.directions.shape
         if not (0 <= layer < n_layers and -n_pos <= position < 0):
             raise SteerError(
-                f"no direction at layer {layer}, position {position}: have layers 0..{n_layers - 1}, positions -{n_pos}..-1"
+                f"no direction at layer {layer}, position {position}: "
+                f"have layers 0..{n_layers - 1}, positions -{n_pos}..-1"
             )
         v = self.directions[layer, position]
         return (v / v.norm()).float()
@@ -179,6 +180,7 @@ class DirectionSet:
 
 
 def sidecar(path: Path) -> Path:
+    """The JSON file beside a directions file: the same path with the suffix .json."""
     return path.with_suffix(".json")
 
 

@@ -69,7 +69,8 @@ def directions(loaded: Loaded, settings: Settings) -> DirectionSet:
     t_val, b_val = seeded_sample(t_val, 2 * s.n_val, s.seed), seeded_sample(b_val, 3 * s.n_val, s.seed)
     texts = lambda ps: chat_texts(tok, [p.text for p in ps])  # noqa: E731
     log(
-        f"finding refusal tokens from the model's own refusals ({len(t_train)} target, {len(b_train)} baseline train prompts)"
+        f"finding refusal tokens from the model's own refusals ({len(t_train)} target, "
+        f"{len(b_train)} baseline train prompts)"
     )
     tokens, t_logits, b_logits = refusal_tokens(model, tok, texts(t_train), texts(b_train), s.seed, s.batch_size)
     # 2. refused target and answered baseline prompts only (Arditi et al.); validation keeps its base logits
@@ -110,7 +111,8 @@ def directions(loaded: Loaded, settings: Settings) -> DirectionSet:
         "model": loaded.source,
         "hidden_size": int(diffs.shape[-1]),
         "method": "diff-in-means" + (" (projected)" if s.projected else ""),
-        "layout": "[layer, position, d_model]; layer l = residual stream entering decoder layer l; position -1 = last token",
+        "layout": "[layer, position, d_model]; layer l = residual stream entering decoder layer l; "
+        "position -1 = last token",
         "prompts": {name: {"n": len(ps), "sha256": prompts_hash(ps)} for name, ps in prompts.items()},
         "settings": asdict(s),
         "selected": {"layer": sel.layer, "position": sel.position},

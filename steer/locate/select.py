@@ -9,8 +9,9 @@ For each candidate (layer, position):
 Candidates in the last 20% of layers are excluded; the chosen one has the lowest bypass
 among those with induce > 0 and kl < kl_max, where kl is judged by the upper end of its 95%
 confidence interval over the validation prompts (a validation mean just under the threshold
-too often lands above it on held-out prompts: the per-prompt KL is heavy-tailed). To fit a CPU budget every candidate is first
-screened by bypass on a few prompts and only the best `screen` are scored in full.
+too often lands above it on held-out prompts: the per-prompt KL is heavy-tailed). To fit a CPU
+budget every candidate is first screened by bypass on a few prompts and only the best `screen`
+are scored in full.
 As in Arditi et al., directions and scores use only target prompts the model refuses and
 baseline prompts it answers (`split_by_score`).
 """
@@ -31,6 +32,9 @@ from steer.model.collect import batched_last_logits
 
 @dataclass
 class Candidate:
+    """One candidate (layer, position): its screening bypass, and for the `screen` best the full bypass, induce
+    and KL scores, KL's 95% upper bound, and whether it passes the filters."""
+
     layer: int
     position: int
     screen_bypass: float
@@ -43,6 +47,9 @@ class Candidate:
 
 @dataclass
 class Selection:
+    """The chosen (layer, position), the refusal tokens, the base model's mean refusal scores on target and harmless
+    prompts, every candidate, and why the choice fails the filters (None when it passes)."""
+
     layer: int
     position: int
     refusal_tokens: list[int]

@@ -68,6 +68,9 @@ def _expert_regex(pattern: str) -> re.Pattern:
 
 @dataclass(frozen=True)
 class Adapter:
+    """Where a model family keeps its decoder layers, embedding, unembedding and residual writers (module paths
+    in the Hugging Face model), and its RMSNorm scale offset."""
+
     layers: str  # ModuleList of decoder layers
     embed: str  # token embedding, weight [vocab, d_model]
     lm_head: str  # unembedding, weight [vocab, d_model]
@@ -159,6 +162,7 @@ def adapter_for(architecture: str) -> Adapter:
 
 
 def get_module(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    """The submodule at a dotted path, or a SteerError naming it."""
     try:
         return model.get_submodule(path)
     except AttributeError:
@@ -214,6 +218,8 @@ def _bind(layer: torch.nn.Module, w: Writer) -> Bound | None:
 
 
 def resolve(model: torch.nn.Module) -> Resolved:
+    """The model's adapter bound to its modules: layers, embedding, lm_head and each layer's writers (every
+    layer must have a writer of each component)."""
     adapter = adapter_for(type(model).__name__)
     layers = list(get_module(model, adapter.layers))
     writers = [[b for w in adapter.writers if (b := _bind(layer, w)) is not None] for layer in layers]

@@ -31,6 +31,9 @@ DEMO_HINT = "pip install 'steer[demo]'  (or: pip install -e '.[demo]' in a check
 
 @dataclass
 class Loaded:
+    """A loaded model (in eval mode), its tokenizer (left padding, a pad token), what was asked for, and the
+    local checkpoint folder (None for a GGUF file)."""
+
     model: torch.nn.Module
     tokenizer: object
     source: str  # what the user asked for ("embedded:<name>", a path or a hub id)
@@ -38,10 +41,12 @@ class Loaded:
 
 
 def cache_dir() -> Path:
+    """steer's cache folder: $STEER_CACHE, default ~/.cache/steer."""
     return Path(os.environ.get("STEER_CACHE", Path.home() / ".cache" / "steer"))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    """The sha256 hex digest of a file, read in blocks of `chunk` bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -74,7 +79,8 @@ def embedded_checkpoint() -> Path:
                         out.write(block)
         if h.hexdigest() != EMBEDDED_SHA256:
             raise SteerError(
-                f"embedded model chunks are corrupt: sha256 {h.hexdigest()} != {EMBEDDED_SHA256}; reinstall with: {DEMO_HINT}"
+                f"embedded model chunks are corrupt: sha256 {h.hexdigest()} != {EMBEDDED_SHA256}; "
+                f"reinstall with: {DEMO_HINT}"
             )
         model, tok = _load_gguf(gguf, torch.float32)
         folder = Path(tmp) / "checkpoint"
@@ -153,6 +159,7 @@ def checkpoint_hash(folder: Path) -> str:
 
 
 def architecture(folder: Path) -> str:
+    """The class in a checkpoint folder's config.json (first of `architectures`), checked to have an adapter."""
     config = folder / "config.json"
     if not config.is_file():
         raise SteerError(f"not a Hugging Face checkpoint: {config} is missing")

@@ -28,6 +28,8 @@ def before_after_table(before: dict, after: dict) -> str:
 
 
 def examples_markdown(before: dict, after: dict, per_group: int = 3) -> str:
+    """Markdown: for each group of the censorship and refusal suites, the first `per_group` prompts with the
+    answers before and after (judge label, text collapsed and cut at 300 characters)."""
     out = []
     for suite in ("censorship", "refusal"):
         if suite not in before or suite not in after:
@@ -174,7 +176,8 @@ def _meta_line(meta: dict) -> str:
     penalty = meta.get("decoding", {}).get("repetition_penalty", 1.0)
     decoding = "greedy" if penalty == 1.0 else f"greedy with repetition penalty {penalty}"
     return (
-        f"\nseed {meta['seed']}; limits {meta['limits'] or 'none (all items)'}; judged answers {decoding}; MMLU shots {meta['shots']}; judge "
+        f"\nseed {meta['seed']}; limits {meta['limits'] or 'none (all items)'}; judged answers {decoding}; "
+        f"MMLU shots {meta['shots']}; judge "
         f"{meta['judge']}; steer {meta['steer_version']}, torch {meta['versions']['torch']}, transformers "
         f"{meta['versions']['transformers']}; {meta['elapsed_s']} s.\n\n`{meta['command']}`"
     )
@@ -202,7 +205,8 @@ def compare_markdown(comparison: dict) -> str:
     for name, t in comparison["paired"].items():
         lo, hi = t["delta_ci"]
         lines.append(
-            f"| {name} | {t['n']} | {_fmt(t['base'])} | {_fmt(t['edited'])} | {t['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+            f"| {name} | {t['n']} | {_fmt(t['base'])} | {_fmt(t['edited'])} | "
+            f"{t['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
             f"{t['base_only']} / {t['edited_only']} | {t['p_value']:.3g} |"
         )
     lines.append(_meta_line(meta))
@@ -327,7 +331,8 @@ def pareto_table(front: list[dict], confirmed: list[dict], chosen: dict | None) 
 
     judged = {r["trial"]: r.get("judged", {}) for r in confirmed}
     lines = [
-        f"| trial | target score (objective) | target mean | target share above {NEAR_REFUSAL:g} | harmful score | KL | KL 95% bound | k | "
+        f"| trial | target score (objective) | target mean | target share above {NEAR_REFUSAL:g} | harmful score | "
+        "KL | KL 95% bound | k | "
         "censorship EN / ZH (judged) | harmful refusal (judged) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
@@ -335,16 +340,19 @@ def pareto_table(front: list[dict], confirmed: list[dict], chosen: dict | None) 
         j = judged.get(r["trial"], {})
         mark = " (chosen)" if chosen and r["trial"] == chosen["trial"] else ""
         cens = f"{_pct(j.get('censorship/sensitive/en'))} / {_pct(j.get('censorship/sensitive/zh'))}" if j else "-"
-        high = f"{r['target_high']:.1%}" if "target_high" in r else "-"  # studies before session 9 did not record it
+        # studies before 3d85935 (2026-11-22) did not record it
+        high = f"{r['target_high']:.1%}" if "target_high" in r else "-"
         lines.append(
-            f"| {r['trial']}{mark} | {r['target_score']:.2f} | {r['target_raw']:.2f} | {high} | {r['keep_score']:.2f} | {r['kl']:.4f} | {r['kl_ucb']:.4f} | "
+            f"| {r['trial']}{mark} | {r['target_score']:.2f} | {r['target_raw']:.2f} | {high} | "
+            f"{r['keep_score']:.2f} | {r['kl']:.4f} | {r['kl_ucb']:.4f} | "
             f"{r['params']['k']} | {cens} | {_pct(j.get('refusal/harmful')) if j else '-'} |"
         )
     return "\n".join(lines)
 
 
 def readout_summary(info: dict | None) -> str:
-    """Steer.readout's run (report "readout"): train-minibatch scores and the validation fits, or "" when none."""
+    """steer.targeted.readout's run (report "readout"): train-minibatch scores and the validation fits, or ""
+    when none."""
     if not info:
         return ""
     if "skipped" in info:
@@ -359,9 +367,11 @@ def readout_summary(info: dict | None) -> str:
     kept = f"scale {info['scale']:g}" if info["scale"] > 0 else "none (the edit alone)"
     return "\n".join(
         [
-            f"Readout (steer.targeted.readout, {info['writers']} writers): {len(info['history'])} steps; on its train minibatches refusal "
+            f"Readout (steer.targeted.readout, {info['writers']} writers): {len(info['history'])} steps; "
+            "on its train minibatches refusal "
             f"score on sensitive prompts {first['target_score']:.2f} -> {last['target_score']:.2f}, harmful "
-            f"{first['keep_score']:.2f} -> {last['keep_score']:.2f}, harmless KL {first['kl']:.3f} -> {last['kl']:.3f}. "
+            f"{first['keep_score']:.2f} -> {last['keep_score']:.2f}, "
+            f"harmless KL {first['kl']:.3f} -> {last['kl']:.3f}. "
             f"Validation (largest fraction with harmful score >= floor and first-token {info['kl_stat']} <= "
             f"{info['kl_max']:.4f}): kept {kept}.",
             "",

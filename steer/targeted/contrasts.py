@@ -31,15 +31,17 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Contrasts:
+    """A targeted run's contrasts ([L, P, d] per layer and post-instruction position; components [L, P, K, d]),
+    with steer.targeted.optimize's direction and steer.targeted.readout's vectors where those ran."""
+
     censorship: torch.Tensor
     versus_harmless: torch.Tensor
     harmful: torch.Tensor
     harmless_mean: torch.Tensor
     components: torch.Tensor  # [L, P, K, d]
     optimized: torch.Tensor | None = None  # [d] steer.targeted.optimize's direction, when it ran
-    readout: dict[str, torch.Tensor] | None = (
-        None  # steer.targeted.readout's "<layer>.<component>" -> a [d_in], as baked
-    )
+    # steer.targeted.readout's "<layer>.<component>" -> a [d_in], as baked
+    readout: dict[str, torch.Tensor] | None = None
 
     def cosines(self, position: int = -1) -> dict[str, list[float]]:
         """Per-layer cosine similarities at one position (for the plot and the report)."""

@@ -10,9 +10,9 @@ as the weight edit removes it (every residual writer's output and the embedding,
   - keeps the first-token distribution on harmless prompts,
 
 by gradient descent through the frozen model. Per step, on a seeded minibatch of each group
-(logits at the first answer position; steer.locate.select.refusal_score, first_token_kl):
+(logits at the first answer position; steer.locate.scores.refusal_score, first_token_kl):
 
-    loss = mean(max(score_target, -margin))          (power 1; power p: margin * mean((relu(score + margin) / margin)^p))
+    loss = mean(max(score_target, -margin))   (power 1; power p: margin * mean((relu(score + margin) / margin)^p))
          + keep_weight * mean(relu(base_score_keep - slack - score_keep))
          + kl_weight * mean(KL(base || edited) on harmless)
 
@@ -43,7 +43,12 @@ from steer.model.collect import encode_batches, last_logits
 
 @dataclass
 class OptimizeSettings:
-    steps: int = 48  # 32 steps reach a worse target score at the same KL (results/optimize-variants, session 8)
+    """Settings of optimize_direction: steps, Adam step size and its cosine decay, minibatch sizes per group,
+    the loss's margin, power, slack and weights, the seed, iterate averaging, and the strengths the direction
+    is trained under."""
+
+    # 32 steps reach a worse target score at the same KL (results/optimize-variants, the 2026-11-22 run at 673e21f)
+    steps: int = 48
     lr: float = 0.003  # Adam step per coordinate of v (v starts at unit norm)
     cosine: bool = True  # decay lr to 0 over the steps: the last minibatch steps move v little
     target_batch: int = 8
@@ -51,7 +56,7 @@ class OptimizeSettings:
     harmless_batch: int = 12
     margin: float = 3.0  # target scores below -margin count as done (no reward for pushing further)
     # exponent of the target hinge: above 1 the prompts still near refusal (score near 0: greedy answers
-    # refuse above about -1, docs/targeted.md session 8) pull harder than those already answered
+    # refuse above about -1, docs/targeted.md) pull harder than those already answered
     power: float = 1.0
     # harmful scores may fall this far below base before they cost anything; near the search's floor
     # (0.9 x the base mean score: 0.08 below it on the embedded model). 0.5 let a run settle at 0.43
@@ -148,7 +153,8 @@ def minibatch_loss(
 
 
 def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, attn: float = 1.0, mlp: float = 1.0) -> torch.Tensor:
-    """Last-position logits [N, vocab] with r ablated at flat strengths attn / mlp, rows in the order of texts (one batch)."""
+    """Last-position logits [N, vocab] with r ablated at flat strengths attn / mlp, rows in the order of texts
+    (one batch)."""
     ((idx, batch),) = list(encode_batches(tokenizer, texts, len(texts), share_prefix=True))
     with preview(model, Edit(r, profiles={"attn": Profile(attn, floor=attn), "mlp": Profile(mlp, floor=mlp)})):
         logits = last_logits(model, batch)

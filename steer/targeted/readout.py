@@ -3,15 +3,16 @@
 A projection edit leaves each residual writer W (o_proj, down_proj) writing (1 - s) r^T W x along
 the edit direction r: one fixed scale per writer, the same for a censored question and a
 harmful request. Where the two refusals share r (the embedded model, docs/targeted.md), no
-choice of scales removes one and keeps the other beyond the trade-off curve sessions 5-9
-measured. This stage learns, for every writer, a vector a [d_in] so that it writes
+choice of scales removes one and keeps the other beyond the trade-off curve measured on
+2026-11-21 and 2026-11-22 (a1caa94..7a99b51, docs/history.md). This stage learns, for every
+writer, a vector a [d_in] so that it writes
 
     W' x = W x + r (a^T x),        i.e.  W' = W + r a^T      (rank 1, along r only)
 
 on top of an edit already applied: what goes along r becomes a learned linear function of the
 writer's input, so it can differ between kinds of prompt. a = 0 is the edit unchanged. Trained
-with steer.targeted.optimize's loss (minibatch_loss: target refusal score down, harmful refusal score
-kept, first-token KL to the base model on harmless prompts) plus an L2 penalty on the written
+with steer.targeted.optimize's loss (minibatch_loss: target refusal score down, harmful refusal
+score kept, first-token KL to the base model on harmless prompts) plus an L2 penalty on the written
 coefficient, by Adam through the frozen model; hooks apply exactly the update the weights get
 (`bake`), so the trained model and the saved checkpoint agree up to float rounding.
 
@@ -51,8 +52,9 @@ class ReadoutSettings:
     # tokens (needs continuations()): a writes at every position, the first token alone constrains it at one
     kl_tokens: int = 1
     components: tuple[str, ...] = ("attn", "mlp")  # writer components that get a readout (attention alone: no gain)
-    # weights, margin, batches, seed of steer.targeted.optimize's loss; KL and keep weighted up (with its defaults, 40 and 2,
-    # validation KL and harmful scores moved further: results/readout-probe/), twice the harmless prompts per step
+    # weights, margin, batches, seed of steer.targeted.optimize's loss; KL and keep weighted up (with its defaults,
+    # 40 and 2, validation KL and harmful scores moved further: results/readout-probe/), twice the harmless prompts
+    # per step
     loss: OptimizeSettings = field(
         default_factory=lambda: OptimizeSettings(kl_weight=120.0, keep_weight=4.0, harmless_batch=24)
     )
@@ -151,7 +153,8 @@ def train_readout(
     ls, rng = s.loss, random.Random(s.loss.seed)
     if s.kl_tokens > 1 and (cont is None or cont.base_logp.shape[1] != s.kl_tokens):
         raise ValueError(
-            f"kl_tokens = {s.kl_tokens} needs the harmless prompts' continuations of that length (readout.continuations)"
+            f"kl_tokens = {s.kl_tokens} needs the harmless prompts' continuations of that length "
+            "(readout.continuations)"
         )
     cont = cont if s.kl_tokens > 1 else None
     if cont is not None:  # harmless prompts are drawn from those with a continuation
