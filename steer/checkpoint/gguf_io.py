@@ -356,61 +356,18 @@ def export_gguf(folder: Path, out_file: Path, qtype: str = "f16", force: bool = 
     converted and written one at a time. The file appears only when complete (written beside it and
     renamed); an existing `out_file` is replaced only with force=True.
     """
-    from transformers import AutoConfig
-
     folder, out_file = Path(folder), Path(out_file)
-    if qtype not in QTYPES:
-        raise SteerError(f"unknown GGUF type {qtype!r}; choose one of: {', '.join(QTYPES)}")
-    if out_file.exists() and not force:
-        raise SteerError(f"output file {out_file} already exists (use --force to replace it)")
-    if out_file.is_dir():
-        raise SteerError(f"output {out_file} is a folder; give a .gguf file name")
-    if not (folder / "config.json").is_file():
-        raise SteerError(f"not a Hugging Face checkpoint: {folder / 'config.json'} is missing")
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except Exception as exc:
-        raise SteerError(f"cannot read {folder / 'config.json'}: {_one_line(exc)}") from None
-    hf_arch = (config.architectures or ["?"])[0]
-    if hf_arch not in EXPORT_ARCHS:
-        raise SteerError(f"GGUF export does not support {hf_arch!r}; supported: {', '.join(EXPORT_ARCHS)}")
-    arch = EXPORT_ARCHS[hf_arch]
+    config, arch = _export_config(folder, out_file, qtype, force)
     ggml_type, file_type = QTYPES[qtype]
     start = time.perf_counter()
     entries = _plan(folder, config, arch, ggml_type)
-
     out_file.resolve().parent.mkdir(parents=True, exist_ok=True)
     # Hidden, unique, beside the target (same file system, so the final rename is atomic).
     tmp, w = out_file.resolve().parent / f".{out_file.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}", None
     try:
         w = _Writer(tmp, arch)
-        w.add_type("model")
-        w.add_name(folder.resolve().name)
-        _add_hparams(w, config, arch)
-        w.add_file_type(file_type)
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        pre = _add_tokenizer(w, folder, config, arch)
-        for e in entries:  # tensor infos first: the header holds every name, shape, type and offset
-            w.add_tensor_info(e.gguf_name, e.shape, np.float32, _nbytes(e.shape, e.qtype), raw_dtype=e.qtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        n_head, n_kv = (
-            config.num_attention_heads,
-            getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
-        )
-        with ExitStack() as stack:
-            from safetensors import safe_open
-
-            handles = {s: stack.enter_context(safe_open(s, framework="pt")) for s in {e.shard for e in entries}}
-            for e in entries:
-                data = handles[e.shard].get_tensor(e.hf_name).to(torch.float32).numpy()
-                if arch == "llama" and ".attn_q." in e.gguf_name:
-                    data = _permute_qk(data, n_head)
-                elif arch == "llama" and ".attn_k." in e.gguf_name:
-                    data = _permute_qk(data, n_kv)
-                w.write_tensor_data(gguf.quants.quantize(np.ascontiguousarray(data), e.qtype))
-                del data
+        pre = _write_header(w, folder, config, arch, file_type, entries)
+        _write_tensors(w, config, arch, entries)
         w.close()
         os.replace(tmp, out_file)
     except BaseException:
@@ -428,3 +385,59 @@ def export_gguf(folder: Path, out_file: Path, qtype: str = "f16", force: bool = 
         "tied_embeddings": bool(config.tie_word_embeddings),
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _export_config(folder: Path, out_file: Path, qtype: str, force: bool):
+    """The checkpoint's config and GGUF architecture name, after checking every input (one-line errors)."""
+    from transformers import AutoConfig
+
+    if qtype not in QTYPES:
+        raise SteerError(f"unknown GGUF type {qtype!r}; choose one of: {', '.join(QTYPES)}")
+    if out_file.exists() and not force:
+        raise SteerError(f"output file {out_file} already exists (use --force to replace it)")
+    if out_file.is_dir():
+        raise SteerError(f"output {out_file} is a folder; give a .gguf file name")
+    if not (folder / "config.json").is_file():
+        raise SteerError(f"not a Hugging Face checkpoint: {folder / 'config.json'} is missing")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception as exc:
+        raise SteerError(f"cannot read {folder / 'config.json'}: {_one_line(exc)}") from None
+    hf_arch = (config.architectures or ["?"])[0]
+    if hf_arch not in EXPORT_ARCHS:
+        raise SteerError(f"GGUF export does not support {hf_arch!r}; supported: {', '.join(EXPORT_ARCHS)}")
+    return config, EXPORT_ARCHS[hf_arch]
+
+
+def _write_header(w: _Writer, folder: Path, config, arch: str, file_type, entries: list[_Entry]) -> str:
+    """Metadata, tokenizer and every tensor's info (name, shape, type, offset); returns the pre-tokenizer name."""
+    w.add_type("model")
+    w.add_name(folder.resolve().name)
+    _add_hparams(w, config, arch)
+    w.add_file_type(file_type)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    pre = _add_tokenizer(w, folder, config, arch)
+    for e in entries:  # tensor infos first: the header holds every name, shape, type and offset
+        w.add_tensor_info(e.gguf_name, e.shape, np.float32, _nbytes(e.shape, e.qtype), raw_dtype=e.qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    return pre
+
+
+def _write_tensors(w: _Writer, config, arch: str, entries: list[_Entry]) -> None:
+    """Each tensor read from its shard, converted (llama q/k un-permuted) and written, one at a time."""
+    from safetensors import safe_open
+
+    n_head = config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_head
+    with ExitStack() as stack:
+        handles = {s: stack.enter_context(safe_open(s, framework="pt")) for s in {e.shard for e in entries}}
+        for e in entries:
+            data = handles[e.shard].get_tensor(e.hf_name).to(torch.float32).numpy()
+            if arch == "llama" and ".attn_q." in e.gguf_name:
+                data = _permute_qk(data, n_head)
+            elif arch == "llama" and ".attn_k." in e.gguf_name:
+                data = _permute_qk(data, n_kv)
+            w.write_tensor_data(gguf.quants.quantize(np.ascontiguousarray(data), e.qtype))
+            del data

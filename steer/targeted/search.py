@@ -278,11 +278,26 @@ def run_search(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    n_layers, n_pos, _ = next(iter(inputs.directions.values())).shape
+    n_layers = next(iter(inputs.directions.values())).shape[0]
     contrasts = sorted({name.split("/")[0] for name in inputs.directions})
-    k_max = 1 if inputs.components is None else 1 + inputs.components.shape[2]
+    study = _open_study(
+        storage, study_name, seed, kl_max, fingerprint(inputs, val), objective_name(keep_floor, kl_max, target_floor)
+    )
+    if "optimized" in contrasts and not study.trials:  # first: the optimized edit as trained, then OPTIMIZED_SEEDS
+        for attn, mlp in OPTIMIZED_SEEDS[:n_trials]:  # no queued trial left waiting past the last one run
+            study.enqueue_trial(full_strength(n_layers, attn, mlp=mlp, embed=1.0))
+    objective = _objective(model, tokenizer, inputs, val, keep_floor, kl_max, batch_size, target_floor)
+    remaining = n_trials - len([t for t in study.trials if t.state.is_finished()])
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, show_progress_bar=True)
+    return study
 
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+def _open_study(storage: Path | None, name: str, seed: int, kl_max: float | None, fp: str, goal: str):
+    """A new or resumed Optuna study (journal file at storage; in memory for None). A journal run
+    with other inputs (fingerprint) or another objective is refused: resuming would mix stale scores in."""
+    import optuna
+
     store = None
     if storage is not None:
         from optuna.storages import JournalStorage
@@ -290,19 +305,17 @@ def run_search(
 
         store = JournalStorage(JournalFileBackend(str(storage)))
     study = optuna.create_study(
-        study_name=study_name,
+        study_name=name,
         storage=store,
-        sampler=sampler,
+        sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True),
         load_if_exists=True,
         directions=["minimize"] if kl_max is not None else ["minimize", "minimize"],
     )
-    fp = fingerprint(inputs, val)
     if study.trials and study.user_attrs.get("inputs_fingerprint") != fp:  # scores of other directions
         raise SteerError(
             f"study {storage} was run with other directions or validation prompts (or by an older "
             "steer); resuming would mix stale scores in: use another study file or delete it"
         )
-    goal = objective_name(keep_floor, kl_max, target_floor)
     if study.trials and study.user_attrs.get("objective") != goal:  # other objectives or constraints
         raise SteerError(
             f"study {storage} was run for another objective ({study.user_attrs.get('objective', 'unrecorded')}, "
@@ -310,12 +323,25 @@ def run_search(
         )
     study.set_user_attr("inputs_fingerprint", fp)
     study.set_user_attr("objective", goal)
+    return study
 
-    if (
-        "optimized" in contrasts and not study.trials
-    ):  # first: steer.targeted.optimize's edit as trained, then OPTIMIZED_SEEDS
-        for attn, mlp in OPTIMIZED_SEEDS[:n_trials]:  # no queued trial left waiting past the last one run
-            study.enqueue_trial(full_strength(n_layers, attn, mlp=mlp, embed=1.0))
+
+def _objective(
+    model,
+    tokenizer,
+    inputs: SearchInputs,
+    val: ValData,
+    keep_floor: float | None,
+    kl_max: float | None,
+    batch_size: int,
+    target_floor: float | None,
+):
+    """The trial function: suggest EditParams, score the edit, record metrics and constraints."""
+    import optuna
+
+    n_layers, n_pos, _ = next(iter(inputs.directions.values())).shape
+    contrasts = sorted({name.split("/")[0] for name in inputs.directions})
+    k_max = 1 if inputs.components is None else 1 + inputs.components.shape[2]
 
     def objective(trial) -> float | tuple[float, float]:
         p = suggest(trial, n_layers, n_pos, k_max, contrasts)
@@ -339,10 +365,7 @@ def run_search(
             trial.set_user_attr("violation", max(limits.values()))
         return m["target_score"] if kl_max is not None else (m["target_score"], m["kl"])
 
-    remaining = n_trials - len([t for t in study.trials if t.state.is_finished()])
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, show_progress_bar=True)
-    return study
+    return objective
 
 
 def trial_rows(study) -> list[dict]:
