@@ -34,15 +34,15 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     dirs = directions(loaded, settings)
     edit = Edit(dirs.vector())
     # 3. before/after: the base model, KL against the previewed edit, the edit written, the edited model
-    before, after = before_after(
+    measured = before_after(
         loaded, eval_config(settings), lambda: preview(loaded.model, edit), lambda: _apply(loaded, edit, dirs)
     )
     report = {
         "model": loaded.source,
         "settings": asdict(settings),
         "selection": dirs.meta["selection"],
-        "before": before,
-        "after": after,
+        "before": measured.before,
+        "after": measured.after,
     }
     # 4. checkpoint, directions, plot, report and manifest, appearing together
     with atomic_dir(out, force) as tmp:
@@ -53,7 +53,7 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
         write_report(tmp, report)
         write_manifest(tmp, loaded, dirs, report)
     print(selection_table(dirs.meta["selection"]) + "\n")
-    print(before_after_table(before, after))
+    print(before_after_table(measured.before, measured.after))
     return report
 
 

@@ -114,7 +114,8 @@ def test_prepare_search_confirm_on_a_tiny_model(tokenizer, monkeypatch):
     p = EditParams.from_dict(result["chosen"]["params"])
     basis = edit_basis(inputs, p)
     rs = replace(s, readout_steps=2, readout_kl_tokens=2, readout_kl="edit")
-    got, info = fit_readout(model, tokenizer, prep, basis, p, rs, edit_kl=result["chosen"]["kl"])
+    fit = fit_readout(model, tokenizer, prep, basis, p, rs, edit_kl=result["chosen"]["kl"])
+    got, info = fit.readout, fit.info
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights restored
     assert info["kl_max"] == result["chosen"]["kl"] and info["kl_stat"] == "kl" and len(info["history"]) == 2
     kept = [f for f in info["fits"] if f["feasible"]]
@@ -151,5 +152,5 @@ def test_previewed_edit_and_readout_equal_the_applied_weights(tokenizer):
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     params.edit(basis, readout).apply(model)
     torch.testing.assert_close(batched_last_logits(model, tokenizer, texts), hooked, atol=2e-5, rtol=1e-5)
-    got, info = fit_readout(make_model("gemma2"), tokenizer, None, basis, params, TargetedSettings())
-    assert got is None and "plain linear writers" in info["skipped"]
+    fit = fit_readout(make_model("gemma2"), tokenizer, None, basis, params, TargetedSettings())
+    assert fit.readout is None and "plain linear writers" in fit.info["skipped"]

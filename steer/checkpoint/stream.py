@@ -126,17 +126,8 @@ def edit_checkpoint(
     src, out, start = Path(src), Path(out), time.perf_counter()
     check_output(out, force, (src,))
     basis = orthonormal_basis(basis)  # [d_model, k]
-    gguf = src.suffix == ".gguf"
-    if gguf:
-        from steer.checkpoint.gguf_io import GGUFSource
-
-        source, shards, in_files = GGUFSource(src), None, [src]
-    else:
-        if not src.is_dir():
-            raise SteerError(f"no such model folder: {src}")
-        adapter = adapter_for(architecture(src))
-        shards = _folder_shards(src)
-        in_files = [src / s.file for s in shards]
+    source, adapter, shards, in_files = _open(src)
+    gguf = source is not None
     try:
         with atomic_dir(out, force) as tmp:
             if gguf:  # its config and tokenizer files first: the plan needs the config
@@ -144,48 +135,49 @@ def edit_checkpoint(
                 source.write_side_files(tmp)
                 shards = _gguf_shards(source.specs(), shard_bytes)
             config = json.loads((tmp if gguf else src).joinpath("config.json").read_text())
-            norms = plan(
-                adapter,
-                shards,
-                _n_layers(config),
-                basis.shape[0],
-                profiles or {},
-                embed,
-                src,
-                readout[1] if readout else None,
-            )
+            vectors = readout[1] if readout else None
+            norms = plan(adapter, shards, _n_layers(config), basis.shape[0], profiles or {}, embed, src, vectors)
             tied = _ties(config, tmp if gguf else src) and _untie(adapter, shards)
             in_hashes = _in_background(lambda: {f.name: sha256_file(f) for f in in_files}) if hashes else None
             editor = _Editor(basis, adapter.norm_offset, preserve_norm, readout)
-            total = sum(e.nbytes for s in shards for e in s.entries)
-            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"edit {src.name}", disable=None)
-            with bar:
-                if gguf:
-                    _write_gguf(source, shards, tmp, editor, norms, bar)
-                    out_hashes = {s.file: sha256_file(tmp / s.file) for s in shards} if hashes else {}
-                else:
-                    out_hashes = _write_folder(shards, tmp, editor, norms, bar, hashes)
+            out_hashes = _write_all(source, shards, tmp, editor, norms, hashes, src.name)
             skipped = _side_files(None if gguf else src, tmp, shards, tied, config)
             stats = _stats(shards, tied, skipped, editor.buffer_bytes, time.perf_counter() - start)
-            write_json(
-                tmp / MANIFEST,
-                _manifest(
-                    src,
-                    basis,
-                    profiles,
-                    embed,
-                    preserve_norm,
-                    stats,
-                    manifest,
-                    in_hashes.result() if in_hashes else {},
-                    out_hashes,
-                    gguf,
-                ),
+            in_hashes = in_hashes.result() if in_hashes else {}
+            entries = _manifest(
+                src, basis, profiles, embed, preserve_norm, stats, manifest, in_hashes, out_hashes, gguf
             )
+            write_json(tmp / MANIFEST, entries)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         raise SteerError(f"cannot edit {src} into {out}: {exc.strerror or exc}{where}") from None
     return stats
+
+
+def _open(src: Path):
+    """(GGUF source or None, adapter or None, shards or None, input files): a GGUF's adapter and
+    shards come from its metadata once its side files are written."""
+    if src.suffix == ".gguf":
+        from steer.checkpoint.gguf_io import GGUFSource
+
+        return GGUFSource(src), None, None, [src]
+    if not src.is_dir():
+        raise SteerError(f"no such model folder: {src}")
+    adapter = adapter_for(architecture(src))  # an unsupported architecture fails before the shards are read
+    shards = _folder_shards(src)
+    return None, adapter, shards, [src / s.file for s in shards]
+
+
+def _write_all(
+    source, shards: list[Shard], tmp: Path, editor: _Editor, norms: set[str], hashes: bool, name: str
+) -> dict[str, str]:
+    """Every tensor edited or copied into tmp, with a progress bar; the output files' sha256 if hashes."""
+    total = sum(e.nbytes for s in shards for e in s.entries)
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"edit {name}", disable=None) as bar:
+        if source is not None:
+            _write_gguf(source, shards, tmp, editor, norms, bar)
+            return {s.file: sha256_file(tmp / s.file) for s in shards} if hashes else {}
+        return _write_folder(shards, tmp, editor, norms, bar, hashes)
 
 
 def _in_background(fn) -> Future:

@@ -331,27 +331,12 @@ def _triton_kernel(interpreted: bool):
     import triton
     import triton.language as tl
 
+    # fmt: off
     @triton.jit
-    def kernel(
-        x_ptr,
-        y_ptr,
-        b_ptr,
-        sb_ptr,
-        h_ptr,
-        D,
-        M,
-        K,
-        sxd,
-        sxm,
-        syd,
-        sym,
-        PRESERVE: tl.constexpr,
-        F64: tl.constexpr,
-        BF16_RTNE: tl.constexpr,
-        K_PAD: tl.constexpr,
-        BLOCK_D: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-    ):
+    def kernel(x_ptr, y_ptr, b_ptr, sb_ptr, h_ptr, D, M, K, sxd, sxm, syd, sym,
+               PRESERVE: tl.constexpr, F64: tl.constexpr, BF16_RTNE: tl.constexpr, K_PAD: tl.constexpr,
+               BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+        # fmt: on
         # x, y: [D, M] with strides (sxd, sxm) / (syd, sym). Contiguous, compute dtype: b = B and
         # sb = s B [D, K], h = s^2 B^T B - 2s I [K, K], so ||x - s B c||^2 = ||x||^2 + c.(h c).
         # (The strength enters only through these: a float argument would be fp32 on the GPU.)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 from steer.eval.compare import context
 from steer.eval.suites import EvalConfig, logits_fn, run_suites, suite_kl
@@ -39,11 +40,19 @@ def _kl(ctx, preview: Callable[[], AbstractContextManager]) -> dict:
     return kl
 
 
+@dataclass
+class BeforeAfter:
+    """Suite results of the base model and of the edited one; after["kl"] is KL(base || edited)."""
+
+    before: dict
+    after: dict
+
+
 def before_after(
     loaded: Loaded, config: EvalConfig, preview: Callable[[], AbstractContextManager], apply: Callable[[], None]
-) -> tuple[dict, dict]:
+) -> BeforeAfter:
     """Evaluate the base model, measure KL against the previewed edit, apply the edit to the
-    weights (apply()), evaluate again. Returns (before, after) suite results; after["kl"] is the KL."""
+    weights (apply()), evaluate again."""
     log("evaluating the base model on held-out prompts")
     ctx = context(loaded, config)
     before = run_suites(ctx)
@@ -52,4 +61,4 @@ def before_after(
     log("evaluating the edited model")
     after = run_suites(context(loaded, config))
     after["kl"] = kl
-    return before, after
+    return BeforeAfter(before, after)

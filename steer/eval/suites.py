@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from steer.errors import SteerError
 from steer.eval import capability
 from steer.eval.benchmarks import Item, stratified_subset
+from steer.eval.config import EvalConfig
 from steer.eval.engine import GenSpec, ItemCache, generate_cached
 from steer.eval.judge import Judge, MarkerJudge, degenerate
 from steer.eval.stats import mean, rate
@@ -28,27 +29,6 @@ from steer.prompts import Prompt, chat_texts, load_prompts
 
 JUDGED_TOKENS = 48  # answer length the judge was validated on (docs/judging.md)
 KL_TOKENS = 32  # tokens of the base model's greedy continuation used for multi-token KL
-
-
-@dataclass
-class EvalConfig:
-    """What an evaluation runs: the suites, the benchmark data folder, item limits per suite ("*": every suite),
-    seed, batch size, MMLU shots, token budgets per suite and the judged suites' repetition penalty."""
-
-    suites: list[str]
-    data_dir: Path | None = None
-    limits: dict[str, int | None] = field(default_factory=dict)  # per suite; missing = all items
-    seed: int = 0
-    batch_size: int = 16
-    shots: int = 0  # MMLU few-shot examples from the dev split
-    max_new_tokens: dict[str, int] = field(default_factory=dict)  # per suite overrides
-    repetition_penalty: float = 1.0  # judged suites' decoding (1.0 = plain greedy, the default protocol)
-
-    def limit(self, suite: str) -> int | None:
-        return self.limits.get(suite, self.limits.get("*"))
-
-    def tokens(self, suite: str, default: int) -> int:
-        return self.max_new_tokens.get(suite, default)
 
 
 @dataclass
@@ -246,18 +226,7 @@ def suite_kl(ctx: Ctx, new_fn: Callable | None = None) -> dict:
         desc="kl",
     )
     labels = ctx.judge.classify([p.text for p in prompts], [c["text"] for c in cont])
-    items = [
-        {
-            "id": p.id,
-            "prompt": p.text,
-            "base_continuation": c["text"],
-            "base_label": lab,
-            "kl_first": k[0],
-            "kl_mean": sum(k) / len(k),
-            "kl_tokens": [round(x, 6) for x in k],
-        }
-        for p, c, k, lab in zip(prompts, cont, per_token, labels)
-    ]
+    items = [_kl_item(p, c, k, lab) for p, c, k, lab in zip(prompts, cont, per_token, labels)]
     s = ctx.config.seed
     answered = [i["kl_first"] for i in items if i["base_label"] != "denial"]
     # the few harmless prompts the base model refuses weigh heavily: an edit that answers one moves
@@ -270,6 +239,19 @@ def suite_kl(ctx: Ctx, new_fn: Callable | None = None) -> dict:
         },
         "items": items,
         "paired": [],
+    }
+
+
+def _kl_item(p: Prompt, c: dict, k: list[float], label: str) -> dict:
+    """One harmless prompt's KL record: the base continuation, its label, first-token and mean KL."""
+    return {
+        "id": p.id,
+        "prompt": p.text,
+        "base_continuation": c["text"],
+        "base_label": label,
+        "kl_first": k[0],
+        "kl_mean": sum(k) / len(k),
+        "kl_tokens": [round(x, 6) for x in k],
     }
 
 

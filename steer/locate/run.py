@@ -16,7 +16,7 @@ from steer import __version__
 from steer.errors import SteerError
 from steer.locate.directions import DirectionSet, diff_in_means, project_off
 from steer.locate.scores import refusal_tokens, split_by_score
-from steer.locate.select import select_direction
+from steer.locate.select import Selection, select_direction
 from steer.locate.settings import Settings
 from steer.model.collect import batched_last_logits, residual_means
 from steer.model.load import Loaded
@@ -72,10 +72,11 @@ def directions(loaded: Loaded, settings: Settings) -> DirectionSet:
         f"finding refusal tokens from the model's own refusals ({len(t_train)} target, "
         f"{len(b_train)} baseline train prompts)"
     )
-    tokens, t_logits, b_logits = refusal_tokens(model, tok, texts(t_train), texts(b_train), s.seed, s.batch_size)
+    probe = refusal_tokens(model, tok, texts(t_train), texts(b_train), s.seed, s.batch_size)
+    tokens = probe.tokens
     # 2. refused target and answered baseline prompts only (Arditi et al.); validation keeps its base logits
-    t_train, _ = _kept(t_train, t_logits, tokens, True, None, s.seed)
-    b_train, _ = _kept(b_train, b_logits, tokens, False, None, s.seed)
+    t_train, _ = _kept(t_train, probe.target_logits, tokens, True, None, s.seed)
+    b_train, _ = _kept(b_train, probe.baseline_logits, tokens, False, None, s.seed)
     t_val, t_val_logits = _kept(t_val, _logits(loaded, texts(t_val), s), tokens, True, s.n_val, s.seed)
     b_val, b_val_logits = _kept(b_val, _logits(loaded, texts(b_val), s), tokens, False, 2 * s.n_val, s.seed)
     n_pos = post_instruction_length(tok)
@@ -106,7 +107,14 @@ def directions(loaded: Loaded, settings: Settings) -> DirectionSet:
         base_logits=(t_val_logits, b_val_logits),
     )
     prompts = {"target_train": t_train, "baseline_train": b_train, "target_val": t_val, "baseline_val": b_val}
-    dirs.meta = {
+    dirs.meta = _meta(loaded, s, diffs, sel, prompts)
+    return dirs
+
+
+def _meta(loaded: Loaded, s: Settings, diffs: torch.Tensor, sel: Selection, prompts: dict[str, list[Prompt]]) -> dict:
+    """The directions file's sidecar: model, method, layout, prompt hashes, settings, the selection."""
+    tok = loaded.tokenizer
+    return {
         "steer_version": __version__,
         "model": loaded.source,
         "hidden_size": int(diffs.shape[-1]),
@@ -116,9 +124,8 @@ def directions(loaded: Loaded, settings: Settings) -> DirectionSet:
         "prompts": {name: {"n": len(ps), "sha256": prompts_hash(ps)} for name, ps in prompts.items()},
         "settings": asdict(s),
         "selected": {"layer": sel.layer, "position": sel.position},
-        "selection": sel.to_dict() | {"refusal_token_strings": [tok.decode([t]) for t in tokens]},
+        "selection": sel.to_dict() | {"refusal_token_strings": [tok.decode([t]) for t in sel.refusal_tokens]},
     }
-    return dirs
 
 
 def _logits(loaded: Loaded, texts: list[str], s: Settings) -> torch.Tensor:

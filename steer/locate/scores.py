@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 
@@ -78,16 +79,25 @@ def split_by_score(logits: torch.Tensor, token_ids: list[int], refused: bool, mi
     return idx if len(idx) >= min_keep else list(range(len(scores)))
 
 
+@dataclass
+class RefusalProbe:
+    """What `refusal_tokens` found: the refusal tokens, and the last-position logits [N, vocab] of the
+    target and baseline prompts it ran (reused by every later stage instead of a second pass)."""
+
+    tokens: list[int]
+    target_logits: torch.Tensor
+    baseline_logits: torch.Tensor
+
+
 def refusal_tokens(
     model, tokenizer, target_texts: list[str], baseline_texts: list[str], seed: int, batch_size: int = 16
-) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+) -> RefusalProbe:
     """The one refusal-token probe: last-position logits of chat-formatted target and baseline
     prompts, and the refusal tokens found from greedy answers to a seeded sample of at most
-    PROBE_PROMPTS target prompts. Returns (tokens, target logits [N, vocab], baseline logits)."""
+    PROBE_PROMPTS target prompts."""
     t_logits = batched_last_logits(model, tokenizer, target_texts, batch_size)
     b_logits = batched_last_logits(model, tokenizer, baseline_texts, batch_size)
     probe = sorted(random.Random(seed).sample(range(len(target_texts)), min(PROBE_PROMPTS, len(target_texts))))
-    tokens = find_refusal_tokens(
-        model, tokenizer, [target_texts[i] for i in probe], t_logits[probe], b_logits, batch_size
-    )
-    return tokens, t_logits, b_logits
+    target = [target_texts[i] for i in probe]
+    tokens = find_refusal_tokens(model, tokenizer, target, t_logits[probe], b_logits, batch_size)
+    return RefusalProbe(tokens, t_logits, b_logits)

@@ -95,34 +95,15 @@ def select_direction(
         for pos in range(-n_pos, 0)
         if usable[layer, pos]
     ]
-    cands = []
-    for layer, pos in tqdm(grid, desc="screen candidates", leave=False):
-        with preview(model, dirs.vector(layer, pos)):
-            score = refusal_score(batched_last_logits(model, tokenizer, screen_texts, batch_size), refusal_tokens)
-        cands.append(Candidate(layer, pos, float(score.mean())))
+    cands = [
+        _screen(model, tokenizer, dirs, layer, pos, screen_texts, refusal_tokens, batch_size)
+        for layer, pos in tqdm(grid, desc="screen candidates", leave=False)
+    ]
     for c in tqdm(sorted(cands, key=lambda c: c.screen_bypass)[:screen], desc="score candidates", leave=False):
-        with preview(model, dirs.vector(c.layer, c.position)):
-            logits = batched_last_logits(model, tokenizer, target_texts + harmless_texts, batch_size)
-        c.bypass = float(refusal_score(logits[: len(target_texts)], refusal_tokens).mean())
-        kl = first_token_kl(base_h, logits[len(target_texts) :])
-        c.kl = float(kl.mean())
-        c.kl_ucb = kl_bound(kl)
-        with added(model, c.layer, dirs.directions[c.layer, c.position].float()):
-            c.induce = float(
-                refusal_score(batched_last_logits(model, tokenizer, harmless_texts, batch_size), refusal_tokens).mean()
-            )
-        c.passes = c.induce > 0 and c.kl_ucb < kl_max
-    scored = sorted((c for c in cands if c.bypass is not None), key=lambda c: c.bypass)
-    passing = [c for c in scored if c.passes]
-    fallback = None
-    if passing:
-        best = passing[0]
-    else:
-        low_kl = [c for c in scored if c.kl_ucb < kl_max]
-        best = (low_kl or scored)[0]
-        fallback = "no candidate had induce > 0 and kl_ucb < kl_max; took the lowest bypass" + (
-            " with kl_ucb < kl_max" if low_kl else ""
+        score_candidate(
+            model, tokenizer, dirs, c, target_texts, harmless_texts, refusal_tokens, base_h, kl_max, batch_size
         )
+    best, fallback = _choose(cands, kl_max)
     return Selection(
         best.layer,
         best.position,
@@ -132,3 +113,59 @@ def select_direction(
         cands,
         fallback,
     )
+
+
+def _screen(
+    model,
+    tokenizer,
+    dirs: DirectionSet,
+    layer: int,
+    pos: int,
+    texts: list[str],
+    refusal_tokens: list[int],
+    batch_size: int,
+) -> Candidate:
+    """A candidate with its bypass score on the few screening prompts."""
+    with preview(model, dirs.vector(layer, pos)):
+        score = refusal_score(batched_last_logits(model, tokenizer, texts, batch_size), refusal_tokens)
+    return Candidate(layer, pos, float(score.mean()))
+
+
+def score_candidate(
+    model,
+    tokenizer,
+    dirs: DirectionSet,
+    c: Candidate,
+    target_texts: list[str],
+    harmless_texts: list[str],
+    refusal_tokens: list[int],
+    base_harmless: torch.Tensor,
+    kl_max: float,
+    batch_size: int = 16,
+) -> Candidate:
+    """Fill c's bypass (target refusal score with its direction ablated), KL (first-token KL on harmless
+    prompts against base_harmless [N, vocab], mean and 95% bound), induce (harmless refusal score with
+    the raw direction added at its layer) and whether it passes (induce > 0, KL bound < kl_max)."""
+    with preview(model, dirs.vector(c.layer, c.position)):
+        logits = batched_last_logits(model, tokenizer, target_texts + harmless_texts, batch_size)
+    c.bypass = float(refusal_score(logits[: len(target_texts)], refusal_tokens).mean())
+    kl = first_token_kl(base_harmless, logits[len(target_texts) :])
+    c.kl = float(kl.mean())
+    c.kl_ucb = kl_bound(kl)
+    with added(model, c.layer, dirs.directions[c.layer, c.position].float()):
+        harmless = batched_last_logits(model, tokenizer, harmless_texts, batch_size)
+    c.induce = float(refusal_score(harmless, refusal_tokens).mean())
+    c.passes = c.induce > 0 and c.kl_ucb < kl_max
+    return c
+
+
+def _choose(cands: list[Candidate], kl_max: float) -> tuple[Candidate, str | None]:
+    """The lowest bypass among passing candidates, else among those within the KL bound, else overall;
+    and why, when it does not pass."""
+    scored = sorted((c for c in cands if c.bypass is not None), key=lambda c: c.bypass)
+    passing = [c for c in scored if c.passes]
+    if passing:
+        return passing[0], None
+    low_kl = [c for c in scored if c.kl_ucb < kl_max]
+    fallback = "no candidate had induce > 0 and kl_ucb < kl_max; took the lowest bypass"
+    return (low_kl or scored)[0], fallback + (" with kl_ucb < kl_max" if low_kl else "")

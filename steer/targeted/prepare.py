@@ -32,10 +32,9 @@ def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
     texts = lambda ps: chat_texts(tokenizer, [p.text for p in ps])  # noqa: E731
     logits = lambda ps: batched_last_logits(model, tokenizer, texts(ps), s.batch_size)  # noqa: E731
     train = {name: load_prompts(name, "train") for name in ("sensitive", "controls", "harmful", "harmless")}
-    ref, sensitive, harmless = refusal_tokens(
-        model, tokenizer, texts(train["sensitive"]), texts(train["harmless"]), s.seed, s.batch_size
-    )
-    lg = {"sensitive": sensitive, "harmful": logits(train["harmful"]), "harmless": harmless}
+    probe = refusal_tokens(model, tokenizer, texts(train["sensitive"]), texts(train["harmless"]), s.seed, s.batch_size)
+    ref = probe.tokens
+    lg = {"sensitive": probe.target_logits, "harmful": logits(train["harmful"]), "harmless": probe.baseline_logits}
     idx = {
         "sensitive": split_by_score(lg["sensitive"], ref, True)
         if s.only_refused
@@ -57,24 +56,7 @@ def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
     groups = {n: Group(texts(train[n]), lg[n]) for n in idx}
     if s.optimize_steps > 0:
         optimized = _optimize(model, tokenizer, contrasts, groups, ref, s)
-    val = {name: load_prompts(name, "val") for name in ("sensitive", "harmful", "harmless")}
-    vlg = {name: logits(ps) for name, ps in val.items()}
-    keep_idx = lambda name, refused, n: seeded_sample(split_by_score(vlg[name], ref, refused), n, s.seed)  # noqa: E731
-    t_idx = (
-        keep_idx("sensitive", True, s.n_val)
-        if s.only_refused
-        else seeded_sample(list(range(len(val["sensitive"]))), s.n_val, s.seed)
-    )
-    k_idx, h_idx = keep_idx("harmful", True, s.n_val), keep_idx("harmless", False, 2 * s.n_val)
-    data = ValData(
-        texts([val["sensitive"][i] for i in t_idx]),
-        texts([val["harmful"][i] for i in k_idx]),
-        texts([val["harmless"][i] for i in h_idx]),
-        vlg["sensitive"][t_idx],
-        vlg["harmful"][k_idx],
-        vlg["harmless"][h_idx],
-        ref,
-    )
+    val, data = _validation(model, tokenizer, s, ref)
     base_keep = float(refusal_score(data.base_keep, ref).mean())
     floor = s.keep_fraction * base_keep if base_keep > 0 else base_keep - 1.0
     confirm = {
@@ -91,6 +73,31 @@ def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
     if optimized is not None:
         meta["optimize"] = optimized
     return Prepared(contrasts, data, confirm, floor, meta, groups)
+
+
+def _validation(model, tokenizer, s: TargetedSettings, ref: list[int]) -> tuple[dict[str, list[Prompt]], ValData]:
+    """The validation splits, and the search's validation data: seeded samples of the sensitive and
+    harmful prompts the model refuses and of the harmless ones it answers, with their base logits."""
+    texts = lambda ps: chat_texts(tokenizer, [p.text for p in ps])
+    val = {name: load_prompts(name, "val") for name in ("sensitive", "harmful", "harmless")}
+    vlg = {name: batched_last_logits(model, tokenizer, texts(ps), s.batch_size) for name, ps in val.items()}
+    keep_idx = lambda name, refused, n: seeded_sample(split_by_score(vlg[name], ref, refused), n, s.seed)
+    t_idx = (
+        keep_idx("sensitive", True, s.n_val)
+        if s.only_refused
+        else seeded_sample(list(range(len(val["sensitive"]))), s.n_val, s.seed)
+    )
+    k_idx, h_idx = keep_idx("harmful", True, s.n_val), keep_idx("harmless", False, 2 * s.n_val)
+    data = ValData(
+        texts([val["sensitive"][i] for i in t_idx]),
+        texts([val["harmful"][i] for i in k_idx]),
+        texts([val["harmless"][i] for i in h_idx]),
+        vlg["sensitive"][t_idx],
+        vlg["harmful"][k_idx],
+        vlg["harmless"][h_idx],
+        ref,
+    )
+    return val, data
 
 
 def _optimize(

@@ -167,20 +167,9 @@ def train_readout(
         with torch.enable_grad(), tqdm(range(s.steps), desc="training readout", disable=not progress) as bar:
             for step in bar:
                 picks, texts = draw(rng, groups)
-                written: list[torch.Tensor] = []
-                grab = lambda: _written(mods, params, written)  # noqa: E731  (the rows only, not a shared prefix)
-                if cont is None:
-                    logits, later = _forward(model, tokenizer, texts, r, params, grab), None
-                else:
-                    logits, later = _forward_cont(
-                        model, tokenizer, texts[: len(texts) - len(picks[2])], cont, picks[2], r, params, grab
-                    )
-                loss, row = minibatch_loss(logits, picks, base, refusal_tokens, ls)
-                penalty = torch.stack(written).mean()
-                total = loss + s.l2 * penalty
-                if later is not None:  # KL at the answer tokens after the first, weighted like the first token's
-                    total = total + ls.kl_weight * later
-                    row["kl_later"] = later.item()
+                total, penalty, row = _loss(
+                    model, tokenizer, texts, picks, r, params, mods, cont, base, refusal_tokens, s
+                )
                 opt.zero_grad()
                 total.backward()
                 row = {"step": step, "lr": opt.param_groups[0]["lr"], **row, "written": penalty.item()}
@@ -191,6 +180,38 @@ def train_readout(
                     target=f"{row['target_score']:.2f}", keep=f"{row['keep_score']:.2f}", kl=f"{row['kl']:.3f}"
                 )
     return {k: a.detach().clone() for k, a in params.items()}, history
+
+
+def _loss(
+    model,
+    tokenizer,
+    texts: list[str],
+    picks: list[list[int]],
+    r: torch.Tensor,
+    params: Readout,
+    mods: dict,
+    cont: Continuations | None,
+    base: list[torch.Tensor],
+    refusal_tokens: list[int],
+    s: ReadoutSettings,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """One minibatch's loss (optimize's loss + the L2 term on what the readout writes, + the later
+    tokens' KL with continuations), the L2 term, and the step's metrics."""
+    written: list[torch.Tensor] = []
+    grab = lambda: _written(mods, params, written)  # the rows only, not a shared prefix
+    if cont is None:
+        logits, later = _forward(model, tokenizer, texts, r, params, grab), None
+    else:
+        logits, later = _forward_cont(
+            model, tokenizer, texts[: len(texts) - len(picks[2])], cont, picks[2], r, params, grab
+        )
+    loss, row = minibatch_loss(logits, picks, base, refusal_tokens, s.loss)
+    penalty = torch.stack(written).mean()
+    total = loss + s.l2 * penalty
+    if later is not None:  # KL at the answer tokens after the first, weighted like the first token's
+        total = total + s.loss.kl_weight * later
+        row["kl_later"] = later.item()
+    return total, penalty, row
 
 
 @contextmanager
@@ -243,6 +264,16 @@ def _forward_cont(
     return torch.cat([out[:t, -1], out[t:, 0]]), later
 
 
+@dataclass
+class ReadoutFit:
+    """fit_readout's result: the readout at the scale kept (None: none kept, or the architecture takes
+    none) and what the report records (settings, criterion, scale, validation fits, train history; or
+    "skipped" and why)."""
+
+    readout: Readout | None
+    info: dict
+
+
 def fit_readout(
     model,
     tokenizer,
@@ -251,7 +282,7 @@ def fit_readout(
     params: EditParams,
     s: TargetedSettings,
     edit_kl: float | None = None,
-) -> tuple[dict[str, torch.Tensor] | None, dict]:
+) -> ReadoutFit:
     """steer.targeted.readout on top of the chosen edit, the model's weights as they were on return:
     trained on the train splits along r = basis[0], then backed off to the largest fraction that
     keeps the harmful floor and first-token KL on the validation prompts within its bound:
@@ -270,7 +301,7 @@ def fit_readout(
     try:
         zeros(model, rs.components)
     except SteerError as exc:
-        return None, {"skipped": str(exc)}
+        return ReadoutFit(None, {"skipped": str(exc)})
     if s.readout_kl not in ("kl", "kl_ucb", "edit") or (s.readout_kl == "edit" and edit_kl is None):
         raise ValueError(f"readout_kl {s.readout_kl!r} needs to be 'kl', 'kl_ucb' or 'edit' (with edit_kl)")
     stat, bound = ("kl", edit_kl) if s.readout_kl == "edit" else (s.readout_kl, s.kl_max)
@@ -296,4 +327,4 @@ def fit_readout(
         "history": history,
         "writers": len(readout),
     }
-    return (scaled(readout, scale) if scale > 0 else None), info
+    return ReadoutFit(scaled(readout, scale) if scale > 0 else None, info)

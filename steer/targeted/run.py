@@ -153,9 +153,10 @@ def _readout(
         return None, None
     log(f"training a readout on top of the chosen edit ({ts.readout_steps} steps)")
     lap = time.time()
-    readout, info = fit_readout(
+    fit = fit_readout(
         loaded.model, loaded.tokenizer, result.prepared, basis, result.params, ts, result.confirmation["chosen"]["kl"]
     )
+    info = fit.info
     seconds["readout"] = round(time.time() - lap, 1)
     log(
         f"no readout: {info['skipped']}"
@@ -163,7 +164,7 @@ def _readout(
         else f"readout kept at scale {info['scale']} (validation: harmful floor, first-token {info['kl_stat']} <= "
         f"{info['kl_max']:.4f})"
     )
-    return readout, info
+    return fit.readout, info
 
 
 def targeted_abliterate(
@@ -191,7 +192,7 @@ def targeted_abliterate(
     edit = result.params.edit(basis, readout)
     # 3. before/after with the edit previewed for KL, then written into the weights
     lap = time.time()
-    before, after = before_after(
+    measured = before_after(
         loaded, eval_config(settings), lambda: preview(loaded.model, edit), lambda: edit.apply(loaded.model)
     )
     seconds["evaluate"] = round(time.time() - lap, 1)
@@ -206,18 +207,35 @@ def targeted_abliterate(
         "readout": rinfo,
         "pareto": result.front,
         "cosines": result.prepared.contrasts.cosines(),
-        "before": before,
-        "after": after,
+        "before": measured.before,
+        "after": measured.after,
     }
     # 4. checkpoint, contrasts (+ readout), plots, report and manifest, appearing together
+    md = _save(out, force, loaded, result, edit, ts, report, seconds, started)
+    print(md)
+    return report
+
+
+def _save(
+    out: Path,
+    force: bool,
+    loaded: Loaded,
+    result: SearchResult,
+    edit: Edit,
+    ts: TargetedSettings,
+    report: dict,
+    seconds: dict,
+    started: float,
+) -> str:
+    """The output folder, atomically: checkpoint, contrasts, plots, report.json/.md, manifest; returns report.md."""
     with atomic_dir(out, force) as tmp:
         save_checkpoint(loaded.model, loaded.tokenizer, tmp)
-        _save_contrasts(tmp, result, edit, ts, rinfo)
+        _save_contrasts(tmp, result, edit, ts, report["readout"])
         _plots(tmp, result)
         report["elapsed_s"] = round(time.time() - started, 1)
         report["seconds"] = {**seconds, "load_save": round(time.time() - started - sum(seconds.values()), 1)}
         write_json(tmp / "report.json", report)
-        md = _markdown(loaded, report, result, rinfo)
+        md = _markdown(loaded, report, result, report["readout"])
         (tmp / "report.md").write_text(md + "\n", encoding="utf-8")
         manifest.write(
             tmp,
@@ -229,8 +247,7 @@ def targeted_abliterate(
             study=str(result.journal),
             output_sha256=checkpoint_hash(tmp),
         )
-    print(md)
-    return report
+    return md
 
 
 def _save_contrasts(folder: Path, result: SearchResult, edit: Edit, ts: TargetedSettings, rinfo: dict | None) -> None:

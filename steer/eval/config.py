@@ -1,0 +1,36 @@
+"""What an evaluation runs (`steer eval`, `steer compare`, the pipeline's before/after), declared once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from steer.settings import option
+
+
+@dataclass
+class EvalConfig:
+    """What an evaluation runs: the suites, the benchmark data folder, item limits per suite ("*": every suite),
+    seed, batch size, MMLU shots, token budgets per suite and the judged suites' repetition penalty."""
+
+    suites: list[str]
+    data_dir: Path | None = option(
+        None, "benchmark data folder (layout: docs/evaluation.md), e.g. ../shared/data", parse=Path
+    )
+    limits: dict[str, int | None] = field(default_factory=dict)  # per suite; missing = all items
+    seed: int = option(0, "seed of the stratified item samples")
+    batch_size: int = option(16, "prompts per forward pass or generation batch", minimum=1)
+    shots: int = option(0, "MMLU few-shot examples from the dev split", choices=(0, 5))
+    max_new_tokens: dict[str, int] = field(default_factory=dict)  # per suite overrides
+    repetition_penalty: float = option(
+        1.0,
+        "decode the judged suites' answers with this repetition penalty (HF's; both models in compare); "
+        "1.0: plain greedy, the committed results' protocol unless their README says otherwise",
+        above=0,
+    )
+
+    def limit(self, suite: str) -> int | None:
+        return self.limits.get(suite, self.limits.get("*"))
+
+    def tokens(self, suite: str, default: int) -> int:
+        return self.max_new_tokens.get(suite, default)
