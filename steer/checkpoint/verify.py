@@ -39,9 +39,16 @@ from pathlib import Path
 
 import torch
 
+from steer.checkpoint.manifest import MANIFEST, machine, versions
+from steer.checkpoint.rawio import numel, pread_into, read_header
+from steer.checkpoint.rebuild import recorded
+from steer.checkpoint.save import _prefix, _remove, remove_stale
+from steer.checkpoint.stream import edit_checkpoint
+from steer.edit.kernels import kernel_name
 from steer.errors import SteerError
+from steer.model import load
+from steer.model.load import checkpoint_hash, sha256_file, weight_files
 
-MANIFEST = "steer_manifest.json"
 NOISE = 2.0**-20  # float32 arithmetic noise, relative to a tensor's largest magnitude
 _MANTISSA = {"F64": 53, "F32": 24, "BF16": 8, "F16": 11}  # significand bits (with the implicit one)
 _FLOAT = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
@@ -123,9 +130,6 @@ def verify(
     Missing manifest, input or edit files, and checkpoints that do not match in tensor names or
     shapes, are a SteerError with one line.
     """
-    from steer.checkpoint.save import _remove, remove_stale
-    from steer.checkpoint.stream import edit_checkpoint
-
     folder = Path(folder)
     if atol is not None and not atol >= 0:
         raise SteerError(f"atol must be 0 or more, got {atol}")
@@ -166,8 +170,6 @@ def _read_manifest(folder: Path) -> dict:
 
 def _input(manifest: dict, model: str | Path | None) -> tuple[Path, str]:
     """The input checkpoint (a folder or .gguf file) and how it was named."""
-    from steer.model import load
-
     spec = str(model) if model is not None else (manifest.get("input") or {}).get("model")
     if not spec:
         raise SteerError("the manifest records no input model; pass the input checkpoint (model=)")
@@ -195,8 +197,6 @@ def _recorded_edit(
 ) -> tuple[torch.Tensor, dict, str, dict | None]:
     """(basis, edit_checkpoint options, description, the EditParams dict a contrasts file records)
     for the recorded edit, built by steer.checkpoint.rebuild.recorded as `steer edit` builds it."""
-    from steer.checkpoint.rebuild import recorded
-
     plain = manifest.get("direction")
     source = Path(directions) if directions is not None else _edit_file(folder, manifest, plain)
     if not source.exists():
@@ -233,9 +233,6 @@ def _edit_file(folder: Path, manifest: dict, plain) -> Path:
 
 def _notes(manifest: dict, recorded: dict | None) -> list[str]:
     """Where this rebuild runs differently from the original run (rounding may differ by an ulp)."""
-    from steer.checkpoint.manifest import machine, versions
-    from steer.edit.kernels import kernel_name
-
     notes = []
     kernel = manifest.get("kernel") or (manifest.get("edit") or {}).get("kernel")
     if kernel and kernel != kernel_name("cpu"):
@@ -266,8 +263,6 @@ def _notes(manifest: dict, recorded: dict | None) -> list[str]:
 def _workdir(folder: Path) -> Path:
     """A temporary folder for the rebuild: beside `folder` (its file system had room for the
     checkpoint), named like atomic_dir's so a killed verify's is removed later; else the system's."""
-    from steer.checkpoint.save import _prefix
-
     parent = folder.resolve().parent
     try:
         return Path(tempfile.mkdtemp(prefix=_prefix(folder.resolve(), "tmp"), dir=parent))
@@ -276,8 +271,6 @@ def _workdir(folder: Path) -> Path:
 
 
 def _hash(path: Path) -> str:
-    from steer.model.load import checkpoint_hash, sha256_file
-
     return sha256_file(path) if path.is_file() else checkpoint_hash(path)
 
 
@@ -291,9 +284,6 @@ def _sha_check(recorded: str | None, actual) -> str | None:
 
 
 def _tensors(folder: Path) -> dict:
-    from steer.checkpoint.rawio import read_header
-    from steer.model.load import weight_files
-
     found = {}
     for f in weight_files(folder):
         for t in read_header(f)[0]:
@@ -342,8 +332,6 @@ def _compare_tensor(fa: int, ta, fb: int, tb) -> tuple[bool, float, float, float
     """(byte-identical, max abs difference, max difference in ulps, max excess over 1 ulp, max
     |saved|) of one tensor, read in chunks of both files. Byte-equal chunks cost a comparison
     only; a non-float tensor that differs counts as an infinite difference."""
-    from steer.checkpoint.rawio import numel, pread_into
-
     n = numel(ta.shape)
     float_pair = ta.dtype in _FLOAT and tb.dtype in _FLOAT
     if not float_pair and ta.dtype != tb.dtype:

@@ -16,9 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from steer import __version__
+from steer.checkpoint.manifest import machine, versions
 from steer.checkpoint.save import atomic_dir, check_output, write_json
 from steer.errors import SteerError
 from steer.eval.engine import ItemCache, fingerprint
@@ -26,6 +25,7 @@ from steer.eval.judge import Judge, MarkerJudge
 from steer.eval.stats import mcnemar_exact, paired_bootstrap_ci
 from steer.eval.suites import Ctx, EvalConfig, run_suites
 from steer.model.load import Loaded, cache_dir, load_model
+from steer.report.tables import compare_markdown, eval_markdown, plot_metrics, plot_subject_deltas
 
 
 def _log(msg: str) -> None:
@@ -44,9 +44,7 @@ def context(loaded: Loaded, config: EvalConfig, judge: Judge | None = None, cach
 
 def meta(config: EvalConfig, judge: Judge, models: dict[str, str], elapsed: float) -> dict:
     """The run record stored under "meta" in summary.json and comparison.json: command, models, suites, limits,
-    seed, shots, judge, decoding, data folder, elapsed seconds and torch/transformers/Python versions."""
-    import transformers
-
+    seed, shots, judge, decoding, data folder, elapsed seconds, versions and machine (steer.checkpoint.manifest)."""
     return {
         "steer_version": __version__,
         "command": " ".join(sys.argv),
@@ -63,11 +61,8 @@ def meta(config: EvalConfig, judge: Judge, models: dict[str, str], elapsed: floa
         },
         "data_dir": str(config.data_dir) if config.data_dir else None,
         "elapsed_s": round(elapsed, 1),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": sys.version.split()[0],
-        },
+        "versions": versions(),
+        "machine": machine(),
     }
 
 
@@ -93,8 +88,6 @@ def evaluate_model(
     cache: bool = True,
 ) -> dict:
     """`steer eval`: suites on one model (kl against `reference`)."""
-    from steer.report.tables import eval_markdown, plot_metrics
-
     check_output(out, force)
     if "kl" in config.suites and reference is None:
         raise SteerError("suite kl needs a reference model: add --reference BASE (or use steer compare)")
@@ -160,8 +153,6 @@ def compare_models(
     cache: bool = True,
 ) -> dict:
     """`steer compare`: the same suites and items on both models, paired tests, plots."""
-    from steer.report.tables import compare_markdown, plot_metrics, plot_subject_deltas
-
     check_output(out, force)
     started = time.time()
     b = load_model(base)

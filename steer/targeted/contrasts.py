@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -137,7 +138,14 @@ def compute_contrasts(
     )
 
 
-def recorded_edit(contrasts_file: Path) -> tuple[torch.Tensor, EditParams]:
+class RecordedEdit(NamedTuple):
+    """recorded_edit's result: the basis [k, d_model] (float64, orthonormal rows) and the parameters."""
+
+    basis: torch.Tensor
+    params: EditParams
+
+
+def recorded_edit(contrasts_file: Path) -> RecordedEdit:
     """The edit recorded beside a contrasts file (its JSON sidecar holds the chosen EditParams
     and keep_safety): the basis [k, d_model] (float64, orthonormal rows) and the parameters.
     Needs no model, so the streaming editor can apply it to a checkpoint on disk."""
@@ -153,7 +161,7 @@ def recorded_edit(contrasts_file: Path) -> tuple[torch.Tensor, EditParams]:
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SteerError(f"cannot rebuild the edit recorded in {contrasts_file} and {side.name}: {exc}") from None
-    return basis, params
+    return RecordedEdit(basis, params)
 
 
 def recorded_readout(contrasts_file: Path) -> dict[str, torch.Tensor] | None:

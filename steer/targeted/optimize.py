@@ -30,6 +30,7 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -163,6 +164,14 @@ def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, attn: float = 
     return out
 
 
+class Optimized(NamedTuple):
+    """optimize_direction's result: the unit direction [d] (or orthonormal rows [r, d]), float64, and
+    the per-step metrics."""
+
+    direction: torch.Tensor
+    history: list[dict]
+
+
 def optimize_direction(
     model,
     tokenizer,
@@ -174,7 +183,7 @@ def optimize_direction(
     keep_span: torch.Tensor | None = None,
     s: OptimizeSettings | None = None,
     progress: bool = True,
-) -> tuple[torch.Tensor, list[dict]]:
+) -> Optimized:
     """The optimized unit direction [d] (float64) and the per-step minibatch metrics.
 
     init: [d] starting direction (e.g. the censorship contrast), or [r, d] to optimize an
@@ -211,4 +220,4 @@ def optimize_direction(
                 bar.set_postfix(
                     target=f"{row['target_score']:.2f}", keep=f"{row['keep_score']:.2f}", kl=f"{row['kl']:.3f}"
                 )
-    return unit_direction(mean if s.average else v.detach().double(), keep_span), history
+    return Optimized(unit_direction(mean if s.average else v.detach().double(), keep_span), history)

@@ -26,6 +26,7 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -93,6 +94,20 @@ def continuations(model, tokenizer, texts: list[str], n: int, batch_size: int = 
     return Continuations(ids, torch.cat(logp))
 
 
+class ScaleFit(NamedTuple):
+    """fit_scale's result: the largest scale that met the constraints (0.0: none) and every scale's metrics."""
+
+    scale: float
+    fits: list[dict]
+
+
+class Trained(NamedTuple):
+    """train_readout's result: the readout (a [d_in] per writer) and the per-step metrics."""
+
+    readout: Readout
+    history: list[dict]
+
+
 @torch.inference_mode()
 def fit_scale(
     model,
@@ -105,7 +120,7 @@ def fit_scale(
     scales: tuple[float, ...] = SCALES,
     batch_size: int = 16,
     kl_stat: str = "kl_ucb",
-) -> tuple[float, list[dict]]:
+) -> ScaleFit:
     """The largest t in scales whose readout t*a meets the search's constraints on validation
     prompts (harmful score >= keep_floor, first-token KL <= kl_max, the KL being its 95% bound
     (kl_stat="kl_ucb", as the search) or its mean ("kl"); steer.targeted.search.metrics), and every
@@ -124,8 +139,8 @@ def fit_scale(
         )
         rows.append(m)
         if m["feasible"]:
-            return t, rows
-    return 0.0, rows
+            return ScaleFit(t, rows)
+    return ScaleFit(0.0, rows)
 
 
 def train_readout(
@@ -139,7 +154,7 @@ def train_readout(
     s: ReadoutSettings | None = None,
     cont: Continuations | None = None,
     progress: bool = True,
-) -> tuple[Readout, list[dict]]:
+) -> Trained:
     """Learn the readout for unit direction r [d] on a model that already carries its edit (the
     groups' base_logits are the unedited model's). With s.kl_tokens > 1 the KL term also covers
     the base model's answer tokens after the first, from `cont` (continuations(), computed on the
@@ -179,7 +194,7 @@ def train_readout(
                 bar.set_postfix(
                     target=f"{row['target_score']:.2f}", keep=f"{row['keep_score']:.2f}", kl=f"{row['kl']:.3f}"
                 )
-    return {k: a.detach().clone() for k, a in params.items()}, history
+    return Trained({k: a.detach().clone() for k, a in params.items()}, history)
 
 
 def _loss(
