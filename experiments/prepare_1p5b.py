@@ -39,12 +39,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    from steer.model.load import _load_gguf
+    from steer.model.load import load_gguf
 
     with tempfile.TemporaryDirectory() as tmp:
         gguf = Path(tmp) / "model.gguf"
         assemble(gguf)
-        model, tok = _load_gguf(gguf, torch.bfloat16)
+        model, tok = load_gguf(gguf, torch.bfloat16)
     model.save_pretrained(args.out, max_shard_size="1GB")
     tok.save_pretrained(args.out)
     print(f"saved {args.out}")

@@ -82,7 +82,7 @@ def embedded_checkpoint() -> Path:
                 f"embedded model chunks are corrupt: sha256 {h.hexdigest()} != {EMBEDDED_SHA256}; "
                 f"reinstall with: {DEMO_HINT}"
             )
-        model, tok = _load_gguf(gguf, torch.float32)
+        model, tok = load_gguf(gguf, torch.float32)
         folder = Path(tmp) / "checkpoint"
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
@@ -93,7 +93,9 @@ def embedded_checkpoint() -> Path:
     return target
 
 
-def _load_gguf(file: Path, dtype: torch.dtype):
+def load_gguf(file: Path, dtype: torch.dtype):
+    """(model, tokenizer) from a GGUF file, de-quantized to `dtype` by transformers; a corrupt or
+    truncated file is a one-line SteerError."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -196,7 +198,7 @@ def load_model(
                 raise SteerError(f"no such GGUF file: {path}")
             if device_map is not None:
                 raise SteerError(f"--device-map needs a safetensors checkpoint, not {path}: convert the GGUF first")
-            model, tok = _load_gguf(path, dtype)
+            model, tok = load_gguf(path, dtype)
             adapter_for(type(model).__name__)
             return Loaded(model.eval(), _prepare(tok), source, None)
         if not path.exists():
