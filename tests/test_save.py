@@ -53,9 +53,12 @@ def test_missing_parents_are_created_but_a_file_in_the_way_is_an_error(tmp_path)
 
 # A slow atomic write in a child process, ended the way the CLI ends a Ctrl-C.
 WRITER = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from steer.checkpoint.save import atomic_dir, handle_sigterm
+
+# Ctrl-C as in a terminal, also when pytest itself runs in the background (SIGINT then arrives ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 assert handle_sigterm() and handle_sigterm()  # twice is fine
 try:
