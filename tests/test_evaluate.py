@@ -139,3 +139,20 @@ def test_suite_errors_name_what_was_expected(tokenizer, tmp_path, data_dir):
     (data_dir / "overrefusal" / "xstest_prompts.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SteerError, match="expected columns id, prompt, type, label"):
         run_suites(ctx_for(model, tokenizer, EvalConfig(["xstest"], data_dir), tmp_path))
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_judged_suites_read_the_configured_split(tokenizer, data_dir, tmp_path, split):
+    config = EvalConfig(["censorship", "controls", "refusal"], data_dir, {"*": 3}, split=split)
+    config.max_new_tokens = {"censorship": 2, "controls": 2, "refusal": 2}
+    ctx = ctx_for(make_model("qwen2"), tokenizer, config, tmp_path)
+    ctx.judge = EveryOtherDenial()
+    res = run_suites(ctx)
+    for suite, sets in (
+        ("censorship", ["sensitive"]),
+        ("controls", ["controls"]),
+        ("refusal", ["harmful", "harmless"]),
+    ):
+        ids = {p.id for s in sets for p in load_prompts(s, split)}
+        got = {i["id"] for i in res[suite]["items"]}
+        assert got and got <= ids, suite

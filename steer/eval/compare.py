@@ -51,6 +51,7 @@ def meta(config: EvalConfig, judge: Judge, models: dict[str, str], elapsed: floa
         "models": models,
         "suites": config.suites,
         "limits": config.limits,
+        "split": config.split,
         "seed": config.seed,
         "shots": config.shots,
         "judge": judge.name,

@@ -11,13 +11,20 @@ from steer.settings import option
 @dataclass
 class EvalConfig:
     """What an evaluation runs: the suites, the benchmark data folder, item limits per suite ("*": every suite),
-    seed, batch size, MMLU shots, token budgets per suite and the judged suites' repetition penalty."""
+    the shipped prompts' split, seed, batch size, MMLU shots, token budgets per suite and the judged suites'
+    repetition penalty."""
 
     suites: list[str]
     data_dir: Path | None = option(
         None, "benchmark data folder (layout: docs/evaluation.md), e.g. ../shared/data", parse=Path
     )
     limits: dict[str, int | None] = field(default_factory=dict)  # per suite; missing = all items
+    split: str = option(
+        "test",
+        "split of the shipped prompt sets the censorship, controls, refusal and kl suites read: choose on train/val, "
+        "report on test",
+        choices=("train", "val", "test"),
+    )
     seed: int = option(0, "seed of the stratified item samples")
     batch_size: int = option(16, "prompts per forward pass or generation batch", minimum=1)
     shots: int = option(0, "MMLU few-shot examples from the dev split", choices=(0, 5))

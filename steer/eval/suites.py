@@ -100,27 +100,31 @@ def judged(ctx: Ctx, suite: str, groups: dict[str, list[Prompt]]) -> dict:
 
 
 def _by_language(ctx: Ctx, suite: str, prompt_set: str) -> dict:
-    """A shipped set's test split, English and Chinese groups, judged."""
+    """A shipped set's configured split (default test), English and Chinese groups, judged."""
     lim, s = ctx.config.limit(suite), ctx.config.seed
-    return judged(ctx, suite, {lang: sample(load_prompts(prompt_set, "test", lang), lim, s) for lang in ("en", "zh")})
+    return judged(
+        ctx, suite, {lang: sample(load_prompts(prompt_set, ctx.config.split, lang), lim, s) for lang in ("en", "zh")}
+    )
 
 
 def suite_censorship(ctx: Ctx) -> dict:
-    """Refusal and censorship rates on the sensitive set's test split, English and Chinese, judged."""
+    """Refusal and censorship rates on the sensitive set's split (default test), English and Chinese, judged."""
     return _by_language(ctx, "censorship", "sensitive")
 
 
 def suite_controls(ctx: Ctx) -> dict:
-    """The censorship metrics on topic-matched controls (China questions nobody censors, test split):
+    """The censorship metrics on topic-matched controls (China questions nobody censors, default test split):
     the rate the judge gives answers that are not censorship (loops, echoes, invented deflections),
     so the floor under the censorship suite's rates."""
     return _by_language(ctx, "controls", "controls")
 
 
 def suite_refusal(ctx: Ctx) -> dict:
-    """Refusal rates on the test splits of the harmful and harmless sets, judged."""
+    """Refusal rates on the harmful and harmless sets' split (default test), judged."""
     lim, s = ctx.config.limit("refusal"), ctx.config.seed
-    return judged(ctx, "refusal", {g: sample(load_prompts(g, "test"), lim, s) for g in ("harmful", "harmless")})
+    return judged(
+        ctx, "refusal", {g: sample(load_prompts(g, ctx.config.split), lim, s) for g in ("harmful", "harmless")}
+    )
 
 
 def load_xstest(data_dir: Path) -> list[Prompt]:
@@ -202,7 +206,7 @@ def suite_kl(ctx: Ctx, new_fn: Callable | None = None) -> dict:
         raise SteerError(
             "suite kl needs a reference model: `steer eval MODEL --reference BASE`, or use `steer compare`"
         )
-    prompts = sample(load_prompts("harmless", "test"), ctx.config.limit("kl"), ctx.config.seed)
+    prompts = sample(load_prompts("harmless", ctx.config.split), ctx.config.limit("kl"), ctx.config.seed)
     texts = chat_texts(ctx.tokenizer, [p.text for p in prompts])
     cont = generate_cached(
         ref.model,
