@@ -1,6 +1,7 @@
 """Prompt sets: the shipped JSONL sets and user files (.txt, .jsonl, .csv), plus chat formatting.
 
-Shipped sets live in steer/data/prompts/<name>.jsonl with fields id, text, lang, topic, split.
+Shipped sets live in steer/data/prompts/<name>.jsonl with fields id, text, lang, topic, split (sensitive and
+controls also concept).
 A user file is one prompt per line (.txt), JSON lines with a `text`/`prompt`/`instruction`
 field (.jsonl), or a CSV whose column is named with `file.csv:column` (default: the first of
 text/prompt/instruction/goal/question present).
@@ -24,13 +25,15 @@ TEXT_KEYS = ("text", "prompt", "instruction", "goal", "question")
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt: id, text, and the language, topic and split its file records ("?" where it records none)."""
+    """One prompt: id, text, and the language, topic, split and concept its file records ("?" where it records
+    none). A concept is one question: the English and Chinese prompts asking it share the concept and the split."""
 
     id: str
     text: str
     lang: str = "?"
     topic: str = "?"
     split: str = "?"
+    concept: str = "?"
 
 
 def load_prompts(source: str, split: str | None = None, lang: str | None = None) -> list[Prompt]:
@@ -93,6 +96,7 @@ def _read_jsonl(path: Path) -> list[Prompt]:
                 row.get("lang", "?"),
                 row.get("topic", "?"),
                 row.get("split", "?"),
+                row.get("concept", "?"),
             )
         )
     return prompts
