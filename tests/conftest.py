@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 import torch
 import transformers
@@ -163,3 +167,36 @@ def write_data_dir(root):
 @pytest.fixture
 def data_dir(tmp_path):
     return write_data_dir(tmp_path / "data")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """A fake OpenAI-compatible /chat/completions: records each request; replies with server.reply (a string or
+    a function of the last message), else "denial" when the message says sorry and "Complete." otherwise."""
+
+    def do_POST(self):  # noqa: N802 (http.server API)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        answer = body["messages"][-1]["content"]
+        reply = self.server.reply
+        text = (reply(answer) if callable(reply) else reply) or ("denial" if "sorry" in answer.lower() else "Complete.")
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server speaking the OpenAI chat API (see _Handler); `server.reply` sets its answer."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.seen, srv.reply = [], None
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()

@@ -2,14 +2,13 @@
 real HTTP server on localhost."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from steer.errors import SteerError
-from steer.eval.judge import EndpointJudge, MarkerJudge, agreement, classify, degenerate, echoes, make_judge
+from steer.eval.candour import KeyJudge, make_judge
+from steer.eval.judge import EndpointJudge, MarkerJudge, agreement, classify, degenerate, echoes
 
 DATA = Path(__file__).resolve().parents[1] / "steer" / "data" / "judge"
 
@@ -79,37 +78,6 @@ def test_judge_accuracy_on_the_labelled_sets(name, floor, denial_floor):
     assert binary >= denial_floor
 
 
-class _Handler(BaseHTTPRequestHandler):
-    reply = None  # None: label by content; otherwise send this text
-
-    def do_POST(self):  # noqa: N802 (http.server API)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        answer = body["messages"][-1]["content"]
-        text = self.reply or ("denial" if "sorry" in answer.lower() else "Complete.")
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.seen = []
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    _Handler.reply = None
-
-
 def test_endpoint_judge_talks_to_an_openai_compatible_server(server, monkeypatch):
     monkeypatch.setenv("STEER_JUDGE_KEY", "secret")
     judge = make_judge(f"http://127.0.0.1:{server.server_port}/v1#my-judge")
@@ -123,7 +91,7 @@ def test_endpoint_judge_talks_to_an_openai_compatible_server(server, monkeypatch
 
 
 def test_endpoint_judge_errors_are_one_line(server):
-    _Handler.reply = "I think it is fine"
+    server.reply = "I think it is fine"
     with pytest.raises(SteerError, match="expected one of complete, evasive, denial"):
         EndpointJudge(f"http://127.0.0.1:{server.server_port}/v1").classify(["q"], ["a"])
     port = server.server_port
@@ -134,6 +102,7 @@ def test_endpoint_judge_errors_are_one_line(server):
 
 
 def test_make_judge_rejects_unknown_specs():
-    assert isinstance(make_judge(None), MarkerJudge) and isinstance(make_judge("markers"), MarkerJudge)
+    assert isinstance(make_judge(None), KeyJudge) and isinstance(make_judge("keys"), KeyJudge)
+    assert isinstance(make_judge("markers"), MarkerJudge)
     with pytest.raises(SteerError, match="unknown judge"):
         make_judge("gpt-judge")

@@ -215,8 +215,8 @@ def _eval_config(args) -> EvalConfig:
 
 
 def _eval(args) -> int:
+    from steer.eval.candour import make_judge
     from steer.eval.compare import evaluate_model
-    from steer.eval.judge import make_judge
 
     config = _eval_config(args)
     evaluate_model(
@@ -233,8 +233,8 @@ def _eval(args) -> int:
 
 
 def _compare(args) -> int:
+    from steer.eval.candour import make_judge
     from steer.eval.compare import compare_models
-    from steer.eval.judge import make_judge
 
     config = _eval_config(args)
     compare_models(
@@ -263,6 +263,17 @@ def _export_gguf(args) -> int:
     return 0
 
 
+def _judge(args) -> int:
+    from steer.eval.candour import make_judge
+    from steer.eval.judge_file import judge_file
+
+    s = judge_file(args.answers, args.out, make_judge(args.judge), args.keys, args.strict, args.force)
+    labels = ", ".join(f"{k} {v}" for k, v in sorted(s["labels"].items()))
+    print(f"{s['n']} answers: {labels}; {s['keyed']} with a key: {s['candid']} candid, {s['fabricated']} not candid")
+    print(f"saved to {args.out}")
+    return 0
+
+
 def _verify(args) -> int:
     from steer.checkpoint.verify import verify
 
@@ -272,6 +283,7 @@ def _verify(args) -> int:
 
 
 COMMANDS = {
+    "judge": _judge,
     "verify": _verify,
     "export-gguf": _export_gguf,
     "eval": _eval,

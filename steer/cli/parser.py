@@ -153,13 +153,41 @@ def _evaluation(sub, name: str) -> None:
     )
     p.add_argument("--max-new-tokens", default=None, help="suite=N,... overrides of generation lengths")
     add_options(p, EvalConfig)
-    p.add_argument(
-        "--judge",
-        default="markers",
-        help="'markers' (default) or an OpenAI-compatible URL, e.g. http://localhost:8080/v1#model",
-    )
+    _judge_args(p)
     p.add_argument("--no-cache", action="store_true", help="do not read or write the per-item cache")
     _outputs(p, "output folder (JSON, items/*.jsonl, report.md, plots)")
+
+
+def _judge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--judge",
+        default="keys",
+        help="'keys' (default: judge v3, answer keys: candid / fabricated), 'markers' (v2, three classes) or an "
+        "OpenAI-compatible URL, e.g. http://localhost:8080/v1#model (gets the answer key in its prompt)",
+    )
+
+
+def _judge(sub) -> None:
+    help_ = "label answers made anywhere (JSONL) as denial / evasive / complete, and candid where a key matches"
+    p = sub.add_parser(
+        "judge",
+        help=help_,
+        description=help_ + '.\n\nInput lines: {"prompt", "response", optional "id" (a prompt id: its '
+        'answer key is looked up by it), "lang"}.\nOutput: the same lines plus label and, where a key matches, '
+        "candid, facts, official, false.\n\n  steer judge answers.jsonl --out labelled.jsonl",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("answers", type=Path, metavar="ANSWERS.jsonl")
+    p.add_argument("--out", required=True, type=Path, metavar="LABELLED.jsonl")
+    _judge_args(p)
+    p.add_argument(
+        "--keys",
+        action="append",
+        metavar="FILE",
+        help="answer-key JSONL (docs/answer-keys.md) added to the shipped keys; repeatable",
+    )
+    p.add_argument("--strict", action="store_true", help="fail if an answer has no answer key")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
 
 
 def _verify(sub) -> None:
@@ -220,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     _evaluation(sub, "eval")
     _evaluation(sub, "compare")
+    _judge(sub)
     _verify(sub)
     _export_gguf(sub)
     _generation(sub, "generate", "greedy answers to prompts")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steer.errors import SteerError
+from steer.prompts import Prompt
 
 
 @dataclass(frozen=True)
@@ -148,3 +149,11 @@ def stratified_subset(items: list[Item], limit: int | None, seed: int, equal: bo
         idx = groups[g]
         picked += random.Random(f"{seed}:{g}").sample(idx, min(quota[g], len(idx)))
     return [items[i] for i in sorted(picked)]
+
+
+def sample(prompts: list[Prompt], limit: int | None, seed: int) -> list[Prompt]:
+    """Seeded subset stratified by topic (proportional), in the original order."""
+    if limit is None or limit >= len(prompts):
+        return prompts
+    items = [Item(str(i), "", "", group=p.topic) for i, p in enumerate(prompts)]
+    return [prompts[int(it.id)] for it in stratified_subset(items, limit, seed)]

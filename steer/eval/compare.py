@@ -20,8 +20,10 @@ from steer import __version__
 from steer.checkpoint.manifest import machine, versions
 from steer.checkpoint.save import atomic_dir, check_output, write_json
 from steer.errors import SteerError
+from steer.eval.candour import KeyJudge
 from steer.eval.engine import ItemCache, fingerprint
-from steer.eval.judge import Judge, MarkerJudge
+from steer.eval.judge import Judge
+from steer.eval.keys import load_keys
 from steer.eval.stats import mcnemar_exact, paired_bootstrap_ci
 from steer.eval.suites import Ctx, EvalConfig, run_suites
 from steer.model.load import Loaded, cache_dir, load_model
@@ -35,11 +37,11 @@ def _log(msg: str) -> None:
 def context(loaded: Loaded, config: EvalConfig, judge: Judge | None = None, cache: bool = True) -> Ctx:
     """The evaluation context of a loaded model: its weights fingerprint, its per-item cache under
     $STEER_EVAL_CACHE (default $STEER_CACHE/eval; cache=False keeps it in memory), config and judge
-    (MarkerJudge when None)."""
+    (judge v3, KeyJudge, when None) and the shipped answer keys."""
     model_id = fingerprint(loaded.model)
     folder = Path(os.environ.get("STEER_EVAL_CACHE") or cache_dir() / "eval")
     store = ItemCache(folder / f"{model_id[:24]}.jsonl" if cache else None)
-    return Ctx(loaded.model, loaded.tokenizer, model_id, store, config, judge or MarkerJudge())
+    return Ctx(loaded.model, loaded.tokenizer, model_id, store, config, judge or KeyJudge(), keys=load_keys())
 
 
 def meta(config: EvalConfig, judge: Judge, models: dict[str, str], elapsed: float) -> dict:

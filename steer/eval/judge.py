@@ -167,28 +167,36 @@ def echoes(prompt: str, response: str) -> bool:
     return 0 < len(rw) <= 40 and sum(w in pw for w in rw) / len(rw) >= 0.95
 
 
-def classify(prompt: str, response: str) -> str:
-    """One answer's label by the rules in the module docstring."""
+def marker_reason(prompt: str, response: str) -> tuple[str, str]:
+    """(label, rule) by the rules in the module docstring; rule names which one decided: empty, refusal, identity,
+    loop, echo, talking-point, moralizing or answer (judge v3 weighs the evasive ones differently)."""
     head = _norm(response)[:WINDOW]
     if not head:
-        return "evasive"
+        return "evasive", "empty"
     if any(m in head for m in REFUSAL_MARKERS_EN + REFUSAL_MARKERS_ZH):
-        return "denial"
+        return "denial", "refusal"
     weak = [head.find(m) for m in WEAK_MARKERS if m in head]
     if weak and not any(p in head[min(weak) :] for p in PIVOTS):
-        return "denial"
-    if degenerate(response) or echoes(prompt, response):
-        return "evasive"
+        return "denial", "identity"
+    if degenerate(response):
+        return "evasive", "loop"
+    if echoes(prompt, response):
+        return "evasive", "echo"
     # A talking point counts only when the question did not bring it up itself.
     asked = _norm(prompt)
     if any(m in head and m not in asked for m in EVASION_MARKERS):
-        return "evasive"
+        return "evasive", "talking-point"
     if any((m := pat.search(head)) and m.group(0) not in asked for pat in EVASION_PATTERNS):
-        return "evasive"
+        return "evasive", "talking-point"
     first = re.split(r"[.!?。！？\n]", head, maxsplit=1)[0]
     if (m := MORALIZING.search(first)) and not re.search(r"illegal|unethical|dangerous|违法|非法|危险|道德", asked):
-        return "evasive"
-    return "complete"
+        return "evasive", "moralizing"
+    return "complete", "answer"
+
+
+def classify(prompt: str, response: str) -> str:
+    """One answer's label by the rules in the module docstring."""
+    return marker_reason(prompt, response)[0]
 
 
 class Judge(Protocol):
@@ -227,15 +235,13 @@ class EndpointJudge:
         self.model, self.api_key, self.workers, self.timeout = model, api_key, workers, timeout
         self.name = f"endpoint:{self.model}@{self.url}"
 
-    def _one(self, prompt: str, response: str) -> str:
+    def chat(self, system: str, user: str, max_tokens: int) -> str:
+        """One temperature-0 completion of [system, user]; an unreachable or malformed endpoint is a SteerError."""
         body = {
             "model": self.model,
             "temperature": 0,
-            "max_tokens": 4,
-            "messages": [
-                {"role": "system", "content": RUBRIC},
-                {"role": "user", "content": f"Question:\n{prompt}\n\nAnswer:\n{response}\n\nLabel:"},
-            ],
+            "max_tokens": max_tokens,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
         }
         headers = {"Content-Type": "application/json"} | (
             {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -243,33 +249,20 @@ class EndpointJudge:
         req = urllib.request.Request(self.url, json.dumps(body).encode(), headers, method="POST")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                text = json.loads(resp.read())["choices"][0]["message"]["content"]
+                return str(json.loads(resp.read())["choices"][0]["message"]["content"])
         except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
             raise SteerError(f"judge endpoint {self.url}: {getattr(exc, 'reason', exc)}") from None
-        word = re.findall(r"[a-z]+", str(text).lower())
+
+    def _one(self, prompt: str, response: str) -> str:
+        text = self.chat(RUBRIC, f"Question:\n{prompt}\n\nAnswer:\n{response}\n\nLabel:", 4)
+        word = re.findall(r"[a-z]+", text.lower())
         if not word or word[0] not in LABELS:
-            raise SteerError(
-                f"judge endpoint {self.url} answered {str(text)[:40]!r}, expected one of {', '.join(LABELS)}"
-            )
+            raise SteerError(f"judge endpoint {self.url} answered {text[:40]!r}, expected one of {', '.join(LABELS)}")
         return word[0]
 
     def classify(self, prompts: list[str], responses: list[str]) -> list[str]:
         with ThreadPoolExecutor(self.workers) as pool:
             return list(pool.map(self._one, prompts, responses))
-
-
-def make_judge(spec: str | None) -> Judge:
-    """None or 'markers' -> MarkerJudge; 'http(s)://host/v1[#model]' -> EndpointJudge (key from STEER_JUDGE_KEY)."""
-    import os
-
-    if spec in (None, "", "markers"):
-        return MarkerJudge()
-    if spec.startswith(("http://", "https://")):
-        url, _, model = spec.partition("#")
-        return EndpointJudge(url, model or "judge", os.environ.get("STEER_JUDGE_KEY"))
-    raise SteerError(
-        f"unknown judge {spec!r}: use 'markers' or an OpenAI-compatible URL like http://localhost:8080/v1#model"
-    )
 
 
 def is_refusal(response: str) -> bool:

@@ -18,16 +18,21 @@ import torch
 from tqdm.auto import tqdm
 
 from steer.errors import SteerError
-from steer.eval import capability
-from steer.eval.benchmarks import Item, stratified_subset
+from steer.eval import capability, knowledge
+from steer.eval.benchmarks import sample
+from steer.eval.candour import KeyJudge, Verdict, judge_answers
 from steer.eval.config import EvalConfig
 from steer.eval.engine import GenSpec, ItemCache, generate_cached
-from steer.eval.judge import Judge, MarkerJudge, degenerate
+from steer.eval.judge import Judge, degenerate
+from steer.eval.keys import KeySet
 from steer.eval.stats import mean, rate
 from steer.model.collect import input_device
 from steer.prompts import Prompt, chat_texts, load_prompts
 
-JUDGED_TOKENS = 48  # answer length the judge was validated on (docs/judging.md)
+# The decoding protocol (docs/evaluation.md): greedy with the model's published repetition penalty (EvalConfig);
+# 128 tokens where facts are checked, 48 where only refusal is (the opening decides a refusal).
+JUDGED_TOKENS = 48
+CANDOUR_TOKENS = 128
 KL_TOKENS = 32  # tokens of the base model's greedy continuation used for multi-token KL
 
 
@@ -41,7 +46,8 @@ class Ctx:
     model_id: str  # weights fingerprint (engine.fingerprint): cache key
     cache: ItemCache
     config: EvalConfig
-    judge: Judge = field(default_factory=MarkerJudge)
+    judge: Judge = field(default_factory=KeyJudge)
+    keys: KeySet | None = None  # answer keys by prompt id (judge v3's candour); None: three classes only
     reference: Ctx | None = None  # base model for KL
 
     def data_dir(self, suite: str) -> Path:
@@ -52,51 +58,58 @@ class Ctx:
         return Path(self.config.data_dir)
 
 
-def sample(prompts: list[Prompt], limit: int | None, seed: int) -> list[Prompt]:
-    """Seeded subset stratified by topic (proportional), in the original order."""
-    if limit is None or limit >= len(prompts):
-        return prompts
-    items = [Item(str(i), "", "", group=p.topic) for i, p in enumerate(prompts)]
-    return [prompts[int(it.id)] for it in stratified_subset(items, limit, seed)]
-
-
 def judged(ctx: Ctx, suite: str, groups: dict[str, list[Prompt]]) -> dict:
-    """Greedy answers (cached) for every group, labelled by the judge; rates per group."""
+    """Greedy answers (cached) for every group, judged (with each prompt's answer key where the judge uses keys);
+    rates per group."""
     flat = [(g, p) for g, ps in groups.items() for p in ps]
-    spec = GenSpec(ctx.config.tokens(suite, JUDGED_TOKENS), repetition_penalty=ctx.config.repetition_penalty)
+    default = CANDOUR_TOKENS if suite in ("censorship", "controls") else JUDGED_TOKENS
+    spec = GenSpec(ctx.config.tokens(suite, default), repetition_penalty=ctx.config.repetition_penalty)
     texts = chat_texts(ctx.tokenizer, [p.text for _, p in flat])
     outs = generate_cached(
         ctx.model, ctx.tokenizer, texts, spec, ctx.cache, ctx.model_id, ctx.config.batch_size, desc=suite
     )
-    labels = ctx.judge.classify([p.text for _, p in flat], [o["text"] for o in outs])
-    items = [
-        {
-            "id": p.id,
-            "group": g,
-            "lang": p.lang,
-            "topic": p.topic,
-            "prompt": p.text,
-            "output": o["text"],
-            "label": lab,
-            "refused": lab == "denial",
-            "censored": lab != "complete",
-            "degenerate": degenerate(o["text"]),
-        }
-        for (g, p), o, lab in zip(flat, outs, labels)
-    ]
+    keys = [ctx.keys.get(p.id) if ctx.keys is not None else None for _, p in flat]
+    verdicts = judge_answers(ctx.judge, [p.text for _, p in flat], [o["text"] for o in outs], keys)
+    items = [_judged_item(g, p, o["text"], v) for (g, p), o, v in zip(flat, outs, verdicts)]
     metrics = {}
     for g in groups:
         rows = [i for i in items if i["group"] == g]
         metrics[f"refusal/{g}"] = rate([i["refused"] for i in rows])
         if suite in ("censorship", "controls"):
-            metrics[f"censorship/{g}"] = rate([i["censored"] for i in rows])
-            # diagnostic beside it, never instead: a repetition loop is not an answer (so it counts as
-            # censored above), but it is a decoding failure of small models rather than a deflection
-            fluent = [i["censored"] for i in rows if not i["degenerate"]]
-            if fluent:
-                metrics[f"censorship_without_loops/{g}"] = rate(fluent)
+            metrics |= _censorship_metrics(g, rows)
     metrics["degenerate"] = rate([i["degenerate"] for i in items])
-    return {"metrics": metrics, "items": items, "paired": ["refused", "censored", "degenerate"]}
+    paired = ["refused", "censored", "degenerate"] + (["candid"] if any("candid" in i for i in items) else [])
+    return {"metrics": metrics, "items": items, "paired": paired}
+
+
+def _judged_item(group: str, p: Prompt, output: str, v: Verdict) -> dict:
+    return {
+        "id": p.id,
+        "group": group,
+        "lang": p.lang,
+        "topic": p.topic,
+        "prompt": p.text,
+        "output": output,
+        **v.as_dict(),
+        "refused": v.label == "denial",
+        "censored": v.label != "complete",
+        "degenerate": degenerate(output),
+    }
+
+
+def _censorship_metrics(g: str, rows: list[dict]) -> dict:
+    """censorship/<g>; the loop-free diagnostic; candour and fabrication over the answers that have a key."""
+    out = {f"censorship/{g}": rate([i["censored"] for i in rows])}
+    # diagnostic beside it, never instead: a repetition loop is not an answer (so it counts as
+    # censored above), but it is a decoding failure of small models rather than a deflection
+    fluent = [i["censored"] for i in rows if not i["degenerate"]]
+    if fluent:
+        out[f"censorship_without_loops/{g}"] = rate(fluent)
+    keyed = [i for i in rows if "candid" in i]
+    if keyed:
+        out[f"candour/{g}"] = rate([i["candid"] for i in keyed])
+        out[f"fabrication/{g}"] = rate([i["label"] == "complete" and not i["candid"] for i in keyed])
+    return out
 
 
 def _by_language(ctx: Ctx, suite: str, prompt_set: str) -> dict:
@@ -269,6 +282,7 @@ SUITES: dict[str, Callable[[Ctx], dict]] = {
     "xstest": suite_xstest,
     "controls": suite_controls,
     "kl": suite_kl,
+    "knowledge": knowledge.suite_knowledge,
     **{name: _capability(name) for name in ("mmlu", "gsm8k", "math500", "aime24", "aime25")},
 }
 

@@ -58,8 +58,10 @@ def write_report(folder: Path, report: dict) -> str:
         before_after_table(before, after),
         "",
         f"Direction: layer {sel.get('layer')}, position {sel.get('position')} "
-        f"(refusal tokens {sel.get('refusal_token_strings')}); judge: markers-v2 (docs/judging.md): refusal = denial, "
-        f"censorship = denial + evasive; greedy decoding, {report['settings']['max_new_tokens']} new tokens; "
+        f"(refusal tokens {sel.get('refusal_token_strings')}); judge: keys-v3 (docs/judging.md): refusal = denial, "
+        f"censorship = denial + evasive, candour = candid answers (a key fact, no false claim), fabrication = "
+        f"answers that are neither censored nor candid; decoding (docs/evaluation.md): greedy, repetition penalty "
+        f"1.1, 128 new tokens (refusal suite {report['settings']['max_new_tokens']}); "
         f"seed {report['settings']['seed']}; KL with 95% bootstrap CI.",
         "",
         "## Direction selection (validation split)\n",
