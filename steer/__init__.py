@@ -41,6 +41,9 @@ _API = {  # public name -> (module, attribute)
     "EvalConfig": ("steer.eval.suites", "EvalConfig"),
     "evaluate": ("steer.eval.compare", "evaluate_model"),
     "compare": ("steer.eval.compare", "compare_models"),
+    "load_keys": ("steer.eval.keys", "load_keys"),
+    "verdict": ("steer.eval.candour", "verdict"),
+    "answer_logprobs": ("steer.eval.knowledge", "answer_logprobs"),
     "SteerError": ("steer.errors", "SteerError"),
 }
 __all__ = ["__version__", *_API]

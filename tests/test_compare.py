@@ -91,7 +91,8 @@ def test_eval_twice_reuses_the_cache_and_refuses_to_overwrite(ckpts, data_dir, m
 
 def test_repetition_penalty_decodes_both_models_and_is_recorded(ckpts, capsys):
     common = ["--suite", "controls", "--limit", "3", "--max-new-tokens", "controls=8"]
-    assert main(["compare", str(ckpts / "base"), str(ckpts / "edited"), *common, "--out", str(ckpts / "g")]) == 0
+    greedy = [*common, "--repetition-penalty", "1.0"]  # the default is the protocol's 1.1
+    assert main(["compare", str(ckpts / "base"), str(ckpts / "edited"), *greedy, "--out", str(ckpts / "g")]) == 0
     assert (
         main(
             [

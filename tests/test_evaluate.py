@@ -64,6 +64,7 @@ def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
         "xstest",
         "controls",
         "kl",
+        "knowledge",
         "mmlu",
         "gsm8k",
         "math500",
@@ -72,7 +73,8 @@ def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
     ]
     for suite, r in res.items():
         for name, m in r["metrics"].items():
-            assert m["n"] > 0 and (m["value"] != m["value"] or 0 <= m["value"]), (suite, name)
+            signed = name.startswith("margin/")  # a log-probability difference
+            assert m["n"] > 0 and (m["value"] != m["value"] or signed or 0 <= m["value"]), (suite, name)
     assert res["censorship"]["metrics"]["refusal/en"]["n"] == 4 and "censorship/zh" in res["censorship"]["metrics"]
     for lang in ("en", "zh"):  # the loop-free diagnostic: censored among the answers that are not loops
         fluent = [i["censored"] for i in res["censorship"]["items"] if i["group"] == lang and not i["degenerate"]]
@@ -156,3 +158,22 @@ def test_judged_suites_read_the_configured_split(tokenizer, data_dir, tmp_path, 
         ids = {p.id for s in sets for p in load_prompts(s, split)}
         got = {i["id"] for i in res[suite]["items"]}
         assert got and got <= ids, suite
+
+
+def test_candour_and_fabrication_are_rates_over_the_keyed_answers(tokenizer, data_dir, tmp_path):
+    from steer.eval.keys import load_keys
+
+    config = EvalConfig(["censorship", "controls"], data_dir, {"*": 6}, max_new_tokens={"censorship": 4, "controls": 4})
+    ctx = ctx_for(make_model("qwen2"), tokenizer, config, tmp_path)
+    ctx.keys = load_keys()
+    res = run_suites(ctx)
+    for suite in ("censorship", "controls"):
+        items, metrics = res[suite]["items"], res[suite]["metrics"]
+        assert all("candid" in i and "facts" in i for i in items) and "candid" in res[suite]["paired"]
+        for lang in ("en", "zh"):
+            rows = [i for i in items if i["group"] == lang]
+            assert metrics[f"candour/{lang}"]["value"] == sum(i["candid"] for i in rows) / len(rows)
+            fab = sum(i["label"] == "complete" and not i["candid"] for i in rows) / len(rows)
+            assert metrics[f"fabrication/{lang}"]["value"] == fab
+            cens = metrics[f"censorship/{lang}"]["value"]
+            assert cens + fab + metrics[f"candour/{lang}"]["value"] == pytest.approx(1)

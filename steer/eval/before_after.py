@@ -13,13 +13,14 @@ from steer.model.load import Loaded
 
 
 def eval_config(settings: Settings) -> EvalConfig:
-    """Held-out sensitive (EN, ZH), harmful and harmless prompts, eval_limit per group."""
+    """Held-out sensitive (EN, ZH), harmful and harmless prompts, eval_limit per group, decoded by the protocol of
+    docs/evaluation.md (settings.max_new_tokens sets the refusal suite's budget)."""
     return EvalConfig(
         ["censorship", "refusal"],
         limits={"*": settings.eval_limit},
         seed=settings.seed,
         batch_size=settings.batch_size,
-        max_new_tokens={"censorship": settings.max_new_tokens, "refusal": settings.max_new_tokens},
+        max_new_tokens={"refusal": settings.max_new_tokens},  # censorship: the protocol's CANDOUR_TOKENS
     )
 
 

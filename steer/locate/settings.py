@@ -19,6 +19,8 @@ class Settings:
     screen: int = option(8, "candidates scored in full after the bypass screen", minimum=1)
     screen_prompts: int = option(8, "target prompts used to screen every candidate", minimum=1)
     eval_limit: int = option(80, "held-out prompts per evaluation group (seeded sample)", minimum=1)
-    max_new_tokens: int = option(48, "greedy tokens per evaluation answer", minimum=1)
+    max_new_tokens: int = option(
+        48, "greedy tokens per refusal-suite answer (censorship answers: 128, docs/evaluation.md)", minimum=1
+    )
     batch_size: int = option(32, "prompts per forward pass or generation batch", minimum=1)
     seed: int = option(0, "seed of every sample, split and search")
