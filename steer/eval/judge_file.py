@@ -16,27 +16,17 @@ from steer.checkpoint.save import check_output
 from steer.errors import SteerError
 from steer.eval.candour import judge_answers
 from steer.eval.keys import KeySet, load_keys
+from steer.jsonl import read_jsonl
 from steer.prompts import SHIPPED_DIR
 
 
 def read_answers(path: Path) -> list[dict]:
     """The answer lines of a JSONL file; a missing field, a non-string or an empty file is one SteerError line."""
-    if not path.is_file():
-        raise SteerError(f"no such answers file: {path}")
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise SteerError(f"{path}:{i}: not JSON ({exc.msg})") from None
+    rows = read_jsonl(path, "answers file")
+    for i, row in rows:
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("prompt", "response")):
             raise SteerError(f"{path}:{i}: expected a JSON object with string fields prompt and response")
-        rows.append(row)
-    if not rows:
-        raise SteerError(f"answers file {path} is empty")
-    return rows
+    return [row for _, row in rows]
 
 
 def shipped_prompt_ids() -> set[str]:

@@ -7,11 +7,11 @@ stops at the first problem with one line naming the file, the line and the field
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from steer.errors import SteerError
+from steer.jsonl import read_jsonl
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "keys"
 SHIPPED = ("sensitive", "controls")
@@ -134,20 +134,7 @@ def parse_key(row, where: str) -> AnswerKey:
 
 def read_keys(path: Path) -> list[AnswerKey]:
     """Every key in one JSONL file (blank lines skipped)."""
-    if not path.is_file():
-        raise KeyFileError(f"no such answer-key file: {path}")
-    keys = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise KeyFileError(f"answer key {path}:{i}: not JSON ({exc.msg})") from None
-        keys.append(parse_key(row, f"{path}:{i}"))
-    if not keys:
-        raise KeyFileError(f"answer-key file {path} is empty")
-    return keys
+    return [parse_key(row, f"{path}:{i}") for i, row in read_jsonl(path, "answer-key file", KeyFileError)]
 
 
 class KeySet:
