@@ -60,6 +60,13 @@ def flag_name(f: dataclasses.Field) -> str:
     return _meta(f).get("flag") or "--" + f.name.replace("_", "-")
 
 
+def dest_name(f: dataclasses.Field) -> str:
+    """Where a field's flag is stored in the parsed arguments: the flag's name (--search-kl-max -> search_kl_max), so
+    two settings objects with a field of the same name but different flags (Settings.kl_max as --kl-max,
+    TargetedSettings.kl_max as --search-kl-max) never share a value."""
+    return flag_name(f)[2:].replace("-", "_")
+
+
 def cli_fields(cls, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> list[dataclasses.Field]:
     """The fields of cls that have a command-line flag (option(..., cli=True)), limited to `only`, less `exclude`."""
     return [
@@ -77,13 +84,13 @@ def _shown(value: Any, choices) -> str:
 
 def add_options(group, cls, *, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> None:
     """Add a flag for each CLI field of cls to an argparse parser or group; flags the parser already
-    has (settings shared by two objects, e.g. --seed) are left as they are. dest = the field name."""
+    has (settings shared by two objects, e.g. --seed) are left as they are. dest = dest_name (the flag's name)."""
     for f in cli_fields(cls, only, exclude):
         m, name = _meta(f), flag_name(f)
         if name in group._option_string_actions:
             continue
         help_ = f"{m['help']} (default: {_shown(f.default, m['choices'])})".replace("%", "%%")
-        kw: dict[str, Any] = {"dest": f.name, "default": f.default, "help": help_}
+        kw: dict[str, Any] = {"dest": dest_name(f), "default": f.default, "help": help_}
         if isinstance(f.default, bool):
             kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
         else:
@@ -116,8 +123,8 @@ def from_args(cls, args: argparse.Namespace, **overrides):
     """cls built from the parsed flags it has a field for (others keep their defaults), each range checked."""
     values = {}
     for f in cli_fields(cls):
-        if hasattr(args, f.name):
-            value = getattr(args, f.name)
+        if hasattr(args, dest_name(f)):
+            value = getattr(args, dest_name(f))
             choices = _meta(f)["choices"]
             values[f.name] = choices[value] if isinstance(choices, dict) else value
             _check(f, values[f.name])

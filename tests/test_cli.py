@@ -260,3 +260,17 @@ def test_targeted_flags_reach_the_settings(capsys):
     assert "--search-kl-max must be positive" in capsys.readouterr().err
     assert main(["search", "--out", "x", "--optimize-steps", "-1"]) == 2
     assert "--optimize-steps must be 0 or more" in capsys.readouterr().err
+
+
+def test_without_flags_every_setting_is_its_dataclass_default_and_same_named_fields_stay_apart():
+    from steer.cli.main import _settings, _targeted, build_parser
+    from steer.locate.settings import Settings
+    from steer.targeted.settings import TargetedSettings
+
+    args = build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety"])
+    assert _settings(args) == Settings() and _targeted(args) == TargetedSettings()
+    assert (Settings().kl_max, TargetedSettings().kl_max) == (0.1, 0.05)  # --kl-max and --search-kl-max
+    args = build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety", "--kl-max", "0.3"])
+    assert (_settings(args).kl_max, _targeted(args).kl_max) == (0.3, 0.05)
+    args = build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety", "--search-kl-max", "0.02"])
+    assert (_settings(args).kl_max, _targeted(args).kl_max) == (0.1, 0.02)
