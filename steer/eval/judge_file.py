@@ -17,7 +17,7 @@ from steer.errors import SteerError
 from steer.eval.candour import judge_answers
 from steer.eval.keys import KeySet, load_keys
 from steer.jsonl import read_jsonl
-from steer.prompts import SHIPPED_DIR
+from steer.prompts import SHIPPED, load_prompts
 
 
 def read_answers(path: Path) -> list[dict]:
@@ -31,10 +31,7 @@ def read_answers(path: Path) -> list[dict]:
 
 def shipped_prompt_ids() -> set[str]:
     """Every prompt id of the shipped prompt sets."""
-    ids = set()
-    for path in SHIPPED_DIR.glob("*.jsonl"):
-        ids |= {json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
-    return ids
+    return {p.id for name in SHIPPED for p in load_prompts(name)}
 
 
 def keys_for(extra: list[str] | None, answer_ids: set[str]) -> KeySet:
