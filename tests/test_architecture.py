@@ -2,6 +2,8 @@
 documented, no import cycle between steer's modules, no line over 120 characters."""
 
 import ast
+import fnmatch
+import re
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,12 @@ def test_no_line_over_120_characters(folder):
         if len(line) > 120
     ]
     assert not long, long
+
+
+def test_every_shipped_data_file_is_packaged():
+    """A wheel install must carry every data file the package reads (prompts, answer keys, SFT data)."""
+    line = re.search(r"^steer = \[(.*)\]$", (ROOT.parent / "pyproject.toml").read_text(), re.M)  # py3.10: no tomllib
+    globs = re.findall(r'"([^"]+)"', line.group(1))
+    shipped = [p.relative_to(ROOT).as_posix() for p in (ROOT / "data").rglob("*.jsonl") if "judge" not in p.parts]
+    unpackaged = [f for f in shipped if not any(fnmatch.fnmatch(f, g) for g in globs)]
+    assert shipped and not unpackaged, unpackaged
