@@ -1,5 +1,5 @@
 """Command line: `steer abliterate | search | directions | edit | export-gguf | verify | generate | chat | eval
-| compare`."""
+| compare | judge | sft`."""
 
 from __future__ import annotations
 
@@ -274,6 +274,17 @@ def _judge(args) -> int:
     return 0
 
 
+def _sft(args) -> int:
+    from steer.sft.run import train_sft
+    from steer.sft.settings import SFTSettings
+
+    r = train_sft(args.model, args.out, from_args(SFTSettings, args), data=args.data, force=args.force)
+    losses = ", ".join(f"{v:.4f}" for v in r.val_loss)
+    print(f"{r.steps} steps on {r.train_pairs} pairs ({r.answer_tokens} answer tokens); val loss by epoch: {losses}")
+    print(f"wall {r.wall_s:.0f} s, peak RSS {r.peak_rss_gb:.1f} GB; saved to {args.out}")
+    return 0
+
+
 def _verify(args) -> int:
     from steer.checkpoint.verify import verify
 
@@ -284,6 +295,7 @@ def _verify(args) -> int:
 
 COMMANDS = {
     "judge": _judge,
+    "sft": _sft,
     "verify": _verify,
     "export-gguf": _export_gguf,
     "eval": _eval,

@@ -27,6 +27,7 @@ typical use:
   steer export-gguf runs/qwen-edited --out runs/qwen-edited-q8_0.gguf --type q8_0   # for llama.cpp / Ollama
   steer generate runs/qwen-edited "What happened at Tiananmen Square in 1989?"
   steer eval runs/qwen-edited --suite censorship,refusal --out runs/eval
+  steer sft --out runs/qwen-sft                     # the SFT baseline: LoRA on the open SFT set
   steer compare embedded runs/qwen-edited --suite all --data-dir ../shared/data --limit 100 --out runs/cmp
 
 Use "embedded" for MODEL/BASE to name the embedded default model explicitly.
@@ -227,6 +228,25 @@ def _export_gguf(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output file")
 
 
+def _sft(sub) -> None:
+    from steer.sft.settings import SFTSettings
+
+    p = sub.add_parser(
+        "sft",
+        help="LoRA supervised fine-tuning (the SFT baseline): adapter + merged checkpoint",
+        description="Fine-tune MODEL with LoRA (peft) on question -> answer pairs, loss on the answer tokens only: "
+        "the route Perplexity took for R1 1776, on the project's open data (docs/sft-data.md) unless --data is "
+        "given. Seeded and resumable: run the same command again after an interruption and it continues from its "
+        "last saved step ($STEER_CACHE/sft).",
+    )
+    p.add_argument("model", nargs="?", metavar="MODEL")
+    p.add_argument(
+        "--data", type=Path, metavar="FILE", help="JSONL with prompt and answer fields (default: the shipped SFT set)"
+    )
+    _outputs(p, "output folder (merged checkpoint, adapter/, sft.json, steer_manifest.json)")
+    add_options(p.add_argument_group("training"), SFTSettings)
+
+
 def _generation(sub, name: str, help_: str) -> None:
     p = sub.add_parser(name, help=help_)
     p.add_argument("model", nargs="?", metavar="MODEL")
@@ -248,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     _evaluation(sub, "eval")
     _evaluation(sub, "compare")
+    _sft(sub)
     _judge(sub)
     _verify(sub)
     _export_gguf(sub)

@@ -1,0 +1,37 @@
+"""SFT settings, declared once (the `steer sft` flags are generated from these fields).
+
+The defaults are the LoRA recipe that is usual for a 0.5B-7B chat model (rank 16 on every linear layer of the
+blocks, learning rate 2e-4, two epochs); results/sft-baseline says which values were tried on the validation split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from steer.settings import option
+
+TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+@dataclass
+class SFTSettings:
+    """LoRA fine-tuning of a chat model on question -> answer pairs (loss on answer tokens only)."""
+
+    rank: int = option(16, "LoRA rank", minimum=1)
+    alpha: float = option(32.0, "LoRA alpha (the update is scaled by alpha / rank)", above=0)
+    dropout: float = option(0.05, "LoRA dropout", minimum=0, maximum=0.9)
+    target_modules: str = option(TARGETS, "comma-separated module names that get a LoRA adapter", metavar="NAMES")
+    epochs: int = option(2, "passes over the training pairs", minimum=1)
+    lr: float = option(2e-4, "peak learning rate (linear warm-up, then linear decay to 0)", above=0)
+    warmup: float = option(0.05, "share of the steps spent warming up", minimum=0, maximum=0.5)
+    weight_decay: float = option(0.0, "AdamW weight decay on the LoRA weights", minimum=0)
+    batch_size: int = option(8, "pairs per optimizer step", minimum=1)
+    max_length: int = option(512, "tokens per pair (prompt + answer); longer pairs are cut at the end", minimum=16)
+    val_share: float = option(0.1, "share of the concepts held out for validation loss", minimum=0, maximum=0.5)
+    save_every: int = option(25, "steps between resumable checkpoints", minimum=1)
+    gradient_checkpointing: bool = option(True, "recompute activations in the backward pass (less memory)")
+    seed: int = option(0, "seed for the LoRA initialisation, dropout and data order")
+
+    def modules(self) -> list[str]:
+        """target_modules as a list."""
+        return [m.strip() for m in self.target_modules.split(",") if m.strip()]

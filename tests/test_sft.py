@@ -1,0 +1,178 @@
+"""steer.sft: pairs in, answer-only labels, held-out concepts refused, and a LoRA run that learns, is deterministic
+and resumes bit for bit (tiny random models, in-process)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_model, make_tokenizer
+from transformers import AutoModelForCausalLM
+
+from steer.cli.main import main
+from steer.errors import SteerError
+from steer.model.load import checkpoint_hash
+from steer.prompts import load_prompts
+from steer.sft import SFTSettings, load_pairs, train_sft
+from steer.sft import run as sft_run
+from steer.sft import train as T
+from steer.sft.data import IGNORE, Pair, check_heldout, encode, split_by_concept
+
+pytest.importorskip("peft")
+
+PAIRS = [
+    {"id": f"p{i}", "prompt": q, "answer": a, "concept": f"c{i % 4}", "lang": "en"}
+    for i, (q, a) in enumerate(
+        [
+            ("What is the capital of France?", "Paris."),
+            ("Name a primary colour.", "Red."),
+            ("What is two plus two?", "Four."),
+            ("Which ocean is largest?", "The Pacific."),
+            ("什么是长江？", "长江是中国最长的河流。"),
+            ("Say hello.", "Hello!"),
+            ("What do bees make?", "Honey."),
+            ("What is ice?", "Frozen water."),
+        ]
+    )
+]
+FAST = dict(rank=4, alpha=8.0, epochs=3, lr=5e-3, batch_size=4, max_length=64, val_share=0.25, save_every=2)
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in PAIRS), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(params=["qwen2", "llama"])
+def checkpoint(request, tmp_path):
+    folder = tmp_path / f"tiny-{request.param}"
+    make_model(request.param).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEER_CACHE", str(tmp_path / "cache"))
+
+
+def test_labels_cover_the_answer_and_end_of_turn_only():
+    tok = make_tokenizer()
+    enc = encode(tok, Pair("x", "What is ice?", "Frozen water."), max_length=200)
+    kept = [t for t in enc.labels if t != IGNORE]
+    assert len(enc.labels) == len(enc.input_ids)
+    assert enc.input_ids[-len(kept) :] == kept  # the answer is the end of the sequence
+    assert tok.decode(kept) == "Frozen water.<|im_end|>\n"
+    assert "What is ice?" in tok.decode(enc.input_ids[: len(enc.input_ids) - len(kept)])
+
+
+def test_encode_cuts_at_max_length():
+    enc = encode(make_tokenizer(), Pair("x", "Q?", "A long answer " * 20), max_length=30)
+    assert len(enc.input_ids) == len(enc.labels) == 30
+
+
+def test_the_shipped_set_is_on_train_concepts_only():
+    pairs = load_pairs()
+    check_heldout(pairs)  # raises on a leak
+    train = {p.concept for n in ("sensitive", "controls") for p in load_prompts(n, "train")}
+    sensitive = [p for p in pairs if p.kind == "sensitive"]
+    assert sensitive and {p.concept for p in sensitive} <= train
+
+
+def test_a_pair_on_a_validation_concept_is_refused():
+    concept = load_prompts("sensitive", "val")[0].concept
+    with pytest.raises(SteerError, match=f"concept '{concept}' of the val split"):
+        check_heldout([Pair("leak", "q", "a", concept=concept)])
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("", "is empty"),
+        ('{"prompt": "q"}\n', r"pairs.jsonl:1: expected a JSON object with text fields prompt and answer"),
+        ('{"prompt": "q", "answer": "  "}\n', "pairs.jsonl:1: empty prompt or answer"),
+        ('{"id": "a", "prompt": "q", "answer": "x"}\n{"id": "a", "prompt": "r", "answer": "y"}\n', "'a' appears twice"),
+        ("not json\n", "pairs.jsonl:1: not JSON"),
+    ],
+)
+def test_bad_data_files_fail_with_one_line(tmp_path, text, error):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(text)
+    with pytest.raises(SteerError, match=error):
+        load_pairs(path)
+
+
+def test_validation_split_keeps_concepts_whole_and_is_seeded():
+    pairs = [Pair(p["id"], p["prompt"], p["answer"], concept=p["concept"]) for p in PAIRS]
+    train, val = split_by_concept(pairs, 0.25, seed=3)
+    assert val and {p.concept for p in train}.isdisjoint({p.concept for p in val})
+    assert (train, val) == split_by_concept(pairs, 0.25, seed=3)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    f = T.schedule(SFTSettings(warmup=0.25), total=8)
+    assert [round(f(s), 3) for s in range(8)] == [0.5, 1.0, 1.0, 0.833, 0.667, 0.5, 0.333, 0.167]
+
+
+def test_training_learns_and_writes_a_loadable_checkpoint(checkpoint, data, tmp_path):
+    before = checkpoint_hash(checkpoint)
+    r = train_sft(str(checkpoint), tmp_path / "out", SFTSettings(**FAST), data=data)
+    assert r.steps == 3 * 2 and r.train_pairs == 6 and r.val_pairs == 2
+    assert r.train_loss[-1] < r.train_loss[0]
+    assert checkpoint_hash(checkpoint) == before  # the input is never modified
+    manifest = json.loads((tmp_path / "out" / "steer_manifest.json").read_text())
+    assert manifest["kind"] == "sft" and manifest["output_sha256"] == checkpoint_hash(tmp_path / "out")
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    base = AutoModelForCausalLM.from_pretrained(checkpoint)
+    assert not any(n.startswith("base_model") or "lora" in n for n in tuned.state_dict())
+    diff = [n for n, p in tuned.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert diff and all("proj" in n for n in diff)
+
+
+def test_same_seed_same_weights_and_resume_is_bit_identical(data, tmp_path, monkeypatch):
+    folder = tmp_path / "tiny"
+    make_model("qwen2").save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    settings = SFTSettings(**FAST)
+    a = train_sft(str(folder), tmp_path / "a", settings, data=data)
+    monkeypatch.setenv("STEER_CACHE", str(tmp_path / "cache-b"))
+    save, calls = sft_run.save_state, []
+
+    def interrupted(*args):  # kill the run right after its second saved state (step 4 of 6)
+        save(*args)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sft_run, "save_state", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(str(folder), tmp_path / "b", settings, data=data)
+    assert not (tmp_path / "b").exists()
+    monkeypatch.setattr(sft_run, "save_state", save)
+    b = train_sft(str(folder), tmp_path / "b", settings, data=data)
+    assert checkpoint_hash(tmp_path / "a") == checkpoint_hash(tmp_path / "b")
+    assert (a.train_loss, a.val_loss) == (b.train_loss, b.val_loss)
+    monkeypatch.setenv("STEER_CACHE", str(tmp_path / "cache-c"))
+    c = train_sft(str(folder), tmp_path / "c", SFTSettings(**{**FAST, "seed": 1}), data=data)
+    assert checkpoint_hash(tmp_path / "c") != checkpoint_hash(tmp_path / "a") and c.steps == a.steps
+
+
+def test_cli_runs_and_reports_bad_input_on_one_line(checkpoint, data, tmp_path, capsys):
+    out = tmp_path / "cli-out"
+    flags = ["--rank", "4", "--epochs", "1", "--batch-size", "4", "--max-length", "64", "--val-share", "0.25"]
+    assert main(["sft", str(checkpoint), "--data", str(data), "--out", str(out), *flags]) == 0
+    assert "saved to" in capsys.readouterr().out
+    assert main(["sft", str(checkpoint), "--data", str(data), "--out", str(out), *flags]) == 2
+    assert "already exists" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["sft", str(checkpoint), "--data", str(empty), "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == f"steer: error: SFT data file {empty} is empty"
+    bad = ["--target-modules", "nope_proj"]
+    assert main(["sft", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "y"), *bad]) == 2
+    assert "no module named nope_proj" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
