@@ -32,7 +32,9 @@ def run_eval(name: str, model: str, out: Path, limit: str | None) -> dict:
     folder = out / name
     if not (folder / "summary.json").exists():
         cmd = [
-            "steer",
+            sys.executable,  # this interpreter's steer, not whichever `steer` is first on PATH
+            "-m",
+            "steer.cli.main",
             "eval",
             model,
             "--suite",
