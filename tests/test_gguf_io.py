@@ -317,7 +317,7 @@ def test_embedded_gguf_roundtrip(tmp_path):
     from safetensors import safe_open
 
     from steer.model.generation import generate
-    from steer.model.load import EMBEDDED_PACKAGES, embedded_checkpoint, load_model
+    from steer.model.load import EMBEDDED, embedded_checkpoint, load_model
     from steer.prompts import chat_texts
 
     cached = embedded_checkpoint()
@@ -325,7 +325,7 @@ def test_embedded_gguf_roundtrip(tmp_path):
     gguf_file = tmp_path / "embedded" / "model.gguf"
     gguf_file.parent.mkdir()
     with open(gguf_file, "wb") as out:
-        for name in EMBEDDED_PACKAGES:
+        for name in EMBEDDED["embedded"].packages:
             with open(importlib.import_module(name).get_part_path(), "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 24)
 

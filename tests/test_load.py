@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -75,11 +76,31 @@ def test_checkpoint_hash_changes_with_weights(checkpoint, tmp_path, tokenizer):
     assert checkpoint_hash(tmp_path / "other") != h and checkpoint_hash(folder) == h
 
 
-def test_embedded_without_demo_extra_says_how_to_install(tmp_path, monkeypatch):
+@pytest.mark.parametrize("spec, extra", [(None, "demo"), ("embedded-0.5b", "demo"), ("embedded-1.5b", "demo-1.5b")])
+def test_embedded_without_its_extra_says_how_to_install(tmp_path, monkeypatch, spec, extra):
     monkeypatch.setenv("STEER_CACHE", str(tmp_path))
-    monkeypatch.setattr(load, "EMBEDDED_PACKAGES", ["steer_no_such_chunk_package"])
-    with pytest.raises(SteerError, match=r"pip install 'steer\[demo\]'"):
-        load_model(None)
+    missing = {k: replace(e, packages=("steer_no_such_chunk_package",)) for k, e in load.EMBEDDED.items()}
+    monkeypatch.setattr(load, "EMBEDDED", missing)
+    with pytest.raises(SteerError, match=rf"not installed .*pip install 'steer\[{extra}\]'"):
+        load_model(spec)
+
+
+def test_embedded_names_resolve_and_a_folder_of_that_name_wins(tmp_path, monkeypatch):
+    assert load.embedded_model(None) is load.EMBEDDED["embedded-0.5b"] is load.embedded_model("embedded")
+    assert load.embedded_model("embedded:qwen2.5-coder-1.5b-instruct") is load.EMBEDDED["embedded-1.5b"]
+    assert load.embedded_model("runs/x") is None
+    with pytest.raises(SteerError, match="unknown embedded model 'embedded:nope'"):
+        load.embedded_model("embedded:nope")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "embedded-1.5b").mkdir()
+    assert load.embedded_model("embedded-1.5b") is None
+
+
+def test_corrupt_embedded_chunks_are_refused(tmp_path, monkeypatch):
+    part = tmp_path / "part01.bin"
+    part.write_bytes(b"not a model")
+    with pytest.raises(SteerError, match="embedded model chunks are corrupt: sha256 .* reinstall with: pip install"):
+        load._assemble([part], tmp_path / "model.gguf", load.EMBEDDED["embedded-1.5b"])
 
 
 def test_corrupt_gguf(tmp_path):

@@ -389,7 +389,7 @@ def test_cli_streams_the_embedded_model_byte_identically(tokenizer, tmp_path, mo
     model.config.tie_word_embeddings = True  # like Qwen2.5-0.5B
     model.tie_weights()
     cache = _save(model, tokenizer, tmp_path / "cache")
-    monkeypatch.setattr(load, "embedded_checkpoint", lambda: cache)
+    monkeypatch.setattr(load, "embedded_checkpoint", lambda spec=None: cache)
     d = torch.randn(3, 2, model.config.hidden_size, dtype=torch.float64)
     DirectionSet(d, d, d, {"selected": {"layer": 1, "position": -1}}).save(tmp_path / "dirs.safetensors")
     assert main(["edit", "--directions", str(tmp_path / "dirs.safetensors"), "--out", str(tmp_path / "out")]) == 0

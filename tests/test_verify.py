@@ -120,7 +120,7 @@ def test_in_memory_abliterate_output_verifies(disk_dtype, tokenizer, tmp_path, m
     model.config.tie_word_embeddings = True  # like Qwen2.5-0.5B
     model.tie_weights()
     cache = _save(model, tokenizer, tmp_path / "cache")
-    monkeypatch.setattr(load, "embedded_checkpoint", lambda: cache)
+    monkeypatch.setattr(load, "embedded_checkpoint", lambda spec=None: cache)
     out = tmp_path / "run"
     out.mkdir()
     dirs = DirectionSet.load(_directions(out / "directions.safetensors"))

@@ -76,13 +76,14 @@ def recorded(directions: Path, layer: int | None = None, position: int | None = 
 
 
 def apply_recorded(model: str | None, rec: Recorded, out: Path, *, force: bool = False, hashes: bool = False) -> dict:
-    """Write `out`: the checkpoint `model` (a folder, .gguf file, None / "embedded", or a hub id) with
+    """Write `out`: the checkpoint `model` (a folder, .gguf file, None / an embedded name, or a hub id) with
     the recorded edit. Returns the streaming editor's stats, or {"tensors_edited": n} in memory."""
     check_output(Path(out), force, (Path(model) if model else None,))
     path = Path(model) if model else None
     entries = dict(rec.entries)
-    if path is None or (model == "embedded" and not path.exists()):
-        path, entries["input"] = load.embedded_checkpoint(), {"model": f"embedded:{load.EMBEDDED_NAME}"}
+    embedded = load.embedded_model(model)
+    if embedded is not None:
+        path, entries["input"] = load.embedded_checkpoint(model), {"model": f"embedded:{embedded.name}"}
     elif not (path.is_dir() or (path.suffix == ".gguf" and path.is_file())):
         return _in_memory(model, rec, Path(out), force, hashes)
     return edit_checkpoint(path, out, rec.basis, force=force, manifest=entries, hashes=hashes, **rec.options)

@@ -173,8 +173,8 @@ def _input(manifest: dict, model: str | Path | None) -> tuple[Path, str]:
     spec = str(model) if model is not None else (manifest.get("input") or {}).get("model")
     if not spec:
         raise SteerError("the manifest records no input model; pass the input checkpoint (model=)")
-    if spec.startswith("embedded:") or (spec == "embedded" and not Path(spec).exists()):
-        return load.embedded_checkpoint(), spec
+    if load.embedded_model(spec) is not None:
+        return load.embedded_checkpoint(spec), spec
     path = Path(spec)
     if path.is_dir() or (path.suffix == ".gguf" and path.is_file()):
         return path, spec

