@@ -10,6 +10,7 @@ Output folder (written atomically; cached items live in $STEER_CACHE/eval, keyed
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -162,6 +163,10 @@ def compare_models(
     bctx = context(b, config, judge, cache)
     _log(f"base model {b.source}: {', '.join(s for s in config.suites if s != 'kl')}")
     b_res = run_suites(bctx, [s for s in config.suites if s != "kl"])
+    b_source = b.source
+    if "kl" not in config.suites:  # the base is needed again only for KL: free it before the edited model loads
+        b = bctx = None
+        gc.collect()
     e = load_model(edited)
     ectx = context(e, config, judge, cache)
     ectx.reference = bctx  # base weights stay loaded for KL only
@@ -169,7 +174,7 @@ def compare_models(
     e_res = run_suites(ectx)
     tests = paired(b_res, e_res)
     comparison = {
-        "meta": meta(config, ectx.judge, {"base": b.source, "edited": e.source}, time.time() - started),
+        "meta": meta(config, ectx.judge, {"base": b_source, "edited": e.source}, time.time() - started),
         "base": _summary(b_res),
         "edited": _summary(e_res),
         "paired": tests,
