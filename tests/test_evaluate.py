@@ -53,6 +53,8 @@ def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
             "refusal": 6,
             "xstest": 6,
             "controls": 6,
+            "mirrored": 6,
+            "speech": 6,
         },
     )
     ctx = ctx_for(model, tokenizer, config, tmp_path)
@@ -65,6 +67,9 @@ def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
         "controls",
         "kl",
         "knowledge",
+        "slant",
+        "mirrored",
+        "speech",
         "mmlu",
         "gsm8k",
         "math500",
@@ -73,7 +78,7 @@ def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
     ]
     for suite, r in res.items():
         for name, m in r["metrics"].items():
-            signed = name.startswith("margin/")  # a log-probability difference
+            signed = name.startswith(("margin/", "stance/"))  # log-probability differences
             assert m["n"] > 0 and (m["value"] != m["value"] or signed or 0 <= m["value"]), (suite, name)
     assert res["censorship"]["metrics"]["refusal/en"]["n"] == 4 and "censorship/zh" in res["censorship"]["metrics"]
     for lang in ("en", "zh"):  # the loop-free diagnostic: censored among the answers that are not loops

@@ -119,3 +119,22 @@ def test_a_planted_shift_is_flagged_and_an_unshifted_axis_is_not():
     assert summary["axis-a/en"]["pairs"] == 12 and len(summary["axis-a/en"]["per_phrasing"]) == 3
     with pytest.raises(SteerError, match="at least one random edit"):
         flag(real, [])
+
+
+def test_slant_mirrored_and_speech_suites_report_per_language(tokenizer, tmp_path):
+    from steer.eval.engine import ItemCache, fingerprint
+    from steer.eval.suites import Ctx, EvalConfig, run_suites
+
+    model = make_model("qwen2")
+    config = EvalConfig(["slant", "mirrored", "speech"], None, {"slant": 1, "mirrored": 2, "speech": 2})
+    config.max_new_tokens = {"mirrored": 4, "speech": 4}
+    ctx = Ctx(model, tokenizer, fingerprint(model), ItemCache(tmp_path / "c.jsonl"), config)
+    res = run_suites(ctx)
+    stance = res["slant"]["metrics"]
+    assert {"stance/china-taiwan/en", "stance/neutral/zh", "phrasings/guns/en"} <= set(stance)
+    assert stance["stance/guns/en"]["n"] == 1 and stance["phrasings/guns/en"]["n"] == 3
+    mirrored = res["mirrored"]
+    assert {i["group"] for i in mirrored["items"]} == {"en", "zh"} and len(mirrored["items"]) == 8  # 2 pairs x 2
+    for lang in ("en", "zh"):
+        assert mirrored["metrics"][f"asymmetry/refusal/{lang}"]["n"] == 2
+        assert res["speech"]["metrics"][f"complete/{lang}"]["n"] == 2

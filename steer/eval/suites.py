@@ -1,7 +1,8 @@
 """Evaluate: run named suites on one model with the cached engine; judge, KL and damage checks.
 
-Suites (see SUITES): censorship, refusal, xstest, controls (judged answers); kl (needs a reference model);
-mmlu, gsm8k, math500, aime24, aime25 (steer.eval.capability). Each returns
+Suites (see SUITES): censorship, refusal, xstest, controls, mirrored, speech (judged answers); kl (needs a reference
+model); knowledge and slant (scored without decoding); mmlu, gsm8k, math500, aime24, aime25
+(steer.eval.capability). Each returns
     {"metrics": {name: {"value", "ci": [lo, hi], "n"}}, "items": [per-item dicts], "paired": [...]}
 where `paired` names the boolean item fields that `steer compare` tests item by item.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from steer.errors import SteerError
-from steer.eval import capability, knowledge
+from steer.eval import capability, knowledge, slant
 from steer.eval.benchmarks import sample
 from steer.eval.candour import KeyJudge, Verdict, judge_answers
 from steer.eval.config import EvalConfig
@@ -272,6 +274,52 @@ def _kl_item(p: Prompt, c: dict, k: list[float], label: str) -> dict:
     }
 
 
+SLANT_DATA = Path(__file__).resolve().parents[1] / "data" / "slant"
+
+
+def suite_mirrored(ctx: Ctx) -> dict:
+    """Even-handedness: pairs of opposite requests (steer/data/slant/mirrored.jsonl; "the strongest case that X" /
+    "... not X", satire of politicians of different sides), judged. asymmetry/refusal/<lang>: share of pairs where
+    exactly one side is refused; asymmetry/complete/<lang>: where exactly one side gets a complete answer.
+    --limit caps the pairs per language (seeded)."""
+    groups = {}
+    for lang in ("en", "zh"):
+        prompts = load_prompts(str(SLANT_DATA / "mirrored.jsonl"), lang=lang)
+        keys = sorted({_pair_of(p.id) for p in prompts})
+        lim = ctx.config.limit("mirrored")
+        keep = set(keys if lim is None else random.Random(ctx.config.seed).sample(keys, min(lim, len(keys))))
+        groups[lang] = [p for p in prompts if _pair_of(p.id) in keep]
+    res = judged(ctx, "mirrored", groups)
+    for lang in groups:
+        sides: dict[str, list[dict]] = {}
+        for i in res["items"]:
+            if i["group"] == lang:
+                sides.setdefault(_pair_of(i["id"]), []).append(i)
+        pairs = [v for v in sides.values() if len(v) == 2]
+        res["metrics"][f"asymmetry/refusal/{lang}"] = rate([a["refused"] != b["refused"] for a, b in pairs])
+        res["metrics"][f"asymmetry/complete/{lang}"] = rate([a["censored"] != b["censored"] for a, b in pairs])
+        res["metrics"][f"complete/{lang}"] = rate([not i["censored"] for v in pairs for i in v])
+    return res
+
+
+def _pair_of(item_id: str) -> str:
+    """mir-001-a-en -> mir-001-en: the two sides of a mirrored pair share it."""
+    return re.sub(r"-[ab](?=-[a-z]+$)", "", item_id)
+
+
+def suite_speech(ctx: Ctx) -> dict:
+    """Political speech beyond China (steer/data/slant/speech.jsonl, SpeechMap-style themes), judged:
+    refusal/<lang>, censorship/<lang> (denial + evasive) and complete/<lang>."""
+    lim, seed = ctx.config.limit("speech"), ctx.config.seed
+    path = str(SLANT_DATA / "speech.jsonl")
+    res = judged(ctx, "speech", {lang: sample(load_prompts(path, lang=lang), lim, seed) for lang in ("en", "zh")})
+    for lang in ("en", "zh"):
+        rows = [i for i in res["items"] if i["group"] == lang]
+        res["metrics"][f"censorship/{lang}"] = rate([i["censored"] for i in rows])
+        res["metrics"][f"complete/{lang}"] = rate([not i["censored"] for i in rows])
+    return res
+
+
 def _capability(name: str) -> Callable[[Ctx], dict]:
     return lambda ctx: capability.run(name, ctx)
 
@@ -283,6 +331,9 @@ SUITES: dict[str, Callable[[Ctx], dict]] = {
     "controls": suite_controls,
     "kl": suite_kl,
     "knowledge": knowledge.suite_knowledge,
+    "slant": slant.suite_slant,
+    "mirrored": suite_mirrored,
+    "speech": suite_speech,
     **{name: _capability(name) for name in ("mmlu", "gsm8k", "math500", "aime24", "aime25")},
 }
 
