@@ -18,6 +18,7 @@ from steer.eval.before_after import before_after, eval_config
 from steer.locate.directions import DirectionSet
 from steer.locate.run import Settings, check_prompts, directions, log
 from steer.model.load import Loaded, checkpoint_hash, load_model
+from steer.report.cost import count_tokens, n_params
 from steer.report.tables import before_after_table, plot_selection, selection_table, write_report
 
 
@@ -30,8 +31,9 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     started = time.time()
     loaded = load_model(model)
     log(f"loaded {loaded.source} ({type(loaded.model).__name__}, {loaded.model.config.num_hidden_layers} layers)")
-    # 2. directions and the selected one (steer.locate)
-    dirs = directions(loaded, settings)
+    # 2. directions and the selected one (steer.locate); the tokens they cost (steer.report.cost)
+    with count_tokens(loaded.model) as tokens:
+        dirs = directions(loaded, settings)
     edit = Edit(dirs.vector())
     # 3. before/after: the base model, KL against the previewed edit, the edit written, the edited model
     measured = before_after(
@@ -43,6 +45,7 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
         "selection": dirs.meta["selection"],
         "before": measured.before,
         "after": measured.after,
+        "cost": tokens.summary(n_params(loaded.model)),
     }
     # 4. checkpoint, directions, plot, report and manifest, appearing together
     with atomic_dir(out, force) as tmp:

@@ -55,6 +55,7 @@ def test_abliterate_end_to_end_is_deterministic(tiny):
     }
     assert set(report["before"]["censorship"]["metrics"]) >= {"refusal/en", "censorship/zh", "degenerate"}
     assert report["after"]["kl"]["metrics"]["kl/first_token"]["value"] >= 0
+    assert report["cost"]["tokens"]["forward"] > 0 and report["cost"]["tokens"]["train"] == 0  # no gradients
     md = (tiny / "a" / "report.md").read_text()
     assert "| censorship | refusal/en | 3 |" in md and "| kl | kl/multi_token |" in md
     assert "(chosen)" in md and "## Direction selection" in md
@@ -146,6 +147,7 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
     assert f"| {row['target_score']:.2f} | {row['target_raw']:.2f} | {row['target_high']:.1%} |" in md
     # the readout: trained, kept at the largest fraction within the (loose) bound, and saved beside the contrasts
     assert len(report["readout"]["history"]) == 2 and report["readout"]["scale"] == 1.0
+    assert report["cost"]["tokens"]["forward"] > 0 and report["cost"]["tokens"]["train"] > 0  # optimizer, readout
     assert "Readout (steer.targeted.readout, 6 writers): 2 steps" in md and "Wall time" in md
     assert set(report["seconds"]) == {"prepare", "search", "confirm", "readout", "evaluate", "load_save"}
     saved = Contrasts.load(tiny / "t1" / "contrasts.safetensors").readout

@@ -122,6 +122,9 @@ def test_training_learns_and_writes_a_loadable_checkpoint(checkpoint, data, tmp_
     r = train_sft(str(checkpoint), tmp_path / "out", SFTSettings(**FAST), data=data)
     assert r.steps == 3 * 2 and r.train_pairs == 6 and r.val_pairs == 2
     assert r.train_loss[-1] < r.train_loss[0]
+    tokens = r.cost["tokens"]
+    assert tokens["train"] == tokens["recompute"] > 0 and tokens["forward"] > 0
+    assert r.cost["flops_70B"] > r.cost["flops_7B"] > r.cost["flops"]
     assert checkpoint_hash(checkpoint) == before  # the input is never modified
     manifest = json.loads((tmp_path / "out" / "steer_manifest.json").read_text())
     assert manifest["kind"] == "sft" and manifest["output_sha256"] == checkpoint_hash(tmp_path / "out")

@@ -24,6 +24,7 @@ from steer.checkpoint import manifest
 from steer.checkpoint.save import atomic_dir, check_output, save_checkpoint, write_json
 from steer.errors import SteerError
 from steer.model.load import Loaded, cache_dir, checkpoint_hash, load_model
+from steer.report.cost import TokenCount, n_params
 from steer.sft.data import IGNORE, Pair, check_heldout, data_hash, encode, load_pairs, split_by_concept
 from steer.sft.settings import SFTSettings
 from steer.sft.train import (
@@ -54,6 +55,7 @@ class SFTResult:
     wall_s: float
     peak_rss_gb: float
     data_sha256: str
+    cost: dict  # steer.report.cost: tokens through the model, FLOPs here and estimated for 7B / 70B models
 
 
 def log(msg: str) -> None:
@@ -77,6 +79,7 @@ def train_sft(
     train_rows = _encode(loaded, train_pairs, settings)
     val_rows = _encode(loaded, val_pairs, settings)
     # 3. LoRA adapters (peft), then the seeded, resumable loop
+    params = n_params(loaded.model)
     peft_model = _lora(loaded.model, settings)
     work = cache_dir() / "sft" / _run_key(loaded, pairs, settings)
     work.mkdir(parents=True, exist_ok=True)
@@ -94,6 +97,7 @@ def train_sft(
         wall_s=0.0,
         peak_rss_gb=0.0,
         data_sha256=data_hash(pairs),
+        cost=_cost(train_rows, val_rows, settings).summary(params),
     )
     with atomic_dir(out, force) as tmp:
         peft_model.save_pretrained(tmp / "adapter")
@@ -177,6 +181,14 @@ def _fit(model, train_rows, val_rows, pad_id: int, settings: SFTSettings, work: 
             save_state(work, model, optimizer, scheduler, progress)
     bar.close()
     return progress
+
+
+def _cost(train_rows, val_rows, settings: SFTSettings) -> TokenCount:
+    """Tokens of the whole run, from the data (a resumed run costs what an uninterrupted one does): every epoch
+    trains on every training row (recomputed under gradient checkpointing) and scores every validation row."""
+    train = settings.epochs * sum(len(r.input_ids) for r in train_rows)
+    forward = settings.epochs * sum(len(r.input_ids) for r in val_rows)
+    return TokenCount(forward=forward, train=train, recompute=train if settings.gradient_checkpointing else 0)
 
 
 def _run_key(loaded: Loaded, pairs: list[Pair], settings: SFTSettings) -> str:

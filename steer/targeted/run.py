@@ -24,6 +24,7 @@ from steer.eval.before_after import before_after, eval_config
 from steer.locate.run import Settings, log
 from steer.model.load import Loaded, cache_dir, checkpoint_hash, load_model
 from steer.report import tables
+from steer.report.cost import count_tokens, n_params
 from steer.targeted.confirm import confirm
 from steer.targeted.prepare import Prepared, prepare
 from steer.targeted.readout import fit_readout
@@ -183,12 +184,13 @@ def targeted_abliterate(
     check_output(out, force, (Path(model) if model else None,))
     started = time.time()
     loaded = load_model(model)
-    # 1. the search and its confirmed choice (steer.targeted.search, .confirm)
-    result = search(loaded, ts, study)
-    basis = edit_basis(result.inputs, result.params)
-    seconds = result.prepared.meta.pop("seconds")
-    # 2. the readout on top of it (steer.targeted.readout)
-    readout, rinfo = _readout(loaded, result, basis, ts, seconds)
+    # 1. the search and its confirmed choice (steer.targeted.search, .confirm); tokens counted (steer.report.cost)
+    with count_tokens(loaded.model) as tokens:
+        result = search(loaded, ts, study)
+        basis = edit_basis(result.inputs, result.params)
+        seconds = result.prepared.meta.pop("seconds")
+        # 2. the readout on top of it (steer.targeted.readout)
+        readout, rinfo = _readout(loaded, result, basis, ts, seconds)
     edit = result.params.edit(basis, readout)
     # 3. before/after with the edit previewed for KL, then written into the weights
     lap = time.time()
@@ -209,6 +211,7 @@ def targeted_abliterate(
         "cosines": result.prepared.contrasts.cosines(),
         "before": measured.before,
         "after": measured.after,
+        "cost": tokens.summary(n_params(loaded.model)),
     }
     # 4. checkpoint, contrasts (+ readout), plots, report and manifest, appearing together
     md = _save(out, force, loaded, result, edit, ts, report, seconds, started)
