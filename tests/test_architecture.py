@@ -98,3 +98,12 @@ def test_every_shipped_data_file_is_packaged():
     shipped = [p.relative_to(ROOT).as_posix() for p in (ROOT / "data").rglob("*.jsonl") if "judge" not in p.parts]
     unpackaged = [f for f in shipped if not any(fnmatch.fnmatch(f, g) for g in globs)]
     assert shipped and not unpackaged, unpackaged
+
+
+def test_pyproject_is_valid_for_setuptools():
+    """pip install reads pyproject.toml through setuptools' validation (a dotted extra name must be quoted)."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    extras = read_configuration(ROOT.parent / "pyproject.toml")["project"]["optional-dependencies"]
+    assert {"demo", "demo-1.5b", "sft", "dev"} <= set(extras)
+    assert all(isinstance(v, list) for v in extras.values())
