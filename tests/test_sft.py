@@ -179,3 +179,32 @@ def test_cli_runs_and_reports_bad_input_on_one_line(checkpoint, data, tmp_path, 
     assert main(["sft", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "y"), *bad]) == 2
     assert "no module named nope_proj" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_batches_cover_every_row_once_and_pad_less_than_a_plain_shuffle():
+    import random
+
+    lengths = [random.Random(i).randint(5, 300) for i in range(203)]
+    batches = T.epoch_batches(lengths, 8, seed=0, epoch=1)
+    assert sorted(i for b in batches for i in b) == list(range(203))
+    assert len(batches) == T.steps_per_epoch(203, 8) and batches == T.epoch_batches(lengths, 8, seed=0, epoch=1)
+    assert batches != T.epoch_batches(lengths, 8, seed=0, epoch=2)
+    order = list(range(203))
+    random.Random(0).shuffle(order)
+    plain = [order[i : i + 8] for i in range(0, 203, 8)]
+    padded = lambda bs: sum(max(lengths[i] for i in b) * len(b) for b in bs)  # noqa: E731
+    assert padded(batches) < 0.8 * padded(plain)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma2"])
+def test_answer_loss_is_the_models_own_loss(arch):
+    from steer.sft.train import answer_loss, batch
+
+    model, tok = make_model(arch), make_tokenizer()
+    rows = [encode(tok, Pair(p["id"], p["prompt"], p["answer"]), 64) for p in PAIRS[:4]]
+    b = batch(rows, tok.pad_token_id)
+    with torch.no_grad():
+        ours, theirs = answer_loss(model, b), model(**b).loss
+        fast = answer_loss(model, b, bf16=True)
+    assert torch.allclose(ours, theirs, atol=1e-5), (float(ours), float(theirs))
+    assert abs(float(fast) - float(theirs)) < 0.05 * float(theirs)

@@ -30,7 +30,8 @@ from steer.sft.settings import SFTSettings
 from steer.sft.train import (
     Progress,
     batch,
-    epoch_order,
+    answer_loss,
+    epoch_batches,
     load_state,
     mean_loss,
     save_state,
@@ -143,6 +144,7 @@ def _lora(model, settings: SFTSettings):
 def _fit(model, train_rows, val_rows, pad_id: int, settings: SFTSettings, work: Path) -> Progress:
     """Optimizer steps until settings.epochs passes are done, resuming from work/state.pt when it exists."""
     per_epoch = steps_per_epoch(len(train_rows), settings.batch_size)
+    lengths = [len(r.input_ids) for r in train_rows]
     total = per_epoch * settings.epochs
     params = list(trainable(model).values())
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -157,9 +159,8 @@ def _fit(model, train_rows, val_rows, pad_id: int, settings: SFTSettings, work: 
     bar = tqdm(total=total, initial=progress.step, desc="sft", unit="step", file=sys.stderr)
     while progress.step < total:
         epoch, k = divmod(progress.step, per_epoch)
-        order = epoch_order(len(train_rows), settings.seed, epoch)
-        rows = [train_rows[i] for i in order[k * settings.batch_size : (k + 1) * settings.batch_size]]
-        loss = model(**batch(rows, pad_id)).loss
+        rows = [train_rows[i] for i in epoch_batches(lengths, settings.batch_size, settings.seed, epoch)[k]]
+        loss = answer_loss(model, batch(rows, pad_id), settings.bf16)
         if not torch.isfinite(loss):
             raise SteerError(f"training loss is {float(loss)} at step {progress.step}: lower --lr")
         loss.backward()

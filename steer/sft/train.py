@@ -1,7 +1,7 @@
 """The LoRA training loop: seeded, resumable bit for bit from its last saved step, with validation loss per epoch.
 
 State saved every `save_every` steps and at each epoch's end (one file, written then renamed): the LoRA weights,
-the optimizer and schedule, torch's RNG and the losses so far. The data order of epoch e is a seeded permutation
+the optimizer and schedule, torch's RNG and the losses so far. The batches of epoch e are seeded by
 (seed, e), so a resumed run sees the batches the uninterrupted run would have seen.
 """
 
@@ -44,11 +44,19 @@ def batch(rows: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The seeded permutation of n training rows for one epoch."""
-    order = list(range(n))
-    random.Random(seed * 100_003 + epoch).shuffle(order)
-    return order
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, window: int = 16) -> list[list[int]]:
+    """The seeded batches of one epoch (row indices): a seeded shuffle, rows sorted by length within windows of
+    `window` batches (less padding: a third of the tokens on the shipped set), then the batches shuffled."""
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = batch_size * window
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def schedule(settings: SFTSettings, total: int):
@@ -91,15 +99,34 @@ def load_state(work: Path, model, optimizer, scheduler) -> Progress | None:
     return Progress(**state["progress"])
 
 
+def answer_loss(model, b: dict[str, torch.Tensor], bf16: bool = False) -> torch.Tensor:
+    """Mean next-token cross-entropy over the answer tokens of batch b (labels != IGNORE), in float32.
+
+    The output head runs on the answer positions only ([N, D] -> [N, V]), not on every position of [B, T]: the
+    logits over the vocabulary are the largest tensor of a step. bf16: matmuls under autocast (weights stay
+    float32); about twice as fast on CPUs with bf16 instructions and on GPUs.
+    """
+    device = "cuda" if b["input_ids"].is_cuda else "cpu"
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if getattr(base.config, "final_logit_softcapping", None):  # the head is not a plain linear map
+            return model(**b).loss.float()
+        hidden = base.get_decoder()(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0]
+        targets = b["labels"][:, 1:]
+        keep = targets != IGNORE
+        logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
 @torch.no_grad()
 def mean_loss(model, rows: list[Encoded], pad_id: int, batch_size: int) -> float:
-    """Token-weighted mean loss over rows (eval mode: no dropout)."""
+    """Token-weighted mean loss over rows (eval mode: no dropout; float32)."""
     was_training, total, count = model.training, 0.0, 0
     model.eval()
     for i in range(0, len(rows), batch_size):
         b = batch(rows[i : i + batch_size], pad_id)
         n = int((b["labels"][:, 1:] != IGNORE).sum())
-        total += float(model(**b).loss) * n
+        total += float(answer_loss(model, b)) * n
         count += n
     model.train(was_training)
     return total / max(1, count)
