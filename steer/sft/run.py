@@ -29,8 +29,8 @@ from steer.sft.data import IGNORE, Pair, check_heldout, data_hash, encode, load_
 from steer.sft.settings import SFTSettings
 from steer.sft.train import (
     Progress,
-    batch,
     answer_loss,
+    batch,
     epoch_batches,
     load_state,
     mean_loss,
