@@ -114,3 +114,55 @@ def test_unreachable_hub_id(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SteerError, match="cannot fetch 'nobody/no-such-model' from the Hugging Face hub"):
         load_model("nobody/no-such-model")
+
+
+@pytest.fixture
+def fake_chunks(tmp_path, monkeypatch, tokenizer):
+    """A tiny model exported to GGUF and cut into three chunk 'packages' (modules with get_part_path), declared as
+    embedded-1.5b: the loader path of the real 1.5B without its 1.1 GB."""
+    import hashlib
+    import sys
+    import types
+
+    from steer.checkpoint.gguf_io import export_gguf
+
+    model = make_model("qwen2")
+    save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    export_gguf(tmp_path / "ckpt", tmp_path / "whole.gguf", "f32")
+    data = (tmp_path / "whole.gguf").read_bytes()
+    names, cut = [], len(data) // 3
+    for i, chunk in enumerate((data[:cut], data[cut : 2 * cut], data[2 * cut :])):
+        part = tmp_path / f"part{i}.bin"
+        part.write_bytes(chunk)
+        mod = types.ModuleType(f"steer_fake_chunk_{i}")
+        mod.get_part_path = lambda part=part: str(part)
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+        names.append(mod.__name__)
+    fake = load.Embedded("tiny-chunked", tuple(names), hashlib.sha256(data).hexdigest(), len(data), "demo-1-5b")
+    monkeypatch.setattr(load, "EMBEDDED", {**load.EMBEDDED, "embedded-1.5b": fake})
+    monkeypatch.setenv("STEER_CACHE", str(tmp_path / "cache"))
+    return model, [tmp_path / f"part{i}.bin" for i in range(3)]
+
+
+def test_embedded_chunks_assemble_check_and_load(fake_chunks, tokenizer):
+    model, _ = fake_chunks
+    loaded = load_model("embedded-1.5b")
+    assert loaded.source == "embedded:tiny-chunked" and loaded.path.name == "tiny-chunked"
+    texts = chat_texts(tokenizer, PROMPTS)
+    got, want = batched_last_logits(loaded.model, loaded.tokenizer, texts), batched_last_logits(model, tokenizer, texts)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("damage, error", [("flip", "chunks are corrupt: sha256"), ("delete", "chunk file missing")])
+def test_damaged_chunk_sets_fail_with_one_line_and_cache_nothing(fake_chunks, tmp_path, damage, error):
+    part = fake_chunks[1][1]
+    if damage == "flip":
+        raw = bytearray(part.read_bytes())
+        raw[7] ^= 0xFF
+        part.write_bytes(bytes(raw))
+    else:
+        part.unlink()
+    with pytest.raises(SteerError, match=rf"{error}.*pip install 'steer\[demo-1-5b\]'") as info:
+        load_model("embedded-1.5b")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "cache" / "tiny-chunked").exists()

