@@ -104,7 +104,15 @@ def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
     assert set(res["mmlu"]["per_subject"]) == {"anatomy", "astronomy"}
     assert res["kl"]["metrics"]["kl/first_token"]["value"] > 0
     item = res["gsm8k"]["items"][0]
-    assert set(item) >= {"id", "prompt", "output", "extracted", "answer", "correct"}
+    assert set(item) >= {"id", "prompt", "input", "output", "extracted", "answer", "correct"}
+    assert item["input"].startswith("<|im_start|>user\n" + item["prompt"]) and "step by step" in item["input"]
+    # an outside re-scorer needs only the recorded input and continuations to reproduce each MMLU item
+    for rec in res["mmlu"]["items"]:
+        with torch.no_grad():
+            last = model(**tokenizer(rec["input"], return_tensors="pt")).logits[0, -1]
+        ids = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in rec["continuations"]]
+        again = torch.log_softmax(last[ids].double(), -1)
+        assert torch.allclose(again, torch.tensor(rec["output"], dtype=torch.float64), atol=1e-4)
     lo, hi = res["mmlu"]["metrics"]["accuracy"]["ci"]
     assert 0 <= lo <= res["mmlu"]["metrics"]["accuracy"]["value"] <= hi <= 1
 

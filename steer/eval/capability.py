@@ -16,7 +16,7 @@ from steer.eval.answers import boxed, equivalent, last_number
 from steer.eval.benchmarks import LOADERS, Item, load_mmlu, stratified_subset
 from steer.eval.engine import GenSpec, cached_map, generate_cached, key
 from steer.eval.judge import degenerate
-from steer.eval.mmlu import score_mmlu, summarize
+from steer.eval.mmlu import LETTERS, model_inputs, score_mmlu, summarize
 from steer.eval.stats import rate
 from steer.prompts import chat_texts
 
@@ -61,18 +61,21 @@ def run_mmlu(ctx) -> dict:
     rows = cached_map(
         ctx.cache, keys, compute, chunk=8 * cfg.batch_size, desc=f"mmlu {cfg.shots}-shot", order=lengths.__getitem__
     )
+    inputs = model_inputs(ctx.tokenizer, items, dev, cfg.shots)
     results = [
         {
             "id": it.id,
             "subject": it.group,
             "prompt": it.question,
+            "input": text,  # the exact text fed to the model, as lm-eval logs its arguments
+            "continuations": list(LETTERS),
             "choices": list(it.choices),
             "output": r["logprobs"],
             "extracted": r["pred"],
             "answer": it.answer,
             "correct": r["correct"],
         }
-        for it, r in zip(items, rows)
+        for it, r, text in zip(items, rows, inputs)
     ]
     summary = summarize(results)
     return {
@@ -97,13 +100,14 @@ def run_generative(suite: str, ctx) -> dict:
     spec = GenSpec(cfg.tokens(suite, MAX_TOKENS[suite]), STOP)
     outs = generate_cached(ctx.model, ctx.tokenizer, texts, spec, ctx.cache, ctx.model_id, cfg.batch_size, desc=suite)
     results = []
-    for it, o in zip(items, outs):
+    for it, o, text in zip(items, outs, texts):
         pred = extract(suite, o["text"])
         results.append(
             {
                 "id": it.id,
                 "group": it.group,
                 "prompt": it.question,
+                "input": text,  # the exact text fed to the model (chat template and instruction included)
                 "output": o["text"],
                 "extracted": pred,
                 "answer": it.answer,

@@ -47,6 +47,14 @@ def letter_ids(tokenizer, chat: bool) -> list[int]:
     return ids
 
 
+def model_inputs(tokenizer, items: list[Item], dev: dict[str, list[Item]] | None, shots: int, chat: bool = True):
+    """The exact texts the model reads, one per item (the prompt in the chat template when chat): an outside
+    re-scorer needs only these and the scored continuations ("A".."D", or " A".." D" after raw text)."""
+    dev = dev or {}
+    prompts = [build_prompt(item, dev.get(item.group, [])[:shots]) for item in items]
+    return chat_texts(tokenizer, prompts) if chat else prompts
+
+
 @torch.inference_mode()
 def score_mmlu(
     model,
@@ -59,9 +67,7 @@ def score_mmlu(
     desc: str | None = None,
 ) -> list[dict]:
     """Per-item results: predicted letter, log-probs of A-D (normalized over the four), correct."""
-    dev = dev or {}
-    prompts = [build_prompt(item, dev.get(item.group, [])[:shots]) for item in items]
-    texts = chat_texts(tokenizer, prompts) if chat else prompts
+    texts = model_inputs(tokenizer, items, dev, shots, chat)
     logits = batched_last_logits(model, tokenizer, texts, batch_size, desc=desc)
     choice = torch.log_softmax(logits[:, letter_ids(tokenizer, chat)].double(), dim=-1)
     out = []
