@@ -218,6 +218,8 @@ def _eval(args) -> int:
     from steer.eval.candour import make_judge
     from steer.eval.compare import evaluate_model
 
+    if args.backend == "lm-eval":
+        return _eval_lm_eval(args)
     config = _eval_config(args)
     evaluate_model(
         args.model,
@@ -229,6 +231,22 @@ def _eval(args) -> int:
         cache=not args.no_cache,
     )
     print(f"\nsaved to {args.out} (summary.json, report.md, items/*.jsonl, metrics.png)")
+    return 0
+
+
+def _eval_lm_eval(args) -> int:
+    from steer.eval.lmeval import evaluate_with_lm_eval
+
+    tasks = [t.strip() for t in args.suite.split(",") if t.strip()]
+    if args.limit is not None and not args.limit.isdigit():
+        raise SteerError("--backend lm-eval: --limit is one number of items per task")
+    res = evaluate_with_lm_eval(
+        args.model, tasks, args.out, limit=int(args.limit) if args.limit else None, batch_size=args.batch_size,
+        force=args.force,
+    )  # fmt: skip
+    for task, metrics in res["results"].items():
+        print(task, json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}))
+    print(f"\nsaved to {args.out} (results.json, samples/*.jsonl)")
     return 0
 
 

@@ -144,6 +144,13 @@ def _evaluation(sub, name: str) -> None:
     if name == "eval":
         p.add_argument("model", nargs="?", metavar="MODEL")
         p.add_argument("--reference", metavar="BASE", help="base model for the kl suite")
+        p.add_argument(
+            "--backend",
+            choices=("steer", "lm-eval"),
+            default="steer",
+            help="'lm-eval': --suite names lm-evaluation-harness tasks (e.g. mmlu,gsm8k; needs hub access and "
+            'pip install "steer[lm-eval]"), --limit N items per task (default: steer)',
+        )
     else:
         p.add_argument("base", metavar="BASE")
         p.add_argument("edited", metavar="EDITED")
