@@ -51,11 +51,7 @@ def test_agreement_counts_a_disagreement():
 
 
 def test_backend_flag_rejects_a_bad_limit(tmp_path, capsys):
-    assert (
-        main(
-            ["eval", "x", "--backend", "lm-eval", "--suite", "mmlu", "--limit", "mmlu=3", "--out", str(tmp_path / "o")]
-        )
-        == 1
-    )
+    argv = ["eval", "x", "--backend", "lm-eval", "--suite", "mmlu", "--limit", "mmlu=3", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2  # bad usage
     err = capsys.readouterr().err.strip()
     assert "--limit is one number" in err and "\n" not in err
