@@ -7,7 +7,7 @@ from test_facts import KEY
 
 from steer.eval.engine import ItemCache, fingerprint
 from steer.eval.keys import KeySet
-from steer.eval.knowledge import answer_logprobs, fact_pairs, knowledge_items
+from steer.eval.knowledge import answer_logprobs, choice_logprobs, fact_pairs, knowledge_items
 from steer.eval.suites import Ctx, EvalConfig, run_suites
 from steer.prompts import Prompt, chat_texts
 
@@ -28,6 +28,18 @@ def test_batched_log_probabilities_equal_one_at_a_time(tokenizer, arch):
     got = answer_logprobs(model, tokenizer, prompts, answers, batch_size=2)
     want = [one_at_a_time(model, tokenizer, p, a) for p, a in zip(prompts, answers)]
     assert got == pytest.approx(want, rel=1e-4, abs=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma2", "mistral"])
+def test_prompt_read_once_scores_equal_one_at_a_time(tokenizer, arch):
+    model = make_model(arch)
+    prompts = ["What happened?", "A much longer question about the events of that night?", "Why?"]
+    choices = [["Troops opened fire.", "No."], ["Y", "军队开枪。", "Nothing at all happened there."], ["No.", "Yes"]]
+    got = choice_logprobs(model, tokenizer, prompts, choices, batch_size=2)
+    want = [[one_at_a_time(model, tokenizer, p, a) for a in c] for p, c in zip(prompts, choices)]
+    assert [len(g) for g in got] == [2, 3, 2]
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, rel=1e-4, abs=1e-3)
 
 
 def test_pairs_follow_the_prompt_language_and_items_compare_true_with_false(tokenizer):

@@ -8,6 +8,8 @@ an edit can at best unlock); after, whether the edit damaged it. Chance is 50%.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from steer.eval.benchmarks import sample
@@ -41,16 +43,57 @@ def answer_logprobs(model, tokenizer, prompts: list[str], answers: list[str], ba
     return out
 
 
+@torch.inference_mode()
+def choice_logprobs(model, tokenizer, prompts: list[str], choices: list[list[str]], batch_size: int = 16):
+    """answer_logprobs for several answers to each prompt, the prompt read once: [len(prompts)][len(choices[i])].
+
+    Layout: prompts left-padded [B, T] with explicit position ids (so padding moves nothing); one forward with the
+    KV cache keeps only the last position's logits [B, V], which score every answer's first token; an answer's later
+    tokens are teacher-forced from a copy of the cache. The same sums as answer_logprobs at about 1/k of its cost for
+    k short answers, and without logits over the prompt's positions.
+    """
+    heads = tokenizer(chat_texts(tokenizer, prompts), add_special_tokens=False)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device, out = input_device(model), []
+    for start in range(0, len(prompts), batch_size):
+        rows, sets = heads[start : start + batch_size], choices[start : start + batch_size]
+        width = max(map(len, rows))
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(res.logits[:, -1].float(), dim=-1)  # [B, V]
+        scores = [[0.0] * len(c) for c in sets]
+        for k in range(max(map(len, sets))):
+            tails = [tokenizer(c[k], add_special_tokens=False)["input_ids"] if k < len(c) else [] for c in sets]
+            for i, t in enumerate(tails):
+                if t:
+                    scores[i][k] = first[i, t[0]].item()
+            more = max(len(t) for t in tails) - 1
+            if more > 0:  # tokens 0..n-2 of each answer predict tokens 1..n-1
+                feed = torch.tensor([(t[:-1] + [pad] * more)[:more] for t in tails], device=device)
+                fmask = torch.tensor([[1] * max(len(t) - 1, 0) + [0] * (more - max(len(t) - 1, 0)) for t in tails])
+                fpos = pos[:, -1:] + 1 + torch.arange(more, device=device)
+                step = model(
+                    input_ids=feed, attention_mask=torch.cat([mask, fmask.to(device)], 1), position_ids=fpos,
+                    past_key_values=copy.deepcopy(res.past_key_values), use_cache=True,
+                )  # fmt: skip
+                logp = torch.log_softmax(step.logits.float(), dim=-1)  # [B, more, V]
+                for i, t in enumerate(tails):
+                    if len(t) > 1:
+                        scores[i][k] += sum(logp[i, j, t[j + 1]].item() for j in range(len(t) - 1))
+        out += scores
+    return out
+
+
 def knowledge_items(model, tokenizer, pairs: list[dict], batch_size: int = 16) -> list[dict]:
     """`pairs`: dicts with prompt, true, false (plus any ids to keep); adds logp_true, logp_false, margin,
     prefers_true."""
-    prompts = [p["prompt"] for p in pairs] * 2
-    answers = [p["true"] for p in pairs] + [p["false"] for p in pairs]
-    scores = answer_logprobs(model, tokenizer, prompts, answers, batch_size)
-    n = len(pairs)
+    scores = choice_logprobs(model, tokenizer, [p["prompt"] for p in pairs], [[p["true"], p["false"]] for p in pairs],
+                             batch_size)  # fmt: skip
     return [
         {**p, "logp_true": t, "logp_false": f, "margin": t - f, "prefers_true": t > f}
-        for p, t, f in zip(pairs, scores[:n], scores[n:])
+        for p, (t, f) in zip(pairs, scores)
     ]
 
 

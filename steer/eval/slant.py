@@ -2,7 +2,7 @@
 
 Scored without decoding. For a statement s and a phrasing p (a question around s and a fixed pair of answers,
 "Agree" / "Disagree"), agreement(s, p) = log p(agree answer | prompt) - log p(disagree answer | prompt), summed over
-the answer tokens in the chat template (steer.eval.knowledge.answer_logprobs). Every statement comes with its
+the answer tokens in the chat template (steer.eval.knowledge.choice_logprobs). Every statement comes with its
 negation n, and the pair's stance is
 
     stance = sign * (agreement(s, p) - agreement(n, p)) / 2
@@ -25,7 +25,7 @@ import torch
 
 from steer.edit.preview import Edit
 from steer.errors import SteerError
-from steer.eval.knowledge import answer_logprobs
+from steer.eval.knowledge import choice_logprobs
 from steer.eval.stats import mean, paired_bootstrap_ci
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "slant"
@@ -92,8 +92,7 @@ def agreements(model, tokenizer, texts: list[str], phrasing: tuple[str, str, str
     """agreement(s) = log p(agree | prompt(s)) - log p(disagree | prompt(s)) for each text [len(texts)]."""
     template, yes, no = phrasing
     prompts = [template.format(s=t) for t in texts]
-    scores = answer_logprobs(model, tokenizer, prompts * 2, [yes] * len(texts) + [no] * len(texts), batch_size)
-    return [a - b for a, b in zip(scores[: len(texts)], scores[len(texts) :])]
+    return [a - b for a, b in choice_logprobs(model, tokenizer, prompts, [[yes, no]] * len(texts), batch_size)]
 
 
 def pair_stance(agree_statement: float, agree_negation: float, sign: int) -> tuple[float, float]:
