@@ -185,3 +185,30 @@ def test_paired_tests_cover_the_whole_suite_and_few_groups_only():
         )
         assert res["s/correct"]["n"] == 40  # the whole suite, always
         assert ("s/correct/g1" in res) is per_group
+
+
+def test_compare_slant_runs_the_random_edit_null_from_the_edited_models_manifest(tmp_path, tokenizer, capsys):
+    from steer.locate.directions import DirectionSet
+
+    save_checkpoint(make_model("qwen2"), tokenizer, tmp_path / "base")
+    d = torch.randn(3, 2, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    DirectionSet(d, d, d, {"selected": {"layer": 1, "position": -1}}).save(tmp_path / "dirs.safetensors")
+    edit = ["edit", str(tmp_path / "base"), "--directions", str(tmp_path / "dirs.safetensors")]
+    assert main([*edit, "--out", str(tmp_path / "edited")]) == 0
+    out = tmp_path / "cmp"
+    argv = ["compare", str(tmp_path / "base"), str(tmp_path / "edited"), "--suite", "slant", "--limit", "1"]
+    assert main([*argv, "--null-edits", "3", "--out", str(out)]) == 0
+    comparison = json.loads((out / "comparison.json").read_text())
+    s = comparison["slant_shifts"]
+    assert s["null"]["edits"] == 3 and s["null"]["rank"] == 1 and len(s["null"]["shifts"]) == 3
+    assert s["axes"] and all({"shift", "ci", "null_range", "flagged"} <= set(r) for r in s["axes"].values())
+    assert s["null"]["shifts"][0] != s["null"]["shifts"][1]  # different random directions
+    report = (out / "report.md").read_text()
+    assert "random-edit null (3 random-direction edits" in report and (out / "slant.png").is_file()
+    # a model with no recorded edit (an SFT or another tool's checkpoint) gets shifts without a null
+    argv[2] = str(tmp_path / "base")  # base against itself: no manifest, no edit
+    assert main([*argv, "--out", str(tmp_path / "cmp2")]) == 0
+    s2 = json.loads((tmp_path / "cmp2" / "comparison.json").read_text())["slant_shifts"]
+    assert (
+        s2["axes"] and "no recorded edit" in s2["null"]["reason"] and "flagged" not in next(iter(s2["axes"].values()))
+    )

@@ -41,10 +41,11 @@ import torch
 
 from steer.checkpoint.manifest import MANIFEST, machine, versions
 from steer.checkpoint.rawio import numel, pread_into, read_header
-from steer.checkpoint.rebuild import recorded
+from steer.checkpoint.rebuild import Recorded, recorded
 from steer.checkpoint.save import _prefix, _remove, remove_stale
 from steer.checkpoint.stream import edit_checkpoint
 from steer.edit.kernels import kernel_name
+from steer.edit.preview import Edit
 from steer.errors import SteerError
 from steer.model import load
 from steer.model.load import checkpoint_hash, sha256_file, weight_files
@@ -190,6 +191,13 @@ def _input(manifest: dict, model: str | Path | None) -> tuple[Path, str]:
             ) from None
     how = "given" if model is not None else "recorded in the manifest"
     raise SteerError(f"input checkpoint {spec} ({how}) not found; pass its current location (model=)")
+
+
+def recorded_edit_of(folder: Path) -> Edit:
+    """The edit an output folder of steer abliterate / steer edit records (its manifest and edit file), in memory."""
+    folder = Path(folder)
+    basis, options, _, _ = _recorded_edit(folder, _read_manifest(folder), None)
+    return Recorded(basis, options).edit()
 
 
 def _recorded_edit(

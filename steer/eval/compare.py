@@ -21,6 +21,7 @@ from steer import __version__
 from steer.checkpoint.manifest import machine, versions
 from steer.checkpoint.save import atomic_dir, check_output, write_json
 from steer.errors import SteerError
+from steer.eval import slant
 from steer.eval.candour import KeyJudge
 from steer.eval.engine import ItemCache, fingerprint
 from steer.eval.judge import Judge
@@ -146,6 +147,50 @@ def paired(base: dict[str, dict], edited: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def _slant_null(bctx: Ctx, edited: str, b_res: dict, config: EvalConfig) -> dict:
+    """The random-edit null of the slant suite: {"edits": [shifts per random edit], "seed"}, or {"reason"} when
+    there is none (no slant suite, --null-edits 0, or EDITED records no edit: an SFT model, another tool's)."""
+    if "slant" not in b_res or not config.null_edits:
+        return {"edits": [], "reason": "--null-edits 0" if "slant" in b_res else "no slant suite"}
+    from steer.checkpoint.verify import recorded_edit_of
+
+    try:
+        edit = recorded_edit_of(Path(edited))
+    except SteerError as exc:
+        _log(f"slant: no random-edit null ({exc})")
+        return {"edits": [], "reason": f"no recorded edit: {exc}"}
+    base_rows = slant.from_items(b_res["slant"]["items"])
+    _log(f"slant: {config.null_edits} random-direction edits like the recorded one (the null)")
+    edits = slant.null_shifts(
+        bctx.model, bctx.tokenizer, edit, base_rows, config.null_edits, config.seed, config.batch_size
+    )
+    return {"edits": edits, "seed": config.seed, "rank": int(edit.basis.reshape(-1, edit.basis.shape[-1]).shape[0])}
+
+
+def _slant_shifts(b_res: dict, e_res: dict, null: dict, config: EvalConfig) -> dict:
+    """Per axis/lang: the edited model's stance shift with its CI, and (with a null) the random edits' range and
+    the flag."""
+    real = slant.shifts(
+        slant.from_items(b_res["slant"]["items"]), slant.from_items(e_res["slant"]["items"]), config.seed
+    )
+    if not null["edits"]:
+        return {"axes": real, "null": {k: v for k, v in null.items() if k != "edits"}}
+    return {"axes": slant.flag(real, null["edits"]), "null": {"edits": len(null["edits"]), "seed": null["seed"],
+            "rank": null["rank"], "shifts": null["edits"]}}  # fmt: skip
+
+
+def _slant_report(comparison: dict, folder: Path) -> str:
+    from steer.report.slant import null_markdown, plot_slant
+
+    s = comparison["slant_shifts"]
+    flagged = s["axes"] if s["null"].get("edits") else None
+    plot_slant(comparison["base"]["slant"]["metrics"], comparison["edited"]["slant"]["metrics"], flagged,
+               folder / "slant.png")  # fmt: skip
+    if flagged is None:
+        return f"Slant: no random-edit null ({s['null'].get('reason')}); shifts without flags in comparison.json."
+    return null_markdown(flagged, s["null"]["edits"])
+
+
 def compare_models(
     base: str | None,
     edited: str,
@@ -164,6 +209,7 @@ def compare_models(
     _log(f"base model {b.source}: {', '.join(s for s in config.suites if s != 'kl')}")
     b_res = run_suites(bctx, [s for s in config.suites if s != "kl"])
     b_source = b.source
+    null = _slant_null(bctx, edited, b_res, config)  # on the base weights, before they are freed
     if "kl" not in config.suites:  # the base is needed again only for KL: free it before the edited model loads
         b = bctx = None
         gc.collect()
@@ -179,12 +225,16 @@ def compare_models(
         "edited": _summary(e_res),
         "paired": tests,
     }
+    if "slant" in e_res:
+        comparison["slant_shifts"] = _slant_shifts(b_res, e_res, null, config)
     with atomic_dir(out, force) as tmp:
         write_json(tmp / "comparison.json", comparison)
         for name, res in (("base", b_res), ("edited", e_res)):
             (tmp / name).mkdir()
             _write_items(tmp / name, res)
         md = compare_markdown(comparison)
+        if "slant_shifts" in comparison:
+            md += "\n\n" + _slant_report(comparison, tmp)
         (tmp / "report.md").write_text(md + "\n", encoding="utf-8")
         plot_metrics(comparison["base"], comparison["edited"], tmp / "metrics.png")
         if "mmlu" in b_res and "mmlu" in e_res:

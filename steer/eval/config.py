@@ -29,6 +29,12 @@ class EvalConfig:
     batch_size: int = option(16, "prompts per forward pass or generation batch", minimum=1)
     shots: int = option(0, "MMLU few-shot examples from the dev split", choices=(0, 5))
     max_new_tokens: dict[str, int] = field(default_factory=dict)  # per suite overrides
+    null_edits: int = option(
+        10,
+        "compare --suite slant: random-direction edits at the edited model's layers and strengths (the null for stance "
+        "shifts; 0: none)",
+        minimum=0,
+    )
     repetition_penalty: float = option(
         1.1,
         "greedy decoding of the judged suites on logits with HF's repetition penalty (both models in compare); 1.1 is "

@@ -15,7 +15,7 @@ import torch
 from steer.eval.benchmarks import sample
 from steer.eval.keys import load_keys
 from steer.eval.stats import mean, rate
-from steer.model.collect import input_device
+from steer.model.collect import cache_kwarg, input_device
 from steer.prompts import chat_texts, load_prompts
 
 
@@ -63,6 +63,7 @@ def choice_logprobs(model, tokenizer, prompts: list[str], choices: list[list[str
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(res.logits[:, -1].float(), dim=-1)  # [B, V]
+        cache = res.cache if getattr(res, "cache", None) is not None else res.past_key_values
         scores = [[0.0] * len(c) for c in sets]
         for k in range(max(map(len, sets))):
             tails = [tokenizer(c[k], add_special_tokens=False)["input_ids"] if k < len(c) else [] for c in sets]
@@ -76,7 +77,7 @@ def choice_logprobs(model, tokenizer, prompts: list[str], choices: list[list[str
                 fpos = pos[:, -1:] + 1 + torch.arange(more, device=device)
                 step = model(
                     input_ids=feed, attention_mask=torch.cat([mask, fmask.to(device)], 1), position_ids=fpos,
-                    past_key_values=copy.deepcopy(res.past_key_values), use_cache=True,
+                    **{cache_kwarg(model): copy.deepcopy(cache)}, use_cache=True,
                 )  # fmt: skip
                 logp = torch.log_softmax(step.logits.float(), dim=-1)  # [B, more, V]
                 for i, t in enumerate(tails):

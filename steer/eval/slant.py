@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from steer.edit.preview import Edit
+from steer.edit.preview import Edit, preview
 from steer.errors import SteerError
 from steer.eval.knowledge import choice_logprobs
 from steer.eval.stats import mean, paired_bootstrap_ci
@@ -155,6 +155,23 @@ def random_like(edit: Edit, seed: int) -> Edit:
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(basis.shape[1], basis.shape[0], generator=g, dtype=torch.float64))
     return replace(edit, basis=q.T.to(torch.float32).reshape(edit.basis.shape), readout=None, project=True)
+
+
+def from_items(items: list[dict]) -> list[Stance]:
+    """Stance rows back from the suite's item records (items/slant.jsonl)."""
+    return [Stance(i["pair"], i["axis"], i["lang"], i["phrasing"], i["stance"], i["yes_bias"]) for i in items]
+
+
+def null_shifts(model, tokenizer, edit: Edit, base: list[Stance], n: int, seed: int = 0, batch_size: int = 16):
+    """Stance shifts of n random-direction edits like `edit` (random_like, seeds seed..seed+n-1) on the base model,
+    on the pairs of `base` (its stances without any edit): [n] dicts as `shifts` returns."""
+    ids = {r.id for r in base}
+    pairs = [p for p in load_statements() if p.id in ids]
+    out = []
+    for k in range(n):
+        with preview(model, random_like(edit, seed + k)):
+            out.append(shifts(base, stances(model, tokenizer, pairs, batch_size), seed))
+    return out
 
 
 def flag(real: dict[str, dict], null: list[dict[str, dict]]) -> dict[str, dict]:

@@ -80,7 +80,7 @@ def input_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu") if device.type == "meta" else device
 
 
-def _cache_kwarg(model: torch.nn.Module) -> str:
+def cache_kwarg(model: torch.nn.Module) -> str:
     """The name the model's forward takes a KV cache under (transformers 5.x renamed past_key_values)."""
     return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
@@ -107,7 +107,7 @@ def forward(
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     cache.batch_repeat_interleave(inputs["input_ids"].shape[0])
     with rest:
-        return model(**inputs, **{_cache_kwarg(model): cache}, logits_to_keep=logits_to_keep, use_cache=False).logits
+        return model(**inputs, **{cache_kwarg(model): cache}, logits_to_keep=logits_to_keep, use_cache=False).logits
 
 
 def last_logits(
