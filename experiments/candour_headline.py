@@ -48,6 +48,15 @@ def run_eval(name: str, model: str, out: Path, limit: str | None) -> dict:
     return json.loads((folder / "summary.json").read_text())
 
 
+def merge(summary: dict, extra: dict) -> dict:
+    """NAME's summary with another run's suites added (refused unless it is the same model and split)."""
+    for k in ("models", "split", "judge", "decoding"):
+        if summary["meta"][k] != extra["meta"][k]:
+            raise SystemExit(f"--merge: {k} differs ({summary['meta'][k]} vs {extra['meta'][k]})")
+    parts = summary["meta"].get("parts", [summary["meta"]["command"]]) + [extra["meta"]["command"]]
+    return {"meta": {**summary["meta"], "parts": parts}, "results": {**summary["results"], **extra["results"]}}
+
+
 def cell(summary: dict, suite: str, metric: str) -> str:
     m = summary["results"].get(suite, {}).get("metrics", {}).get(metric)
     if m is None:
@@ -70,12 +79,19 @@ def main() -> None:
     ap.add_argument("--system", action="append", required=True, help="NAME=MODEL (repeat; MODEL as for steer eval)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--limit", help="passed to steer eval (a smoke run; the headline uses every item)")
+    ap.add_argument(
+        "--merge", action="append", default=[], metavar="NAME=FOLDER",
+        help="add the suites of another steer eval folder (same model, split and protocol) to NAME's row",
+    )  # fmt: skip
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     summaries = {}
     for spec in args.system:
         name, _, model = spec.partition("=")
         summaries[name] = run_eval(name, model, args.out, args.limit)
+    for spec in args.merge:
+        name, _, folder = spec.partition("=")
+        summaries[name] = merge(summaries[name], json.loads((Path(folder) / "summary.json").read_text()))
     md = table(summaries)
     (args.out / "table.md").write_text(md + "\n")
     headline = {n: {"model": s["meta"]["models"]["model"], "results": s["results"]} for n, s in summaries.items()}
