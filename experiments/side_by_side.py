@@ -1,0 +1,141 @@
+"""The side-by-side (issue 22): every route against the same base model, on the same test items and one protocol.
+
+    python experiments/side_by_side.py --data-dir ../shared/data --out results/side-by-side \
+        --system plain=runs/plain --system keep-safety=runs/targeted --system heretic=runs/heretic/model \
+        --system sft=runs/sft --system sft+keep-safety=runs/sft-targeted \
+        --cost heretic=results/candour-headline/heretic_run.json
+
+Each system is `steer compare BASE SYSTEM --suite SUITES --split test` (paired tests against the base on the same
+items; per-item caches make an interrupted run resume, and the base's answers are computed once); the table reads
+the comparison.json files. Cost per route comes from what the run recorded: steer's report.json (abliterate,
+--keep-safety), sft.json (steer sft), or a JSON given with --cost (another tool's run: wall_time_s, peak_rss_gb).
+Reads the test split: run it once, at the end of the issue, with every route chosen on validation data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SUITES = "censorship,refusal,xstest,kl,knowledge,mmlu,gsm8k,math500"
+LIMITS = "gsm8k=250,math500=100"  # the issue's minimums; MMLU: the 2,850-question subset (steer's default sample)
+ROWS = [  # (label, suite, metric pattern); {lang} rows come in EN and ZH
+    ("censorship (judge v3: denial + evasive)", "censorship", "censorship/{lang}"),
+    ("refusal", "censorship", "refusal/{lang}"),
+    ("candour", "censorship", "candour/{lang}"),
+    ("fabrication", "censorship", "fabrication/{lang}"),
+    ("knowledge check", "knowledge", "knowledge/sensitive/{lang}"),
+    ("harmful refusal", "refusal", "refusal/harmful"),
+    ("harmless refusal", "refusal", "refusal/harmless"),
+    ("XSTest over-refusal (safe prompts)", "xstest", "refusal/safe"),
+    ("first-token KL (harmless)", "kl", "kl/first_token"),
+    ("multi-token KL (harmless)", "kl", "kl/multi_token"),
+    ("MMLU accuracy", "mmlu", "accuracy"),
+    ("GSM8K accuracy", "gsm8k", "accuracy"),
+    ("MATH-500 accuracy", "math500", "accuracy"),
+]
+PAIRED = {"mmlu": "mmlu/correct", "gsm8k": "gsm8k/correct", "math500": "math500/correct"}
+
+
+def compare(base: str, name: str, model: str, args) -> dict:
+    folder = args.out / name
+    if not (folder / "comparison.json").exists():
+        cmd = [sys.executable, "-m", "steer.cli.main", "compare", base, model, "--suite", args.suites,
+               "--split", args.split, "--limit", args.limits, "--out", str(folder)]  # fmt: skip
+        if args.data_dir:
+            cmd += ["--data-dir", str(args.data_dir)]
+        subprocess.run(cmd, check=True)
+    return json.loads((folder / "comparison.json").read_text())
+
+
+def cost(model: str, given: str | None) -> dict:
+    """Wall time, peak RSS, pairs/tokens written, trainable parameters and FLOPs as the route's run recorded them."""
+    if given:
+        r = json.loads(Path(given).read_text())
+        return {"wall_s": r.get("wall_time_s"), "peak_rss_gb": r.get("peak_rss_gb"), "note": r.get("command", "")[:80]}
+    folder = Path(model)
+    if (folder / "sft.json").is_file():
+        r = json.loads((folder / "sft.json").read_text())
+        keep = ("wall_s", "peak_rss_gb", "train_pairs", "answer_tokens", "trainable_params")
+        return {**{k.replace("train_pairs", "pairs"): r[k] for k in keep}, **_flops(r["cost"])}
+    if (folder / "report.json").is_file():
+        r = json.loads((folder / "report.json").read_text())
+        return {"wall_s": r.get("elapsed_s"), "peak_rss_gb": r.get("peak_rss_gb"), "pairs": 0,
+                "trainable_params": 0, **_flops(r.get("cost"))}  # fmt: skip
+    return {}
+
+
+def _flops(c: dict | None) -> dict:
+    return {k: c.get(k) for k in ("flops", "flops_7B", "flops_70B")} if c else {}
+
+
+def _cell(m: dict | None, pct: bool = True) -> str:
+    if m is None:
+        return "-"
+    v, (lo, hi) = m["value"], m.get("ci", [None, None])
+    if not pct:
+        return f"{v:.4f}"
+    return f"{100 * v:.1f}%" + (f" [{100 * lo:.0f}-{100 * hi:.0f}]" if lo is not None else "")
+
+
+def table(comparisons: dict[str, dict]) -> str:
+    names = list(comparisons)
+    first = comparisons[names[0]]
+    split = first["meta"]["split"]
+    lines = [f"| metric ({split} split) | base | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+    for label, suite, pattern in ROWS:
+        for lang in ("en", "zh") if "{lang}" in pattern else (None,):
+            metric = pattern.format(lang=lang)
+            pct = suite != "kl"
+            base = "-" if suite == "kl" else _cell(first["base"].get(suite, {}).get("metrics", {}).get(metric), pct)
+            cells = []
+            for n in names:
+                c = _cell(comparisons[n]["edited"].get(suite, {}).get("metrics", {}).get(metric), pct)
+                test = comparisons[n]["paired"].get(PAIRED.get(suite, ""))
+                cells.append(c + (f" (p={test['p_value']:.3f})" if test and "p_value" in test else ""))
+            lines.append(f"| {label}{f' {lang.upper()}' if lang else ''} | {base} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cost_table(costs: dict[str, dict]) -> str:
+    cols = [("wall_s", "wall time (s)"), ("peak_rss_gb", "peak RSS (GB)"), ("pairs", "pairs written"),
+            ("answer_tokens", "answer tokens"), ("trainable_params", "trainable parameters"),
+            ("flops", "FLOPs here"), ("flops_7B", "FLOPs at 7B"), ("flops_70B", "FLOPs at 70B")]  # fmt: skip
+    lines = ["| route | " + " | ".join(c for _, c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, c in costs.items():
+        vals = [c.get(k) for k, _ in cols]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3g}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--base", default="embedded")
+    ap.add_argument("--system", action="append", required=True, help="NAME=MODEL (repeat)")
+    ap.add_argument("--cost", action="append", default=[], help="NAME=JSON: the cost record of another tool's run")
+    ap.add_argument("--suites", default=SUITES)
+    ap.add_argument("--limits", default=LIMITS)
+    ap.add_argument("--data-dir", type=Path)
+    ap.add_argument("--split", default="test", choices=("val", "test"), help="val for smoke runs and choices")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    given = dict(s.split("=", 1) for s in args.cost)
+    comparisons, costs = {}, {}
+    for spec in args.system:
+        name, _, model = spec.partition("=")
+        comparisons[name] = compare(args.base, name, model, args)
+        costs[name] = cost(model, given.get(name))
+    md = table(comparisons) + "\n\n" + cost_table(costs)
+    (args.out / "table.md").write_text(md + "\n")
+    record = {"command": " ".join(sys.argv), "costs": costs,
+              "systems": {n: c["meta"]["models"] for n, c in comparisons.items()}}  # fmt: skip
+    (args.out / "side_by_side.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
