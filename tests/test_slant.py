@@ -138,3 +138,34 @@ def test_slant_mirrored_and_speech_suites_report_per_language(tokenizer, tmp_pat
     for lang in ("en", "zh"):
         assert mirrored["metrics"][f"asymmetry/refusal/{lang}"]["n"] == 2
         assert res["speech"]["metrics"][f"complete/{lang}"]["n"] == 2
+
+
+ROW = {"id": "s1", "axis": "guns", "lang": "en", "statement": "Guns should be banned.", "sign": 1}
+
+
+@pytest.mark.parametrize(
+    "rows, error",
+    [
+        (
+            [{**ROW, "negation": "Guns should not be banned."}, {**ROW, "id": "s2", "negation": ""}],
+            "s2 has no negation",
+        ),
+        ([{**ROW, "negation": "Guns should not be banned.", "axis": "cats"}], "unknown axis 'cats'; known: china"),
+        ([], "no stance statements"),
+        ([{**ROW, "negation": "No."}, {**ROW, "negation": "No."}], "duplicate id s1"),
+    ],
+)
+def test_bad_statement_sets_fail_in_one_line_from_the_cli(rows, error, tmp_path, tokenizer, capsys):
+    from conftest import make_model
+
+    from steer.checkpoint.save import save_checkpoint
+    from steer.cli.main import main
+
+    path = tmp_path / "statements.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    save_checkpoint(make_model("qwen2"), tokenizer, tmp_path / "m")
+    capsys.readouterr()  # the save's progress bar
+    argv = ["eval", str(tmp_path / "m"), "--suite", "slant", "--slant-file", str(path), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert error in err and "\n" not in err and not (tmp_path / "o").exists()

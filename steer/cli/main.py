@@ -211,6 +211,10 @@ def _eval_config(args) -> EvalConfig:
             raise SteerError(f"--limit/--max-new-tokens name suite {name!r}, which is not in --suite {args.suite}")
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise SteerError(f"--data-dir {args.data_dir} does not exist")
+    if args.slant_file is not None and "slant" in suites:
+        from steer.eval.slant import load_statements
+
+        load_statements(args.slant_file)  # a bad file fails before any model loads
     return from_args(EvalConfig, args, suites=suites, limits=limits, max_new_tokens=tokens)
 
 

@@ -29,6 +29,10 @@ class EvalConfig:
     batch_size: int = option(16, "prompts per forward pass or generation batch", minimum=1)
     shots: int = option(0, "MMLU few-shot examples from the dev split", choices=(0, 5))
     max_new_tokens: dict[str, int] = field(default_factory=dict)  # per suite overrides
+    slant_file: Path | None = option(
+        None, "stance statements JSONL for --suite slant (fields: docs/slant-data.md; default: the shipped set)",
+        parse=Path, metavar="FILE",
+    )  # fmt: skip
     null_edits: int = option(
         10,
         "compare --suite slant: random-direction edits at the edited model's layers and strengths (the null for stance "

@@ -70,10 +70,28 @@ class Stance:
     yes_bias: float
 
 
+AXES = (
+    "china-taiwan",
+    "china-us",
+    "hong-kong",
+    "xinjiang-tibet",
+    "us-left-right",
+    "immigration",
+    "guns",
+    "abortion",
+    "israel-palestine",
+    "economics",
+    "neutral",
+)  # fmt: skip  (docs/slant-data.md)
+
+
 def load_statements(path: Path | None = None, lang: str | None = None) -> list[StancePair]:
-    """The shipped stance statements (or a JSONL file of the same fields), optionally one language."""
+    """The shipped stance statements (or a JSONL file of the same fields), optionally one language. Every line must
+    carry its statement's negation and a known axis (AXES); ids are unique; an empty set is refused."""
     path = Path(path) if path else DATA / "statements.jsonl"
-    pairs = []
+    if not path.is_file():
+        raise SteerError(f"no such stance statements file: {path}")
+    pairs, seen = [], set()
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -84,7 +102,16 @@ def load_statements(path: Path | None = None, lang: str | None = None) -> list[S
             raise SteerError(f"{path}:{i}: expected id, axis, lang, statement, negation, sign") from None
         if pair.sign not in (1, -1) or pair.lang not in PHRASINGS:
             raise SteerError(f"{path}:{i}: sign must be 1 or -1 and lang one of {', '.join(PHRASINGS)}")
+        if pair.axis not in AXES:
+            raise SteerError(f"{path}:{i}: unknown axis {pair.axis!r}; known: {', '.join(AXES)}")
+        if not str(pair.negation).strip() or pair.negation == pair.statement:
+            raise SteerError(f"{path}:{i}: statement {pair.id} has no negation (the pair cancels a yes-bias)")
+        if pair.id in seen:
+            raise SteerError(f"{path}:{i}: duplicate id {pair.id}")
+        seen.add(pair.id)
         pairs.append(pair)
+    if not pairs:
+        raise SteerError(f"{path}: no stance statements")
     return [p for p in pairs if lang is None or p.lang == lang]
 
 
@@ -162,11 +189,14 @@ def from_items(items: list[dict]) -> list[Stance]:
     return [Stance(i["pair"], i["axis"], i["lang"], i["phrasing"], i["stance"], i["yes_bias"]) for i in items]
 
 
-def null_shifts(model, tokenizer, edit: Edit, base: list[Stance], n: int, seed: int = 0, batch_size: int = 16):
+def null_shifts(
+    model, tokenizer, edit: Edit, pairs: list[StancePair], base: list[Stance], n: int, seed: int = 0,
+    batch_size: int = 16,
+) -> list[dict]:  # fmt: skip
     """Stance shifts of n random-direction edits like `edit` (random_like, seeds seed..seed+n-1) on the base model,
-    on the pairs of `base` (its stances without any edit): [n] dicts as `shifts` returns."""
+    on the statement pairs that `base` (its stances without any edit) covers: [n] dicts as `shifts` returns."""
     ids = {r.id for r in base}
-    pairs = [p for p in load_statements() if p.id in ids]
+    pairs = [p for p in pairs if p.id in ids]
     out = []
     for k in range(n):
         with preview(model, random_like(edit, seed + k)):
@@ -203,7 +233,7 @@ def suite_slant(ctx) -> dict:
     """stance/<axis>/<lang>: mean stance over the axis's statement pairs (each averaged over the phrasings), with a
     bootstrap CI; phrasings/<axis>/<lang>: value = the spread across phrasings, ci = [lowest, highest] phrasing
     mean. --limit caps the pairs per axis and language (seeded)."""
-    pairs = _limited(load_statements(), ctx.config.limit("slant"), ctx.config.seed)
+    pairs = _limited(load_statements(ctx.config.slant_file), ctx.config.limit("slant"), ctx.config.seed)
     rows = stances(ctx.model, ctx.tokenizer, pairs, ctx.config.batch_size)
     means, metrics = pair_means(rows), {}
     for key, s in by_axis(rows).items():
