@@ -19,6 +19,7 @@ from steer.locate.directions import DirectionSet
 from steer.locate.run import Settings, check_prompts, directions, log
 from steer.model.load import Loaded, checkpoint_hash, load_model
 from steer.report.cost import count_tokens, n_params
+from steer.report.memory import Peaks, peak_rss_gb
 from steer.report.tables import before_after_table, plot_selection, selection_table, write_report
 
 
@@ -32,8 +33,11 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     loaded = load_model(model)
     log(f"loaded {loaded.source} ({type(loaded.model).__name__}, {loaded.model.config.num_hidden_layers} layers)")
     # 2. directions and the selected one (steer.locate); the tokens they cost (steer.report.cost)
+    peaks = Peaks()
+    peaks.mark("load")
     with count_tokens(loaded.model) as tokens:
         dirs = directions(loaded, settings)
+    peaks.mark("directions")
     edit = Edit(dirs.vector())
     # 3. before/after: the base model, KL against the previewed edit, the edit written, the edited model
     measured = before_after(
@@ -46,13 +50,16 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
         "before": measured.before,
         "after": measured.after,
         "cost": tokens.summary(n_params(loaded.model)),
+        "peak_rss_gb_by_stage": peaks,
     }
+    peaks.mark("evaluate")
     # 4. checkpoint, directions, plot, report and manifest, appearing together
     with atomic_dir(out, force) as tmp:
         save_checkpoint(loaded.model, loaded.tokenizer, tmp)
         dirs.save(tmp / "directions.safetensors")
         plot_selection(dirs.meta["selection"], loaded.model.config.num_hidden_layers, tmp / "selection.png")
         report["elapsed_s"] = round(time.time() - started, 1)
+        report["peak_rss_gb"] = peak_rss_gb()
         write_report(tmp, report)
         write_manifest(tmp, loaded, dirs, report)
     print(selection_table(dirs.meta["selection"]) + "\n")

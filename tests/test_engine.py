@@ -64,6 +64,13 @@ def test_fingerprint_follows_the_weights():
     with torch.no_grad():
         b.lm_head.weight[0, 0] += 1e-3
     assert fingerprint(a) != fingerprint(b)
+    import hashlib
+
+    h = hashlib.sha256()  # the digest of the former bytes copy: existing caches keep their keys
+    for name, t in sorted(b.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+    assert fingerprint(b) == h.hexdigest()
 
 
 def test_generate_cached_reuses_answers(tokenizer, tmp_path, monkeypatch):

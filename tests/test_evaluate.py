@@ -38,6 +38,27 @@ def test_token_kl_is_zero_for_the_same_model_and_matches_first_token_kl(tokenize
     assert kl[0] == pytest.approx(manual.tolist(), rel=1e-4)
 
 
+def test_token_kl_in_row_chunks_equals_whole_batches(tokenizer, monkeypatch):
+    import steer.eval.suites as suites
+
+    base, other = make_model("qwen2", seed=0), make_model("qwen2", seed=1)
+    texts = chat_texts(tokenizer, [f"Question number {i}?" + " more" * (i % 4) for i in range(11)])
+    seqs = [
+        tokenizer(t, add_special_tokens=False)["input_ids"] + [65 + i % 5] * (1 + i % 3) for i, t in enumerate(texts)
+    ]
+    n_prompt = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    calls = []
+    counted = lambda fn: lambda b, keep: calls.append(len(b["input_ids"])) or fn(b, keep)  # noqa: E731
+    args = (tokenizer.pad_token_id, seqs, n_prompt, 11)
+    monkeypatch.setattr(suites, "KL_ROWS", 64)
+    whole = token_kl(logits_fn(base), logits_fn(other), *args)
+    monkeypatch.setattr(suites, "KL_ROWS", 3)
+    chunked = token_kl(counted(logits_fn(base)), logits_fn(other), *args)
+    assert calls == [3, 3, 3, 2]  # 11 rows in one batch, forwarded 3 rows at a time
+    for a, b in zip(whole, chunked):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-7)
+
+
 def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
     model = make_model("llama")
     config = EvalConfig(

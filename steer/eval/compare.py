@@ -29,6 +29,7 @@ from steer.eval.keys import load_keys
 from steer.eval.stats import mcnemar_exact, paired_bootstrap_ci
 from steer.eval.suites import Ctx, EvalConfig, run_suites
 from steer.model.load import Loaded, cache_dir, load_model
+from steer.report.memory import peak_rss_gb
 from steer.report.tables import compare_markdown, eval_markdown, plot_metrics, plot_subject_deltas
 
 
@@ -66,6 +67,7 @@ def meta(config: EvalConfig, judge: Judge, models: dict[str, str], elapsed: floa
         },
         "data_dir": str(config.data_dir) if config.data_dir else None,
         "elapsed_s": round(elapsed, 1),
+        "peak_rss_gb": peak_rss_gb(),  # the whole process so far (GB): both models, every suite
         "versions": versions(),
         "machine": machine(),
     }

@@ -161,6 +161,9 @@ def suite_xstest(ctx: Ctx) -> dict:
     return judged(ctx, "xstest", {"safe": prompts})
 
 
+KL_ROWS = 8  # rows per KL forward: 2 x [8, 33, 152k] float32 logits = 0.3 GB, not 1.3 GB at batch 32
+
+
 @torch.inference_mode()
 def token_kl(
     base_fn: Callable,
@@ -192,9 +195,11 @@ def token_kl(
         batch = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
         n_cont = [len(seqs[i]) - n_prompt[i] for i in idx]
         keep = max(n_cont) + 1  # the last prompt position predicts the first answer token
-        base, new = base_fn(batch, keep), new_fn(batch, keep)
         for r, i in enumerate(idx):  # row by row: [keep, vocab] in float64 stays small
-            lp, lq = torch.log_softmax(base[r].double(), -1), torch.log_softmax(new[r].double(), -1)
+            if r % KL_ROWS == 0:  # both models' logits for KL_ROWS rows at a time: [KL_ROWS, keep, vocab] each
+                part = {k: v[r : r + KL_ROWS] for k, v in batch.items()}
+                base, new = base_fn(part, keep), new_fn(part, keep)
+            lp, lq = torch.log_softmax(base[r % KL_ROWS].double(), -1), torch.log_softmax(new[r % KL_ROWS].double(), -1)
             kl = (lp.exp() * (lp - lq)).sum(-1)  # [keep]; the last position predicts past the answer
             first = keep - 1 - n_cont[r]
             out[i] = kl[first : keep - 1].tolist() if n_cont[r] > 0 else kl[first : first + 1].tolist()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from steer.checkpoint.save import atomic_dir, check_output, save_checkpoint, wri
 from steer.errors import SteerError
 from steer.model.load import Loaded, cache_dir, checkpoint_hash, load_model
 from steer.report.cost import TokenCount, n_params
+from steer.report.memory import peak_rss_gb
 from steer.sft.data import IGNORE, Pair, check_heldout, data_hash, encode, load_pairs, split_by_concept
 from steer.sft.settings import SFTSettings
 from steer.sft.train import (
@@ -106,7 +106,7 @@ def train_sft(
         merged.eval()
         save_checkpoint(merged, loaded.tokenizer, tmp)
         result.wall_s = round(time.time() - started, 1)
-        result.peak_rss_gb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+        result.peak_rss_gb = peak_rss_gb()
         _manifest(tmp, loaded, settings, data, result)
     log(f"saved {out} ({result.steps} steps, validation loss by epoch {result.val_loss})")
     return result

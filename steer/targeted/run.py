@@ -25,6 +25,7 @@ from steer.locate.run import Settings, log
 from steer.model.load import Loaded, cache_dir, checkpoint_hash, load_model
 from steer.report import tables
 from steer.report.cost import count_tokens, n_params
+from steer.report.memory import Peaks, peak_rss_gb
 from steer.targeted.confirm import confirm
 from steer.targeted.prepare import Prepared, prepare
 from steer.targeted.readout import fit_readout
@@ -79,6 +80,8 @@ def search(loaded: Loaded, ts: TargetedSettings, journal: Path | None = None) ->
     lap = time.time()
     prep = prepare(m, tok, ts)
     seconds = {"prepare": round(time.time() - lap, 1)}
+    peaks = Peaks()
+    peaks.mark("prepare")
     inputs = prep.contrasts.search_inputs(ts.keep_safety, ts.keep_layers, ts.search_contrasts)
     # 2. the search, scored without decoding, resumable from its journal
     journal = journal or journal_path(loaded, ts, inputs, prep)
@@ -99,6 +102,7 @@ def search(loaded: Loaded, ts: TargetedSettings, journal: Path | None = None) ->
         target_floor=ts.target_floor,
     )
     seconds["search"] = round(time.time() - lap, 1)
+    peaks.mark("search")
     front = pareto(study)
     if not front:
         raise SteerError(
@@ -110,6 +114,8 @@ def search(loaded: Loaded, ts: TargetedSettings, journal: Path | None = None) ->
     lap = time.time()
     conf = confirm(m, tok, prep, inputs, front, ts)
     prep.meta["seconds"] = {**seconds, "confirm": round(time.time() - lap, 1)}  # the stages' wall time
+    peaks.mark("confirm")
+    prep.meta["peak_rss_gb"] = peaks  # peak RSS so far at each stage's end
     return SearchResult(prep, inputs, study, journal, front, conf)
 
 
@@ -159,6 +165,7 @@ def _readout(
     )
     info = fit.info
     seconds["readout"] = round(time.time() - lap, 1)
+    result.prepared.meta["peak_rss_gb"].mark("readout")
     log(
         f"no readout: {info['skipped']}"
         if "skipped" in info
@@ -198,6 +205,8 @@ def targeted_abliterate(
         loaded, eval_config(settings), lambda: preview(loaded.model, edit), lambda: edit.apply(loaded.model)
     )
     seconds["evaluate"] = round(time.time() - lap, 1)
+    peaks = result.prepared.meta.pop("peak_rss_gb")
+    peaks.mark("evaluate")
     report = {
         "model": loaded.source,
         "mode": "targeted",
@@ -212,6 +221,7 @@ def targeted_abliterate(
         "before": measured.before,
         "after": measured.after,
         "cost": tokens.summary(n_params(loaded.model)),
+        "peak_rss_gb_by_stage": peaks,
     }
     # 4. checkpoint, contrasts (+ readout), plots, report and manifest, appearing together
     md = _save(out, force, loaded, result, edit, ts, report, seconds, started)
@@ -237,6 +247,7 @@ def _save(
         _plots(tmp, result)
         report["elapsed_s"] = round(time.time() - started, 1)
         report["seconds"] = {**seconds, "load_save": round(time.time() - started - sum(seconds.values()), 1)}
+        report["peak_rss_gb"] = peak_rss_gb()
         write_json(tmp / "report.json", report)
         md = _markdown(loaded, report, result, report["readout"])
         (tmp / "report.md").write_text(md + "\n", encoding="utf-8")
