@@ -188,3 +188,36 @@ def test_bake_refuses_a_readout_that_does_not_fit_before_writing():
     with pytest.raises(SteerError, match=r"readout vector for 1.attn \(shape \[3\]\) .* input size"):
         bake(model, r, {**good, "1.attn": torch.zeros(3)})
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # nothing written
+
+
+@pytest.mark.parametrize("kl_tokens", [1, 3])
+def test_chunked_steps_give_the_whole_minibatch_gradient(tokenizer, kl_tokens):
+    """Gradient accumulation over row chunks (the memory bound) changes nothing but float rounding: one step's
+    gradient and metrics equal those of one forward over the whole minibatch."""
+    from steer.edit.rank1 import writers
+    from steer.targeted.optimize import draw, frozen
+    from steer.targeted.readout import _accumulate
+
+    model = make_model("qwen2")
+    groups = _groups(model, tokenizer)
+    cont = continuations(model, tokenizer, groups[2].texts, kl_tokens) if kl_tokens > 1 else None
+    if cont is not None:
+        groups = (*groups[:2], Group([str(i) for i in range(len(cont.ids))], cont.base_logp[:, 0]))
+    r = _unit(model.config.hidden_size)
+    loss = OptimizeSettings(target_batch=3, keep_batch=3, harmless_batch=5)
+    picks, _ = draw(__import__("random").Random(0), [(g, n) for g, n in zip(groups, (3, 3, 5))])
+    base = [g.base_logits.float() for g in groups]
+    grads, rows = [], []
+    for chunk in (64, 2):  # one chunk holding every row; then chunks of 2 rows, groups split across chunks
+        s = ReadoutSettings(l2=10.0, kl_tokens=kl_tokens, loss=loss, chunk_rows=chunk)
+        params = {k: a.requires_grad_(True) for k, a in _random_readout(model, scale=0.05).items()}
+        with frozen(model), torch.enable_grad():
+            rows.append(_accumulate(model, tokenizer, list(groups), picks, r, params, writers(model, s.components),
+                                    cont, base, REFUSAL, s))  # fmt: skip
+        grads.append({k: a.grad.clone() for k, a in params.items()})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], atol=1e-6, rtol=1e-4)
+    assert any(float(g.norm()) > 0 for g in grads[0].values())
+    assert rows[0].keys() == rows[1].keys()
+    assert all(rows[0][k] == pytest.approx(rows[1][k], rel=1e-4, abs=1e-6) for k in rows[0]), rows
+    assert ("kl_later" in rows[0]) == (kl_tokens > 1)

@@ -95,13 +95,18 @@ def unit_direction(v: torch.Tensor, keep_span: torch.Tensor | None) -> torch.Ten
     return orthonormalize(w)
 
 
-def _target_term(score: torch.Tensor, margin: float, power: float) -> torch.Tensor:
-    """The target part of the loss from scores [N]: mean(max(score, -margin)) for power 1, else
-    margin * mean((relu(score + margin) / margin)^power), whose slope is power x that of power 1 at
-    score 0 and falls to 0 at -margin."""
+def _target_rows(score: torch.Tensor, margin: float, power: float) -> torch.Tensor:
+    """The target part of the loss per row [N] from scores [N]: max(score, -margin) for power 1, else
+    margin * (relu(score + margin) / margin)^power, whose slope is power x that of power 1 at score 0 and
+    falls to 0 at -margin."""
     if power == 1.0:
-        return score.clamp(min=-margin).mean()
-    return margin * ((score + margin).clamp(min=0) / margin).pow(power).mean()
+        return score.clamp(min=-margin)
+    return margin * ((score + margin).clamp(min=0) / margin).pow(power)
+
+
+def _target_term(score: torch.Tensor, margin: float, power: float) -> torch.Tensor:
+    """The target part of the loss: the mean of _target_rows."""
+    return _target_rows(score, margin, power).mean()
 
 
 @contextmanager
@@ -124,6 +129,39 @@ def draw(rng: random.Random, groups: list[tuple[Group, int]]) -> tuple[list[list
     return picks, [g.texts[i] for (g, _), idx in zip(groups, picks) for i in idx]
 
 
+class Rows(NamedTuple):
+    """One minibatch's per-row parts of the loss: target scores [n0], keep scores and their base [n1], KL [n2]."""
+
+    t_score: torch.Tensor
+    k_score: torch.Tensor
+    k_base: torch.Tensor
+    kl: torch.Tensor
+
+
+def loss_rows(logits: torch.Tensor, picks: list[list[int]], base: list[torch.Tensor], refusal_tokens: list[int]):
+    """Rows of the loss. logits: [N, vocab] at the first answer position, rows = picks[0] target, picks[1] keep,
+    picks[2] harmless prompts in order; base: the base model's logits of the three groups (indexed by picks)."""
+    a, b = len(picks[0]), len(picks[0]) + len(picks[1])
+    return Rows(
+        refusal_score(logits[:a], refusal_tokens),
+        refusal_score(logits[a:b], refusal_tokens),
+        refusal_score(base[1][picks[1]], refusal_tokens),
+        first_token_kl(base[2][picks[2]], logits[b:]),
+    )
+
+
+def weighted_loss(rows: Rows, n: list[int], s: OptimizeSettings) -> torch.Tensor:
+    """The loss of the module docstring, each group's row terms summed and divided by that group's size in the
+    whole minibatch (n): on the whole minibatch it is the mean form; over row chunks the chunks' values add up to
+    it, so their gradients can be accumulated."""
+    keep = torch.relu(rows.k_base - s.slack - rows.k_score)
+    return (
+        _target_rows(rows.t_score, s.margin, s.power).sum() / max(1, n[0])
+        + s.keep_weight * keep.sum() / max(1, n[1])
+        + s.kl_weight * rows.kl.sum() / max(1, n[2])
+    )
+
+
 def minibatch_loss(
     logits: torch.Tensor,
     picks: list[list[int]],
@@ -131,25 +169,20 @@ def minibatch_loss(
     refusal_tokens: list[int],
     s: OptimizeSettings,
 ) -> tuple[torch.Tensor, dict]:
-    """The loss of the module docstring on one minibatch and its parts. logits: [N, vocab] at the
-    first answer position, rows = picks[0] target, picks[1] keep, picks[2] harmless prompts in
-    order; base: the base model's logits of the three groups (indexed by picks)."""
-    a, b = len(picks[0]), len(picks[0]) + len(picks[1])
-    t_score = refusal_score(logits[:a], refusal_tokens)
-    k_score = refusal_score(logits[a:b], refusal_tokens)
-    k_base = refusal_score(base[1][picks[1]], refusal_tokens)
-    kl = first_token_kl(base[2][picks[2]], logits[b:])
-    loss = (
-        _target_term(t_score, s.margin, s.power)
-        + s.keep_weight * torch.relu(k_base - s.slack - k_score).mean()
-        + s.kl_weight * kl.mean()
-    )
-    return loss, {
-        "loss": loss.item(),
-        "target_score": t_score.mean().item(),
-        "keep_score": k_score.mean().item(),
-        "keep_base": k_base.mean().item(),
-        "kl": kl.mean().item(),
+    """The loss of the module docstring on one minibatch (loss_rows' layout) and its parts."""
+    rows = loss_rows(logits, picks, base, refusal_tokens)
+    loss = weighted_loss(rows, [len(p) for p in picks], s)
+    return loss, row_metrics(loss.item(), rows)
+
+
+def row_metrics(loss: float, rows: Rows) -> dict:
+    """A step's metrics: its loss and the means of the scores and KL."""
+    return {
+        "loss": loss,
+        "target_score": rows.t_score.mean().item(),
+        "keep_score": rows.k_score.mean().item(),
+        "keep_base": rows.k_base.mean().item(),
+        "kl": rows.kl.mean().item(),
     }
 
 

@@ -36,7 +36,7 @@ from steer.edit.rank1 import Readout, scaled, writers, zeros
 from steer.errors import SteerError
 from steer.eval.engine import GenSpec, generate_ids
 from steer.model.collect import batched_last_logits, encode_batches, forward, last_logits, left_pad
-from steer.targeted.optimize import Group, OptimizeSettings, draw, frozen, minibatch_loss
+from steer.targeted.optimize import Group, OptimizeSettings, Rows, draw, frozen, loss_rows, row_metrics, weighted_loss
 from steer.targeted.prepare import Prepared
 from steer.targeted.search import EditParams, ValData, metrics
 from steer.targeted.settings import TargetedSettings
@@ -53,6 +53,9 @@ class ReadoutSettings:
     # tokens (needs continuations()): a writes at every position, the first token alone constrains it at one
     kl_tokens: int = 1
     components: tuple[str, ...] = ("attn", "mlp")  # writer components that get a readout (attention alone: no gain)
+    # rows per forward/backward: a step's gradient is accumulated over chunks of its minibatch (the same gradient
+    # up to float rounding), so the autograd graph holds chunk_rows rows, not all ~38 (docs/memory.md)
+    chunk_rows: int = 8
     # weights, margin, batches, seed of steer.targeted.optimize's loss; KL and keep weighted up (with its defaults,
     # 40 and 2, validation KL and harmful scores moved further: results/readout-probe/), twice the harmless prompts
     # per step
@@ -181,13 +184,11 @@ def train_readout(
     with frozen(model):
         with torch.enable_grad(), tqdm(range(s.steps), desc="training readout", disable=not progress) as bar:
             for step in bar:
-                picks, texts = draw(rng, groups)
-                total, penalty, row = _loss(
-                    model, tokenizer, texts, picks, r, params, mods, cont, base, refusal_tokens, s
-                )
+                picks, _ = draw(rng, groups)
                 opt.zero_grad()
-                total.backward()
-                row = {"step": step, "lr": opt.param_groups[0]["lr"], **row, "written": penalty.item()}
+                row = _accumulate(model, tokenizer, [g for g, _ in groups], picks, r, params, mods, cont, base,
+                                  refusal_tokens, s)  # fmt: skip
+                row = {"step": step, "lr": opt.param_groups[0]["lr"], **row}
                 opt.step()
                 sched.step()
                 history.append(row)
@@ -197,10 +198,10 @@ def train_readout(
     return Trained({k: a.detach().clone() for k, a in params.items()}, history)
 
 
-def _loss(
+def _accumulate(
     model,
     tokenizer,
-    texts: list[str],
+    groups: list[Group],
     picks: list[list[int]],
     r: torch.Tensor,
     params: Readout,
@@ -209,31 +210,50 @@ def _loss(
     base: list[torch.Tensor],
     refusal_tokens: list[int],
     s: ReadoutSettings,
-) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """One minibatch's loss (optimize's loss + the L2 term on what the readout writes, + the later
-    tokens' KL with continuations), the L2 term, and the step's metrics."""
-    written: list[torch.Tensor] = []
-    grab = lambda: _written(mods, params, written)  # the rows only, not a shared prefix
-    if cont is None:
-        logits, later = _forward(model, tokenizer, texts, r, params, grab), None
-    else:
-        logits, later = _forward_cont(
-            model, tokenizer, texts[: len(texts) - len(picks[2])], cont, picks[2], r, params, grab
-        )
-    loss, row = minibatch_loss(logits, picks, base, refusal_tokens, s.loss)
-    penalty = torch.stack(written).mean()
-    total = loss + s.l2 * penalty
-    if later is not None:  # KL at the answer tokens after the first, weighted like the first token's
-        total = total + s.loss.kl_weight * later
-        row["kl_later"] = later.item()
-    return total, penalty, row
+) -> dict:
+    """One minibatch's gradient, accumulated into params' .grad over chunks of s.chunk_rows rows, and its metrics.
+
+    The loss is optimize's (weighted_loss: each group's row terms over that group's size in the minibatch) + l2 x
+    the mean over writers and rows of what the readout writes (a^T x)^2 + (with continuations) kl_weight x the mean
+    KL at the harmless answers' later tokens; every term is a sum over rows divided by a whole-minibatch count, so
+    the chunks' losses add up to the minibatch's and so do their gradients."""
+    n = [len(p) for p in picks]
+    parts, total, written, later = [], 0.0, 0.0, 0.0
+    flat = [(g, i) for g, p in enumerate(picks) for i in p]
+    for start in range(0, len(flat), s.chunk_rows):
+        chunk = [[i for g, i in flat[start : start + s.chunk_rows] if g == k] for k in range(3)]
+        hooked: list[torch.Tensor] = []
+        grab = lambda: _written(mods, params, hooked)  # noqa: E731  (the rows only, not a shared prefix)
+        texts = [groups[g].texts[i] for g in (0, 1) for i in chunk[g]]
+        if cont is None:
+            logits = _forward(model, tokenizer, texts + [groups[2].texts[i] for i in chunk[2]], r, params, grab)
+            kl_later = None
+        else:
+            logits, kl_later = _forward_cont(model, tokenizer, texts, cont, chunk[2], r, params, grab)
+        rows = loss_rows(logits, chunk, base, refusal_tokens)
+        penalty = torch.stack(hooked).sum() / (len(hooked) * sum(n))  # every writer fires once per forward
+        loss = weighted_loss(rows, n, s.loss) + s.l2 * penalty
+        if kl_later is not None:  # KL at the answer tokens after the first, weighted like the first token's
+            kl_later = kl_later / (n[2] * (cont.base_logp.shape[1] - 1))
+            loss = loss + s.loss.kl_weight * kl_later
+            later += kl_later.item()
+        loss.backward()
+        parts.append(rows)
+        total, written = total + loss.item(), written + penalty.item()
+    rows = Rows(*(torch.cat([getattr(p, f).detach() for p in parts]) for f in Rows._fields))
+    loss = total - s.l2 * written - s.loss.kl_weight * later  # optimize's loss alone, as its history reports it
+    out = {**row_metrics(loss, rows), "written": written}
+    if cont is not None:
+        out["kl_later"] = later
+    return out
 
 
 @contextmanager
 def _written(mods: dict[str, torch.nn.Module], readout: Readout, into: list[torch.Tensor]) -> Iterator[None]:
-    """Hooks appending, per writer, mean (a^T x)^2 at each row's last position (what it writes along r) to `into`."""
+    """Hooks appending, per writer, the sum over rows of (a^T x)^2 at each row's last position (what it writes along
+    r) to `into`."""
     hs = [
-        mods[k].register_forward_hook(lambda m, args, out, a=a: into.append((args[0][:, -1] @ a).pow(2).mean()))
+        mods[k].register_forward_hook(lambda m, args, out, a=a: into.append((args[0][:, -1] @ a).pow(2).sum()))
         for k, a in readout.items()
     ]
     try:
@@ -266,16 +286,16 @@ def _forward_cont(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One left-padded batch: chat texts (target and keep prompts) then the picked harmless
     continuations. Returns first-answer-position logits [len(texts) + len(picks), vocab] (a
-    harmless row's first answer position is n positions from its end) and the mean KL(base ||
-    edited) over the harmless rows' n - 1 later positions."""
+    harmless row's first answer position is n positions from its end) and KL(base || edited) summed
+    over the harmless rows' n - 1 later positions."""
     n = cont.base_logp.shape[1]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] + [cont.ids[i] for i in picks]
+    ids = (tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []) + [cont.ids[i] for i in picks]
     batch = left_pad(ids, tokenizer.pad_token_id, share_prefix=True)
     with preview(model, Edit(r, project=False, readout=readout)):
         out = forward(model, batch, n, rest_hooks).float().cpu()  # [B, n, vocab]
     t = len(texts)
     lp = cont.base_logp[picks, 1:].float()
-    later = (lp.exp() * (lp - torch.log_softmax(out[t:, 1:], -1))).sum(-1).mean()
+    later = (lp.exp() * (lp - torch.log_softmax(out[t:, 1:], -1))).sum()  # summed over rows and positions
     return torch.cat([out[:t, -1], out[t:, 0]]), later
 
 
