@@ -229,3 +229,27 @@ def test_a_subspace_is_optimized_as_orthonormal_rows_off_the_keep_span(tokenizer
             OptimizeSettings(average=True),
             progress=False,
         )
+
+
+def test_chunked_steps_give_the_whole_minibatch_gradient(tokenizer):
+    """Gradient accumulation over row chunks (the memory bound): the same gradient and metrics as one forward."""
+    import random
+
+    from steer.targeted.optimize import draw, frozen, step_gradient
+
+    model = make_model("qwen2")
+    texts = chat_texts(tokenizer, PROMPTS)
+    logits = batched_last_logits(model, tokenizer, texts)
+    groups = [Group(texts[i::3], logits[i::3]) for i in range(3)]
+    picks, _ = draw(random.Random(0), [(g, 3) for g in groups])
+    init = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    grads, rows = [], []
+    for chunk in (64, 2):
+        v = (init / init.norm()).requires_grad_(True)
+        with frozen(model), torch.enable_grad():
+            rows.append(step_gradient(model, tokenizer, groups, picks, v, None, [g.base_logits for g in groups],
+                                      [70, 71], OptimizeSettings(chunk_rows=chunk)))  # fmt: skip
+        grads.append(v.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+    assert float(grads[0].norm()) > 0
+    assert all(rows[0][k] == pytest.approx(rows[1][k], rel=1e-4, abs=1e-6) for k in rows[0]), rows

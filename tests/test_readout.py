@@ -204,12 +204,12 @@ def test_chunked_steps_give_the_whole_minibatch_gradient(tokenizer, kl_tokens):
     if cont is not None:
         groups = (*groups[:2], Group([str(i) for i in range(len(cont.ids))], cont.base_logp[:, 0]))
     r = _unit(model.config.hidden_size)
-    loss = OptimizeSettings(target_batch=3, keep_batch=3, harmless_batch=5)
     picks, _ = draw(__import__("random").Random(0), [(g, n) for g, n in zip(groups, (3, 3, 5))])
     base = [g.base_logits.float() for g in groups]
     grads, rows = [], []
     for chunk in (64, 2):  # one chunk holding every row; then chunks of 2 rows, groups split across chunks
-        s = ReadoutSettings(l2=10.0, kl_tokens=kl_tokens, loss=loss, chunk_rows=chunk)
+        loss = OptimizeSettings(target_batch=3, keep_batch=3, harmless_batch=5, chunk_rows=chunk)
+        s = ReadoutSettings(l2=10.0, kl_tokens=kl_tokens, loss=loss)
         params = {k: a.requires_grad_(True) for k, a in _random_readout(model, scale=0.05).items()}
         with frozen(model), torch.enable_grad():
             rows.append(_accumulate(model, tokenizer, list(groups), picks, r, params, writers(model, s.components),

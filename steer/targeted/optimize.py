@@ -74,6 +74,10 @@ class OptimizeSettings:
     # and MLP below it better (results/component-strengths); training under such an edit fits r to it
     attn: float = 1.0
     mlp: float = 1.0
+    # rows per forward/backward: a step's gradient is accumulated over chunks of its minibatch (every loss term is
+    # a sum over rows over a whole-minibatch count: the same gradient up to float rounding), so the autograd graph
+    # holds chunk_rows rows, not the whole minibatch (docs/memory.md)
+    chunk_rows: int = 8
 
 
 @dataclass
@@ -150,6 +154,19 @@ def loss_rows(logits: torch.Tensor, picks: list[list[int]], base: list[torch.Ten
     )
 
 
+def chunks(picks: list[list[int]], size: int) -> Iterator[list[list[int]]]:
+    """The minibatch's rows (picks: indices per group, in group order) in chunks of at most `size` rows, each chunk
+    laid out as picks is (a chunk may hold rows of several groups, or none of one)."""
+    flat = [(g, i) for g, p in enumerate(picks) for i in p]
+    for start in range(0, len(flat), size):
+        yield [[i for g, i in flat[start : start + size] if g == k] for k in range(len(picks))]
+
+
+def joined(parts: list[Rows]) -> Rows:
+    """Chunks' rows concatenated (detached): the whole minibatch's, for its metrics."""
+    return Rows(*(torch.cat([getattr(p, f).detach() for p in parts]) for f in Rows._fields))
+
+
 def weighted_loss(rows: Rows, n: list[int], s: OptimizeSettings) -> torch.Tensor:
     """The loss of the module docstring, each group's row terms summed and divided by that group's size in the
     whole minibatch (n): on the whole minibatch it is the mean form; over row chunks the chunks' values add up to
@@ -160,19 +177,6 @@ def weighted_loss(rows: Rows, n: list[int], s: OptimizeSettings) -> torch.Tensor
         + s.keep_weight * keep.sum() / max(1, n[1])
         + s.kl_weight * rows.kl.sum() / max(1, n[2])
     )
-
-
-def minibatch_loss(
-    logits: torch.Tensor,
-    picks: list[list[int]],
-    base: list[torch.Tensor],
-    refusal_tokens: list[int],
-    s: OptimizeSettings,
-) -> tuple[torch.Tensor, dict]:
-    """The loss of the module docstring on one minibatch (loss_rows' layout) and its parts."""
-    rows = loss_rows(logits, picks, base, refusal_tokens)
-    loss = weighted_loss(rows, [len(p) for p in picks], s)
-    return loss, row_metrics(loss.item(), rows)
 
 
 def row_metrics(loss: float, rows: Rows) -> dict:
@@ -195,6 +199,23 @@ def _forward(model, tokenizer, texts: list[str], r: torch.Tensor, attn: float = 
     out = torch.empty_like(logits)
     out[torch.tensor(idx)] = logits
     return out
+
+
+def step_gradient(
+    model, tokenizer, groups: list[Group], picks: list[list[int]], v: torch.Tensor, keep_span: torch.Tensor | None,
+    base: list[torch.Tensor], refusal_tokens: list[int], s: OptimizeSettings,
+) -> dict:  # fmt: skip
+    """One minibatch's gradient of the loss, accumulated into v.grad chunk by chunk (s.chunk_rows rows per forward
+    and backward), and the step's metrics."""
+    total, parts = 0.0, []
+    for chunk in chunks(picks, s.chunk_rows):
+        texts = [g.texts[i] for g, idx in zip(groups, chunk) for i in idx]
+        logits = _forward(model, tokenizer, texts, unit_direction(v, keep_span).float(), s.attn, s.mlp)
+        rows = loss_rows(logits, chunk, base, refusal_tokens)
+        loss = weighted_loss(rows, [len(p) for p in picks], s)
+        loss.backward()
+        total, parts = total + loss.item(), parts + [rows]
+    return row_metrics(total, joined(parts))
 
 
 class Optimized(NamedTuple):
@@ -237,11 +258,10 @@ def optimize_direction(
     with frozen(model):
         with torch.enable_grad(), tqdm(range(s.steps), desc="optimizing direction", disable=not progress) as bar:
             for step in bar:
-                picks, texts = draw(rng, groups)
-                logits = _forward(model, tokenizer, texts, unit_direction(v, keep_span).float(), s.attn, s.mlp)
-                loss, row = minibatch_loss(logits, picks, base, refusal_tokens, s)
+                picks, _ = draw(rng, groups)
                 opt.zero_grad()
-                loss.backward()
+                row = step_gradient(model, tokenizer, [g for g, _ in groups], picks, v, keep_span, base,
+                                    refusal_tokens, s)  # fmt: skip
                 lr = opt.param_groups[0]["lr"]
                 opt.step()
                 if sched is not None:

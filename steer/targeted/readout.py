@@ -11,7 +11,7 @@ writer, a vector a [d_in] so that it writes
 
 on top of an edit already applied: what goes along r becomes a learned linear function of the
 writer's input, so it can differ between kinds of prompt. a = 0 is the edit unchanged. Trained
-with steer.targeted.optimize's loss (minibatch_loss: target refusal score down, harmful refusal
+with steer.targeted.optimize's loss (weighted_loss: target refusal score down, harmful refusal
 score kept, first-token KL to the base model on harmless prompts) plus an L2 penalty on the written
 coefficient, by Adam through the frozen model; hooks apply exactly the update the weights get
 (`bake`), so the trained model and the saved checkpoint agree up to float rounding.
@@ -36,7 +36,17 @@ from steer.edit.rank1 import Readout, scaled, writers, zeros
 from steer.errors import SteerError
 from steer.eval.engine import GenSpec, generate_ids
 from steer.model.collect import batched_last_logits, encode_batches, forward, last_logits, left_pad
-from steer.targeted.optimize import Group, OptimizeSettings, Rows, draw, frozen, loss_rows, row_metrics, weighted_loss
+from steer.targeted.optimize import (
+    Group,
+    OptimizeSettings,
+    chunks,
+    draw,
+    frozen,
+    joined,
+    loss_rows,
+    row_metrics,
+    weighted_loss,
+)
 from steer.targeted.prepare import Prepared
 from steer.targeted.search import EditParams, ValData, metrics
 from steer.targeted.settings import TargetedSettings
@@ -53,9 +63,6 @@ class ReadoutSettings:
     # tokens (needs continuations()): a writes at every position, the first token alone constrains it at one
     kl_tokens: int = 1
     components: tuple[str, ...] = ("attn", "mlp")  # writer components that get a readout (attention alone: no gain)
-    # rows per forward/backward: a step's gradient is accumulated over chunks of its minibatch (the same gradient
-    # up to float rounding), so the autograd graph holds chunk_rows rows, not all ~38 (docs/memory.md)
-    chunk_rows: int = 8
     # weights, margin, batches, seed of steer.targeted.optimize's loss; KL and keep weighted up (with its defaults,
     # 40 and 2, validation KL and harmful scores moved further: results/readout-probe/), twice the harmless prompts
     # per step
@@ -219,9 +226,7 @@ def _accumulate(
     the chunks' losses add up to the minibatch's and so do their gradients."""
     n = [len(p) for p in picks]
     parts, total, written, later = [], 0.0, 0.0, 0.0
-    flat = [(g, i) for g, p in enumerate(picks) for i in p]
-    for start in range(0, len(flat), s.chunk_rows):
-        chunk = [[i for g, i in flat[start : start + s.chunk_rows] if g == k] for k in range(3)]
+    for chunk in chunks(picks, s.loss.chunk_rows):  # gradients accumulate chunk by chunk (the graph's memory)
         hooked: list[torch.Tensor] = []
         grab = lambda: _written(mods, params, hooked)  # noqa: E731  (the rows only, not a shared prefix)
         texts = [groups[g].texts[i] for g in (0, 1) for i in chunk[g]]
@@ -240,7 +245,7 @@ def _accumulate(
         loss.backward()
         parts.append(rows)
         total, written = total + loss.item(), written + penalty.item()
-    rows = Rows(*(torch.cat([getattr(p, f).detach() for p in parts]) for f in Rows._fields))
+    rows = joined(parts)
     loss = total - s.l2 * written - s.loss.kl_weight * later  # optimize's loss alone, as its history reports it
     out = {**row_metrics(loss, rows), "written": written}
     if cont is not None:
