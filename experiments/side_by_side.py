@@ -55,7 +55,13 @@ def cost(model: str, given: str | None) -> dict:
     """Wall time, peak RSS, pairs/tokens written, trainable parameters and FLOPs as the route's run recorded them."""
     if given:
         r = json.loads(Path(given).read_text())
-        return {"wall_s": r.get("wall_time_s"), "peak_rss_gb": r.get("peak_rss_gb"), "note": r.get("command", "")[:80]}
+        return {
+            "wall_s": r.get("wall_time_s"),
+            "peak_rss_gb": r.get("peak_rss_gb"),
+            "pairs": 0,
+            "trainable_params": 0,
+            **_flops(r.get("cost")),
+        }  # fmt: skip  (cost: experiments/heretic_cost.py's estimate)
     folder = Path(model)
     if (folder / "sft.json").is_file():
         r = json.loads((folder / "sft.json").read_text())
