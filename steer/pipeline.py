@@ -33,16 +33,18 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     loaded = load_model(model)
     log(f"loaded {loaded.source} ({type(loaded.model).__name__}, {loaded.model.config.num_hidden_layers} layers)")
     # 2. directions and the selected one (steer.locate); the tokens they cost (steer.report.cost)
-    peaks = Peaks()
+    peaks, seconds, lap = Peaks(), {"load": round(time.time() - started, 1)}, time.time()
     peaks.mark("load")
     with count_tokens(loaded.model) as tokens:
         dirs = directions(loaded, settings)
+    seconds["directions"], lap = round(time.time() - lap, 1), time.time()
     peaks.mark("directions")
     edit = Edit(dirs.vector())
     # 3. before/after: the base model, KL against the previewed edit, the edit written, the edited model
     measured = before_after(
         loaded, eval_config(settings), lambda: preview(loaded.model, edit), lambda: _apply(loaded, edit, dirs)
     )
+    seconds["evaluate"] = round(time.time() - lap, 1)
     report = {
         "model": loaded.source,
         "settings": asdict(settings),
@@ -59,6 +61,7 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
         dirs.save(tmp / "directions.safetensors")
         plot_selection(dirs.meta["selection"], loaded.model.config.num_hidden_layers, tmp / "selection.png")
         report["elapsed_s"] = round(time.time() - started, 1)
+        report["seconds"] = {**seconds, "save": round(report["elapsed_s"] - sum(seconds.values()), 1)}
         report["peak_rss_gb"] = peak_rss_gb()
         write_report(tmp, report)
         write_manifest(tmp, loaded, dirs, report)

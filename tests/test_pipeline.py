@@ -56,6 +56,12 @@ def test_abliterate_end_to_end_is_deterministic(tiny):
     assert set(report["before"]["censorship"]["metrics"]) >= {"refusal/en", "censorship/zh", "degenerate"}
     assert report["after"]["kl"]["metrics"]["kl/first_token"]["value"] >= 0
     assert report["cost"]["tokens"]["forward"] > 0 and report["cost"]["tokens"]["train"] == 0  # no gradients
+    saved = json.loads((tiny / "a" / "report.json").read_text())  # stage times and peak memory, for benchmarks
+    assert set(saved["seconds"]) == {"load", "directions", "evaluate", "save"}
+    assert sum(saved["seconds"].values()) == pytest.approx(saved["elapsed_s"], abs=0.5)
+    assert (
+        0 < saved["peak_rss_gb_by_stage"]["load"] <= saved["peak_rss_gb_by_stage"]["evaluate"] <= saved["peak_rss_gb"]
+    )
     md = (tiny / "a" / "report.md").read_text()
     assert "| censorship | refusal/en | 3 |" in md and "| kl | kl/multi_token |" in md
     assert "(chosen)" in md and "## Direction selection" in md
