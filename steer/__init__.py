@@ -44,6 +44,7 @@ _API = {  # public name -> (module, attribute)
     "load_keys": ("steer.eval.keys", "load_keys"),
     "verdict": ("steer.eval.candour", "verdict"),
     "answer_logprobs": ("steer.eval.knowledge", "answer_logprobs"),
+    "choice_logprobs": ("steer.eval.knowledge", "choice_logprobs"),
     "SFTSettings": ("steer.sft.settings", "SFTSettings"),
     "train_sft": ("steer.sft.run", "train_sft"),
     "SteerError": ("steer.errors", "SteerError"),
