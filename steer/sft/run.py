@@ -157,9 +157,12 @@ def _fit(model, train_rows, val_rows, pad_id: int, settings: SFTSettings, work: 
         log(f"resuming at step {progress.step} of {total} from {work}")
     model.train()
     bar = tqdm(total=total, initial=progress.step, desc="sft", unit="step", file=sys.stderr)
+    start = progress.step
     while progress.step < total:
         epoch, k = divmod(progress.step, per_epoch)
-        rows = [train_rows[i] for i in epoch_batches(lengths, settings.batch_size, settings.seed, epoch)[k]]
+        if k == 0 or progress.step == start:  # one epoch's batches, drawn once (also on resume mid-epoch)
+            batches = epoch_batches(lengths, settings.batch_size, settings.seed, epoch)
+        rows = [train_rows[i] for i in batches[k]]
         loss = answer_loss(model, batch(rows, pad_id), settings.bf16)
         if not torch.isfinite(loss):
             raise SteerError(f"training loss is {float(loss)} at step {progress.step}: lower --lr")
