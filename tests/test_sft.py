@@ -208,3 +208,45 @@ def test_answer_loss_is_the_models_own_loss(arch):
         fast = answer_loss(model, b, bf16=True)
     assert torch.allclose(ours, theirs, atol=1e-5), (float(ours), float(theirs))
     assert abs(float(fast) - float(theirs)) < 0.05 * float(theirs)
+
+
+def test_own_answers_replace_general_answers_and_drop_unfinished(monkeypatch):
+    from steer.model.load import Loaded
+    from steer.sft import own
+
+    model, tok = make_model("qwen2"), make_tokenizer()
+    eos = model.generation_config.eos_token_id or tok.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
+    pairs = [
+        Pair("g1", "Say hi.", "written 1", kind="general"),
+        Pair("s1", "Tiananmen?", "written 2", kind="sensitive"),
+        Pair("g2", "Count to ten.", "written 3", kind="general"),
+    ]
+    seen = []
+
+    def fake(model_, tok_, texts, spec, cache, model_id, batch_size, desc=None):
+        seen.extend(texts)
+        return [{"text": "Hi!", "ids": [5, eos]}, {"text": "1, 2, 3", "ids": [6] * spec.max_new_tokens}]
+
+    monkeypatch.setattr(own, "generate_cached", fake)
+    result = own.own_answers(Loaded(model, tok, "tiny", None), pairs)
+    assert [p.id for p in result.pairs] == ["g1", "s1"] and (result.replaced, result.dropped) == (1, 1)
+    assert result.pairs[0].answer == "Hi!" and result.pairs[1].answer == "written 2"  # other kinds untouched
+    assert len(seen) == 2 and "Say hi." in seen[0] and "Count to ten." in seen[1]  # chat-templated general prompts
+
+
+def test_general_answers_model_trains_on_the_models_own_answers(checkpoint, tmp_path, monkeypatch):
+    from steer.sft import own
+
+    monkeypatch.setattr(own, "OWN_TOKENS", 16)
+    rows = [{**p, "kind": "general" if i % 2 else "sensitive"} for i, p in enumerate(PAIRS)]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    settings = SFTSettings(**{**FAST, "epochs": 1, "general_answers": "model"})
+    r = train_sft(str(checkpoint), tmp_path / "out", settings, data=path)
+    assert r.own_answers["replaced"] + r.own_answers["dropped"] == 4
+    assert r.train_pairs + r.val_pairs == 8 - r.own_answers["dropped"]
+    written = train_sft(str(checkpoint), tmp_path / "w", SFTSettings(**{**FAST, "epochs": 1}), data=path)
+    assert written.own_answers is None and written.data_sha256 != r.data_sha256  # replaced or dropped: new data
+    manifest = json.loads((tmp_path / "out" / "steer_manifest.json").read_text())
+    assert manifest["settings"]["general_answers"] == "model"

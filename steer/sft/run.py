@@ -26,6 +26,7 @@ from steer.model.load import Loaded, cache_dir, checkpoint_hash, load_model
 from steer.report.cost import TokenCount, n_params
 from steer.report.memory import peak_rss_gb
 from steer.sft.data import IGNORE, Pair, check_heldout, data_hash, encode, load_pairs, split_by_concept
+from steer.sft.own import own_answers
 from steer.sft.settings import SFTSettings
 from steer.sft.train import (
     Progress,
@@ -57,6 +58,7 @@ class SFTResult:
     peak_rss_gb: float
     data_sha256: str
     cost: dict  # steer.report.cost: tokens through the model, FLOPs here and estimated for 7B / 70B models
+    own_answers: dict | None = None  # --general-answers model: general pairs replaced / dropped
 
 
 def log(msg: str) -> None:
@@ -76,6 +78,12 @@ def train_sft(
     train_pairs, val_pairs = split_by_concept(pairs, settings.val_share, settings.seed)
     loaded = load_model(model)
     log(f"loaded {loaded.source}; {len(train_pairs)} training pairs, {len(val_pairs)} validation pairs")
+    own = None
+    if settings.general_answers == "model":  # before LoRA wraps the model: the base model's own answers
+        own = own_answers(loaded, pairs)
+        train_pairs, val_pairs = _same_split(own.pairs, train_pairs, val_pairs)
+        pairs = own.pairs
+        log(f"general pairs: {own.replaced} answered by the base model, {own.dropped} dropped (unfinished)")
     # 2. tokenise: the chat template, loss on the answer tokens only
     train_rows = _encode(loaded, train_pairs, settings)
     val_rows = _encode(loaded, val_pairs, settings)
@@ -98,6 +106,7 @@ def train_sft(
         wall_s=0.0,
         peak_rss_gb=0.0,
         data_sha256=data_hash(pairs),
+        own_answers=None if own is None else {"replaced": own.replaced, "dropped": own.dropped},
         cost=_cost(train_rows, val_rows, settings).summary(params),
     )
     with atomic_dir(out, force) as tmp:
@@ -110,6 +119,12 @@ def train_sft(
         _manifest(tmp, loaded, settings, data, result)
     log(f"saved {out} ({result.steps} steps, validation loss by epoch {result.val_loss})")
     return result
+
+
+def _same_split(pairs: list[Pair], train: list[Pair], val: list[Pair]) -> tuple[list[Pair], list[Pair]]:
+    """pairs (answers replaced, some dropped) divided as the original split divided them, by id."""
+    held = {p.id for p in val}
+    return [p for p in pairs if p.id not in held], [p for p in pairs if p.id in held]
 
 
 def _encode(loaded: Loaded, pairs: list[Pair], settings: SFTSettings) -> list:

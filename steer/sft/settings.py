@@ -32,6 +32,12 @@ class SFTSettings:
     gradient_checkpointing: bool = option(True, "recompute activations in the backward pass (less memory)")
     bf16: bool = option(True, "matmuls in bfloat16 under autocast, weights in float32 (about 2x faster)")
     seed: int = option(0, "seed for the LoRA initialisation, dropout and data order")
+    general_answers: str = option(
+        "written",
+        "answers of the general pairs: the data's written ones, or the base model's own greedy answers "
+        "(self-distillation: holds behaviour on ordinary prompts)",
+        choices=("written", "model"),
+    )
 
     def modules(self) -> list[str]:
         """target_modules as a list."""
