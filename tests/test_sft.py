@@ -210,6 +210,26 @@ def test_answer_loss_is_the_models_own_loss(arch):
     assert abs(float(fast) - float(theirs)) < 0.05 * float(theirs)
 
 
+def test_the_chunked_head_gives_the_whole_heads_loss_and_gradients(monkeypatch):
+    from steer.sft.train import answer_loss, batch
+
+    model, tok = make_model("qwen2"), make_tokenizer()
+    b = batch([encode(tok, Pair(p["id"], p["prompt"], p["answer"]), 64) for p in PAIRS], tok.pad_token_id)
+
+    def run(rows: int):
+        monkeypatch.setattr(T, "HEAD_ROWS", rows)
+        model.zero_grad()
+        loss = answer_loss(model, b)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    whole, chunked = run(10_000), run(3)
+    assert int((b["labels"][:, 1:] != IGNORE).sum()) > 3 * 4  # several chunks
+    assert torch.allclose(whole[0], chunked[0], atol=1e-6)
+    assert whole[1].keys() == chunked[1].keys() and len(whole[1]) > 0
+    assert all(torch.allclose(whole[1][n], chunked[1][n], atol=1e-6) for n in whole[1])
+
+
 def test_own_answers_replace_general_answers_and_drop_unfinished(monkeypatch):
     from steer.model.load import Loaded
     from steer.sft import own

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from steer.sft.data import IGNORE, Encoded
 from steer.sft.settings import SFTSettings
 
 STATE = "state.pt"
+HEAD_ROWS = 1024  # answer tokens per output-head chunk (head_loss)
 
 
 @dataclass
@@ -114,8 +116,28 @@ def answer_loss(model, b: dict[str, torch.Tensor], bf16: bool = False) -> torch.
         hidden = base.get_decoder()(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0]
         targets = b["labels"][:, 1:]
         keep = targets != IGNORE
-        logits = base.get_output_embeddings()(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+        return head_loss(base.get_output_embeddings(), hidden[:, :-1][keep], targets[keep])
+
+
+def head_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of head(hidden) [N, D] -> [N, V] against targets [N], HEAD_ROWS rows at a time.
+
+    Each chunk's logits are recomputed in the backward pass (activation checkpointing) instead of kept: a step then
+    holds one chunk's [HEAD_ROWS, V] float32 logits and their gradient, not [N, V] of each (2.4 GB per copy for
+    4,000 answer tokens and Qwen's 152k vocabulary), for one extra head matmul per chunk.
+    """
+    if hidden.shape[0] <= HEAD_ROWS:
+        return torch.nn.functional.cross_entropy(head(hidden).float(), targets)
+    grad = torch.is_grad_enabled()
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, hidden.shape[0], HEAD_ROWS):
+        h, t = hidden[i : i + HEAD_ROWS], targets[i : i + HEAD_ROWS]
+        total = total + (checkpoint(_chunk_loss, head, h, t, use_reentrant=False) if grad else _chunk_loss(head, h, t))
+    return total / hidden.shape[0]
+
+
+def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
 @torch.no_grad()
