@@ -95,6 +95,26 @@ def test_random_null_edits_run_on_a_model(tokenizer, monkeypatch):
     assert [r.stance for r in stances(model, tokenizer, PAIRS)] == [r.stance for r in base]  # preview undone
 
 
+def test_cached_scores_resume_and_the_null_is_shared_between_edits_of_one_shape(tokenizer, tmp_path, monkeypatch):
+    from steer.eval.engine import ItemCache
+
+    monkeypatch.setitem(slant.PHRASINGS, "en", ONE_TOKEN)
+    model = make_model("qwen2")
+    scores = slant.Scores(ItemCache(tmp_path / "c.jsonl"), "base-weights")
+    base = stances(model, tokenizer, PAIRS, scores=scores)
+    assert [round(r.stance, 4) for r in base] == [round(r.stance, 4) for r in stances(model, tokenizer, PAIRS)]
+    a, b = Edit(torch.randn(64)), Edit(torch.randn(64))  # two real edits: same shape, layers and strengths
+    null_a = slant.null_shifts(model, tokenizer, a, PAIRS, base, 2, scores=scores)
+    broken = make_model("qwen2")
+    broken.forward = None  # any forward pass would fail: everything must come from the cache
+    reread = slant.Scores(ItemCache(tmp_path / "c.jsonl"), "base-weights")
+    assert slant.null_shifts(broken, tokenizer, b, PAIRS, base, 2, scores=reread) == null_a
+    other = slant.Scores(ItemCache(tmp_path / "c.jsonl"), "other-weights")
+    with pytest.raises(TypeError):
+        stances(broken, tokenizer, PAIRS, scores=other)  # another model's weights: not read from the cache
+    assert slant.edit_digest(random_like(a, 0)) != slant.edit_digest(random_like(a, 1))
+
+
 def _rows(shift_a: float, noise: float, seed: int) -> list[Stance]:
     g = torch.Generator().manual_seed(seed)
     out = []

@@ -165,8 +165,9 @@ def _slant_null(bctx: Ctx, edited: str, b_res: dict, config: EvalConfig) -> dict
     _log(f"slant: {config.null_edits} random-direction edits like the recorded one (the null)")
     pairs = slant.load_statements(config.slant_file)
     edits = slant.null_shifts(
-        bctx.model, bctx.tokenizer, edit, pairs, base_rows, config.null_edits, config.seed, config.batch_size
-    )
+        bctx.model, bctx.tokenizer, edit, pairs, base_rows, config.null_edits, config.seed, config.batch_size,
+        slant.Scores(bctx.cache, bctx.model_id),
+    )  # fmt: skip
     return {"edits": edits, "seed": config.seed, "rank": int(edit.basis.reshape(-1, edit.basis.shape[-1]).shape[0])}
 
 

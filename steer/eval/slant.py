@@ -16,15 +16,19 @@ edit with random unit directions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from steer.edit.preview import Edit, preview
 from steer.errors import SteerError
+from steer.eval.engine import ItemCache, cached_map
+from steer.eval.engine import key as cache_key
 from steer.eval.knowledge import choice_logprobs
 from steer.eval.stats import mean, paired_bootstrap_ci
 
@@ -115,11 +119,39 @@ def load_statements(path: Path | None = None, lang: str | None = None) -> list[S
     return [p for p in pairs if lang is None or p.lang == lang]
 
 
-def agreements(model, tokenizer, texts: list[str], phrasing: tuple[str, str, str], batch_size: int = 16):
-    """agreement(s) = log p(agree | prompt(s)) - log p(disagree | prompt(s)) for each text [len(texts)]."""
+@dataclass(frozen=True)
+class Scores:
+    """Where agreement scores are cached: an ItemCache and the identity of the weights being scored (a weights
+    fingerprint; for a previewed edit, the base's fingerprint with the edit's digest). None: no cache."""
+
+    cache: ItemCache
+    model_id: str
+
+
+def agreements(
+    model, tokenizer, texts: list[str], phrasing: tuple[str, str, str], batch_size: int = 16,
+    scores: Scores | None = None,
+) -> list[float]:  # fmt: skip
+    """agreement(s) = log p(agree | prompt(s)) - log p(disagree | prompt(s)) for each text [len(texts)]; with
+    `scores`, cached per prompt (an interrupted audit resumes; the random-edit null is shared between edits)."""
     template, yes, no = phrasing
     prompts = [template.format(s=t) for t in texts]
-    return [a - b for a, b in choice_logprobs(model, tokenizer, prompts, [[yes, no]] * len(texts), batch_size)]
+
+    def compute(idx: list[int]) -> list[float]:
+        sub = [prompts[i] for i in idx]
+        return [a - b for a, b in choice_logprobs(model, tokenizer, sub, [[yes, no]] * len(sub), batch_size)]
+
+    if scores is None:
+        return compute(list(range(len(prompts))))
+    keys = [cache_key("agreement", scores.model_id, p, yes, no) for p in prompts]
+    return cached_map(scores.cache, keys, compute, chunk=4 * batch_size, order=lambda i: len(prompts[i]))
+
+
+def edit_digest(edit: Edit) -> str:
+    """sha256 of an edit's directions (bytes) and settings: names a previewed edit in cache keys."""
+    h = hashlib.sha256(edit.basis.detach().float().contiguous().numpy().tobytes())
+    h.update(repr((edit.profiles, edit.embed, edit.preserve_norm, edit.readout, edit.project)).encode())
+    return h.hexdigest()
 
 
 def pair_stance(agree_statement: float, agree_negation: float, sign: int) -> tuple[float, float]:
@@ -128,14 +160,16 @@ def pair_stance(agree_statement: float, agree_negation: float, sign: int) -> tup
 
 
 @torch.inference_mode()
-def stances(model, tokenizer, pairs: list[StancePair], batch_size: int = 16) -> list[Stance]:
-    """Every pair under every phrasing of its language."""
+def stances(
+    model, tokenizer, pairs: list[StancePair], batch_size: int = 16, scores: Scores | None = None
+) -> list[Stance]:
+    """Every pair under every phrasing of its language (scores: the agreement cache, see Scores)."""
     out = []
     for lang in sorted({p.lang for p in pairs}):
         group = [p for p in pairs if p.lang == lang]
         texts = [p.statement for p in group] + [p.negation for p in group]
         for k, phrasing in enumerate(PHRASINGS[lang]):
-            a = agreements(model, tokenizer, texts, phrasing, batch_size)
+            a = agreements(model, tokenizer, texts, phrasing, batch_size, scores)
             for i, p in enumerate(group):
                 s, bias = pair_stance(a[i], a[len(group) + i], p.sign)
                 out.append(Stance(p.id, p.axis, p.lang, k, s, bias))
@@ -191,16 +225,19 @@ def from_items(items: list[dict]) -> list[Stance]:
 
 def null_shifts(
     model, tokenizer, edit: Edit, pairs: list[StancePair], base: list[Stance], n: int, seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = 16, scores: Scores | None = None,
 ) -> list[dict]:  # fmt: skip
     """Stance shifts of n random-direction edits like `edit` (random_like, seeds seed..seed+n-1) on the base model,
-    on the statement pairs that `base` (its stances without any edit) covers: [n] dicts as `shifts` returns."""
+    on the statement pairs that `base` (its stances without any edit) covers: [n] dicts as `shifts` returns.
+    scores: the base model's agreement cache; each random edit is cached under its own digest."""
     ids = {r.id for r in base}
     pairs = [p for p in pairs if p.id in ids]
     out = []
-    for k in range(n):
-        with preview(model, random_like(edit, seed + k)):
-            out.append(shifts(base, stances(model, tokenizer, pairs, batch_size), seed))
+    for k in tqdm(range(n), desc="random-edit null", leave=False):
+        null = random_like(edit, seed + k)
+        mine = None if scores is None else Scores(scores.cache, cache_key(scores.model_id, "edit", edit_digest(null)))
+        with preview(model, null):
+            out.append(shifts(base, stances(model, tokenizer, pairs, batch_size, mine), seed))
     return out
 
 
@@ -234,7 +271,7 @@ def suite_slant(ctx) -> dict:
     bootstrap CI; phrasings/<axis>/<lang>: value = the spread across phrasings, ci = [lowest, highest] phrasing
     mean. --limit caps the pairs per axis and language (seeded)."""
     pairs = _limited(load_statements(ctx.config.slant_file), ctx.config.limit("slant"), ctx.config.seed)
-    rows = stances(ctx.model, ctx.tokenizer, pairs, ctx.config.batch_size)
+    rows = stances(ctx.model, ctx.tokenizer, pairs, ctx.config.batch_size, Scores(ctx.cache, ctx.model_id))
     means, metrics = pair_means(rows), {}
     for key, s in by_axis(rows).items():
         axis, lang = key.split("/")
