@@ -9,6 +9,7 @@ from steer.eval.engine import ItemCache, fingerprint
 from steer.eval.keys import KeySet
 from steer.eval.knowledge import answer_logprobs, choice_logprobs, fact_pairs, knowledge_items
 from steer.eval.suites import Ctx, EvalConfig, run_suites
+from steer.model.collect import left_pad
 from steer.prompts import Prompt, chat_texts
 
 
@@ -35,6 +36,8 @@ def test_prompt_read_once_scores_equal_one_at_a_time(tokenizer, arch):
     model = make_model(arch)
     prompts = ["What happened?", "A much longer question about the events of that night?", "Why?"]
     choices = [["Troops opened fire.", "No."], ["Y", "军队开枪。", "Nothing at all happened there."], ["No.", "Yes"]]
+    heads = tokenizer(chat_texts(tokenizer, prompts[:2]), add_special_tokens=False)["input_ids"]
+    assert "prefix_ids" in left_pad(heads, tokenizer.pad_token_id, share_prefix=True)  # the shared-prefix path runs
     got = choice_logprobs(model, tokenizer, prompts, choices, batch_size=2)
     want = [[one_at_a_time(model, tokenizer, p, a) for a in c] for p, c in zip(prompts, choices)]
     assert [len(g) for g in got] == [2, 3, 2]

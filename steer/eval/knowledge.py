@@ -15,7 +15,7 @@ import torch
 from steer.eval.benchmarks import sample
 from steer.eval.keys import load_keys
 from steer.eval.stats import mean, rate
-from steer.model.collect import cache_kwarg, input_device
+from steer.model.collect import cache_kwarg, input_device, left_pad
 from steer.prompts import chat_texts, load_prompts
 
 
@@ -56,12 +56,8 @@ def choice_logprobs(model, tokenizer, prompts: list[str], choices: list[list[str
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device, out = input_device(model), []
     for start in range(0, len(prompts), batch_size):
-        rows, sets = heads[start : start + batch_size], choices[start : start + batch_size]
-        width = max(map(len, rows))
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        sets = choices[start : start + batch_size]
+        res, mask, pos = _read_prompts(model, left_pad(heads[start : start + batch_size], pad, share_prefix=True))
         first = torch.log_softmax(res.logits[:, -1].float(), dim=-1)  # [B, V]
         cache = res.cache if getattr(res, "cache", None) is not None else res.past_key_values
         scores = [[0.0] * len(c) for c in sets]
@@ -85,6 +81,22 @@ def choice_logprobs(model, tokenizer, prompts: list[str], choices: list[list[str
                         scores[i][k] += sum(logp[i, j, t[j + 1]].item() for j in range(len(t) - 1))
         out += scores
     return out
+
+
+def _read_prompts(model, batch: dict[str, torch.Tensor]):
+    """(output with the KV cache and last-position logits, attention mask [B, p + w], position ids [B, w]) for a
+    left_pad batch; a shared prefix (the system prompt, a phrasing's opening) is read once and its cache repeated."""
+    device = input_device(model)
+    mask, pos = batch["attention_mask"].to(device), batch["position_ids"].to(device)
+    kwargs = {}
+    if "prefix_ids" in batch:
+        pre = model(input_ids=batch["prefix_ids"].to(device), use_cache=True, logits_to_keep=1)
+        cache = pre.cache if getattr(pre, "cache", None) is not None else pre.past_key_values
+        cache.batch_repeat_interleave(batch["input_ids"].shape[0])
+        kwargs[cache_kwarg(model)] = cache
+    ids = batch["input_ids"].to(device)
+    res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kwargs)
+    return res, mask, pos
 
 
 def knowledge_items(model, tokenizer, pairs: list[dict], batch_size: int = 16) -> list[dict]:
