@@ -15,7 +15,7 @@ import torch
 from steer.eval.benchmarks import sample
 from steer.eval.keys import load_keys
 from steer.eval.stats import mean, rate
-from steer.model.collect import cache_kwarg, input_device, left_pad
+from steer.model.collect import cache_kwarg, input_device, left_pad, prefix_cache
 from steer.prompts import chat_texts, load_prompts
 
 
@@ -87,15 +87,11 @@ def _read_prompts(model, batch: dict[str, torch.Tensor]):
     """(output with the KV cache and last-position logits, attention mask [B, p + w], position ids [B, w]) for a
     left_pad batch; a shared prefix (the system prompt, a phrasing's opening) is read once and its cache repeated."""
     device = input_device(model)
-    mask, pos = batch["attention_mask"].to(device), batch["position_ids"].to(device)
-    kwargs = {}
-    if "prefix_ids" in batch:
-        pre = model(input_ids=batch["prefix_ids"].to(device), use_cache=True, logits_to_keep=1)
-        cache = pre.cache if getattr(pre, "cache", None) is not None else pre.past_key_values
-        cache.batch_repeat_interleave(batch["input_ids"].shape[0])
-        kwargs[cache_kwarg(model)] = cache
-    ids = batch["input_ids"].to(device)
-    res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kwargs)
+    ids, mask, pos = (batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids"))
+    res = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+        **prefix_cache(model, batch),
+    )  # fmt: skip
     return res, mask, pos
 
 

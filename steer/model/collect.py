@@ -99,15 +99,20 @@ def forward(
     rest_hooks: a context entered for the second call only (hooks that must see just the rows)."""
     device = input_device(model)
     inputs = {k: v.to(device) for k, v in batch.items() if k != "prefix_ids"}
-    rest = rest_hooks() if rest_hooks is not None else nullcontext()
+    prefix = prefix_cache(model, batch)  # outside rest_hooks: they must see the rows only
+    with rest_hooks() if rest_hooks is not None else nullcontext():
+        return model(**inputs, **prefix, logits_to_keep=logits_to_keep, use_cache=False).logits
+
+
+def prefix_cache(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict:
+    """For a left_pad(share_prefix=True) batch: {cache keyword: the prefix's KV cache repeated over the rows},
+    ready to pass to the model with the rest of the batch; {} for a batch without a shared prefix."""
     if "prefix_ids" not in batch:
-        with rest:
-            return model(**inputs, logits_to_keep=logits_to_keep, use_cache=False).logits
-    out = model(input_ids=batch["prefix_ids"].to(device), logits_to_keep=1, use_cache=True)
+        return {}
+    out = model(input_ids=batch["prefix_ids"].to(input_device(model)), logits_to_keep=1, use_cache=True)
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-    cache.batch_repeat_interleave(inputs["input_ids"].shape[0])
-    with rest:
-        return model(**inputs, **{cache_kwarg(model): cache}, logits_to_keep=logits_to_keep, use_cache=False).logits
+    cache.batch_repeat_interleave(batch["input_ids"].shape[0])
+    return {cache_kwarg(model): cache}
 
 
 def last_logits(
