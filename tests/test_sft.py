@@ -17,7 +17,7 @@ from steer.prompts import load_prompts
 from steer.sft import SFTSettings, load_pairs, train_sft
 from steer.sft import run as sft_run
 from steer.sft import train as T
-from steer.sft.data import IGNORE, Pair, check_heldout, encode, split_by_concept
+from steer.sft.data import IGNORE, Pair, check_heldout, encode, keep_share, split_by_concept
 
 pytest.importorskip("peft")
 
@@ -270,3 +270,33 @@ def test_general_answers_model_trains_on_the_models_own_answers(checkpoint, tmp_
     assert written.own_answers is None and written.data_sha256 != r.data_sha256  # replaced or dropped: new data
     manifest = json.loads((tmp_path / "out" / "steer_manifest.json").read_text())
     assert manifest["settings"]["general_answers"] == "model"
+
+
+def test_keep_share_thins_each_refusal_group_seeded_and_leaves_the_rest():
+    pairs = [Pair(f"r{i}", "q", "a", lang="en" if i < 10 else "zh", kind="refusal") for i in range(14)]
+    pairs += [Pair(f"s{i}", "q", "a", lang="en", kind="sensitive") for i in range(5)]
+    kept = keep_share(pairs, ("refusal", "borderline"), 0.5, seed=1)
+    refusals = [p for p in kept if p.kind == "refusal"]
+    assert sum(p.lang == "en" for p in refusals) == 5 and sum(p.lang == "zh" for p in refusals) == 2
+    assert [p for p in kept if p.kind == "sensitive"] == pairs[14:]
+    assert kept == [p for p in pairs if p in kept]  # order kept
+    assert kept == keep_share(pairs, ("refusal", "borderline"), 0.5, seed=1)
+    assert kept != keep_share(pairs, ("refusal", "borderline"), 0.5, seed=2)
+    assert keep_share(pairs, ("refusal",), 1.0, seed=1) == pairs
+    assert [p.kind for p in keep_share(pairs, ("refusal",), 0.0, seed=1)] == ["sensitive"] * 5
+
+
+def test_refusal_share_thins_training_pairs_only(tmp_path):
+    folder = tmp_path / "tiny"
+    make_model("qwen2").save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    rows = [{**p, "kind": "refusal" if i % 2 else "general"} for i, p in enumerate(PAIRS)]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    full = train_sft(str(folder), tmp_path / "full", SFTSettings(**{**FAST, "epochs": 1}), data=path)
+    thin_settings = SFTSettings(**{**FAST, "epochs": 1, "refusal_share": 0.0})
+    thin = train_sft(str(folder), tmp_path / "thin", thin_settings, data=path)
+    assert thin.val_pairs == full.val_pairs and thin.train_pairs < full.train_pairs
+    train, _ = split_by_concept([Pair(r["id"], "q", "a", kind=r["kind"], concept=r["concept"]) for r in rows], 0.25, 0)
+    assert thin.train_pairs == sum(p.kind == "general" for p in train)
+    assert thin.data_sha256 != full.data_sha256

@@ -84,6 +84,23 @@ def check_heldout(pairs: list[Pair]) -> None:
         )
 
 
+REFUSAL_KINDS = ("refusal", "borderline")
+
+
+def keep_share(pairs: list[Pair], kinds: tuple[str, ...], share: float, seed: int) -> list[Pair]:
+    """pairs with only a seeded `share` of each (kind, lang) group of the given kinds kept (rounded, order kept);
+    other pairs untouched."""
+    if share >= 1:
+        return list(pairs)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for p in pairs:
+        if p.kind in kinds:
+            groups.setdefault((p.kind, p.lang), []).append(p.id)
+    rng = random.Random(seed)
+    kept = {i for key in sorted(groups) for i in rng.sample(sorted(groups[key]), round(share * len(groups[key])))}
+    return [p for p in pairs if p.kind not in kinds or p.id in kept]
+
+
 def split_by_concept(pairs: list[Pair], share: float, seed: int) -> tuple[list[Pair], list[Pair]]:
     """(train, validation): a seeded `share` of the concepts (every pair of a held-out concept) for validation
     loss; pairs without a concept count as their own concept."""

@@ -25,7 +25,17 @@ from steer.errors import SteerError
 from steer.model.load import Loaded, cache_dir, checkpoint_hash, load_model
 from steer.report.cost import TokenCount, n_params
 from steer.report.memory import peak_rss_gb
-from steer.sft.data import IGNORE, Pair, check_heldout, data_hash, encode, load_pairs, split_by_concept
+from steer.sft.data import (
+    IGNORE,
+    REFUSAL_KINDS,
+    Pair,
+    check_heldout,
+    data_hash,
+    encode,
+    keep_share,
+    load_pairs,
+    split_by_concept,
+)
 from steer.sft.own import own_answers
 from steer.sft.settings import SFTSettings
 from steer.sft.train import (
@@ -84,6 +94,11 @@ def train_sft(
         train_pairs, val_pairs = _same_split(own.pairs, train_pairs, val_pairs)
         pairs = own.pairs
         log(f"general pairs: {own.replaced} answered by the base model, {own.dropped} dropped (unfinished)")
+    if settings.refusal_share < 1:  # training pairs only: the validation loss stays comparable across shares
+        train_pairs = keep_share(train_pairs, REFUSAL_KINDS, settings.refusal_share, settings.seed)
+        used = {p.id for p in train_pairs + val_pairs}
+        pairs = [p for p in pairs if p.id in used]
+        log(f"--refusal-share {settings.refusal_share}: {len(train_pairs)} training pairs kept")
     # 2. tokenise: the chat template, loss on the answer tokens only
     train_rows = _encode(loaded, train_pairs, settings)
     val_rows = _encode(loaded, val_pairs, settings)

@@ -38,6 +38,13 @@ class SFTSettings:
         "(self-distillation: holds behaviour on ordinary prompts)",
         choices=("written", "model"),
     )
+    refusal_share: float = option(
+        1.0,
+        "share of the refusal and borderline pairs kept (seeded, per kind and language): less pull towards "
+        "refusing ordinary requests",
+        minimum=0,
+        maximum=1,
+    )
 
     def modules(self) -> list[str]:
         """target_modules as a list."""
