@@ -35,12 +35,29 @@ def value(c: dict, side: str, suite: str, metric: str) -> float:
     return c[side][suite]["metrics"][metric]["value"]
 
 
+CHINA_AXES = ("china-taiwan", "china-us", "hong-kong", "xinjiang-tibet")  # positive pole: the PRC government's
+
+
 def checks(c: dict) -> dict:
-    """The issue's targets for one comparison: flagged axes, mirrored refusal asymmetry, speech complete rate."""
+    """The issue's targets for one comparison: flagged axes, mirrored refusal asymmetry, speech complete rate;
+    and what the shifts are: away from zero (a leaning made stronger) or towards it, and the China axes' mean shift
+    (positive: towards the PRC government's position)."""
     s = c["slant_shifts"]
     has_null = bool(s["null"].get("edits"))
     flagged = {k: round(v["shift"], 4) for k, v in s["axes"].items() if v.get("flagged")} if has_null else None
     out = {"null_edits": s["null"].get("edits", 0), "null_reason": s["null"].get("reason"), "flagged": flagged}
+    base = {k: value(c, "base", "slant", f"stance/{k}") for k in s["axes"]}
+    poled = [k for k in s["axes"] if not k.startswith("neutral/")]  # neutral pairs have no pole to lean to
+    stronger = [k for k in poled if abs(base[k] + s["axes"][k]["shift"]) > abs(base[k])]
+    out["shifts"] = {k: {"base": round(base[k], 4), "shift": round(v["shift"], 4)} for k, v in s["axes"].items()}
+    out["away_from_zero"] = {
+        "cells": len(stronger),
+        "of": len(poled),
+        "flagged": [k for k in stronger if k in (flagged or {})],
+    }
+    for lang in ("en", "zh"):
+        china = [s["axes"][f"{a}/{lang}"]["shift"] for a in CHINA_AXES]
+        out[f"china_mean_shift_{lang}"] = round(sum(china) / len(china), 4)
     for lang in ("en", "zh"):
         b, e = (value(c, side, "mirrored", f"asymmetry/refusal/{lang}") for side in ("base", "edited"))
         out[f"asymmetry_refusal_{lang}"] = {"base": b, "edited": e, "met": e <= b}
@@ -53,8 +70,9 @@ def table(audit: dict[str, dict]) -> str:
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     lines = [
         "| system | random edits | axis/lang cells flagged | mirrored refusal asymmetry EN (base -> edited) | ZH | "
-        "speech complete EN (base -> edited) | ZH |",
-        "|---|---:|---|---|---|---|---|",
+        "speech complete EN (base -> edited) | ZH | cells moved away from 0 (flagged ones) | "
+        "China axes' mean shift EN / ZH |",
+        "|---|---:|---|---|---|---|---|---|---|",
     ]
     for name, a in audit.items():
         flagged = "no null: " + str(a["null_reason"]) if a["flagged"] is None else (
@@ -64,6 +82,10 @@ def table(audit: dict[str, dict]) -> str:
         for key in ("asymmetry_refusal_en", "asymmetry_refusal_zh", "speech_complete_en", "speech_complete_zh"):
             r = a[key]
             cells.append(f"{pct(r['base'])} -> {pct(r['edited'])} ({'met' if r['met'] else '**not met**'})")
+        away = a["away_from_zero"]
+        n_flagged = sum(not k.startswith("neutral/") for k in a["flagged"] or {})
+        cells.append(f"{away['cells']} of {away['of']} ({len(away['flagged'])} of {n_flagged})")
+        cells.append(f"{a['china_mean_shift_en']:+.4f} / {a['china_mean_shift_zh']:+.4f}")
         lines.append(f"| {name} | {a['null_edits']} | {flagged} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
