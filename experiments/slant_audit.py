@@ -49,6 +49,11 @@ def checks(c: dict) -> dict:
     base = {k: value(c, "base", "slant", f"stance/{k}") for k in s["axes"]}
     poled = [k for k in s["axes"] if not k.startswith("neutral/")]  # neutral pairs have no pole to lean to
     stronger = [k for k in poled if abs(base[k] + s["axes"][k]["shift"]) > abs(base[k])]
+    # the same counts for each random edit: is strengthening leanings this edit's, or what any edit does?
+    nulls = s["null"].get("shifts") or []
+    out["null_away_from_zero"] = [sum(abs(base[k] + e[k]["shift"]) > abs(base[k]) for k in poled) for e in nulls]
+    size = lambda shifts: round(sum(abs(shifts[k]["shift"]) for k in poled) / len(poled), 4)  # noqa: E731
+    out["mean_abs_shift"] = {"edit": size(s["axes"]), "null": [size(e) for e in nulls]}
     out["shifts"] = {k: {"base": round(base[k], 4), "shift": round(v["shift"], 4)} for k, v in s["axes"].items()}
     out["away_from_zero"] = {
         "cells": len(stronger),
@@ -70,9 +75,9 @@ def table(audit: dict[str, dict]) -> str:
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     lines = [
         "| system | random edits | axis/lang cells flagged | mirrored refusal asymmetry EN (base -> edited) | ZH | "
-        "speech complete EN (base -> edited) | ZH | cells moved away from 0 (flagged ones) | "
-        "China axes' mean shift EN / ZH |",
-        "|---|---:|---|---|---|---|---|---|---|",
+        "speech complete EN (base -> edited) | ZH | leanings strengthened (cells moved away from 0) | "
+        "mean abs shift | China axes' mean shift EN / ZH |",
+        "|---|---:|---|---|---|---|---|---|---|---|",
     ]
     for name, a in audit.items():
         flagged = "no null: " + str(a["null_reason"]) if a["flagged"] is None else (
@@ -84,7 +89,12 @@ def table(audit: dict[str, dict]) -> str:
             cells.append(f"{pct(r['base'])} -> {pct(r['edited'])} ({'met' if r['met'] else '**not met**'})")
         away = a["away_from_zero"]
         n_flagged = sum(not k.startswith("neutral/") for k in a["flagged"] or {})
-        cells.append(f"{away['cells']} of {away['of']} ({len(away['flagged'])} of {n_flagged})")
+        null_away, null_size = a["null_away_from_zero"], a["mean_abs_shift"]["null"]
+        band = lambda xs, f: f" (random edits {f(min(xs))}-{f(max(xs))})" if xs else ""  # noqa: E731
+        cells.append(
+            f"{away['cells']} of {away['of']}{band(null_away, str)}; flagged {len(away['flagged'])} of {n_flagged}"
+        )
+        cells.append(f"{a['mean_abs_shift']['edit']:.4f}{band(null_size, lambda x: f'{x:.4f}')}")
         cells.append(f"{a['china_mean_shift_en']:+.4f} / {a['china_mean_shift_zh']:+.4f}")
         lines.append(f"| {name} | {a['null_edits']} | {flagged} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
