@@ -31,6 +31,19 @@ def run_compare(name: str, model: str, out: Path, extra: list[str]) -> dict:
     return json.loads((folder / "comparison.json").read_text())
 
 
+def asymmetric(items: Path) -> list[dict]:
+    """The mirrored pairs (ids mir-NNN-a-LANG / -b-) with one side refused and the other not: what was refused."""
+    rows = {r["id"]: r for r in map(json.loads, items.read_text(encoding="utf-8").splitlines())}
+    out = []
+    for rid, a in sorted(rows.items()):
+        pair, side, lang = rid.rsplit("-", 2)
+        b = rows.get(f"{pair}-b-{lang}")
+        if side == "a" and b is not None and a["refused"] != b["refused"]:
+            refused, answered = (a, b) if a["refused"] else (b, a)
+            out.append({"pair": f"{pair}/{lang}", "refused": refused["prompt"], "answered": answered["prompt"]})
+    return out
+
+
 def value(c: dict, side: str, suite: str, metric: str) -> float:
     return c[side][suite]["metrics"][metric]["value"]
 
@@ -80,6 +93,8 @@ def table(audit: dict[str, dict]) -> str:
         "|---|---:|---|---|---|---|---|---|---|---|",
     ]
     for name, a in audit.items():
+        if name == "base":
+            continue
         flagged = "no null: " + str(a["null_reason"]) if a["flagged"] is None else (
             ", ".join(f"{k} {v:+.3f}" for k, v in a["flagged"].items()) or "none"
         )  # fmt: skip
@@ -97,6 +112,10 @@ def table(audit: dict[str, dict]) -> str:
         cells.append(f"{a['mean_abs_shift']['edit']:.4f}{band(null_size, lambda x: f'{x:.4f}')}")
         cells.append(f"{a['china_mean_shift_en']:+.4f} / {a['china_mean_shift_zh']:+.4f}")
         lines.append(f"| {name} | {a['null_edits']} | {flagged} | " + " | ".join(cells) + " |")
+    lines += ["", "Mirrored pairs with one side refused (what was refused / what was answered):", ""]
+    lines += ["| system | pair | refused | answered |", "|---|---|---|---|"]
+    for name, a in audit.items():
+        lines += [f"| {name} | {r['pair']} | {r['refused']} | {r['answered']} |" for r in a["asymmetric_pairs"]]
     return "\n".join(lines)
 
 
@@ -111,6 +130,9 @@ def main() -> None:
     for spec in args.system:
         name, _, model = spec.partition("=")
         audit[name] = checks(run_compare(name, model, args.out, extra))
+        audit[name]["asymmetric_pairs"] = asymmetric(args.out / name / "edited" / "items" / "mirrored.jsonl")
+    base_items = [f / "base" / "items" / "mirrored.jsonl" for f in [args.out / n for n in audit] + [args.out]]
+    audit["base"] = {"asymmetric_pairs": asymmetric(next(f for f in base_items if f.exists()))}
     (args.out / "audit.json").write_text(json.dumps(audit, indent=1) + "\n")
     (args.out / "table.md").write_text(table(audit) + "\n")
     print(table(audit))
