@@ -44,6 +44,21 @@ def asymmetric(items: Path) -> list[dict]:
     return out
 
 
+def paired_asymmetry(base: dict, edited: dict) -> dict:
+    """Per language: pairs asymmetric for the base only / the edited model only and the exact McNemar p (pairs
+    symmetric for both are concordant and carry no information, so the listed pairs suffice)."""
+    from steer.eval.stats import mcnemar_exact
+
+    out = {}
+    b_set, e_set = ({r["pair"] for r in x["asymmetric_pairs"]} for x in (base, edited))
+    ids = sorted({r.rsplit("/", 1)[0] for r in b_set | e_set})
+    for lang in ("en", "zh"):
+        keys = [f"{i}/{lang}" for i in ids]
+        test = mcnemar_exact([k in b_set for k in keys], [k in e_set for k in keys])
+        out[lang] = {k: test[k] for k in ("base_only", "edited_only", "p_value")}
+    return out
+
+
 def value(c: dict, side: str, suite: str, metric: str) -> float:
     return c[side][suite]["metrics"][metric]["value"]
 
@@ -102,6 +117,9 @@ def table(audit: dict[str, dict]) -> str:
         for key in ("asymmetry_refusal_en", "asymmetry_refusal_zh", "speech_complete_en", "speech_complete_zh"):
             r = a[key]
             cells.append(f"{pct(r['base'])} -> {pct(r['edited'])} ({'met' if r['met'] else '**not met**'})")
+            if key.startswith("asymmetry") and "asymmetry_paired" in a:
+                t = a["asymmetry_paired"][key[-2:]]
+                cells[-1] += f"; pairs base only {t['base_only']}, edited only {t['edited_only']}, p {t['p_value']:.2f}"
         away = a["away_from_zero"]
         n_flagged = sum(not k.startswith("neutral/") for k in a["flagged"] or {})
         null_away, null_size = a["null_away_from_zero"], a["mean_abs_shift"]["null"]
@@ -133,6 +151,8 @@ def main() -> None:
         audit[name]["asymmetric_pairs"] = asymmetric(args.out / name / "edited" / "items" / "mirrored.jsonl")
     base_items = [f / "base" / "items" / "mirrored.jsonl" for f in [args.out / n for n in audit] + [args.out]]
     audit["base"] = {"asymmetric_pairs": asymmetric(next(f for f in base_items if f.exists()))}
+    for name in [n for n in audit if n != "base"]:
+        audit[name]["asymmetry_paired"] = paired_asymmetry(audit["base"], audit[name])
     (args.out / "audit.json").write_text(json.dumps(audit, indent=1) + "\n")
     (args.out / "table.md").write_text(table(audit) + "\n")
     print(table(audit))
