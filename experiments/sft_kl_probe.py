@@ -1,0 +1,74 @@
+"""Where an SFT model's first-token KL on harmless prompts comes from: a sharper distribution or a different top token?
+
+    python experiments/sft_kl_probe.py runs/sft --split val --out results/sft-baseline/kl-probe-NAME.json
+
+For each harmless prompt of the split (the `kl` suite's prompts): the first answer token's distribution of the base
+model and of MODEL; entropy of each, KL(base || model), whether the top token is the same, and the part of the KL
+that comes from the base's top token (p_base(top) * log(p_base(top) / p_model(top))). Same chat template as the kl
+suite; no decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from steer.model.load import load_model
+from steer.prompts import chat_texts, load_prompts
+
+
+@torch.no_grad()
+def first_token_logprobs(loaded, texts: list[str]) -> list[torch.Tensor]:
+    """log-softmax of the next-token logits after each chat-templated prompt, one prompt at a time -> [V] each."""
+    out = []
+    for text in texts:
+        ids = loaded.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        out.append(torch.log_softmax(loaded.model(ids).logits[0, -1].double(), -1))
+    return out
+
+
+def entropy(lp: torch.Tensor) -> float:
+    return float(-(lp.exp() * lp).sum())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--base", default="embedded")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    prompts = load_prompts("harmless", args.split)
+    rows = {}
+    for side, source in (("base", args.base), ("model", args.model)):
+        loaded = load_model(source)
+        rows[side] = first_token_logprobs(loaded, chat_texts(loaded.tokenizer, [p.text for p in prompts]))
+        del loaded
+    items = []
+    for p, b, m in zip(prompts, rows["base"], rows["model"], strict=True):
+        top = int(b.argmax())
+        kl = float((b.exp() * (b - m)).sum())
+        items.append({
+            "id": p.id, "kl": kl, "kl_from_base_top": float(b[top].exp() * (b[top] - m[top])),
+            "entropy_base": entropy(b), "entropy_model": entropy(m), "same_top": top == int(m.argmax()),
+            "p_base_top": float(b[top].exp()), "p_model_at_base_top": float(m[top].exp()),
+        })  # fmt: skip
+    mean = lambda k: sum(float(i[k]) for i in items) / len(items)  # noqa: E731
+    summary = {k: round(mean(k), 4) for k in items[0] if k != "id"}
+    out = {
+        "model": args.model,
+        "base": args.base,
+        "split": args.split,
+        "n": len(items),
+        "mean": summary,
+        "items": items,
+    }
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
