@@ -11,6 +11,7 @@ suite; no decoding.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def main() -> None:
     for side, source in (("base", args.base), ("model", args.model)):
         loaded = load_model(source)
         rows[side] = first_token_logprobs(loaded, chat_texts(loaded.tokenizer, [p.text for p in prompts]))
+        tokenizer = loaded.tokenizer
         del loaded
     items = []
     for p, b, m in zip(prompts, rows["base"], rows["model"], strict=True):
@@ -55,9 +57,13 @@ def main() -> None:
             "id": p.id, "kl": kl, "kl_from_base_top": float(b[top].exp() * (b[top] - m[top])),
             "entropy_base": entropy(b), "entropy_model": entropy(m), "same_top": top == int(m.argmax()),
             "p_base_top": float(b[top].exp()), "p_model_at_base_top": float(m[top].exp()),
+            "top_base": tokenizer.decode([top]), "top_model": tokenizer.decode([int(m.argmax())]),
         })  # fmt: skip
     mean = lambda k: sum(float(i[k]) for i in items) / len(items)  # noqa: E731
-    summary = {k: round(mean(k), 4) for k in items[0] if k != "id"}
+    summary = {k: round(mean(k), 4) for k in items[0] if k not in ("id", "top_base", "top_model")}
+    moved = [i for i in items if not i["same_top"]]
+    summary["kl_share_where_top_moved"] = round(sum(i["kl"] for i in moved) / sum(i["kl"] for i in items), 4)
+    summary["top_moved_to"] = dict(collections.Counter(i["top_model"] for i in moved).most_common(8))
     out = {
         "model": args.model,
         "base": args.base,
