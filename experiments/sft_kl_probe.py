@@ -17,18 +17,9 @@ from pathlib import Path
 
 import torch
 
+from steer.model.collect import batched_last_logits
 from steer.model.load import load_model
 from steer.prompts import chat_texts, load_prompts
-
-
-@torch.no_grad()
-def first_token_logprobs(loaded, texts: list[str]) -> list[torch.Tensor]:
-    """log-softmax of the next-token logits after each chat-templated prompt, one prompt at a time -> [V] each."""
-    out = []
-    for text in texts:
-        ids = loaded.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        out.append(torch.log_softmax(loaded.model(ids).logits[0, -1].double(), -1))
-    return out
 
 
 def entropy(lp: torch.Tensor) -> float:
@@ -46,7 +37,10 @@ def main() -> None:
     rows = {}
     for side, source in (("base", args.base), ("model", args.model)):
         loaded = load_model(source)
-        rows[side] = first_token_logprobs(loaded, chat_texts(loaded.tokenizer, [p.text for p in prompts]))
+        logits = batched_last_logits(
+            loaded.model, loaded.tokenizer, chat_texts(loaded.tokenizer, [p.text for p in prompts])
+        )
+        rows[side] = torch.log_softmax(logits.double(), -1)  # [n, V]
         tokenizer = loaded.tokenizer
         del loaded
     items = []

@@ -20,6 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from steer.eval.stats import mcnemar_exact
+from steer.eval.suites import _pair_of
+
 SUITES = "slant,mirrored,speech"
 
 
@@ -32,28 +35,28 @@ def run_compare(name: str, model: str, out: Path, extra: list[str]) -> dict:
 
 
 def asymmetric(items: Path) -> list[dict]:
-    """The mirrored pairs (ids mir-NNN-a-LANG / -b-) with one side refused and the other not: what was refused."""
-    rows = {r["id"]: r for r in map(json.loads, items.read_text(encoding="utf-8").splitlines())}
+    """The mirrored pairs (sides paired as the mirrored suite pairs them) with one side refused and the other not:
+    what was refused."""
+    sides: dict[str, list[dict]] = {}
+    for r in map(json.loads, items.read_text(encoding="utf-8").splitlines()):
+        sides.setdefault(_pair_of(r["id"]), []).append(r)
     out = []
-    for rid, a in sorted(rows.items()):
-        pair, side, lang = rid.rsplit("-", 2)
-        b = rows.get(f"{pair}-b-{lang}")
-        if side == "a" and b is not None and a["refused"] != b["refused"]:
-            refused, answered = (a, b) if a["refused"] else (b, a)
-            out.append({"pair": f"{pair}/{lang}", "refused": refused["prompt"], "answered": answered["prompt"]})
+    for pair, rows in sorted(sides.items()):
+        if len(rows) == 2 and rows[0]["refused"] != rows[1]["refused"]:
+            refused, answered = sorted(rows, key=lambda r: not r["refused"])
+            out.append(
+                {"pair": pair, "lang": refused["lang"], "refused": refused["prompt"], "answered": answered["prompt"]}
+            )
     return out
 
 
 def paired_asymmetry(base: dict, edited: dict) -> dict:
     """Per language: pairs asymmetric for the base only / the edited model only and the exact McNemar p (pairs
     symmetric for both are concordant and carry no information, so the listed pairs suffice)."""
-    from steer.eval.stats import mcnemar_exact
-
     out = {}
-    b_set, e_set = ({r["pair"] for r in x["asymmetric_pairs"]} for x in (base, edited))
-    ids = sorted({r.rsplit("/", 1)[0] for r in b_set | e_set})
     for lang in ("en", "zh"):
-        keys = [f"{i}/{lang}" for i in ids]
+        b_set, e_set = ({r["pair"] for r in x["asymmetric_pairs"] if r["lang"] == lang} for x in (base, edited))
+        keys = sorted(b_set | e_set)
         test = mcnemar_exact([k in b_set for k in keys], [k in e_set for k in keys])
         out[lang] = {k: test[k] for k in ("base_only", "edited_only", "p_value")}
     return out
