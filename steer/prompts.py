@@ -19,7 +19,7 @@ from pathlib import Path
 from steer.errors import SteerError
 
 SHIPPED_DIR = Path(__file__).parent / "data" / "prompts"
-SHIPPED = ("sensitive", "controls", "harmless", "harmful")
+SHIPPED = ("sensitive", "controls", "harmless", "harmful", "critique")
 TEXT_KEYS = ("text", "prompt", "instruction", "goal", "question")
 
 

@@ -74,6 +74,7 @@ def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
             "refusal": 6,
             "xstest": 6,
             "controls": 6,
+            "critique": 6,
             "mirrored": 6,
             "speech": 6,
         },
@@ -86,6 +87,7 @@ def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
         "refusal",
         "xstest",
         "controls",
+        "critique",
         "kl",
         "knowledge",
         "slant",
@@ -179,14 +181,15 @@ def test_suite_errors_name_what_was_expected(tokenizer, tmp_path, data_dir):
 
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_judged_suites_read_the_configured_split(tokenizer, data_dir, tmp_path, split):
-    config = EvalConfig(["censorship", "controls", "refusal"], data_dir, {"*": 3}, split=split)
-    config.max_new_tokens = {"censorship": 2, "controls": 2, "refusal": 2}
+    config = EvalConfig(["censorship", "controls", "critique", "refusal"], data_dir, {"*": 3}, split=split)
+    config.max_new_tokens = {"censorship": 2, "controls": 2, "critique": 2, "refusal": 2}
     ctx = ctx_for(make_model("qwen2"), tokenizer, config, tmp_path)
     ctx.judge = EveryOtherDenial()
     res = run_suites(ctx)
     for suite, sets in (
         ("censorship", ["sensitive"]),
         ("controls", ["controls"]),
+        ("critique", ["critique"]),
         ("refusal", ["harmful", "harmless"]),
     ):
         ids = {p.id for s in sets for p in load_prompts(s, split)}

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -6,7 +7,7 @@ from steer.errors import SteerError
 from steer.prompts import SHIPPED, chat_texts, load_prompts, post_instruction_length
 
 
-@pytest.mark.parametrize("name,minimum", [("sensitive", 250), ("controls", 100), ("harmless", 300), ("harmful", 150)])
+@pytest.mark.parametrize("name,minimum", [("sensitive", 250), ("controls", 100), ("harmless", 300), ("harmful", 150), ("critique", 100)])
 def test_shipped_sets_meet_spec(name, minimum):
     prompts = load_prompts(name)
     assert len(prompts) >= minimum
@@ -28,6 +29,18 @@ def test_shipped_sets_do_not_overlap():
         for p in load_prompts(name):
             assert p.text not in seen, f"{p.id} duplicates {seen[p.text]}"
             seen[p.text] = p.id
+
+
+def test_critique_requests_share_concept_and_split_across_languages_and_leave_the_audit_alone():
+    from steer.jsonl import read_jsonl
+
+    prompts = load_prompts("critique")
+    split_of = {}
+    for p in prompts:
+        assert split_of.setdefault(p.concept, p.split) == p.split, p.id
+    audit = Path(__file__).resolve().parents[1] / "steer" / "data" / "slant" / "mirrored.jsonl"
+    held_out = {" ".join(r["prompt"].lower().split()) for _, r in read_jsonl(audit, "mirrored set")}
+    assert not [p.id for p in prompts if " ".join(p.text.lower().split()) in held_out]
 
 
 def test_filters():

@@ -154,3 +154,19 @@ def test_previewed_edit_and_readout_equal_the_applied_weights(tokenizer):
     torch.testing.assert_close(batched_last_logits(model, tokenizer, texts), hooked, atol=2e-5, rtol=1e-5)
     fit = fit_readout(make_model("gemma2"), tokenizer, None, basis, params, TargetedSettings())
     assert fit.readout is None and "plain linear writers" in fit.info["skipped"]
+
+
+def test_target_sets_add_the_critique_requests_of_the_same_split_only():
+    from steer.errors import SteerError
+    from steer.prompts import load_prompts
+
+    assert TargetedSettings().target_prompts("train") == load_prompts("sensitive", "train")
+    both = TargetedSettings(target_sets=" sensitive , critique ")
+    assert both.target_sets == "sensitive,critique"
+    for split in ("train", "val"):
+        got = both.target_prompts(split)
+        assert got == load_prompts("sensitive", split) + load_prompts("critique", split)
+        assert {p.split for p in got} == {split} and any(p.id.startswith("crit-") for p in got)
+    for bad in ("critique", "sensitive,harmful", "sensitive,critique,critique", ""):
+        with pytest.raises(SteerError, match="target sets are 'sensitive' followed by"):
+            TargetedSettings(target_sets=bad)

@@ -127,6 +127,12 @@ def suite_censorship(ctx: Ctx) -> dict:
     return _by_language(ctx, "censorship", "sensitive")
 
 
+def suite_critique(ctx: Ctx) -> dict:
+    """Refusal and censorship rates on requests to criticise or satirise China's leaders and party-state
+    (steer/data/prompts/critique.jsonl, default test split), English and Chinese, judged (no answer keys)."""
+    return _by_language(ctx, "critique", "critique")
+
+
 def suite_controls(ctx: Ctx) -> dict:
     """The censorship metrics on topic-matched controls (China questions nobody censors, default test split):
     the rate the judge gives answers that are not censorship (loops, echoes, invented deflections),
@@ -334,6 +340,7 @@ SUITES: dict[str, Callable[[Ctx], dict]] = {
     "refusal": suite_refusal,
     "xstest": suite_xstest,
     "controls": suite_controls,
+    "critique": suite_critique,
     "kl": suite_kl,
     "knowledge": knowledge.suite_knowledge,
     "slant": slant.suite_slant,

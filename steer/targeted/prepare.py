@@ -31,7 +31,8 @@ def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
     """Refusal tokens, contrasts on the train splits, validation prompts with base logits."""
     texts = lambda ps: chat_texts(tokenizer, [p.text for p in ps])  # noqa: E731
     logits = lambda ps: batched_last_logits(model, tokenizer, texts(ps), s.batch_size)  # noqa: E731
-    train = {name: load_prompts(name, "train") for name in ("sensitive", "controls", "harmful", "harmless")}
+    train = {name: load_prompts(name, "train") for name in ("controls", "harmful", "harmless")}
+    train = {"sensitive": s.target_prompts("train"), **train}
     probe = refusal_tokens(model, tokenizer, texts(train["sensitive"]), texts(train["harmless"]), s.seed, s.batch_size)
     ref = probe.tokens
     lg = {"sensitive": probe.target_logits, "harmful": logits(train["harmful"]), "harmless": probe.baseline_logits}
@@ -79,7 +80,7 @@ def _validation(model, tokenizer, s: TargetedSettings, ref: list[int]) -> tuple[
     """The validation splits, and the search's validation data: seeded samples of the sensitive and
     harmful prompts the model refuses and of the harmless ones it answers, with their base logits."""
     texts = lambda ps: chat_texts(tokenizer, [p.text for p in ps])
-    val = {name: load_prompts(name, "val") for name in ("sensitive", "harmful", "harmless")}
+    val = {"sensitive": s.target_prompts("val"), **{name: load_prompts(name, "val") for name in ("harmful", "harmless")}}
     vlg = {name: batched_last_logits(model, tokenizer, texts(ps), s.batch_size) for name, ps in val.items()}
     keep_idx = lambda name, refused, n: seeded_sample(split_by_score(vlg[name], ref, refused), n, s.seed)
     t_idx = (

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict, dataclass
 
+from steer.errors import SteerError
+from steer.prompts import Prompt, load_prompts
 from steer.settings import after_search, none_or_float, option
+
+# shipped sets whose refusals the targeted edit may unlock (steer/data/prompts/<name>.jsonl)
+TARGET_SETS = ("sensitive", "critique")
+
+
+def target_sets(text: str) -> str:
+    """Comma-separated names from TARGET_SETS, "sensitive" first, normalised (a SteerError otherwise)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in TARGET_SETS]
+    if bad or not names or names[0] != "sensitive" or len(set(names)) != len(names):
+        raise SteerError(f"target sets are 'sensitive' followed by any of {', '.join(TARGET_SETS[1:])}: got {text!r}")
+    return ",".join(names)
+
+
+def _target_sets_flag(text: str) -> str:
+    """--target-sets as argparse wants a bad value reported (one line, exit 2)."""
+    try:
+        return target_sets(text)
+    except SteerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
 
 # Target scores below this count as done in a trial's target score: a plain mean rewarded pushing
 # answered prompts further (costing KL) as much as turning a refused one (the optimizer has its own margin).
@@ -16,6 +40,16 @@ class TargetedSettings:
     """Contrasts, the optimized direction, the search, the judge's confirmation and the readout.
     Defaults and the measurements behind them: docs/targeted.md."""
 
+    # critique (requests to criticise or satirise China's leaders and party-state) came from the slant audit:
+    # the edit on factual questions alone still refused to criticise Xi Jinping (results/slant-audit)
+    target_sets: str = option(
+        "sensitive",
+        "shipped prompt sets whose refusals the edit removes: their train splits feed the contrasts and the "
+        "optimizer, their validation splits the search and the confirmation ('sensitive,critique' adds "
+        "requests to criticise or satirise China's leaders and party-state)",
+        parse=_target_sets_flag,
+        metavar="SETS",
+    )
     n_val: int = option(32, "sensitive and harmful validation prompts (twice as many harmless ones)", minimum=1)
     # each trial is one forward pass over the validation prompts; with 16 the best edit hinged on random draws
     trials: int = option(32, "search trials, each one forward pass over validation prompts", minimum=1)
@@ -88,6 +122,14 @@ class TargetedSettings:
         choices={"mean": "kl", "bound": "kl_ucb", "edit": "edit"},
         after_search=True,
     )
+
+
+    def __post_init__(self) -> None:
+        self.target_sets = target_sets(self.target_sets)
+
+    def target_prompts(self, split: str) -> list[Prompt]:
+        """The target sets' prompts of one split, in set order (what the edit should stop refusing)."""
+        return [p for name in self.target_sets.split(",") for p in load_prompts(name, split)]
 
 
 # fields that act only after the search: a run that changes only these resumes the same study
