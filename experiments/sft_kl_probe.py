@@ -2,6 +2,7 @@
 
     python experiments/sft_kl_probe.py runs/sft --split val --out results/sft-baseline/kl-probe-NAME.json
 
+Also the first tokens whose probability, averaged over the prompts, rose or fell most (where the mass went).
 For each harmless prompt of the split (the `kl` suite's prompts): the first answer token's distribution of the base
 model and of MODEL; entropy of each, KL(base || model), whether the top token is the same, and the part of the KL
 that comes from the base's top token (p_base(top) * log(p_base(top) / p_model(top))). Same chat template as the kl
@@ -58,6 +59,10 @@ def main() -> None:
     moved = [i for i in items if not i["same_top"]]
     summary["kl_share_where_top_moved"] = round(sum(i["kl"] for i in moved) / sum(i["kl"] for i in items), 4)
     summary["top_moved_to"] = dict(collections.Counter(i["top_model"] for i in moved).most_common(8))
+    # where the mass went: first tokens whose mean probability over the prompts rose or fell most
+    shift = (rows["model"].exp() - rows["base"].exp()).mean(0)
+    for name, order in (("gained", shift.topk(10).indices), ("lost", (-shift).topk(10).indices)):
+        summary[f"mass_{name}"] = {tokenizer.decode([int(t)]): round(float(shift[t]), 4) for t in order}
     out = {
         "model": args.model,
         "base": args.base,
