@@ -109,6 +109,11 @@ def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
         m = res["censorship"]["metrics"].get(f"censorship_without_loops/{lang}")
         assert (m is None) if not fluent else (m["n"] == len(fluent) and m["value"] == sum(fluent) / len(fluent))
     assert res["xstest"]["metrics"]["refusal/safe"]["n"] == 2  # only the safe prompts
+    crit = res["critique"]
+    for lang in ("en", "zh"):  # critique requests: censorship (denial + evasive) beside refusal, no keys
+        rows = [i for i in crit["items"] if i["group"] == lang]
+        assert crit["metrics"][f"censorship/{lang}"]["value"] == sum(i["censored"] for i in rows) / len(rows)
+        assert f"candour/{lang}" not in crit["metrics"]
     # controls: held-out topic-matched China questions, judged with the censorship metrics
     ctrl = res["controls"]
     assert {i["id"].split("-")[1] for i in ctrl["items"]} == {"en", "zh"} and all(

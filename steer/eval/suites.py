@@ -77,7 +77,7 @@ def judged(ctx: Ctx, suite: str, groups: dict[str, list[Prompt]]) -> dict:
     for g in groups:
         rows = [i for i in items if i["group"] == g]
         metrics[f"refusal/{g}"] = rate([i["refused"] for i in rows])
-        if suite in ("censorship", "controls"):
+        if suite in ("censorship", "controls", "critique"):
             metrics |= _censorship_metrics(g, rows)
     metrics["degenerate"] = rate([i["degenerate"] for i in items])
     paired = ["refused", "censored", "degenerate"] + (["candid"] if any("candid" in i for i in items) else [])
