@@ -260,8 +260,8 @@ def test_targeted_flags_reach_the_settings(capsys):
     assert "--search-kl-max must be positive" in capsys.readouterr().err
     assert main(["search", "--out", "x", "--optimize-steps", "-1"]) == 2
     assert "--optimize-steps must be 0 or more" in capsys.readouterr().err
-    ts = _targeted(build_parser().parse_args(["search", "--out", "x", "--target-sets", "sensitive,critique"]))
-    assert ts.target_sets == "sensitive,critique" and default.target_sets == "sensitive"
+    ts = _targeted(build_parser().parse_args(["search", "--out", "x", "--target-sets", "sensitive"]))
+    assert ts.target_sets == "sensitive" and default.target_sets == "sensitive,critique"
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["search", "--out", "x", "--target-sets", "harmful"])
     assert exit_.value.code == 2 and "target sets are 'sensitive' followed by" in capsys.readouterr().err

@@ -40,10 +40,10 @@ class TargetedSettings:
     """Contrasts, the optimized direction, the search, the judge's confirmation and the readout.
     Defaults and the measurements behind them: docs/targeted.md."""
 
-    # critique (requests to criticise or satirise China's leaders and party-state) came from the slant audit:
-    # the edit on factual questions alone still refused to criticise Xi Jinping (results/slant-audit)
+    # critique (requests to criticise China's leaders and party-state): the edit on factual questions alone still
+    # refused to criticise Xi Jinping (results/slant-audit); chosen on validation (results/critique-target)
     target_sets: str = option(
-        "sensitive",
+        "sensitive,critique",
         "shipped prompt sets whose refusals the edit removes: their train splits feed the contrasts and the "
         "optimizer, their validation splits the search and the confirmation ('sensitive,critique' adds "
         "requests to criticise or satirise China's leaders and party-state)",
