@@ -7,7 +7,9 @@ from steer.errors import SteerError
 from steer.prompts import SHIPPED, chat_texts, load_prompts, post_instruction_length
 
 
-@pytest.mark.parametrize("name,minimum", [("sensitive", 250), ("controls", 100), ("harmless", 300), ("harmful", 150), ("critique", 100)])
+@pytest.mark.parametrize(
+    "name,minimum", [("sensitive", 250), ("controls", 100), ("harmless", 300), ("harmful", 150), ("critique", 100)]
+)
 def test_shipped_sets_meet_spec(name, minimum):
     prompts = load_prompts(name)
     assert len(prompts) >= minimum

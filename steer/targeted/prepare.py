@@ -80,7 +80,8 @@ def _validation(model, tokenizer, s: TargetedSettings, ref: list[int]) -> tuple[
     """The validation splits, and the search's validation data: seeded samples of the sensitive and
     harmful prompts the model refuses and of the harmless ones it answers, with their base logits."""
     texts = lambda ps: chat_texts(tokenizer, [p.text for p in ps])
-    val = {"sensitive": s.target_prompts("val"), **{name: load_prompts(name, "val") for name in ("harmful", "harmless")}}
+    val = {name: load_prompts(name, "val") for name in ("harmful", "harmless")}
+    val = {"sensitive": s.target_prompts("val"), **val}
     vlg = {name: batched_last_logits(model, tokenizer, texts(ps), s.batch_size) for name, ps in val.items()}
     keep_idx = lambda name, refused, n: seeded_sample(split_by_score(vlg[name], ref, refused), n, s.seed)
     t_idx = (

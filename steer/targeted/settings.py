@@ -123,7 +123,6 @@ class TargetedSettings:
         after_search=True,
     )
 
-
     def __post_init__(self) -> None:
         self.target_sets = target_sets(self.target_sets)
 
