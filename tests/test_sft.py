@@ -3,6 +3,7 @@ and resumes bit for bit (tiny random models, in-process)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -300,3 +301,54 @@ def test_refusal_share_thins_training_pairs_only(tmp_path):
     train, _ = split_by_concept([Pair(r["id"], "q", "a", kind=r["kind"], concept=r["concept"]) for r in rows], 0.25, 0)
     assert thin.train_pairs == sum(p.kind == "general" for p in train)
     assert thin.data_sha256 != full.data_sha256
+
+
+def test_general_kl_loss_is_zero_at_the_base_and_adds_to_the_cross_entropy_per_token():
+    from peft import LoraConfig, get_peft_model
+
+    from steer.sft.train import answer_loss, batch
+
+    tok = make_tokenizer()
+    model = get_peft_model(make_model("qwen2"), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    model.eval()
+    rows = [encode(tok, Pair(p["id"], p["prompt"], p["answer"]), 64) for p in PAIRS[:4]]
+    kl_rows = [dataclasses.replace(r, distill=i % 2 == 1) for i, r in enumerate(rows)]
+    b = batch(kl_rows, tok.pad_token_id)
+    only = batch([r for r in kl_rows if r.distill], tok.pad_token_id)
+    with torch.no_grad():
+        assert float(answer_loss(model, only)) < 1e-6  # a fresh adapter (B = 0) is the base model
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+        got = answer_loss(model, b)
+        # by hand: cross-entropy on the plain rows' answer tokens, KL(base || model) on the others', over all tokens
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+        with model.disable_adapter():
+            ref = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+    targets, keep = b["labels"][:, 1:], b["labels"][:, 1:] != IGNORE
+    lp, lr = torch.log_softmax(logits, -1), torch.log_softmax(ref, -1)
+    kl = (lr.exp() * (lr - lp)).sum(-1)
+    ce = -lp.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    rows_kl = b["distill"][:, None].expand_as(keep)
+    want = (ce[keep & ~rows_kl].sum() + kl[keep & rows_kl].sum()) / keep.sum()
+    assert float(kl[keep & rows_kl].sum()) > 1e-3 and torch.allclose(got, want, atol=1e-5), (float(got), float(want))
+
+
+def test_general_loss_kl_marks_only_the_general_training_rows_and_trains(tmp_path, monkeypatch):
+    folder = tmp_path / "tiny"
+    make_model("qwen2").save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    rows = [{**p, "kind": "general" if i % 2 else "sensitive"} for i, p in enumerate(PAIRS)]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    kl_settings = SFTSettings(**{**FAST, "epochs": 1, "general_loss": "kl"})
+    ce = train_sft(str(folder), tmp_path / "ce", SFTSettings(**{**FAST, "epochs": 1}), data=path)
+    kl = train_sft(str(folder), tmp_path / "kl", kl_settings, data=path)
+    assert kl.steps == ce.steps and kl.cost["tokens"]["forward"] > ce.cost["tokens"]["forward"]  # the base's pass
+    assert checkpoint_hash(tmp_path / "kl") != checkpoint_hash(tmp_path / "ce")
+    seen = {}
+    monkeypatch.setattr(sft_run, "_fit", lambda model, tr, va, *a: seen.update(train=tr, val=va) or T.Progress())
+    train_sft(str(folder), tmp_path / "spy", kl_settings, data=path)  # the spy trains nothing: the rows matter here
+    general = {r["id"] for r in rows if r["kind"] == "general"}
+    assert {r.id for r in seen["train"] if r.distill} == {r.id for r in seen["train"]} & general
+    assert {r.id for r in seen["train"]} & general and not any(r.distill for r in seen["val"])

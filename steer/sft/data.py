@@ -38,6 +38,7 @@ class Encoded:
     id: str
     input_ids: list[int]
     labels: list[int]
+    distill: bool = False  # answer positions trained towards the base model's distribution (--general-loss kl)
 
 
 def load_pairs(path: Path | None = None) -> list[Pair]:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -101,6 +101,9 @@ def train_sft(
         log(f"--refusal-share {settings.refusal_share}: {len(train_pairs)} training pairs kept")
     # 2. tokenise: the chat template, loss on the answer tokens only
     train_rows = _encode(loaded, train_pairs, settings)
+    if settings.general_loss == "kl":  # training rows only: the validation loss stays cross-entropy, comparable
+        general = {p.id for p in train_pairs if p.kind == "general"}
+        train_rows = [replace(r, distill=r.id in general) for r in train_rows]
     val_rows = _encode(loaded, val_pairs, settings)
     # 3. LoRA adapters (peft), then the seeded, resumable loop
     params = n_params(loaded.model)
@@ -219,9 +222,11 @@ def _fit(model, train_rows, val_rows, pad_id: int, settings: SFTSettings, work: 
 
 def _cost(train_rows, val_rows, settings: SFTSettings) -> TokenCount:
     """Tokens of the whole run, from the data (a resumed run costs what an uninterrupted one does): every epoch
-    trains on every training row (recomputed under gradient checkpointing) and scores every validation row."""
+    trains on every training row (recomputed under gradient checkpointing) and scores every validation row; a row
+    trained towards the base's distribution costs one more forward pass."""
     train = settings.epochs * sum(len(r.input_ids) for r in train_rows)
-    forward = settings.epochs * sum(len(r.input_ids) for r in val_rows)
+    # the validation rows, and the base model's pass over the rows trained towards its distribution
+    forward = settings.epochs * sum(len(r.input_ids) for r in val_rows + [r for r in train_rows if r.distill])
     return TokenCount(forward=forward, train=train, recompute=train if settings.gradient_checkpointing else 0)
 
 

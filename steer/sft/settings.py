@@ -38,6 +38,14 @@ class SFTSettings:
         "(self-distillation: holds behaviour on ordinary prompts)",
         choices=("written", "model"),
     )
+    # the KL on the first answer token stayed at 0.33-0.49 with greedy own answers (results/sft-baseline)
+    general_loss: str = option(
+        "ce",
+        "loss on the general pairs' answer positions: cross-entropy on their answer tokens (ce), or KL(base || model) "
+        "of the whole next-token distribution, the base being the model with its adapter off (kl: holds ordinary "
+        "behaviour without teaching one answer; one extra forward pass per general row, no gradient)",
+        choices=("ce", "kl"),
+    )
     refusal_share: float = option(
         1.0,
         "share of the refusal and borderline pairs kept (seeded, per kind and language): less pull towards "

@@ -43,7 +43,10 @@ def batch(rows: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, : len(r.input_ids)] = torch.tensor(r.input_ids)
         labels[i, : len(r.labels)] = torch.tensor(r.labels)
         mask[i, : len(r.input_ids)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if any(r.distill for r in rows):
+        out["distill"] = torch.tensor([r.distill for r in rows])
+    return out
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, window: int = 16) -> list[list[int]]:
@@ -102,7 +105,9 @@ def load_state(work: Path, model, optimizer, scheduler) -> Progress | None:
 
 
 def answer_loss(model, b: dict[str, torch.Tensor], bf16: bool = False) -> torch.Tensor:
-    """Mean next-token cross-entropy over the answer tokens of batch b (labels != IGNORE), in float32.
+    """Mean loss over the answer tokens of batch b (labels != IGNORE), in float32: next-token cross-entropy, or on
+    the rows b["distill"] marks (a peft model only), KL(base || model) of the whole next-token distribution, the
+    base being the same model with its adapter off (no gradient).
 
     The output head runs on the answer positions only ([N, D] -> [N, V]), not on every position of [B, T]: the
     logits over the vocabulary are the largest tensor of a step. bf16: matmuls under autocast (weights stay
@@ -113,10 +118,38 @@ def answer_loss(model, b: dict[str, torch.Tensor], bf16: bool = False) -> torch.
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         if getattr(base.config, "final_logit_softcapping", None):  # the head is not a plain linear map
             return model(**b).loss.float()
-        hidden = base.get_decoder()(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0]
+        decoder, head = base.get_decoder(), base.get_output_embeddings()
+        hidden = decoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0][:, :-1]
         targets = b["labels"][:, 1:]
         keep = targets != IGNORE
-        return head_loss(base.get_output_embeddings(), hidden[:, :-1][keep], targets[keep])
+        distill = b.get("distill")
+        if distill is None or not bool(distill.any()):
+            return head_loss(head, hidden[keep], targets[keep])
+        rows = distill[:, None].expand_as(keep)
+        with torch.no_grad(), model.disable_adapter():
+            ref = decoder(input_ids=b["input_ids"][distill], attention_mask=b["attention_mask"][distill])[0][:, :-1]
+        ce, kl = keep & ~rows, keep & rows
+        total = head_loss(head, hidden[ce], targets[ce]) * int(ce.sum()) if bool(ce.any()) else 0.0
+        total = total + head_kl(head, hidden[kl], ref[keep[distill]])
+        return total / int(keep.sum())
+
+
+def head_kl(head: torch.nn.Module, hidden: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Summed KL(softmax(head(ref)) || softmax(head(hidden))) over rows [N, D], HEAD_ROWS rows at a time (each
+    chunk recomputed in the backward pass, as in head_loss); ref carries no gradient."""
+    grad = torch.is_grad_enabled()
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, hidden.shape[0], HEAD_ROWS):
+        h, r = hidden[i : i + HEAD_ROWS], ref[i : i + HEAD_ROWS]
+        total = total + (checkpoint(_chunk_kl, head, h, r, use_reentrant=False) if grad else _chunk_kl(head, h, r))
+    return total
+
+
+def _chunk_kl(head: torch.nn.Module, hidden: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        target = torch.log_softmax(head(ref).float(), -1)
+    own = torch.log_softmax(head(hidden).float(), -1)
+    return torch.nn.functional.kl_div(own, target, log_target=True, reduction="sum")
 
 
 def head_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
