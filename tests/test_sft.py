@@ -287,13 +287,19 @@ def test_keep_share_thins_each_refusal_group_seeded_and_leaves_the_rest():
     assert [p.kind for p in keep_share(pairs, ("refusal",), 0.0, seed=1)] == ["sensitive"] * 5
 
 
-def test_refusal_share_thins_training_pairs_only(tmp_path):
+def _mixed(tmp_path, odd: str, even: str):
+    """A tiny qwen2 checkpoint folder and PAIRS written with kind `odd` / `even` by position -> (folder, rows, file)."""
     folder = tmp_path / "tiny"
     make_model("qwen2").save_pretrained(folder)
     make_tokenizer().save_pretrained(folder)
-    rows = [{**p, "kind": "refusal" if i % 2 else "general"} for i, p in enumerate(PAIRS)]
+    rows = [{**p, "kind": odd if i % 2 else even} for i, p in enumerate(PAIRS)]
     path = tmp_path / "mixed.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return folder, rows, path
+
+
+def test_refusal_share_thins_training_pairs_only(tmp_path):
+    folder, rows, path = _mixed(tmp_path, "refusal", "general")
     full = train_sft(str(folder), tmp_path / "full", SFTSettings(**{**FAST, "epochs": 1}), data=path)
     thin_settings = SFTSettings(**{**FAST, "epochs": 1, "refusal_share": 0.0})
     thin = train_sft(str(folder), tmp_path / "thin", thin_settings, data=path)
@@ -335,12 +341,7 @@ def test_general_kl_loss_is_zero_at_the_base_and_adds_to_the_cross_entropy_per_t
 
 
 def test_general_loss_kl_marks_only_the_general_training_rows_and_trains(tmp_path, monkeypatch):
-    folder = tmp_path / "tiny"
-    make_model("qwen2").save_pretrained(folder)
-    make_tokenizer().save_pretrained(folder)
-    rows = [{**p, "kind": "general" if i % 2 else "sensitive"} for i, p in enumerate(PAIRS)]
-    path = tmp_path / "mixed.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    folder, rows, path = _mixed(tmp_path, "general", "sensitive")
     kl_settings = SFTSettings(**{**FAST, "epochs": 1, "general_loss": "kl"})
     ce = train_sft(str(folder), tmp_path / "ce", SFTSettings(**{**FAST, "epochs": 1}), data=path)
     kl = train_sft(str(folder), tmp_path / "kl", kl_settings, data=path)
