@@ -45,8 +45,8 @@ class TargetedSettings:
     target_sets: str = option(
         "sensitive,critique",
         "shipped prompt sets whose refusals the edit removes: their train splits feed the contrasts and the "
-        "optimizer, their validation splits the search and the confirmation ('sensitive,critique' adds "
-        "requests to criticise or satirise China's leaders and party-state)",
+        "optimizer, their validation splits the search and the confirmation (critique: requests to criticise or "
+        "satirise China's leaders and party-state; 'sensitive' alone: factual questions only, the earlier default)",
         parse=_target_sets_flag,
         metavar="SETS",
     )
