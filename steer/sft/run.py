@@ -100,10 +100,7 @@ def train_sft(
         pairs = [p for p in pairs if p.id in used]
         log(f"--refusal-share {settings.refusal_share}: {len(train_pairs)} training pairs kept")
     # 2. tokenise: the chat template, loss on the answer tokens only
-    train_rows = _encode(loaded, train_pairs, settings)
-    if settings.general_loss == "kl":  # training rows only: the validation loss stays cross-entropy, comparable
-        general = {p.id for p in train_pairs if p.kind == "general"}
-        train_rows = [replace(r, distill=r.id in general) for r in train_rows]
+    train_rows = _encode(loaded, train_pairs, settings, training=True)
     val_rows = _encode(loaded, val_pairs, settings)
     # 3. LoRA adapters (peft), then the seeded, resumable loop
     params = n_params(loaded.model)
@@ -145,8 +142,10 @@ def _same_split(pairs: list[Pair], train: list[Pair], val: list[Pair]) -> tuple[
     return [p for p in pairs if p.id not in held], [p for p in pairs if p.id in held]
 
 
-def _encode(loaded: Loaded, pairs: list[Pair], settings: SFTSettings) -> list:
+def _encode(loaded: Loaded, pairs: list[Pair], settings: SFTSettings, training: bool = False) -> list:
     rows = [encode(loaded.tokenizer, p, settings.max_length) for p in pairs]
+    if training and settings.general_loss == "kl":  # training rows only: validation loss stays cross-entropy
+        rows = [replace(r, distill=p.kind == "general") for r, p in zip(rows, pairs, strict=True)]
     kept = [r for r in rows if any(x != IGNORE for x in r.labels[1:])]
     if len(kept) < len(rows):
         log(f"skipped {len(rows) - len(kept)} pairs whose prompt fills --max-length {settings.max_length}")
