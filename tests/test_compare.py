@@ -212,3 +212,13 @@ def test_compare_slant_runs_the_random_edit_null_from_the_edited_models_manifest
     assert (
         s2["axes"] and "no recorded edit" in s2["null"]["reason"] and "flagged" not in next(iter(s2["axes"].values()))
     )
+
+
+def test_meta_records_a_split_only_for_suites_that_read_one():
+    from steer.eval.compare import meta
+    from steer.eval.config import EvalConfig
+    from steer.eval.judge import MarkerJudge
+
+    split = lambda suites: meta(EvalConfig(suites, split="val"), MarkerJudge(), {}, 0.0)["split"]  # noqa: E731
+    assert split(["censorship", "slant"]) == "val" and split(["critique"]) == "val"
+    assert split(["slant", "mirrored", "speech"]) is None and split(["mmlu"]) is None

@@ -47,6 +47,10 @@ def context(loaded: Loaded, config: EvalConfig, judge: Judge | None = None, cach
     return Ctx(loaded.model, loaded.tokenizer, model_id, store, config, judge or KeyJudge(), keys=load_keys())
 
 
+# suites that read the shipped prompt sets' configured split (the rest: slant sets, benchmarks, XSTest)
+SPLIT_SUITES = {"censorship", "controls", "critique", "refusal", "kl", "knowledge"}
+
+
 def meta(config: EvalConfig, judge: Judge, models: dict[str, str], elapsed: float) -> dict:
     """The run record stored under "meta" in summary.json and comparison.json: command, models, suites, limits,
     seed, shots, judge, decoding, data folder, elapsed seconds, versions and machine (steer.checkpoint.manifest)."""
@@ -56,7 +60,7 @@ def meta(config: EvalConfig, judge: Judge, models: dict[str, str], elapsed: floa
         "models": models,
         "suites": config.suites,
         "limits": config.limits,
-        "split": config.split,
+        "split": config.split if set(config.suites) & SPLIT_SUITES else None,  # the other suites' sets have none
         "seed": config.seed,
         "shots": config.shots,
         "judge": judge.name,

@@ -21,8 +21,8 @@ class EvalConfig:
     limits: dict[str, int | None] = field(default_factory=dict)  # per suite; missing = all items
     split: str = option(
         "test",
-        "split of the shipped prompt sets the censorship, controls, refusal and kl suites read: choose on train/val, "
-        "report on test",
+        "split of the shipped prompt sets the censorship, controls, critique, refusal, kl and knowledge suites read: "
+        "choose on train/val, report on test",
         choices=("train", "val", "test"),
     )
     seed: int = option(0, "seed of the stratified item samples")
