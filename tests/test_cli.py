@@ -279,3 +279,14 @@ def test_without_flags_every_setting_is_its_dataclass_default_and_same_named_fie
     assert (_settings(args).kl_max, _targeted(args).kl_max) == (0.3, 0.05)
     args = build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety", "--search-kl-max", "0.02"])
     assert (_settings(args).kl_max, _targeted(args).kl_max) == (0.1, 0.02)
+
+
+def test_the_before_after_split_flag_reaches_the_evaluation():
+    from steer.cli.main import _settings, build_parser
+    from steer.eval.before_after import eval_config
+
+    args = build_parser().parse_args(["abliterate", "--out", "x", "--keep-safety", "--eval-split", "val"])
+    assert eval_config(_settings(args)).split == "val"
+    assert eval_config(_settings(build_parser().parse_args(["abliterate", "--out", "x"]))).split == "test"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["abliterate", "--out", "x", "--eval-split", "dev"])

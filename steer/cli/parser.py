@@ -46,7 +46,7 @@ Answers are cached per item in $STEER_CACHE/eval, so an interrupted run resumes.
 
 
 def _settings_args(p: argparse.ArgumentParser, evaluation: bool = False) -> None:
-    exclude = () if evaluation else ("eval_limit", "max_new_tokens")
+    exclude = () if evaluation else ("eval_limit", "eval_split", "max_new_tokens")
     add_options(p.add_argument_group("directions and selection"), Settings, exclude=exclude)
 
 

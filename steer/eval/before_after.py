@@ -13,11 +13,13 @@ from steer.model.load import Loaded
 
 
 def eval_config(settings: Settings) -> EvalConfig:
-    """Held-out sensitive (EN, ZH), harmful and harmless prompts, eval_limit per group, decoded by the protocol of
+    """Sensitive (EN, ZH), harmful and harmless prompts of settings.eval_split (default the held-out test split),
+    eval_limit per group, decoded by the protocol of
     docs/evaluation.md (settings.max_new_tokens sets the refusal suite's budget)."""
     return EvalConfig(
         ["censorship", "refusal"],
         limits={"*": settings.eval_limit},
+        split=settings.eval_split,
         seed=settings.seed,
         batch_size=settings.batch_size,
         max_new_tokens={"refusal": settings.max_new_tokens},  # censorship: the protocol's CANDOUR_TOKENS

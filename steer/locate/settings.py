@@ -19,6 +19,12 @@ class Settings:
     screen: int = option(8, "candidates scored in full after the bypass screen", minimum=1)
     screen_prompts: int = option(8, "target prompts used to screen every candidate", minimum=1)
     eval_limit: int = option(80, "held-out prompts per evaluation group (seeded sample)", minimum=1)
+    eval_split: str = option(
+        "test",
+        "split of the shipped prompts the before/after table reads: val while choosing settings, test for the "
+        "final numbers",
+        choices=("train", "val", "test"),
+    )
     max_new_tokens: int = option(
         48, "greedy tokens per refusal-suite answer (censorship answers: 128, docs/evaluation.md)", minimum=1
     )
