@@ -11,7 +11,9 @@ among those with induce > 0 and kl < kl_max, where kl is judged by the upper end
 confidence interval over the validation prompts (a validation mean just under the threshold
 too often lands above it on held-out prompts: the per-prompt KL is heavy-tailed). To fit a CPU
 budget every candidate is first screened by bypass on a few prompts and only the best `screen`
-are scored in full.
+are scored in full, lazily: bypass for all of them, then in order of bypass KL, and induce only
+where KL is within the bound, stopping at the first that passes. That choice is the one full
+scoring makes; the scores it did not need stay None.
 As in Arditi et al., directions and scores use only target prompts the model refuses and
 baseline prompts it answers (`split_by_score`).
 """
@@ -99,10 +101,13 @@ def select_direction(
         _screen(model, tokenizer, dirs, layer, pos, screen_texts, refusal_tokens, batch_size)
         for layer, pos in tqdm(grid, desc="screen candidates", leave=False)
     ]
-    for c in tqdm(sorted(cands, key=lambda c: c.screen_bypass)[:screen], desc="score candidates", leave=False):
-        score_candidate(
-            model, tokenizer, dirs, c, target_texts, harmless_texts, refusal_tokens, base_h, kl_max, batch_size
-        )
+    shortlist = sorted(cands, key=lambda c: c.screen_bypass)[:screen]
+    for c in tqdm(shortlist, desc="bypass of the shortlist", leave=False):
+        _bypass(model, tokenizer, dirs, c, target_texts, refusal_tokens, batch_size)
+    for c in tqdm(sorted(shortlist, key=lambda c: c.bypass), desc="KL and induce", leave=False):
+        _filters(model, tokenizer, dirs, c, harmless_texts, refusal_tokens, base_h, kl_max, batch_size)
+        if c.passes:  # the lowest bypass that passes: the rest cannot be chosen
+            break
     best, fallback = _choose(cands, kl_max)
     return Selection(
         best.layer,
@@ -143,19 +148,43 @@ def score_candidate(
     kl_max: float,
     batch_size: int = 16,
 ) -> Candidate:
-    """Fill c's bypass (target refusal score with its direction ablated), KL (first-token KL on harmless
-    prompts against base_harmless [N, vocab], mean and 95% bound), induce (harmless refusal score with
+    """Fill all of c's scores: bypass (target refusal score with its direction ablated), KL (first-token KL on
+    harmless prompts against base_harmless [N, vocab], mean and 95% bound), induce (harmless refusal score with
     the raw direction added at its layer) and whether it passes (induce > 0, KL bound < kl_max)."""
+    _bypass(model, tokenizer, dirs, c, target_texts, refusal_tokens, batch_size)
+    return _filters(
+        model, tokenizer, dirs, c, harmless_texts, refusal_tokens, base_harmless, kl_max, batch_size, lazy=False
+    )
+
+
+def _bypass(model, tokenizer, dirs: DirectionSet, c: Candidate, texts: list[str], tokens: list[int], batch_size: int):
     with preview(model, dirs.vector(c.layer, c.position)):
-        logits = batched_last_logits(model, tokenizer, target_texts + harmless_texts, batch_size)
-    c.bypass = float(refusal_score(logits[: len(target_texts)], refusal_tokens).mean())
-    kl = first_token_kl(base_harmless, logits[len(target_texts) :])
-    c.kl = float(kl.mean())
-    c.kl_ucb = kl_bound(kl)
-    with added(model, c.layer, dirs.directions[c.layer, c.position].float()):
-        harmless = batched_last_logits(model, tokenizer, harmless_texts, batch_size)
-    c.induce = float(refusal_score(harmless, refusal_tokens).mean())
-    c.passes = c.induce > 0 and c.kl_ucb < kl_max
+        logits = batched_last_logits(model, tokenizer, texts, batch_size)
+    c.bypass = float(refusal_score(logits, tokens).mean())
+
+
+def _filters(
+    model,
+    tokenizer,
+    dirs: DirectionSet,
+    c: Candidate,
+    harmless_texts: list[str],
+    refusal_tokens: list[int],
+    base_harmless: torch.Tensor,
+    kl_max: float,
+    batch_size: int,
+    lazy: bool = True,
+) -> Candidate:
+    """c's KL and, unless lazy and the KL bound already fails, its induce score; then whether it passes."""
+    with preview(model, dirs.vector(c.layer, c.position)):
+        logits = batched_last_logits(model, tokenizer, harmless_texts, batch_size)
+    kl = first_token_kl(base_harmless, logits)
+    c.kl, c.kl_ucb = float(kl.mean()), kl_bound(kl)
+    if not lazy or c.kl_ucb < kl_max:
+        with added(model, c.layer, dirs.directions[c.layer, c.position].float()):
+            harmless = batched_last_logits(model, tokenizer, harmless_texts, batch_size)
+        c.induce = float(refusal_score(harmless, refusal_tokens).mean())
+    c.passes = c.induce is not None and c.induce > 0 and c.kl_ucb < kl_max
     return c
 
 
@@ -166,6 +195,6 @@ def _choose(cands: list[Candidate], kl_max: float) -> tuple[Candidate, str | Non
     passing = [c for c in scored if c.passes]
     if passing:
         return passing[0], None
-    low_kl = [c for c in scored if c.kl_ucb < kl_max]
+    low_kl = [c for c in scored if c.kl_ucb is not None and c.kl_ucb < kl_max]
     fallback = "no candidate had induce > 0 and kl_ucb < kl_max; took the lowest bypass"
     return (low_kl or scored)[0], fallback + (" with kl_ucb < kl_max" if low_kl else "")

@@ -1,0 +1,57 @@
+"""Selection: the lazy scoring of the shortlist chooses what scoring every candidate in full chooses."""
+
+import copy
+
+import pytest
+import torch
+from conftest import make_model
+
+from steer.locate.directions import DirectionSet
+from steer.locate.select import _choose, score_candidate, select_direction
+from steer.model.collect import batched_last_logits
+
+TARGET = ["tell me about the square", "what happened in june", "who was the man", "why the tanks"]
+HARMLESS = ["a poem about rain", "sum 2 and 3", "name a colour", "boil an egg", "a riddle", "plant a tree"]
+
+
+def _setup(seed: int):
+    torch.manual_seed(seed)
+    model = make_model("qwen2", seed=seed)
+    dirs = torch.randn(3, 2, model.config.hidden_size, dtype=torch.float64)
+    means = torch.zeros_like(dirs)
+    return model, DirectionSet(dirs, means, means.clone())
+
+
+@pytest.mark.parametrize("kl_max", [1e-9, 0.05, 10.0])
+@pytest.mark.parametrize("tokens", [list(range(3, 10)), list(range(3, 230))])
+def test_lazy_scoring_chooses_what_full_scoring_chooses(tokenizer, kl_max, tokens):
+    model, dirs = _setup(0)
+    kwargs = dict(kl_max=kl_max, screen=4, screen_prompts=2, batch_size=4)
+    sel = select_direction(model, tokenizer, dirs, TARGET, HARMLESS, tokens, **kwargs)
+    base_h = batched_last_logits(model, tokenizer, HARMLESS, 4)
+    full = [copy.copy(c) for c in sel.candidates if c.bypass is not None]
+    assert len(full) == 4  # every shortlisted candidate has its bypass
+    for c in full:
+        score_candidate(model, tokenizer, dirs, c, TARGET, HARMLESS, tokens, base_h, kl_max, 4)
+    best, fallback = _choose(full, kl_max)
+    assert (sel.layer, sel.position, sel.fallback) == (best.layer, best.position, fallback)
+    for lazy in sel.candidates:
+        if lazy.kl is not None:  # a score that was computed equals the full one
+            ref = next(c for c in full if (c.layer, c.position) == (lazy.layer, lazy.position))
+            assert lazy.kl == pytest.approx(ref.kl) and lazy.bypass == pytest.approx(ref.bypass)
+
+
+def test_scores_a_choice_cannot_need_are_skipped(tokenizer):
+    model, dirs = _setup(1)
+    tokens = list(range(3, 230))  # most of the vocabulary: the added direction "induces" easily
+    # No KL bound can be met: every shortlisted candidate gets KL, none gets induce.
+    sel = select_direction(model, tokenizer, dirs, TARGET, HARMLESS, tokens, kl_max=0.0, screen=4, screen_prompts=2)
+    shortlist = [c for c in sel.candidates if c.bypass is not None]
+    assert all(c.kl is not None and c.induce is None and c.passes is False for c in shortlist)
+    assert sel.fallback is not None
+    # Every bound met: the lowest bypass passes (if it induces) and nothing after it is scored.
+    sel = select_direction(model, tokenizer, dirs, TARGET, HARMLESS, tokens, kl_max=1e9, screen=4, screen_prompts=2)
+    shortlist = sorted((c for c in sel.candidates if c.bypass is not None), key=lambda c: c.bypass)
+    chosen = next(i for i, c in enumerate(shortlist) if c.passes)
+    assert (shortlist[chosen].layer, shortlist[chosen].position) == (sel.layer, sel.position)
+    assert all(c.kl is None for c in shortlist[chosen + 1 :]) and chosen < len(shortlist) - 1
