@@ -30,14 +30,16 @@ FILES = (
 )
 
 
-def main() -> None:
-    run_dir = ROOT / "runs" / "abliterate-embedded"
+def main(name: str = "abliterate-embedded", model: list[str] | None = None) -> None:
+    """Run `steer abliterate [MODEL] ARGS` into runs/NAME and copy what it wrote to results/NAME."""
+    run_dir = ROOT / "runs" / name
     run_dir.parent.mkdir(exist_ok=True)
-    command = ["steer", "abliterate", "--out", str(run_dir.relative_to(ROOT)), "--force"] + sys.argv[1:]
+    command = ["steer", "abliterate", *(model or []), "--out", str(run_dir.relative_to(ROOT)), "--force"]
+    command += sys.argv[1:]
     started = time.time()
     subprocess.run(command, cwd=ROOT, check=True)
     wall = time.time() - started
-    dest = ROOT / "results" / "abliterate-embedded"
+    dest = ROOT / "results" / name
     dest.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         shutil.copy2(run_dir / name, dest / name)
@@ -48,10 +50,11 @@ def main() -> None:
 
     info = {
         "command": " ".join(command),
-        "made_by": "python experiments/abliterate_embedded.py " + " ".join(sys.argv[1:]),
+        "made_by": f"python experiments/{name.replace('-', '_')}.py " + " ".join(sys.argv[1:]),
         "wall_time_s": round(wall, 1),
         "machine": {
             "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),  # the child's, if OMP_NUM_THREADS is inherited
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
         },
