@@ -309,7 +309,8 @@ def test_refusal_share_thins_training_pairs_only(tmp_path):
     assert thin.data_sha256 != full.data_sha256
 
 
-def test_general_kl_loss_is_zero_at_the_base_and_adds_to_the_cross_entropy_per_token():
+@pytest.mark.parametrize("kl_first", [1.0, 5.0])
+def test_general_kl_loss_is_zero_at_the_base_and_adds_to_the_cross_entropy_per_token(kl_first):
     from peft import LoraConfig, get_peft_model
 
     from steer.sft.train import answer_loss, batch
@@ -326,8 +327,9 @@ def test_general_kl_loss_is_zero_at_the_base_and_adds_to_the_cross_entropy_per_t
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
-        got = answer_loss(model, b)
-        # by hand: cross-entropy on the plain rows' answer tokens, KL(base || model) on the others', over all tokens
+        got = answer_loss(model, b, kl_first=kl_first)
+        # by hand: cross-entropy on the plain rows' answer tokens, KL(base || model) on the others' (the first answer
+        # position weighted kl_first), over all tokens
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
         with model.disable_adapter():
             ref = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
@@ -336,6 +338,10 @@ def test_general_kl_loss_is_zero_at_the_base_and_adds_to_the_cross_entropy_per_t
     kl = (lr.exp() * (lr - lp)).sum(-1)
     ce = -lp.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
     rows_kl = b["distill"][:, None].expand_as(keep)
+    first = torch.zeros_like(keep)
+    for i in range(keep.shape[0]):
+        first[i, int(keep[i].nonzero()[0])] = True
+    kl = kl * torch.where(first, kl_first, 1.0)
     want = (ce[keep & ~rows_kl].sum() + kl[keep & rows_kl].sum()) / keep.sum()
     assert float(kl[keep & rows_kl].sum()) > 1e-3 and torch.allclose(got, want, atol=1e-5), (float(got), float(want))
 

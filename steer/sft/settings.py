@@ -46,6 +46,13 @@ class SFTSettings:
         "behaviour without teaching one answer; one extra forward pass per general row, no gradient)",
         choices=("ce", "kl"),
     )
+    # configuration 5: a KL mean over ~100 answer positions left the first token free (results/sft-baseline)
+    kl_first_weight: float = option(
+        1.0,
+        "with --general-loss kl: weight of the first answer position (the one that starts the answer) in the KL "
+        "term, the other positions' being 1",
+        minimum=0,
+    )
     refusal_share: float = option(
         1.0,
         "share of the refusal and borderline pairs kept (seeded, per kind and language): less pull towards "

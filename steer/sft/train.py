@@ -104,10 +104,11 @@ def load_state(work: Path, model, optimizer, scheduler) -> Progress | None:
     return Progress(**state["progress"])
 
 
-def answer_loss(model, b: dict[str, torch.Tensor], bf16: bool = False) -> torch.Tensor:
+def answer_loss(model, b: dict[str, torch.Tensor], bf16: bool = False, kl_first: float = 1.0) -> torch.Tensor:
     """Mean loss over the answer tokens of batch b (labels != IGNORE), in float32: next-token cross-entropy, or on
     the rows b["distill"] marks (a peft model only), KL(base || model) of the whole next-token distribution, the
-    base being the same model with its adapter off (no gradient).
+    base being the same model with its adapter off (no gradient); kl_first: the weight of each such row's first
+    answer position (the one that starts the answer) in that sum, the others' being 1.
 
     The output head runs on the answer positions only ([N, D] -> [N, V]), not on every position of [B, T]: the
     logits over the vocabulary are the largest tensor of a step. bf16: matmuls under autocast (weights stay
@@ -129,27 +130,29 @@ def answer_loss(model, b: dict[str, torch.Tensor], bf16: bool = False) -> torch.
         with torch.no_grad(), model.disable_adapter():
             ref = decoder(input_ids=b["input_ids"][distill], attention_mask=b["attention_mask"][distill])[0][:, :-1]
         ce, kl = keep & ~rows, keep & rows
+        first = (keep & (keep.cumsum(1) == 1))[kl].float()  # [N]: 1 at each row's first answer position
         total = head_loss(head, hidden[ce], targets[ce]) * int(ce.sum()) if bool(ce.any()) else 0.0
-        total = total + head_kl(head, hidden[kl], ref[keep[distill]])
+        total = total + head_kl(head, hidden[kl], ref[keep[distill]], 1.0 + (kl_first - 1.0) * first)
         return total / int(keep.sum())
 
 
-def head_kl(head: torch.nn.Module, hidden: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Summed KL(softmax(head(ref)) || softmax(head(hidden))) over rows [N, D], HEAD_ROWS rows at a time (each
-    chunk recomputed in the backward pass, as in head_loss); ref carries no gradient."""
+def head_kl(head: torch.nn.Module, hidden: torch.Tensor, ref: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Sum over rows [N, D] of weight [N] x KL(softmax(head(ref)) || softmax(head(hidden))), HEAD_ROWS rows at a
+    time (each chunk recomputed in the backward pass, as in head_loss); ref carries no gradient."""
     grad = torch.is_grad_enabled()
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, hidden.shape[0], HEAD_ROWS):
-        h, r = hidden[i : i + HEAD_ROWS], ref[i : i + HEAD_ROWS]
-        total = total + (checkpoint(_chunk_kl, head, h, r, use_reentrant=False) if grad else _chunk_kl(head, h, r))
+        args = head, hidden[i : i + HEAD_ROWS], ref[i : i + HEAD_ROWS], weight[i : i + HEAD_ROWS]
+        total = total + (checkpoint(_chunk_kl, *args, use_reentrant=False) if grad else _chunk_kl(*args))
     return total
 
 
-def _chunk_kl(head: torch.nn.Module, hidden: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+def _chunk_kl(head: torch.nn.Module, hidden: torch.Tensor, ref: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         target = torch.log_softmax(head(ref).float(), -1)
     own = torch.log_softmax(head(hidden).float(), -1)
-    return torch.nn.functional.kl_div(own, target, log_target=True, reduction="sum")
+    kl = torch.nn.functional.kl_div(own, target, log_target=True, reduction="none").sum(-1)
+    return (kl * weight).sum()
 
 
 def head_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
