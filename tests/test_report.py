@@ -1,6 +1,6 @@
 """Report tables: what a reader sees for each metric."""
 
-from steer.report.tables import before_after_table
+from steer.report.tables import before_after_table, write_report
 
 
 def _m(value, n):
@@ -17,3 +17,14 @@ def test_before_after_table_shows_both_counts_when_they_differ():
     assert rows[2] == "| censorship | censorship/zh | 47 | 19.1% | 8.5% |"
     assert rows[3] == "| censorship | censorship_without_loops/zh | 44 / 47 | 13.6% | 2.3% |"
     assert rows[4].startswith("| kl | kl/first_token | 80 | 0 | 0.0500 [")
+
+
+def test_report_names_the_split_its_table_read(tmp_path):
+    before = {"censorship": {"metrics": {"censorship/en": _m(0.5, 4)}, "items": []}}
+    after = {"censorship": {"metrics": {"censorship/en": _m(0.0, 4)}, "items": []}}
+    for split in ("val", "test"):
+        report = {"model": "m", "before": before, "after": after, "settings": {"max_new_tokens": 8, "seed": 0}}
+        report["settings"]["eval_split"] = split
+        md = write_report(tmp_path, report)
+        assert f"Prompts of the {split} split." in md and f"## Examples ({split} split)" in md
+        assert split == "test" or "test split" not in md

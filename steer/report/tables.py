@@ -55,6 +55,7 @@ def write_report(folder: Path, report: dict) -> str:
     sel = report.get("selection", {})
     md = [
         f"# steer abliterate: {report['model']}\n",
+        f"Prompts of the {report['settings'].get('eval_split', 'test')} split.\n",
         before_after_table(before, after),
         "",
         f"Direction: layer {sel.get('layer')}, position {sel.get('position')} "
@@ -67,7 +68,7 @@ def write_report(folder: Path, report: dict) -> str:
         "## Direction selection (validation split)\n",
         selection_table(sel) if sel.get("candidates") else "",
         "",
-        "## Examples (held-out test split)\n",
+        f"## Examples ({report['settings'].get('eval_split', 'test')} split)\n",
         examples_markdown(before, after),
     ]
     text = "\n".join(md)
