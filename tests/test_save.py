@@ -186,3 +186,26 @@ def test_handle_sigterm_only_in_the_main_thread_and_leaves_other_handlers():
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(28, "No space left on device"),
+        __import__("safetensors").SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        ),
+    ],
+)
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, exc):
+    with pytest.raises(SteerError, match=r"writing \S+out: No space left on device.*\(nothing was written\)$"):
+        with atomic_dir(tmp_path / "out", force=False) as tmp:
+            (tmp / "part").write_text("x")
+            raise exc
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_other_errors_are_not_disguised(tmp_path):
+    with pytest.raises(ValueError):
+        with atomic_dir(tmp_path / "out", force=False):
+            raise ValueError("a bug")

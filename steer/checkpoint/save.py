@@ -12,6 +12,7 @@ to stderr; a folder whose process is alive, or that another host wrote, is only 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -100,9 +101,21 @@ def atomic_dir(out: Path, force: bool) -> Iterator[Path]:
             _remove(old)
         else:
             os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         _remove(tmp)
+        reason = _write_failure(exc)
+        if reason:
+            raise SteerError(f"writing {out}: {reason} (nothing was written)") from None
         raise
+
+
+def _write_failure(exc: BaseException) -> str | None:
+    """Why a write failed, when the machine and not steer is the cause (disk full, no permission); else None."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        return exc.strerror
+    if type(exc).__name__ == "SafetensorError" and "(os error" in str(exc):  # safetensors wraps the OS error's text
+        return str(exc).split("I/O error: ")[-1]
+    return None
 
 
 def _prefix(out: Path, kind: str) -> str:
