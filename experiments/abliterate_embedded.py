@@ -41,8 +41,8 @@ def main(name: str = "abliterate-embedded", model: list[str] | None = None) -> N
     wall = time.time() - started
     dest = ROOT / "results" / name
     dest.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        shutil.copy2(run_dir / name, dest / name)
+    for file in FILES:
+        shutil.copy2(run_dir / file, dest / file)
     import torch
     import transformers
 

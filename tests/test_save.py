@@ -5,6 +5,7 @@ import sys
 import threading
 
 import pytest
+from safetensors import SafetensorError
 
 from steer.checkpoint import save
 from steer.checkpoint.save import atomic_dir, check_output
@@ -192,9 +193,7 @@ def test_handle_sigterm_only_in_the_main_thread_and_leaves_other_handlers():
     "exc",
     [
         OSError(28, "No space left on device"),
-        __import__("safetensors").SafetensorError(
-            "Error while serializing: I/O error: No space left on device (os error 28)"
-        ),
+        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
     ],
 )
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, exc):

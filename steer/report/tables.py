@@ -52,10 +52,10 @@ def _quote(text: str, limit: int = 300) -> str:
 def write_report(folder: Path, report: dict) -> str:
     """Write report.json and report.md into folder; return the Markdown."""
     before, after = report["before"], report["after"]
-    sel = report.get("selection", {})
+    sel, split = report.get("selection", {}), report["settings"].get("eval_split", "test")
     md = [
         f"# steer abliterate: {report['model']}\n",
-        f"Prompts of the {report['settings'].get('eval_split', 'test')} split.\n",
+        f"Prompts of the {split} split.\n",
         before_after_table(before, after),
         "",
         f"Direction: layer {sel.get('layer')}, position {sel.get('position')} "
@@ -68,7 +68,7 @@ def write_report(folder: Path, report: dict) -> str:
         "## Direction selection (validation split)\n",
         selection_table(sel) if sel.get("candidates") else "",
         "",
-        f"## Examples ({report['settings'].get('eval_split', 'test')} split)\n",
+        f"## Examples ({split} split)\n",
         examples_markdown(before, after),
     ]
     text = "\n".join(md)
