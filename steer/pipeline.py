@@ -6,12 +6,16 @@ report = abliterate(None, "out/qwen-abliterated", Settings())
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from steer.checkpoint import manifest
 from steer.checkpoint.save import atomic_dir, check_output, save_checkpoint
+from steer.checkpoint.stream import edit_checkpoint
 from steer.edit.kernels import kernel_name
 from steer.edit.preview import Edit, preview
 from steer.eval.before_after import before_after, eval_config
@@ -30,7 +34,7 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     check_output(out, force, (Path(model) if model else None,))
     check_prompts(settings)
     started = time.time()
-    loaded = load_model(model)
+    loaded = load_model(model, dtype=compute_dtype(settings))
     log(f"loaded {loaded.source} ({type(loaded.model).__name__}, {loaded.model.config.num_hidden_layers} layers)")
     # 2. directions and the selected one (steer.locate); the tokens they cost (steer.report.cost)
     peaks, seconds, lap = Peaks(), {"load": round(time.time() - started, 1)}, time.time()
@@ -57,7 +61,7 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     peaks.mark("evaluate")
     # 4. checkpoint, directions, plot, report and manifest, appearing together
     with atomic_dir(out, force) as tmp:
-        save_checkpoint(loaded.model, loaded.tokenizer, tmp)
+        _save_weights(loaded, settings, dirs, tmp)
         dirs.save(tmp / "directions.safetensors")
         plot_selection(dirs.meta["selection"], loaded.model.config.num_hidden_layers, tmp / "selection.png")
         report["elapsed_s"] = round(time.time() - started, 1)
@@ -68,6 +72,24 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     print(selection_table(dirs.meta["selection"]) + "\n")
     print(before_after_table(measured.before, measured.after))
     return report
+
+
+def compute_dtype(settings: Settings) -> torch.dtype:
+    """The dtype the model is loaded in for the forward passes (Settings.dtype)."""
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[settings.dtype]
+
+
+def _save_weights(loaded: Loaded, settings: Settings, dirs: DirectionSet, tmp: Path) -> None:
+    """float32: the edited model in memory. bfloat16: the input checkpoint edited tensor by tensor in its own
+    dtype (as `steer edit` writes it), not the rounded copy the measurements ran on."""
+    src = loaded.path or Path(loaded.source)  # a .gguf input has no folder
+    if settings.dtype == "float32" or not src.exists():
+        save_checkpoint(loaded.model, loaded.tokenizer, tmp)
+        return
+    edit_checkpoint(src, tmp / "weights", dirs.vector())
+    for f in (tmp / "weights").iterdir():
+        os.replace(f, tmp / f.name)
+    (tmp / "weights").rmdir()
 
 
 def _apply(loaded: Loaded, edit: Edit, dirs: DirectionSet) -> None:

@@ -110,6 +110,40 @@ def test_directions_then_edit_cli(tiny, capsys):
     assert checkpoint_hash(tiny / "e") == checkpoint_hash(tiny / "a")
 
 
+def test_bfloat16_run_measures_in_bfloat16_and_saves_the_input_dtype_edit(tiny, monkeypatch):
+    """--dtype bfloat16: forward passes in bfloat16; the saved weights are the float32 input edited along the
+    chosen direction, byte for byte what `steer edit` writes from the saved directions."""
+    from steer.checkpoint.rebuild import apply_recorded, recorded
+    from steer.locate import run
+
+    seen = []
+    real = run.directions
+    monkeypatch.setattr(
+        "steer.pipeline.directions", lambda loaded, s: seen.append(loaded.model.dtype) or real(loaded, s)
+    )
+    settings = Settings(n_val=4, screen=2, screen_prompts=2, eval_limit=3, max_new_tokens=4, dtype="bfloat16")
+    report = abliterate(str(tiny / "model"), tiny / "b", settings)
+    assert seen == [torch.bfloat16]
+    assert (
+        report["settings"]["dtype"] == "bfloat16" and report["after"]["kl"]["metrics"]["kl/first_token"]["value"] >= 0
+    )
+    saved = transformers.AutoModelForCausalLM.from_pretrained(tiny / "b")
+    assert saved.dtype == torch.float32 and not (tiny / "b" / "weights").exists()
+    apply_recorded(str(tiny / "model"), recorded(tiny / "b"), tiny / "e")
+    assert (tiny / "b" / "model.safetensors").read_bytes() == (tiny / "e" / "model.safetensors").read_bytes()
+    manifest = json.loads((tiny / "b" / "steer_manifest.json").read_text())
+    assert manifest["output_sha256"] == checkpoint_hash(tiny / "b") and manifest["settings"]["dtype"] == "bfloat16"
+
+
+def test_keep_safety_refuses_bfloat16(tiny):
+    from steer.errors import SteerError
+    from steer.targeted.run import targeted_abliterate
+
+    with pytest.raises(SteerError, match="--dtype bfloat16 is for plain"):
+        targeted_abliterate(str(tiny / "model"), tiny / "t", settings=Settings(dtype="bfloat16"))
+    assert not (tiny / "t").exists()
+
+
 def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
     from steer.targeted.contrasts import Contrasts
     from steer.targeted.run import targeted_abliterate

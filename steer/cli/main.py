@@ -77,6 +77,7 @@ def _directions(args) -> int:
     from steer.checkpoint.save import atomic_dir, check_output
     from steer.locate.run import check_prompts, directions
     from steer.model.load import load_model
+    from steer.pipeline import compute_dtype
     from steer.report.tables import plot_selection, selection_table
 
     check_output(args.out, args.force)
@@ -84,6 +85,7 @@ def _directions(args) -> int:
     check_prompts(settings)
     loaded = load_model(
         args.model,
+        dtype=compute_dtype(settings),
         device_map=_json_arg(args.device_map, "--device-map"),
         offload_folder=args.offload_folder,
         max_memory=_json_arg(args.max_memory, "--max-memory"),

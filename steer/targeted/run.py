@@ -188,6 +188,8 @@ def targeted_abliterate(
     readout, then the same evaluate-and-save path as `abliterate`. `study` (a journal file) makes
     the search resumable; by default it lives in $STEER_CACHE/search/."""
     ts, settings, out = ts or TargetedSettings(), settings or Settings(), Path(out)
+    if settings.dtype != "float32":  # its search, readout training and confirmation are measured in float32
+        raise SteerError(f"--dtype {settings.dtype} is for plain `steer abliterate`; --keep-safety runs in float32")
     check_output(out, force, (Path(model) if model else None,))
     started = time.time()
     loaded = load_model(model)
