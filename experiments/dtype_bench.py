@@ -24,7 +24,6 @@ import transformers
 
 from steer.eval.config import EvalConfig
 from steer.eval.engine import GenSpec, generate_ids
-from steer.eval.suites import JUDGED_TOKENS
 from steer.model.collect import encode_batches
 from steer.model.load import load_model
 from steer.prompts import chat_texts, load_prompts
@@ -93,7 +92,6 @@ def main() -> None:
             "avx512_bf16": "avx512_bf16" in flags,
         },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "judged_tokens_in_evaluation": JUDGED_TOKENS,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "dtype-bench.json").write_text(json.dumps(result, indent=2) + "\n")
