@@ -55,3 +55,24 @@ def test_scores_a_choice_cannot_need_are_skipped(tokenizer):
     chosen = next(i for i, c in enumerate(shortlist) if c.passes)
     assert (shortlist[chosen].layer, shortlist[chosen].position) == (sel.layer, sel.position)
     assert all(c.kl is None for c in shortlist[chosen + 1 :]) and chosen < len(shortlist) - 1
+
+
+def _cand(layer, bypass, kl_ucb, induce=None):
+    from steer.locate.select import Candidate
+
+    c = Candidate(layer, -1, bypass - 0.5, bypass, induce, kl_ucb / 2, kl_ucb)
+    c.passes = induce is not None and induce > 0 and kl_ucb < 0.1
+    return c
+
+
+def test_choice_order_pass_then_within_kl_then_lowest_kl_bound():
+    strong, mild, weak = _cand(21, -5.3, 0.127), _cand(19, -3.3, 0.102), _cand(18, -3.0, 0.111)
+    # Nothing within the bound: the candidate closest to it (least damage), not the strongest bypass.
+    best, why = _choose([strong, mild, weak], 0.1)
+    assert (best.layer, why) == (19, "no candidate had kl_ucb < kl_max; took the lowest kl_ucb")
+    # One within the bound: the lowest bypass among those within it.
+    best, why = _choose([strong, mild, weak], 0.105)
+    assert best.layer == 19 and why.endswith("took the lowest bypass with kl_ucb < kl_max")
+    # A passing candidate wins outright.
+    passing = _cand(20, -1.0, 0.05, induce=1.0)
+    assert _choose([strong, mild, passing], 0.1) == (passing, None)

@@ -189,12 +189,14 @@ def _filters(
 
 
 def _choose(cands: list[Candidate], kl_max: float) -> tuple[Candidate, str | None]:
-    """The lowest bypass among passing candidates, else among those within the KL bound, else overall;
-    and why, when it does not pass."""
+    """The lowest bypass among passing candidates, else among those within the KL bound, else the lowest KL
+    bound (nothing is within the budget: the least damage); and why, when it does not pass."""
     scored = sorted((c for c in cands if c.bypass is not None), key=lambda c: c.bypass)
     passing = [c for c in scored if c.passes]
     if passing:
         return passing[0], None
     low_kl = [c for c in scored if c.kl_ucb is not None and c.kl_ucb < kl_max]
-    fallback = "no candidate had induce > 0 and kl_ucb < kl_max; took the lowest bypass"
-    return (low_kl or scored)[0], fallback + (" with kl_ucb < kl_max" if low_kl else "")
+    if low_kl:
+        return low_kl[0], "no candidate had induce > 0 and kl_ucb < kl_max; took the lowest bypass with kl_ucb < kl_max"
+    closest = min(scored, key=lambda c: (float("inf") if c.kl_ucb is None else c.kl_ucb, c.bypass))
+    return closest, "no candidate had kl_ucb < kl_max; took the lowest kl_ucb"
