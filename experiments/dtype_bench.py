@@ -3,8 +3,8 @@
     python experiments/dtype_bench.py [--model embedded-1.5b] [--n 32] [--tokens 64] --out results/dtype-bench
 
 On the same model and prompts, first in float32 and then with the same weights cast to bfloat16
-(what `--dtype bfloat16` loads): a batched forward pass over n harmless validation prompts (what
-direction finding and KL cost) and greedy generation of n sensitive validation prompts (what evaluation
+(what `--dtype bfloat16` loads): steer's batched last-position forward pass over n harmless validation
+prompts (what selection and KL cost) and greedy generation of n sensitive validation prompts (what evaluation
 costs). Reports seconds and the float32 / bfloat16 ratio per stage, how many greedy answers are identical,
 and the first-token KL(float32 || bfloat16) on the harmless prompts: the noise floor bfloat16 adds to
 every KL steer measures (its bound is 0.1 plain, 0.05 with --keep-safety).
@@ -24,23 +24,14 @@ import transformers
 
 from steer.eval.config import EvalConfig
 from steer.eval.engine import GenSpec, generate_ids
-from steer.model.collect import encode_batches
+from steer.model.collect import batched_last_logits
 from steer.model.load import load_model
 from steer.prompts import chat_texts, load_prompts
 
 
-@torch.inference_mode()
-def last_logits(model, tok, texts: list[str], batch_size: int) -> torch.Tensor:
-    """[n, vocab] float64 next-token logits at the end of each prompt."""
-    out = torch.empty(len(texts), model.config.vocab_size, dtype=torch.float64)
-    for idx, batch in encode_batches(tok, texts, batch_size):
-        out[idx] = model(**batch).logits[:, -1].double()
-    return out
-
-
 def measure(model, tok, harmless: list[str], sensitive: list[str], tokens: int, batch_size: int) -> dict:
     start = time.perf_counter()
-    logits = last_logits(model, tok, harmless, batch_size)
+    logits = batched_last_logits(model, tok, harmless, batch_size).double()  # as selection and KL run them
     forward_s = time.perf_counter() - start
     start = time.perf_counter()
     penalty = EvalConfig(suites=()).repetition_penalty  # the evaluation protocol's (docs/evaluation.md)

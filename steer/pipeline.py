@@ -82,11 +82,10 @@ def compute_dtype(settings: Settings) -> torch.dtype:
 def _save_weights(loaded: Loaded, settings: Settings, dirs: DirectionSet, tmp: Path) -> None:
     """float32: the edited model in memory. bfloat16: the input checkpoint edited tensor by tensor in its own
     dtype (as `steer edit` writes it), not the rounded copy the measurements ran on."""
-    src = loaded.path or Path(loaded.source)  # a .gguf input has no folder
-    if settings.dtype == "float32" or not src.exists():
+    if settings.dtype == "float32":
         save_checkpoint(loaded.model, loaded.tokenizer, tmp)
         return
-    edit_checkpoint(src, tmp / "weights", dirs.vector())
+    edit_checkpoint(loaded.path or Path(loaded.source), tmp / "weights", dirs.vector())  # a .gguf has no folder
     for f in (tmp / "weights").iterdir():
         os.replace(f, tmp / f.name)
     (tmp / "weights").rmdir()
