@@ -1,3 +1,4 @@
+import pytest
 import torch
 from conftest import PROMPTS, make_model
 
@@ -41,6 +42,29 @@ def test_batches_are_length_sorted_and_cover_all(tokenizer):
         widths.append(batch["input_ids"].shape[1])
         assert (batch["attention_mask"][:, -1] == 1).all()  # left padded
     assert sorted(seen) == [0, 1, 2, 3] and widths == sorted(widths)
+
+
+def test_grouped_batches_never_mix_groups_and_share_their_prefix(tokenizer):
+    """With group labels (a few-shot subject per prompt) each batch holds one group, so its common prefix is the
+    group's long one; the logits are those of ungrouped batches."""
+    shots = {"g1": "x" * 30, "g2": "y" * 30}
+    labels = ["g2", "g1", "g1", "g2", "g1", "g2", "g1"]
+    texts = [shots[g] + "q" * (i + 1) for i, g in enumerate(labels)]
+    batches = list(encode_batches(tokenizer, texts, 3, share_prefix=True, groups=labels))
+    assert sorted(i for idx, _ in batches for i in idx) == list(range(len(texts)))
+    assert all(len({labels[i] for i in idx}) == 1 for idx, _ in batches)
+    assert all(b["prefix_ids"].shape[1] >= 30 for idx, b in batches if len(idx) > 1)
+    ungrouped = list(encode_batches(tokenizer, texts, 3, share_prefix=True))
+    assert any("prefix_ids" not in b for _, b in ungrouped)  # mixed batches share nothing
+    model = make_model("qwen2")
+    torch.testing.assert_close(
+        batched_last_logits(model, tokenizer, texts, 3, groups=labels),
+        batched_last_logits(model, tokenizer, texts, 3),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    with pytest.raises(ValueError, match="2 group labels for 7 texts"):
+        list(encode_batches(tokenizer, texts, 3, groups=labels[:2]))
 
 
 def test_residual_stack_rows_average_to_residual_means(tokenizer):

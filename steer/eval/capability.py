@@ -58,9 +58,9 @@ def run_mmlu(ctx) -> dict:
         batch_size=cfg.batch_size,
     )
     lengths = [len(it.question) + sum(map(len, it.choices)) for it in items]
-    rows = cached_map(
-        ctx.cache, keys, compute, chunk=8 * cfg.batch_size, desc=f"mmlu {cfg.shots}-shot", order=lengths.__getitem__
-    )
+    # few-shot: chunks follow subjects, so each batch shares its subject's examples (run once per batch)
+    order = (lambda i: (items[i].group, lengths[i])) if cfg.shots else lengths.__getitem__
+    rows = cached_map(ctx.cache, keys, compute, chunk=8 * cfg.batch_size, desc=f"mmlu {cfg.shots}-shot", order=order)
     inputs = model_inputs(ctx.tokenizer, items, dev, cfg.shots)
     results = [
         {

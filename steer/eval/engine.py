@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -69,7 +70,7 @@ def cached_map(
     compute: Callable[[list[int]], list],
     chunk: int,
     desc: str | None = None,
-    order: Callable[[int], int] | None = None,
+    order: Callable[[int], Any] | None = None,
 ) -> list:
     """Results for every key: cached ones are read, missing ones computed `chunk` at a time
     (compute gets indices into keys, returns one JSON-able result per index) and stored.

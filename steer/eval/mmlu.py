@@ -68,7 +68,8 @@ def score_mmlu(
 ) -> list[dict]:
     """Per-item results: predicted letter, log-probs of A-D (normalized over the four), correct."""
     texts = model_inputs(tokenizer, items, dev, shots, chat)
-    logits = batched_last_logits(model, tokenizer, texts, batch_size, desc=desc)
+    groups = [item.group for item in items] if shots else None  # a subject's prompts share its shots: run them once
+    logits = batched_last_logits(model, tokenizer, texts, batch_size, desc=desc, groups=groups)
     choice = torch.log_softmax(logits[:, letter_ids(tokenizer, chat)].double(), dim=-1)
     out = []
     for item, row in zip(items, choice):

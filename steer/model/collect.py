@@ -9,6 +9,7 @@ Means are accumulated as float64 sums, so memory does not grow with the number o
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 
@@ -23,15 +24,22 @@ MIN_SHARED = 4
 
 
 def encode_batches(
-    tokenizer, texts: list[str], batch_size: int, share_prefix: bool = False
+    tokenizer, texts: list[str], batch_size: int, share_prefix: bool = False, groups: list[str] | None = None
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """Yield (original indices, left-padded batch) in order of token length (less padding); with
-    share_prefix, each batch's common prefix is split off (left_pad): for forward(), not generate."""
+    share_prefix, each batch's common prefix is split off (left_pad): for forward(), not generate.
+    groups: a label per text (e.g. the MMLU subject, whose few-shot examples every prompt repeats); a batch
+    then never mixes labels, so texts that share a long prefix run it once."""
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: (len(ids[i]), i))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        yield idx, left_pad([ids[i] for i in idx], tokenizer.pad_token_id, share_prefix)
+    label = groups if groups is not None else [""] * len(texts)
+    if len(label) != len(texts):
+        raise ValueError(f"{len(label)} group labels for {len(texts)} texts")
+    order = sorted(range(len(texts)), key=lambda i: (label[i], len(ids[i]), i))
+    for _, members in itertools.groupby(order, key=label.__getitem__):
+        members = list(members)
+        for start in range(0, len(members), batch_size):
+            idx = members[start : start + batch_size]
+            yield idx, left_pad([ids[i] for i in idx], tokenizer.pad_token_id, share_prefix)
 
 
 def shared_prefix_length(ids: list[list[int]]) -> int:
@@ -126,12 +134,13 @@ def last_logits(
 
 @torch.inference_mode()
 def batched_last_logits(
-    model, tokenizer, texts: list[str], batch_size: int = 16, desc: str | None = None
+    model, tokenizer, texts: list[str], batch_size: int = 16, desc: str | None = None, groups: list[str] | None = None
 ) -> torch.Tensor:
-    """Last-position logits [len(texts), vocab] for chat-formatted texts, in input order."""
+    """Last-position logits [len(texts), vocab] for chat-formatted texts, in input order; groups as in
+    encode_batches (batches that share a long prefix, e.g. few-shot examples, run it once)."""
     out: list[torch.Tensor | None] = [None] * len(texts)
     with tqdm(total=len(texts), desc=desc, disable=desc is None, leave=False) as bar:
-        for idx, batch in encode_batches(tokenizer, texts, batch_size, share_prefix=True):
+        for idx, batch in encode_batches(tokenizer, texts, batch_size, share_prefix=True, groups=groups):
             for i, row in zip(idx, last_logits(model, batch)):
                 out[i] = row
             bar.update(len(idx))
