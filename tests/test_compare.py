@@ -222,3 +222,17 @@ def test_meta_records_a_split_only_for_suites_that_read_one():
     split = lambda suites: meta(EvalConfig(suites, split="val"), MarkerJudge(), {}, 0.0)["split"]  # noqa: E731
     assert split(["censorship", "slant"]) == "val" and split(["critique"]) == "val"
     assert split(["slant", "mirrored", "speech"]) is None and split(["mmlu"]) is None
+
+
+def test_dtype_loads_both_models_in_it_and_keeps_their_cache_apart(ckpts, monkeypatch, tmp_path):
+    """--dtype bfloat16: both sides run in bfloat16 (their weights fingerprint, the cache key, differs from
+    float32's, so no float32 answer is reused) and the report records it."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("STEER_EVAL_CACHE", str(cache))
+    common = ["compare", str(ckpts / "base"), str(ckpts / "edited"), "--suite", "controls,kl", "--limit", "3"]
+    common += ["--max-new-tokens", "controls=4"]
+    for dtype in ("float32", "bfloat16"):
+        assert main([*common, "--dtype", dtype, "--out", str(ckpts / dtype)]) == 0
+        meta = json.loads((ckpts / dtype / "comparison.json").read_text())["meta"]
+        assert meta["dtype"] == dtype
+    assert len(list(cache.glob("*.jsonl"))) == 4  # base and edited, float32 and bfloat16

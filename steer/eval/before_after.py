@@ -23,6 +23,7 @@ def eval_config(settings: Settings) -> EvalConfig:
         seed=settings.seed,
         batch_size=settings.batch_size,
         max_new_tokens={"refusal": settings.max_new_tokens},  # censorship: the protocol's CANDOUR_TOKENS
+        dtype=settings.dtype,  # the model is loaded in it (steer.pipeline.compute_dtype)
     )
 
 

@@ -63,6 +63,7 @@ def meta(config: EvalConfig, judge: Judge, models: dict[str, str], elapsed: floa
         "split": config.split if set(config.suites) & SPLIT_SUITES else None,  # the other suites' sets have none
         "seed": config.seed,
         "shots": config.shots,
+        "dtype": config.dtype,
         "judge": judge.name,
         "decoding": {
             "greedy": True,
@@ -103,10 +104,10 @@ def evaluate_model(
     if "kl" in config.suites and reference is None:
         raise SteerError("suite kl needs a reference model: add --reference BASE (or use steer compare)")
     started = time.time()
-    loaded = load_model(model)
+    loaded = load_model(model, dtype=config.torch_dtype())
     ctx = context(loaded, config, judge, cache)
     if reference is not None:
-        ctx.reference = context(load_model(reference), config, judge, cache)
+        ctx.reference = context(load_model(reference, dtype=config.torch_dtype()), config, judge, cache)
     _log(f"evaluating {loaded.source} on {', '.join(config.suites)}")
     results = run_suites(ctx)
     summary = {
@@ -212,7 +213,7 @@ def compare_models(
     """`steer compare`: the same suites and items on both models, paired tests, plots."""
     check_output(out, force)
     started = time.time()
-    b = load_model(base)
+    b = load_model(base, dtype=config.torch_dtype())
     bctx = context(b, config, judge, cache)
     _log(f"base model {b.source}: {', '.join(s for s in config.suites if s != 'kl')}")
     b_res = run_suites(bctx, [s for s in config.suites if s != "kl"])
@@ -221,7 +222,7 @@ def compare_models(
     if "kl" not in config.suites:  # the base is needed again only for KL: free it before the edited model loads
         b = bctx = None
         gc.collect()
-    e = load_model(edited)
+    e = load_model(edited, dtype=config.torch_dtype())
     ectx = context(e, config, judge, cache)
     ectx.reference = bctx  # base weights stay loaded for KL only
     _log(f"edited model {e.source}: {', '.join(config.suites)}")

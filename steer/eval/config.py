@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from steer.settings import option
 
 
@@ -39,12 +41,22 @@ class EvalConfig:
         "shifts; 0: none)",
         minimum=0,
     )
+    dtype: str = option(
+        "float32",
+        "dtype the models are loaded in for the forward passes: float32, or bfloat16 (about 3x faster on CPUs with AMX "
+        "and on GPUs; answers differ slightly, so both sides of a comparison use the same; the eval cache keeps them "
+        "apart)",
+        choices=("float32", "bfloat16"),
+    )
     repetition_penalty: float = option(
         1.1,
         "greedy decoding of the judged suites on logits with HF's repetition penalty (both models in compare); 1.1 is "
         "the published value of Qwen's small instruct models (docs/evaluation.md: the one protocol); 1.0: plain greedy",
         above=0,
     )
+
+    def torch_dtype(self) -> torch.dtype:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.dtype]
 
     def limit(self, suite: str) -> int | None:
         return self.limits.get(suite, self.limits.get("*"))
