@@ -1,11 +1,12 @@
 """Paired test between two per-item files of the same suite (steer eval / steer compare items/*.jsonl).
 
-    python experiments/paired_items.py BASE.jsonl EDITED.jsonl [--field correct] [--out FILE.json]
+    python experiments/paired_items.py BASE.jsonl EDITED.jsonl [--field correct] [--agree extracted] [--out FILE.json]
 
 For when the two sides come from separate runs (e.g. an edited model's `steer eval` against a
 committed base run's items): items are matched by id; both sides must hold the same ids. Prints
 and writes both rates, the paired delta with its bootstrap 95% CI and the exact McNemar test
-(steer.eval.stats, as `steer compare` computes them).
+(steer.eval.stats, as `steer compare` computes them). --agree FIELD adds the share of items whose FIELD is equal on
+both sides (e.g. the predicted MMLU letter: the same model in two dtypes, or two scorers).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ def main() -> None:
     ap.add_argument("base", type=Path)
     ap.add_argument("edited", type=Path)
     ap.add_argument("--field", default="correct")
+    ap.add_argument("--agree", help="also report the share of items whose FIELD is equal on both sides")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    read = lambda p: {
-        r["id"]: bool(r[args.field]) for r in map(json.loads, filter(None, p.read_text(encoding="utf-8").split("\n")))
-    }
-    b, e = read(args.base), read(args.edited)
+    rows = lambda p: {r["id"]: r for r in map(json.loads, filter(None, p.read_text(encoding="utf-8").split("\n")))}
+    base_rows, edited_rows = rows(args.base), rows(args.edited)
+    b = {i: bool(r[args.field]) for i, r in base_rows.items()}
+    e = {i: bool(r[args.field]) for i, r in edited_rows.items()}
     if set(b) != set(e):
         raise SystemExit(f"the files hold different items ({len(set(b) ^ set(e))} ids on one side only)")
     ids = sorted(b)
@@ -43,6 +45,10 @@ def main() -> None:
         "delta_ci": list(paired_bootstrap_ci(bs, es)),
         **test,
     }
+    if args.agree:
+        same = [base_rows[i][args.agree] == edited_rows[i][args.agree] for i in ids]
+        result[f"same_{args.agree}"] = sum(same) / len(same)
+        result[f"different_{args.agree}_ids"] = [i for i, ok in zip(ids, same) if not ok]
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
