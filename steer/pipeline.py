@@ -21,7 +21,7 @@ from steer.edit.preview import Edit, preview
 from steer.eval.before_after import before_after, eval_config
 from steer.locate.directions import DirectionSet
 from steer.locate.run import Settings, check_prompts, directions, log
-from steer.model.load import Loaded, checkpoint_hash, load_model
+from steer.model.load import COMPUTE_DTYPES, Loaded, checkpoint_hash, load_model
 from steer.report.cost import count_tokens, n_params
 from steer.report.memory import Peaks, peak_rss_gb
 from steer.report.tables import before_after_table, plot_selection, selection_table, write_report
@@ -76,7 +76,7 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
 
 def compute_dtype(settings: Settings) -> torch.dtype:
     """The dtype the model is loaded in for the forward passes (Settings.dtype)."""
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[settings.dtype]
+    return COMPUTE_DTYPES[settings.dtype]
 
 
 def _save_weights(loaded: Loaded, settings: Settings, dirs: DirectionSet, tmp: Path) -> None:

@@ -28,7 +28,7 @@ from steer.eval.judge import Judge
 from steer.eval.keys import load_keys
 from steer.eval.stats import mcnemar_exact, paired_bootstrap_ci
 from steer.eval.suites import Ctx, EvalConfig, run_suites
-from steer.model.load import Loaded, cache_dir, load_model
+from steer.model.load import COMPUTE_DTYPES, Loaded, cache_dir, load_model
 from steer.report.memory import peak_rss_gb
 from steer.report.tables import compare_markdown, eval_markdown, plot_metrics, plot_subject_deltas
 
@@ -104,10 +104,10 @@ def evaluate_model(
     if "kl" in config.suites and reference is None:
         raise SteerError("suite kl needs a reference model: add --reference BASE (or use steer compare)")
     started = time.time()
-    loaded = load_model(model, dtype=config.torch_dtype())
+    loaded = load_model(model, dtype=COMPUTE_DTYPES[config.dtype])
     ctx = context(loaded, config, judge, cache)
     if reference is not None:
-        ctx.reference = context(load_model(reference, dtype=config.torch_dtype()), config, judge, cache)
+        ctx.reference = context(load_model(reference, dtype=COMPUTE_DTYPES[config.dtype]), config, judge, cache)
     _log(f"evaluating {loaded.source} on {', '.join(config.suites)}")
     results = run_suites(ctx)
     summary = {
@@ -213,7 +213,7 @@ def compare_models(
     """`steer compare`: the same suites and items on both models, paired tests, plots."""
     check_output(out, force)
     started = time.time()
-    b = load_model(base, dtype=config.torch_dtype())
+    b = load_model(base, dtype=COMPUTE_DTYPES[config.dtype])
     bctx = context(b, config, judge, cache)
     _log(f"base model {b.source}: {', '.join(s for s in config.suites if s != 'kl')}")
     b_res = run_suites(bctx, [s for s in config.suites if s != "kl"])
@@ -222,7 +222,7 @@ def compare_models(
     if "kl" not in config.suites:  # the base is needed again only for KL: free it before the edited model loads
         b = bctx = None
         gc.collect()
-    e = load_model(edited, dtype=config.torch_dtype())
+    e = load_model(edited, dtype=COMPUTE_DTYPES[config.dtype])
     ectx = context(e, config, judge, cache)
     ectx.reference = bctx  # base weights stay loaded for KL only
     _log(f"edited model {e.source}: {', '.join(config.suites)}")

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from steer.settings import option
 
 
@@ -54,9 +52,6 @@ class EvalConfig:
         "the published value of Qwen's small instruct models (docs/evaluation.md: the one protocol); 1.0: plain greedy",
         above=0,
     )
-
-    def torch_dtype(self) -> torch.dtype:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.dtype]
 
     def limit(self, suite: str) -> int | None:
         return self.limits.get(suite, self.limits.get("*"))

@@ -223,6 +223,10 @@ def architecture(folder: Path) -> str:
     return archs[0]
 
 
+# the dtypes --dtype offers for forward passes (steer abliterate / directions / eval / compare), by name
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 def load_model(
     spec: str | None = None,
     dtype: torch.dtype = torch.float32,
