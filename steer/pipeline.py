@@ -18,6 +18,7 @@ from steer.checkpoint.save import atomic_dir, check_output, save_checkpoint
 from steer.checkpoint.stream import edit_checkpoint
 from steer.edit.kernels import kernel_name
 from steer.edit.preview import Edit, preview
+from steer.errors import SteerError
 from steer.eval.before_after import before_after, eval_config
 from steer.locate.directions import DirectionSet
 from steer.locate.run import Settings, check_prompts, directions, log
@@ -61,7 +62,7 @@ def abliterate(model: str | None, out: Path, settings: Settings | None = None, f
     peaks.mark("evaluate")
     # 4. checkpoint, directions, plot, report and manifest, appearing together
     with atomic_dir(out, force) as tmp:
-        _save_weights(loaded, settings, dirs, tmp)
+        save_weights(loaded, settings, edit, tmp)
         dirs.save(tmp / "directions.safetensors")
         plot_selection(dirs.meta["selection"], loaded.model.config.num_hidden_layers, tmp / "selection.png")
         report["elapsed_s"] = round(time.time() - started, 1)
@@ -79,13 +80,25 @@ def compute_dtype(settings: Settings) -> torch.dtype:
     return COMPUTE_DTYPES[settings.dtype]
 
 
-def _save_weights(loaded: Loaded, settings: Settings, dirs: DirectionSet, tmp: Path) -> None:
+def save_weights(loaded: Loaded, settings: Settings, edit: Edit, tmp: Path) -> None:
     """float32: the edited model in memory. bfloat16: the input checkpoint edited tensor by tensor in its own
     dtype (as `steer edit` writes it), not the rounded copy the measurements ran on."""
     if settings.dtype == "float32":
         save_checkpoint(loaded.model, loaded.tokenizer, tmp)
         return
-    edit_checkpoint(loaded.path or Path(loaded.source), tmp / "weights", dirs.vector())  # a .gguf has no folder
+    if not edit.project:
+        raise SteerError("a readout-only edit has no streamed form; save it with --dtype float32")
+    readout = (edit.r, edit.readout) if edit.readout else None
+    src = loaded.path or Path(loaded.source)  # a .gguf has no folder
+    edit_checkpoint(
+        src,
+        tmp / "weights",
+        edit.basis.float(),
+        profiles=edit.profiles,
+        embed=edit.embed,
+        preserve_norm=edit.preserve_norm,
+        readout=readout,
+    )
     for f in (tmp / "weights").iterdir():
         os.replace(f, tmp / f.name)
     (tmp / "weights").rmdir()

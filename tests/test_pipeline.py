@@ -135,13 +135,35 @@ def test_bfloat16_run_measures_in_bfloat16_and_saves_the_input_dtype_edit(tiny, 
     assert manifest["output_sha256"] == checkpoint_hash(tiny / "b") and manifest["settings"]["dtype"] == "bfloat16"
 
 
-def test_keep_safety_refuses_bfloat16(tiny):
-    from steer.errors import SteerError
-    from steer.targeted.run import targeted_abliterate
+def test_keep_safety_in_bfloat16_measures_in_bfloat16_and_saves_the_streamed_float32_edit(tiny, monkeypatch):
+    """--keep-safety --dtype bfloat16: search, readout and before/after on a bfloat16 model; the saved weights are
+    the float32 input with the chosen edit and readout, byte for byte what `steer edit` rebuilds from the contrasts."""
+    from steer.cli.main import main
+    from steer.targeted import run
+    from steer.targeted.settings import TargetedSettings
 
-    with pytest.raises(SteerError, match="--dtype bfloat16 is for plain"):
-        targeted_abliterate(str(tiny / "model"), tiny / "t", settings=Settings(dtype="bfloat16"))
-    assert not (tiny / "t").exists()
+    seen, real = [], run.search
+    monkeypatch.setattr(run, "search", lambda loaded, *a: seen.append(loaded.model.dtype) or real(loaded, *a))
+    ts = TargetedSettings(
+        n_val=4,
+        trials=3,
+        k_max=2,
+        confirm=1,
+        max_new_tokens=4,
+        kl_max=10.0,
+        readout_steps=2,
+        readout_kl="kl",
+        readout_kl_tokens=2,
+    )
+    settings = Settings(eval_limit=2, max_new_tokens=4, dtype="bfloat16")
+    report = run.targeted_abliterate(str(tiny / "model"), tiny / "t", ts, settings, study=tiny / "s.journal")
+    assert seen == [torch.bfloat16] and report["settings"]["dtype"] == "bfloat16" and report["readout"]["scale"] > 0
+    saved = transformers.AutoModelForCausalLM.from_pretrained(tiny / "t")
+    assert saved.dtype == torch.float32 and not (tiny / "t" / "weights").exists()
+    assert main(["edit", str(tiny / "model"), "--directions", str(tiny / "t"), "--out", str(tiny / "rebuilt")]) == 0
+    assert (tiny / "rebuilt" / "model.safetensors").read_bytes() == (tiny / "t" / "model.safetensors").read_bytes()
+    manifest = json.loads((tiny / "t" / "steer_manifest.json").read_text())
+    assert manifest["output_sha256"] == checkpoint_hash(tiny / "t")
 
 
 def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):

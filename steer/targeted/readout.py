@@ -258,7 +258,7 @@ def _written(mods: dict[str, torch.nn.Module], readout: Readout, into: list[torc
     """Hooks appending, per writer, the sum over rows of (a^T x)^2 at each row's last position (what it writes along
     r) to `into`."""
     hs = [
-        mods[k].register_forward_hook(lambda m, args, out, a=a: into.append((args[0][:, -1] @ a).pow(2).sum()))
+        mods[k].register_forward_hook(lambda m, args, out, a=a: into.append((args[0][:, -1].float() @ a).pow(2).sum()))
         for k, a in readout.items()
     ]
     try:

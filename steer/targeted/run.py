@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from steer.checkpoint import manifest
-from steer.checkpoint.save import atomic_dir, check_output, save_checkpoint, write_json
+from steer.checkpoint.save import atomic_dir, check_output, write_json
 from steer.edit.kernels import kernel_name
 from steer.edit.preview import Edit, preview
 from steer.edit.rank1 import Readout
@@ -23,6 +23,7 @@ from steer.errors import SteerError
 from steer.eval.before_after import before_after, eval_config
 from steer.locate.run import Settings, log
 from steer.model.load import Loaded, cache_dir, checkpoint_hash, load_model
+from steer.pipeline import compute_dtype, save_weights
 from steer.report import tables
 from steer.report.cost import count_tokens, n_params
 from steer.report.memory import Peaks, peak_rss_gb
@@ -62,10 +63,12 @@ class SearchResult:
 
 def journal_path(loaded: Loaded, ts: TargetedSettings, inputs: SearchInputs, prep: Prepared) -> Path:
     """$STEER_CACHE/search/<model hash>-<key>.journal, keyed by the settings that decide the trials
-    and the inputs themselves: a journal never resumes with directions that changed."""
+    and the inputs themselves: a journal never resumes with directions that changed, nor in another dtype."""
+    keyed = {**search_settings(ts), "search_version": SEARCH_VERSION}
+    if loaded.model.dtype != torch.float32:  # float32 journals keep the keys they were written under
+        keyed["dtype"] = str(loaded.model.dtype)
     key = hashlib.sha256(
-        json.dumps({**search_settings(ts), "search_version": SEARCH_VERSION}, sort_keys=True).encode()
-        + fingerprint(inputs, prep.val).encode()
+        json.dumps(keyed, sort_keys=True).encode() + fingerprint(inputs, prep.val).encode()
     ).hexdigest()[:16]
     model = checkpoint_hash(loaded.path)[:16] if loaded.path else "model"
     return cache_dir() / "search" / f"{model}-{key}.journal"
@@ -188,11 +191,9 @@ def targeted_abliterate(
     readout, then the same evaluate-and-save path as `abliterate`. `study` (a journal file) makes
     the search resumable; by default it lives in $STEER_CACHE/search/."""
     ts, settings, out = ts or TargetedSettings(), settings or Settings(), Path(out)
-    if settings.dtype != "float32":  # its search, readout training and confirmation are measured in float32
-        raise SteerError(f"--dtype {settings.dtype} is for plain `steer abliterate`; --keep-safety runs in float32")
     check_output(out, force, (Path(model) if model else None,))
     started = time.time()
-    loaded = load_model(model)
+    loaded = load_model(model, dtype=compute_dtype(settings))
     # 1. the search and its confirmed choice (steer.targeted.search, .confirm); tokens counted (steer.report.cost)
     with count_tokens(loaded.model) as tokens:
         result = search(loaded, ts, study)
@@ -226,7 +227,7 @@ def targeted_abliterate(
         "peak_rss_gb_by_stage": peaks,
     }
     # 4. checkpoint, contrasts (+ readout), plots, report and manifest, appearing together
-    md = _save(out, force, loaded, result, edit, ts, report, seconds, started)
+    md = _save(out, force, loaded, result, edit, (ts, settings), report, seconds, started)
     print(md)
     return report
 
@@ -237,14 +238,16 @@ def _save(
     loaded: Loaded,
     result: SearchResult,
     edit: Edit,
-    ts: TargetedSettings,
+    both: tuple[TargetedSettings, Settings],
     report: dict,
     seconds: dict,
     started: float,
 ) -> str:
-    """The output folder, atomically: checkpoint, contrasts, plots, report.json/.md, manifest; returns report.md."""
+    """The output folder, atomically: checkpoint (as save_weights writes it for the --dtype), contrasts, plots,
+    report.json/.md, manifest; returns report.md."""
+    ts, settings = both
     with atomic_dir(out, force) as tmp:
-        save_checkpoint(loaded.model, loaded.tokenizer, tmp)
+        save_weights(loaded, settings, edit, tmp)
         _save_contrasts(tmp, result, edit, ts, report["readout"])
         _plots(tmp, result)
         report["elapsed_s"] = round(time.time() - started, 1)
