@@ -31,8 +31,9 @@ class Settings:
     batch_size: int = option(32, "prompts per forward pass or generation batch", minimum=1)
     dtype: str = option(
         "float32",
-        "dtype of the forward passes (directions, the --keep-safety search and readout, evaluation): float32, or bfloat16 (about 3x faster on CPUs with "
-        "AMX and on GPUs; answers differ slightly); the saved weights keep the input's dtype either way",
+        "dtype of the forward passes (directions, the --keep-safety search and readout, evaluation): float32, or "
+        "bfloat16 (about 3x faster on CPUs with AMX and on GPUs; answers differ slightly); the saved weights keep the "
+        "input's dtype either way",
         choices=("float32", "bfloat16"),
     )
     seed: int = option(0, "seed of every sample, split and search")
