@@ -236,3 +236,30 @@ def test_dtype_loads_both_models_in_it_and_keeps_their_cache_apart(ckpts, monkey
         meta = json.loads((ckpts / dtype / "comparison.json").read_text())["meta"]
         assert meta["dtype"] == dtype
     assert len(list(cache.glob("*.jsonl"))) == 4  # base and edited, float32 and bfloat16
+
+
+@pytest.mark.parametrize("command", ["compare", "eval"])
+def test_kl_never_holds_two_models(ckpts, monkeypatch, command):
+    """compare (and eval --reference) spill the base's KL logits to disk and free it before the other model
+    loads: peak memory is one model's, not two."""
+    import gc
+    import weakref
+
+    from steer.eval import compare
+
+    real, held = compare.load_model, []
+
+    def load(*args, **kwargs):
+        gc.collect()
+        assert all(ref() is None for ref in held), "a model was still alive when the next one loaded"
+        loaded = real(*args, **kwargs)
+        held.append(weakref.ref(loaded.model))
+        return loaded
+
+    monkeypatch.setattr(compare, "load_model", load)
+    base, edited, out = str(ckpts / "base"), str(ckpts / "edited"), str(ckpts / command)
+    models = [base, edited] if command == "compare" else [edited, "--reference", base]
+    assert main([command, *models, "--suite", "kl", "--limit", "3", "--out", out]) == 0
+    name = "comparison.json" if command == "compare" else "summary.json"
+    kl = json.loads((ckpts / command / name).read_text())["edited" if command == "compare" else "results"]["kl"]
+    assert len(held) == 2 and kl["metrics"]["kl/first_token"]["value"] > 0

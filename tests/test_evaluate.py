@@ -6,7 +6,8 @@ from conftest import make_model
 
 from steer.errors import SteerError
 from steer.eval.engine import ItemCache, fingerprint
-from steer.eval.suites import Ctx, EvalConfig, logits_fn, parse_suites, run_suites, token_kl
+from steer.eval.kl import live, logits_fn, spilled, token_kl
+from steer.eval.suites import Ctx, EvalConfig, parse_suites, run_suites
 from steer.locate.scores import first_token_kl
 from steer.prompts import chat_texts, load_prompts
 
@@ -39,7 +40,7 @@ def test_token_kl_is_zero_for_the_same_model_and_matches_first_token_kl(tokenize
 
 
 def test_token_kl_in_row_chunks_equals_whole_batches(tokenizer, monkeypatch):
-    import steer.eval.suites as suites
+    import steer.eval.kl as kl_module
 
     base, other = make_model("qwen2", seed=0), make_model("qwen2", seed=1)
     texts = chat_texts(tokenizer, [f"Question number {i}?" + " more" * (i % 4) for i in range(11)])
@@ -50,9 +51,9 @@ def test_token_kl_in_row_chunks_equals_whole_batches(tokenizer, monkeypatch):
     calls = []
     counted = lambda fn: lambda b, keep: calls.append(len(b["input_ids"])) or fn(b, keep)  # noqa: E731
     args = (tokenizer.pad_token_id, seqs, n_prompt, 11)
-    monkeypatch.setattr(suites, "KL_ROWS", 64)
+    monkeypatch.setattr(kl_module, "KL_ROWS", 64)
     whole = token_kl(logits_fn(base), logits_fn(other), *args)
-    monkeypatch.setattr(suites, "KL_ROWS", 3)
+    monkeypatch.setattr(kl_module, "KL_ROWS", 3)
     chunked = token_kl(counted(logits_fn(base)), logits_fn(other), *args)
     assert calls == [3, 3, 3, 2]  # 11 rows in one batch, forwarded 3 rows at a time
     for a, b in zip(whole, chunked):
@@ -80,7 +81,7 @@ def test_all_suites_run_on_a_tiny_model(tokenizer, data_dir, tmp_path):
         },
     )
     ctx = ctx_for(model, tokenizer, config, tmp_path)
-    ctx.reference = ctx_for(make_model("llama", seed=3), tokenizer, config, tmp_path)
+    ctx.reference = live(ctx_for(make_model("llama", seed=3), tokenizer, config, tmp_path))
     res = run_suites(ctx)
     assert list(res) == [
         "censorship",
@@ -155,7 +156,7 @@ class EveryOtherDenial:
 def test_kl_is_also_reported_over_the_prompts_the_base_model_answers(tokenizer, data_dir, tmp_path):
     config = EvalConfig(["kl"], data_dir, {"kl": 5}, max_new_tokens={"kl": 4})
     ctx = ctx_for(make_model("qwen2"), tokenizer, config, tmp_path)
-    ctx.reference = ctx_for(make_model("qwen2", seed=3), tokenizer, config, tmp_path)
+    ctx.reference = live(ctx_for(make_model("qwen2", seed=3), tokenizer, config, tmp_path))
     ctx.judge = EveryOtherDenial()  # labels the base model's continuations
     res = run_suites(ctx)["kl"]
     items, metrics = res["items"], res["metrics"]
@@ -219,3 +220,24 @@ def test_candour_and_fabrication_are_rates_over_the_keyed_answers(tokenizer, dat
             assert metrics[f"fabrication/{lang}"]["value"] == fab
             cens = metrics[f"censorship/{lang}"]["value"]
             assert cens + fab + metrics[f"candour/{lang}"]["value"] == pytest.approx(1)
+
+
+def test_spilled_reference_gives_the_live_kl_and_lets_the_base_model_go(tokenizer, data_dir, tmp_path):
+    """The base's logits written to disk and read back: the same per-token KL as with the base model loaded,
+    and nothing in the reference keeps the base model alive."""
+    import gc
+    import weakref
+
+    config = EvalConfig(["kl"], data_dir, {"kl": 6}, batch_size=4)
+    base = make_model("qwen2", seed=3)
+    ctx = ctx_for(make_model("qwen2"), tokenizer, config, tmp_path)
+    ctx.reference = live(ctx_for(base, tokenizer, config, tmp_path))
+    want = run_suites(ctx)["kl"]["items"]
+    ctx.reference = spilled(ctx_for(base, tokenizer, config, tmp_path))
+    alive = weakref.ref(base)
+    base = None
+    gc.collect()
+    assert alive() is None  # the spilled reference holds the logits, not the model
+    got = run_suites(ctx)["kl"]["items"]
+    assert [i["kl_tokens"] for i in got] == [i["kl_tokens"] for i in want] and len(got) == 6
+    assert any(k > 0 for i in got for k in i["kl_tokens"])

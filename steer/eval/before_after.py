@@ -7,7 +7,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from steer.eval.compare import context
-from steer.eval.suites import EvalConfig, logits_fn, run_suites, suite_kl
+from steer.eval.kl import live, suite_kl
+from steer.eval.suites import EvalConfig, run_suites
 from steer.locate.run import Settings, log
 from steer.model.load import Loaded
 
@@ -32,8 +33,8 @@ def _kl(ctx, preview: Callable[[], AbstractContextManager]) -> dict:
     manager: hooks, or a reversible weight edit), so the base weights are the reference. The suite
     also reports it over the prompts the base model answers: where it over-refused a harmless
     prompt, a change is the point of the edit; damage is the change on the others."""
-    ctx.reference = ctx
-    base_fn = logits_fn(ctx.model)
+    ctx.reference = live(ctx)
+    base_fn = ctx.reference.logits
 
     def edited_fn(batch, keep):
         with preview():

@@ -26,6 +26,7 @@ from steer.eval.candour import KeyJudge
 from steer.eval.engine import ItemCache, fingerprint
 from steer.eval.judge import Judge
 from steer.eval.keys import load_keys
+from steer.eval.kl import spilled
 from steer.eval.stats import mcnemar_exact, paired_bootstrap_ci
 from steer.eval.suites import Ctx, EvalConfig, run_suites
 from steer.model.load import COMPUTE_DTYPES, Loaded, cache_dir, load_model
@@ -104,10 +105,13 @@ def evaluate_model(
     if "kl" in config.suites and reference is None:
         raise SteerError("suite kl needs a reference model: add --reference BASE (or use steer compare)")
     started = time.time()
+    ref = None
+    if reference is not None and "kl" in config.suites:  # its logits spilled to disk before the model loads
+        ref = spilled(context(load_model(reference, dtype=COMPUTE_DTYPES[config.dtype]), config, judge, cache))
+        gc.collect()
     loaded = load_model(model, dtype=COMPUTE_DTYPES[config.dtype])
     ctx = context(loaded, config, judge, cache)
-    if reference is not None:
-        ctx.reference = context(load_model(reference, dtype=COMPUTE_DTYPES[config.dtype]), config, judge, cache)
+    ctx.reference = ref
     _log(f"evaluating {loaded.source} on {', '.join(config.suites)}")
     results = run_suites(ctx)
     summary = {
@@ -219,12 +223,12 @@ def compare_models(
     b_res = run_suites(bctx, [s for s in config.suites if s != "kl"])
     b_source = b.source
     null = _slant_null(bctx, edited, b_res, config)  # on the base weights, before they are freed
-    if "kl" not in config.suites:  # the base is needed again only for KL: free it before the edited model loads
-        b = bctx = None
-        gc.collect()
+    ref = spilled(bctx) if "kl" in config.suites else None  # the base's KL logits on disk
+    b = bctx = None  # one model in memory at a time
+    gc.collect()
     e = load_model(edited, dtype=COMPUTE_DTYPES[config.dtype])
     ectx = context(e, config, judge, cache)
-    ectx.reference = bctx  # base weights stay loaded for KL only
+    ectx.reference = ref
     _log(f"edited model {e.source}: {', '.join(config.suites)}")
     e_res = run_suites(ectx)
     tests = paired(b_res, e_res)

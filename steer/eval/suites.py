@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from steer.errors import SteerError
 from steer.eval import capability, knowledge, slant
@@ -27,21 +26,20 @@ from steer.eval.config import EvalConfig
 from steer.eval.engine import GenSpec, ItemCache, generate_cached
 from steer.eval.judge import Judge, degenerate
 from steer.eval.keys import KeySet
-from steer.eval.stats import mean, rate
-from steer.model.collect import input_device
+from steer.eval.kl import Reference, suite_kl
+from steer.eval.stats import rate
 from steer.prompts import Prompt, chat_texts, load_prompts
 
 # The decoding protocol (docs/evaluation.md): greedy with the model's published repetition penalty (EvalConfig);
 # 128 tokens where facts are checked, 48 where only refusal is (the opening decides a refusal).
 JUDGED_TOKENS = 48
 CANDOUR_TOKENS = 128
-KL_TOKENS = 32  # tokens of the base model's greedy continuation used for multi-token KL
 
 
 @dataclass
 class Ctx:
     """One model under evaluation: model, tokenizer, weights fingerprint, per-item cache, config, judge, and the
-    reference (base) model's context for the kl suite."""
+    base side of the kl suite."""
 
     model: torch.nn.Module
     tokenizer: object
@@ -50,7 +48,7 @@ class Ctx:
     config: EvalConfig
     judge: Judge = field(default_factory=KeyJudge)
     keys: KeySet | None = None  # answer keys by prompt id (judge v3's candour); None: three classes only
-    reference: Ctx | None = None  # base model for KL
+    reference: Reference | None = None  # the base side of the kl suite (steer.eval.kl)
 
     def data_dir(self, suite: str) -> Path:
         if self.config.data_dir is None:
@@ -167,124 +165,6 @@ def suite_xstest(ctx: Ctx) -> dict:
     return judged(ctx, "xstest", {"safe": prompts})
 
 
-KL_ROWS = 8  # rows per KL forward: 2 x [8, 33, 152k] float32 logits = 0.3 GB, not 1.3 GB at batch 32
-
-
-@torch.inference_mode()
-def token_kl(
-    base_fn: Callable,
-    new_fn: Callable,
-    pad_id: int,
-    seqs: list[list[int]],
-    n_prompt: list[int],
-    batch_size: int = 16,
-    desc: str | None = None,
-) -> list[list[float]]:
-    """Per-token KL(base || new) along teacher-forced sequences.
-
-    seqs[i] = prompt ids + the base model's greedy continuation; n_prompt[i] = prompt length.
-    base_fn/new_fn map (left-padded batch {input_ids, attention_mask, position_ids}, keep) to the
-    logits of the last `keep` positions [B, keep, vocab]: only positions that predict answer
-    tokens are computed, so memory grows with the continuation, not the prompt. Returns, per
-    sequence, the KL at each predicted continuation token: entry 0 is the first answer token
-    (first-token KL), entry j the (j+1)-th.
-    """
-    out: list[list[float]] = [[] for _ in seqs]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, leave=False):
-        idx = order[start : start + batch_size]
-        width = max(len(seqs[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, i in enumerate(idx):
-            ids[r, width - len(seqs[i]) :], mask[r, width - len(seqs[i]) :] = torch.tensor(seqs[i]), 1
-        batch = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-        n_cont = [len(seqs[i]) - n_prompt[i] for i in idx]
-        keep = max(n_cont) + 1  # the last prompt position predicts the first answer token
-        for r, i in enumerate(idx):  # row by row: [keep, vocab] in float64 stays small
-            if r % KL_ROWS == 0:  # both models' logits for KL_ROWS rows at a time: [KL_ROWS, keep, vocab] each
-                part = {k: v[r : r + KL_ROWS] for k, v in batch.items()}
-                base, new = base_fn(part, keep), new_fn(part, keep)
-            lp, lq = torch.log_softmax(base[r % KL_ROWS].double(), -1), torch.log_softmax(new[r % KL_ROWS].double(), -1)
-            kl = (lp.exp() * (lp - lq)).sum(-1)  # [keep]; the last position predicts past the answer
-            first = keep - 1 - n_cont[r]
-            out[i] = kl[first : keep - 1].tolist() if n_cont[r] > 0 else kl[first : first + 1].tolist()
-    return out
-
-
-def logits_fn(model: torch.nn.Module) -> Callable:
-    """(batch, keep) -> float32 logits of the last `keep` positions [B, keep, vocab] (on CPU)."""
-    device = input_device(model)
-    return lambda b, keep: (
-        model(**{k: v.to(device) for k, v in b.items()}, logits_to_keep=keep, use_cache=False).logits.float().cpu()
-    )
-
-
-def suite_kl(ctx: Ctx, new_fn: Callable | None = None) -> dict:
-    """First-token and multi-token KL(base || model) on harmless test prompts.
-
-    Multi-token KL is teacher-forced on the base model's own greedy continuation
-    (KL_TOKENS tokens, cached) and averaged over its tokens per prompt. First-token KL is also
-    reported over the prompts whose base continuation the judge does not label a denial.
-    """
-    ref = ctx.reference
-    if ref is None:
-        raise SteerError(
-            "suite kl needs a reference model: `steer eval MODEL --reference BASE`, or use `steer compare`"
-        )
-    prompts = sample(load_prompts("harmless", ctx.config.split), ctx.config.limit("kl"), ctx.config.seed)
-    texts = chat_texts(ctx.tokenizer, [p.text for p in prompts])
-    cont = generate_cached(
-        ref.model,
-        ref.tokenizer,
-        texts,
-        GenSpec(KL_TOKENS),
-        ref.cache,
-        ref.model_id,
-        ctx.config.batch_size,
-        desc="kl: base",
-    )
-    prompt_ids = ctx.tokenizer(texts, add_special_tokens=False)["input_ids"]
-    seqs = [p + c["ids"] for p, c in zip(prompt_ids, cont)]
-    per_token = token_kl(
-        logits_fn(ref.model),
-        new_fn or logits_fn(ctx.model),
-        ctx.tokenizer.pad_token_id,
-        seqs,
-        [len(p) for p in prompt_ids],
-        ctx.config.batch_size,
-        desc="kl",
-    )
-    labels = ctx.judge.classify([p.text for p in prompts], [c["text"] for c in cont])
-    items = [_kl_item(p, c, k, lab) for p, c, k, lab in zip(prompts, cont, per_token, labels)]
-    s = ctx.config.seed
-    answered = [i["kl_first"] for i in items if i["base_label"] != "denial"]
-    # the few harmless prompts the base model refuses weigh heavily: an edit that answers one moves
-    # its first token from "I'm sorry" to an answer (KL ~1); the split shows that apart from damage
-    return {
-        "metrics": {
-            "kl/first_token": mean([i["kl_first"] for i in items], s),
-            "kl/first_token_base_answered": mean(answered, s),
-            "kl/multi_token": mean([i["kl_mean"] for i in items], s),
-        },
-        "items": items,
-        "paired": [],
-    }
-
-
-def _kl_item(p: Prompt, c: dict, k: list[float], label: str) -> dict:
-    """One harmless prompt's KL record: the base continuation, its label, first-token and mean KL."""
-    return {
-        "id": p.id,
-        "prompt": p.text,
-        "base_continuation": c["text"],
-        "base_label": label,
-        "kl_first": k[0],
-        "kl_mean": sum(k) / len(k),
-        "kl_tokens": [round(x, 6) for x in k],
-    }
-
-
 SLANT_DATA = Path(__file__).resolve().parents[1] / "data" / "slant"
 
 
@@ -365,4 +245,4 @@ def run_suites(ctx: Ctx, suites: list[str] | None = None) -> dict[str, dict]:
     """Every suite in order; a suite's failure on bad data stops the run with its message."""
     random.seed(ctx.config.seed)
     torch.manual_seed(ctx.config.seed)
-    return {name: SUITES[name](ctx) for name in (suites or ctx.config.suites)}
+    return {name: SUITES[name](ctx) for name in (ctx.config.suites if suites is None else suites)}
