@@ -31,6 +31,23 @@ def test_round_trip(checkpoint, tokenizer):
     assert loaded.tokenizer.padding_side == "left"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_head_reads_a_contiguous_input_with_logits_to_keep(checkpoint, tokenizer, dtype):
+    """logits_to_keep hands the head a strided slice; a loaded model's head gets it contiguous (a bfloat16 head
+    whose weight needs no grad is hundreds of times slower on a strided input), with the same logits."""
+    folder, model = checkpoint
+    loaded = load_model(str(folder), dtype=dtype)
+    for p in loaded.model.parameters():
+        p.requires_grad_(False)
+    seen = []
+    loaded.model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    batch = tokenizer(chat_texts(tokenizer, PROMPTS[:3]), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        got = loaded.model(**batch, logits_to_keep=2).logits
+        want = loaded.model(**batch).logits[:, -2:]
+    assert seen == [True, True] and torch.equal(got, want)
+
+
 def test_unsupported_architecture(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["FooForCausalLM"]}))
     with pytest.raises(SteerError, match="unsupported architecture 'FooForCausalLM'; supported: .*Qwen2ForCausalLM"):

@@ -255,7 +255,7 @@ def load_model(
                 raise SteerError(f"--device-map needs a safetensors checkpoint, not {path}: convert the GGUF first")
             model, tok = load_gguf(path, dtype)
             adapter_for(type(model).__name__)
-            return Loaded(model.eval(), _prepare(tok), source, None)
+            return Loaded(_ready(model), _prepare(tok), source, None)
         if not path.exists():
             if spec.count("/") == 1 and not spec.startswith((".", "/")):
                 return _load_hub(spec, dtype, device_map, offload_folder, max_memory)
@@ -272,7 +272,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **placement)
     except Exception as exc:
         raise SteerError(f"cannot load checkpoint {path}: {_one_line(exc)}") from None
-    return Loaded(model.eval(), _prepare(tok), source, path)
+    return Loaded(_ready(model), _prepare(tok), source, path)
 
 
 def _load_hub(repo: str, dtype: torch.dtype, *placement) -> Loaded:
@@ -287,6 +287,21 @@ def _load_hub(repo: str, dtype: torch.dtype, *placement) -> Loaded:
     loaded = load_model(str(folder), dtype, *placement)
     loaded.source = repo
     return loaded
+
+
+def _ready(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode, and the head's input made contiguous: torch 2.13 runs a bfloat16 linear on a strided [B, keep, d]
+    slice (what logits_to_keep passes) whose weight needs no grad as a batched matmul over B copies of the weight
+    (31.7 s instead of 0.06 s for Qwen's head at B = 8, one thread; experiments/head_bench.py)."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(contiguous_input)
+    return model.eval()
+
+
+def contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the first positional input made contiguous (a copy only when it is not)."""
+    return (args[0].contiguous(), *args[1:]) if args and isinstance(args[0], torch.Tensor) else args
 
 
 def _prepare(tok):
