@@ -24,6 +24,14 @@ def tiny(tmp_path, monkeypatch):
     return tmp_path
 
 
+def tiny_targeted(**changes):
+    """TargetedSettings a tiny model runs in seconds: 3 trials, 2 readout steps, a loose KL bound."""
+    from steer.targeted.settings import TargetedSettings
+
+    small = dict(n_val=4, trials=3, k_max=2, confirm=2, max_new_tokens=4, kl_max=10.0, readout_steps=2)
+    return TargetedSettings(**(small | dict(readout_kl="kl", readout_kl_tokens=2) | changes))
+
+
 def _run(tiny, name):
     settings = Settings(n_val=4, screen=2, screen_prompts=2, eval_limit=3, max_new_tokens=4)
     return abliterate(str(tiny / "model"), tiny / name, settings)
@@ -140,21 +148,10 @@ def test_keep_safety_in_bfloat16_measures_in_bfloat16_and_saves_the_streamed_flo
     the float32 input with the chosen edit and readout, byte for byte what `steer edit` rebuilds from the contrasts."""
     from steer.cli.main import main
     from steer.targeted import run
-    from steer.targeted.settings import TargetedSettings
 
     seen, real = [], run.search
     monkeypatch.setattr(run, "search", lambda loaded, *a: seen.append(loaded.model.dtype) or real(loaded, *a))
-    ts = TargetedSettings(
-        n_val=4,
-        trials=3,
-        k_max=2,
-        confirm=1,
-        max_new_tokens=4,
-        kl_max=10.0,
-        readout_steps=2,
-        readout_kl="kl",
-        readout_kl_tokens=2,
-    )
+    ts = tiny_targeted(confirm=1)
     settings = Settings(eval_limit=2, max_new_tokens=4, dtype="bfloat16")
     report = run.targeted_abliterate(str(tiny / "model"), tiny / "t", ts, settings, study=tiny / "s.journal")
     assert seen == [torch.bfloat16] and report["settings"]["dtype"] == "bfloat16" and report["readout"]["scale"] > 0
@@ -169,20 +166,9 @@ def test_keep_safety_in_bfloat16_measures_in_bfloat16_and_saves_the_streamed_flo
 def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
     from steer.targeted.contrasts import Contrasts
     from steer.targeted.run import targeted_abliterate
-    from steer.targeted.settings import TargetedSettings
 
     monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
-    ts = TargetedSettings(
-        n_val=4,
-        trials=3,
-        k_max=2,
-        confirm=2,
-        max_new_tokens=4,
-        kl_max=10.0,
-        readout_steps=2,
-        readout_kl="kl",
-        readout_kl_tokens=2,
-    )
+    ts = tiny_targeted()
     settings = Settings(eval_limit=3, max_new_tokens=4)
     input_hash = checkpoint_hash(tiny / "model")
     report = targeted_abliterate(str(tiny / "model"), tiny / "t1", ts, settings, study=tiny / "s1.journal")
@@ -221,20 +207,9 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
 def test_targeted_edit_is_rebuilt_exactly_from_its_contrasts(tiny, monkeypatch):
     from steer.cli.main import main
     from steer.targeted.run import targeted_abliterate
-    from steer.targeted.settings import TargetedSettings
 
     monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
-    ts = TargetedSettings(
-        n_val=4,
-        trials=3,
-        k_max=2,
-        confirm=1,
-        max_new_tokens=4,
-        kl_max=10.0,
-        readout_steps=2,
-        readout_kl="kl",
-        readout_kl_tokens=2,
-    )
+    ts = tiny_targeted(confirm=1)
     targeted_abliterate(
         str(tiny / "model"), tiny / "t", ts, Settings(eval_limit=2, max_new_tokens=4), study=tiny / "s.journal"
     )
