@@ -300,8 +300,22 @@ def _ready(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
-    """Forward pre-hook: the first positional input made contiguous (a copy only when it is not)."""
-    return (args[0].contiguous(), *args[1:]) if args and isinstance(args[0], torch.Tensor) else args
+    """Forward pre-hook: the first positional input copied to dense row-major strides when it has other ones.
+    Not `.contiguous()`: a [1, 1, d] slice of [1, T, d] counts as contiguous with strides (T·d, d, 1), and torch's
+    matmul reads the raw strides when it decides to fold the batch into one matrix."""
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or x.stride() == dense_strides(x.shape):
+        return args
+    return (x.clone(memory_format=torch.contiguous_format), *args[1:])
+
+
+def dense_strides(shape: torch.Size) -> tuple[int, ...]:
+    """The strides of a dense row-major tensor of this shape."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
 
 
 def _prepare(tok):
