@@ -9,6 +9,7 @@ the same weights); `spilled` computes them once, writes them to a temporary fold
 from __future__ import annotations
 
 import hashlib
+import math
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -152,10 +153,8 @@ def spilled(ctx) -> Reference:
             raise SteerError(
                 "kl: the model's tokenizer gives other sequences than the base's; compare models that share one"
             )
-        n = 1
-        for s in shapes[key]:
-            n *= s
-        return torch.from_file(str(Path(folder.name) / key), size=n, dtype=torch.float32).reshape(shapes[key])
+        size = math.prod(shapes[key])
+        return torch.from_file(str(Path(folder.name) / key), size=size, dtype=torch.float32).reshape(shapes[key])
 
     return Reference(ref.prompts, ref.cont, ref.seqs, ref.n_prompt, ref.pad_id, stored, folder)
 
