@@ -309,8 +309,8 @@ def test_refusal_share_thins_training_pairs_only(tmp_path):
     assert thin.data_sha256 != full.data_sha256
 
 
-@pytest.mark.parametrize("kl_first", [1.0, 5.0])
-def test_general_kl_loss_is_zero_at_the_base_and_adds_to_the_cross_entropy_per_token(kl_first):
+@pytest.mark.parametrize(("kl_first", "ce_first"), [(1.0, 1.0), (5.0, 1.0), (1.0, 3.0), (5.0, 0.0)])
+def test_general_kl_loss_is_zero_at_the_base_and_adds_to_the_cross_entropy_per_token(kl_first, ce_first):
     from peft import LoraConfig, get_peft_model
 
     from steer.sft.train import answer_loss, batch
@@ -327,9 +327,12 @@ def test_general_kl_loss_is_zero_at_the_base_and_adds_to_the_cross_entropy_per_t
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
-        got = answer_loss(model, b, kl_first=kl_first)
+        got = answer_loss(model, b, kl_first=kl_first, ce_first=ce_first)
+        plain = batch([r for r in kl_rows if not r.distill], tok.pad_token_id)
+        got_plain = answer_loss(model, plain, ce_first=ce_first)
+        plain_logits = model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits[:, :-1]
         # by hand: cross-entropy on the plain rows' answer tokens, KL(base || model) on the others' (the first answer
-        # position weighted kl_first), over all tokens
+        # position weighted kl_first in the KL, ce_first in the cross-entropy), over all tokens
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
         with model.disable_adapter():
             ref = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
@@ -341,9 +344,15 @@ def test_general_kl_loss_is_zero_at_the_base_and_adds_to_the_cross_entropy_per_t
     first = torch.zeros_like(keep)
     for i in range(keep.shape[0]):
         first[i, int(keep[i].nonzero()[0])] = True
-    kl = kl * torch.where(first, kl_first, 1.0)
+    kl, ce = kl * torch.where(first, kl_first, 1.0), ce * torch.where(first, ce_first, 1.0)
     want = (ce[keep & ~rows_kl].sum() + kl[keep & rows_kl].sum()) / keep.sum()
     assert float(kl[keep & rows_kl].sum()) > 1e-3 and torch.allclose(got, want, atol=1e-5), (float(got), float(want))
+    # a batch without KL rows: the weighted cross-entropy alone, over its answer tokens
+    pk, pt = plain["labels"][:, 1:] != IGNORE, plain["labels"][:, 1:]
+    pce = -torch.log_softmax(plain_logits.float(), -1).gather(-1, pt.clamp(min=0)[..., None])[..., 0]
+    pfirst = pk & (pk.cumsum(1) == 1)
+    want_plain = (pce * torch.where(pfirst, ce_first, 1.0))[pk].sum() / pk.sum()
+    assert torch.allclose(got_plain, want_plain, atol=1e-5), (float(got_plain), float(want_plain))
 
 
 def test_general_loss_kl_marks_only_the_general_training_rows_and_trains(tmp_path, monkeypatch):

@@ -53,6 +53,14 @@ class SFTSettings:
         "term, the other positions' being 1",
         minimum=0,
     )
+    # configurations 9-10: the first-position KL weight traded English censorship for first-token KL with no point
+    # meeting both (results/sft-baseline); this weighs the taught answers' first token instead
+    ce_first_weight: float = option(
+        1.0,
+        "weight of the first answer position in the cross-entropy of the pairs that teach an answer (sensitive, "
+        "refusal and borderline pairs; general ones too unless --general-loss kl), the other positions' being 1",
+        minimum=0,
+    )
     refusal_share: float = option(
         1.0,
         "share of the refusal and borderline pairs kept (seeded, per kind and language): less pull towards "

@@ -104,11 +104,14 @@ def load_state(work: Path, model, optimizer, scheduler) -> Progress | None:
     return Progress(**state["progress"])
 
 
-def answer_loss(model, b: dict[str, torch.Tensor], bf16: bool = False, kl_first: float = 1.0) -> torch.Tensor:
+def answer_loss(
+    model, b: dict[str, torch.Tensor], bf16: bool = False, kl_first: float = 1.0, ce_first: float = 1.0
+) -> torch.Tensor:
     """Mean loss over the answer tokens of batch b (labels != IGNORE), in float32: next-token cross-entropy, or on
     the rows b["distill"] marks (a peft model only), KL(base || model) of the whole next-token distribution, the
     base being the same model with its adapter off (no gradient); kl_first: the weight of each such row's first
-    answer position (the one that starts the answer) in that sum, the others' being 1.
+    answer position (the one that starts the answer) in that sum, the others' being 1; ce_first: the same for the
+    cross-entropy rows. Weighted terms are summed and divided by the unweighted count of answer tokens.
 
     The output head runs on the answer positions only ([N, D] -> [N, V]), not on every position of [B, T]: the
     logits over the vocabulary are the largest tensor of a step. bf16: matmuls under autocast (weights stay
@@ -123,16 +126,19 @@ def answer_loss(model, b: dict[str, torch.Tensor], bf16: bool = False, kl_first:
         hidden = decoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0][:, :-1]
         targets = b["labels"][:, 1:]
         keep = targets != IGNORE
+        first = (keep & (keep.cumsum(1) == 1)).float()  # [B, T]: 1 at each row's first answer position
+        weight = lambda mask, w: None if w == 1.0 else 1.0 + (w - 1.0) * first[mask]  # noqa: E731
         distill = b.get("distill")
         if distill is None or not bool(distill.any()):
-            return head_loss(head, hidden[keep], targets[keep])
+            return head_loss(head, hidden[keep], targets[keep], weight(keep, ce_first))
         rows = distill[:, None].expand_as(keep)
         with torch.no_grad(), model.disable_adapter():
             ref = decoder(input_ids=b["input_ids"][distill], attention_mask=b["attention_mask"][distill])[0][:, :-1]
         ce, kl = keep & ~rows, keep & rows
-        first = (keep & (keep.cumsum(1) == 1))[kl].float()  # [N]: 1 at each row's first answer position
-        total = head_loss(head, hidden[ce], targets[ce]) * int(ce.sum()) if bool(ce.any()) else 0.0
-        total = total + head_kl(head, hidden[kl], ref[keep[distill]], 1.0 + (kl_first - 1.0) * first)
+        total = 0.0
+        if bool(ce.any()):
+            total = head_loss(head, hidden[ce], targets[ce], weight(ce, ce_first)) * int(ce.sum())
+        total = total + head_kl(head, hidden[kl], ref[keep[distill]], 1.0 + (kl_first - 1.0) * first[kl])
         return total / int(keep.sum())
 
 
@@ -155,25 +161,31 @@ def _chunk_kl(head: torch.nn.Module, hidden: torch.Tensor, ref: torch.Tensor, we
     return (kl * weight).sum()
 
 
-def head_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of head(hidden) [N, D] -> [N, V] against targets [N], HEAD_ROWS rows at a time.
+def head_loss(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy of head(hidden) [N, D] -> [N, V] against targets [N] (each row's times weight [N] when
+    given, still divided by N), HEAD_ROWS rows at a time.
 
     Each chunk's logits are recomputed in the backward pass (activation checkpointing) instead of kept: a step then
     holds one chunk's [HEAD_ROWS, V] float32 logits and their gradient, not [N, V] of each (2.4 GB per copy for
     4,000 answer tokens and Qwen's 152k vocabulary), for one extra head matmul per chunk.
     """
+    if weight is None:
+        weight = hidden.new_ones(hidden.shape[0], dtype=torch.float32)
     if hidden.shape[0] <= HEAD_ROWS:
-        return torch.nn.functional.cross_entropy(head(hidden).float(), targets)
+        return _chunk_loss(head, hidden, targets, weight) / hidden.shape[0]
     grad = torch.is_grad_enabled()
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, hidden.shape[0], HEAD_ROWS):
-        h, t = hidden[i : i + HEAD_ROWS], targets[i : i + HEAD_ROWS]
-        total = total + (checkpoint(_chunk_loss, head, h, t, use_reentrant=False) if grad else _chunk_loss(head, h, t))
+        args = head, hidden[i : i + HEAD_ROWS], targets[i : i + HEAD_ROWS], weight[i : i + HEAD_ROWS]
+        total = total + (checkpoint(_chunk_loss, *args, use_reentrant=False) if grad else _chunk_loss(*args))
     return total / hidden.shape[0]
 
 
-def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor):
+    ce = torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="none")
+    return (ce * weight).sum()
 
 
 @torch.no_grad()
