@@ -76,3 +76,20 @@ def test_choice_order_pass_then_within_kl_then_lowest_kl_bound():
     # A passing candidate wins outright.
     passing = _cand(20, -1.0, 0.05, induce=1.0)
     assert _choose([strong, mild, passing], 0.1) == (passing, None)
+
+
+def test_greedy_refused_adds_prompts_whose_top_token_refuses_below_even_odds():
+    from steer.locate.scores import greedy_refused, refusal_score, split_by_score
+
+    logits = torch.zeros(6, 10)
+    logits[0, 3] = 5.0  # refusal token 3 takes almost all the mass: score > 0
+    logits[1, 3] = 1.5  # token 3 on top (e^1.5 + 1 of e^1.5 + 9): under half the mass, score < 0, greedy refuses
+    logits[2, 5] = 5.0  # an answer token on top
+    logits[3, 4] = 1.5  # refusal token 4 on top, but token 6 close behind
+    logits[3, 6] = 1.4
+    refs = [3, 4]
+    scores = refusal_score(logits, refs)
+    assert scores[0] > 0 and scores[1] < 0 and scores[3] < 0
+    assert split_by_score(logits, refs, True, min_keep=1) == [0]
+    assert greedy_refused(logits, refs, min_keep=1) == [0, 1, 3]
+    assert greedy_refused(logits, refs, min_keep=4) == list(range(6))  # too few: all, as split_by_score

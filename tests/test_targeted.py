@@ -125,6 +125,29 @@ def test_prepare_search_confirm_on_a_tiny_model(tokenizer, monkeypatch):
         fit_readout(model, tokenizer, prep, basis, p, rs)
 
 
+def test_the_target_filter_picks_which_target_prompts_count_as_refused(tokenizer, monkeypatch):
+    from steer.targeted import prepare as P
+
+    monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
+    # stand-ins with different, recognisable choices: every 3rd prompt (score) and every 2nd (greedy)
+    monkeypatch.setattr(P, "split_by_score", lambda lg, ref, refused: list(range(0 if refused else 1, len(lg), 3)))
+    monkeypatch.setattr(P, "greedy_refused", lambda lg, ref: list(range(0, len(lg), 2)))
+    seen = {}
+
+    def spy(model, tokenizer, contrasts, groups, ref, s):
+        seen[s.target_filter] = groups["sensitive"].texts
+        return {}
+
+    monkeypatch.setattr(P, "_optimize", spy)
+    model = make_model("qwen2")
+    texts = lambda ps: chat_texts(tokenizer, [p.text for p in ps])  # noqa: E731
+    for f, step in (("score", 3), ("greedy", 2)):
+        prep = prepare(model, tokenizer, TargetedSettings(n_val=1000, optimize_steps=1, target_filter=f))
+        s = TargetedSettings()
+        assert seen[f] == texts(s.target_prompts("train"))[::step]  # what the optimizer and the readout learn from
+        assert prep.val.target == texts(s.target_prompts("val"))[::step]  # what the search scores
+
+
 def test_previewed_edit_and_readout_equal_the_applied_weights(tokenizer):
     """previewed() (hooks: the edit first, then the readout) gives the logits apply_edit() writes
     into the weights; an architecture without plain linear writers gets no readout, with the reason."""

@@ -79,6 +79,16 @@ def split_by_score(logits: torch.Tensor, token_ids: list[int], refused: bool, mi
     return idx if len(idx) >= min_keep else list(range(len(scores)))
 
 
+def greedy_refused(logits: torch.Tensor, token_ids: list[int], min_keep: int = 4) -> list[int]:
+    """Indices of prompts whose greedy answer starts with a refusal token (argmax of logits [B, vocab] in token_ids)
+    or whose refusal score is above 0: the prompts greedy decoding refuses, including those where the refusal
+    tokens together hold less than half the probability (score < 0) yet one of them is the most likely token.
+    Falls back to all indices when fewer than min_keep qualify, as split_by_score."""
+    scores, top, refusal = refusal_score(logits, token_ids), logits.argmax(-1), set(token_ids)
+    idx = [i for i, (s, t) in enumerate(zip(scores.tolist(), top.tolist())) if s > 0 or t in refusal]
+    return idx if len(idx) >= min_keep else list(range(len(scores)))
+
+
 @dataclass
 class RefusalProbe:
     """What `refusal_tokens` found: the refusal tokens, and the last-position logits [N, vocab] of the

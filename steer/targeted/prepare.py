@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from steer.locate.directions import remove_span
-from steer.locate.scores import refusal_score, refusal_tokens, split_by_score
+from steer.locate.scores import greedy_refused, refusal_score, refusal_tokens, split_by_score
 from steer.model.collect import batched_last_logits
 from steer.prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash, seeded_sample
 from steer.targeted.contrasts import Contrasts, compute_contrasts
@@ -37,9 +37,7 @@ def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
     ref = probe.tokens
     lg = {"sensitive": probe.target_logits, "harmful": logits(train["harmful"]), "harmless": probe.baseline_logits}
     idx = {
-        "sensitive": split_by_score(lg["sensitive"], ref, True)
-        if s.only_refused
-        else list(range(len(train["sensitive"]))),
+        "sensitive": _refused(lg["sensitive"], ref, s) if s.only_refused else list(range(len(train["sensitive"]))),
         "harmful": split_by_score(lg["harmful"], ref, True),
         "harmless": split_by_score(lg["harmless"], ref, False),
     }
@@ -84,10 +82,8 @@ def _validation(model, tokenizer, s: TargetedSettings, ref: list[int]) -> tuple[
     val = {"sensitive": s.target_prompts("val"), **val}
     vlg = {name: batched_last_logits(model, tokenizer, texts(ps), s.batch_size) for name, ps in val.items()}
     keep_idx = lambda name, refused, n: seeded_sample(split_by_score(vlg[name], ref, refused), n, s.seed)
-    t_idx = (
-        keep_idx("sensitive", True, s.n_val)
-        if s.only_refused
-        else seeded_sample(list(range(len(val["sensitive"]))), s.n_val, s.seed)
+    t_idx = seeded_sample(
+        _refused(vlg["sensitive"], ref, s) if s.only_refused else list(range(len(val["sensitive"]))), s.n_val, s.seed
     )
     k_idx, h_idx = keep_idx("harmful", True, s.n_val), keep_idx("harmless", False, 2 * s.n_val)
     data = ValData(
@@ -100,6 +96,11 @@ def _validation(model, tokenizer, s: TargetedSettings, ref: list[int]) -> tuple[
         ref,
     )
     return val, data
+
+
+def _refused(logits, ref: list[int], s: TargetedSettings) -> list[int]:
+    """The target prompts counted as refused, by s.target_filter (steer.locate.scores)."""
+    return greedy_refused(logits, ref) if s.target_filter == "greedy" else split_by_score(logits, ref, True)
 
 
 def _optimize(

@@ -72,6 +72,15 @@ class TargetedSettings:
     confirm: int = option(2, "Pareto candidates confirmed with generation and the judge", minimum=1, after_search=True)
     # with every sensitive prompt the search found low-KL edits whose answers did not change
     only_refused: bool = option(True, "score and contrast only sensitive prompts the model refuses", cli=False)
+    # score > 0 (Arditi et al.) kept 6 of 33 English critique train requests, greedy decoding refuses 19 (refusal
+    # tokens first but under half the probability); results/target-filter
+    target_filter: str = option(
+        "score",
+        "which target prompts count as refused (the ones the optimizer, the search and the readout learn from): "
+        "refusal score above 0 (score), or that or a refusal token as the most likely first token (greedy: what "
+        "greedy decoding refuses)",
+        choices=("score", "greedy"),
+    )
     batch_size: int = option(32, "prompts per forward pass or generation batch", minimum=1)
     max_new_tokens: int = option(48, "greedy tokens per confirmation answer", minimum=1, after_search=True)
     seed: int = option(0, "seed of every sample, split and search")
