@@ -195,8 +195,8 @@ def _fit(model, train_rows, val_rows, pad_id: int, settings: SFTSettings, work: 
         if k == 0 or progress.step == start:  # one epoch's batches, drawn once (also on resume mid-epoch)
             batches = epoch_batches(lengths, settings.batch_size, settings.seed, epoch)
         rows = [train_rows[i] for i in batches[k]]
-        weights = settings.kl_first_weight, settings.ce_first_weight
-        loss = answer_loss(model, batch(rows, pad_id), settings.bf16, *weights)
+        first = {"kl_first": settings.kl_first_weight, "ce_first": settings.ce_first_weight}
+        loss = answer_loss(model, batch(rows, pad_id), settings.bf16, **first)
         if not torch.isfinite(loss):
             raise SteerError(f"training loss is {float(loss)} at step {progress.step}: lower --lr")
         loss.backward()
