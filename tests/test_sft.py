@@ -319,7 +319,8 @@ def test_general_kl_loss_is_zero_at_the_base_and_adds_to_the_cross_entropy_per_t
     model = get_peft_model(make_model("qwen2"), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     model.eval()
     rows = [encode(tok, Pair(p["id"], p["prompt"], p["answer"]), 64) for p in PAIRS[:4]]
-    kl_rows = [dataclasses.replace(r, distill=i % 2 == 1) for i, r in enumerate(rows)]
+    row_w = [ce_first, 1.0, 1.0, 1.0]  # per row: only the first row's first position is weighted
+    kl_rows = [dataclasses.replace(r, distill=i % 2 == 1, ce_first=row_w[i]) for i, r in enumerate(rows)]
     b = batch(kl_rows, tok.pad_token_id)
     only = batch([r for r in kl_rows if r.distill], tok.pad_token_id)
     with torch.no_grad():
@@ -327,9 +328,9 @@ def test_general_kl_loss_is_zero_at_the_base_and_adds_to_the_cross_entropy_per_t
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
-        got = answer_loss(model, b, kl_first=kl_first, ce_first=ce_first)
+        got = answer_loss(model, b, kl_first=kl_first)
         plain = batch([r for r in kl_rows if not r.distill], tok.pad_token_id)
-        got_plain = answer_loss(model, plain, ce_first=ce_first)
+        got_plain = answer_loss(model, plain)
         plain_logits = model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits[:, :-1]
         # by hand: cross-entropy on the plain rows' answer tokens, KL(base || model) on the others' (the first answer
         # position weighted kl_first in the KL, ce_first in the cross-entropy), over all tokens
@@ -344,14 +345,16 @@ def test_general_kl_loss_is_zero_at_the_base_and_adds_to_the_cross_entropy_per_t
     first = torch.zeros_like(keep)
     for i in range(keep.shape[0]):
         first[i, int(keep[i].nonzero()[0])] = True
-    kl, ce = kl * torch.where(first, kl_first, 1.0), ce * torch.where(first, ce_first, 1.0)
+    ce_w = torch.tensor(row_w)[:, None].expand_as(first)
+    kl, ce = kl * torch.where(first, kl_first, 1.0), ce * torch.where(first, ce_w, 1.0)
     want = (ce[keep & ~rows_kl].sum() + kl[keep & rows_kl].sum()) / keep.sum()
     assert float(kl[keep & rows_kl].sum()) > 1e-3 and torch.allclose(got, want, atol=1e-5), (float(got), float(want))
     # a batch without KL rows: the weighted cross-entropy alone, over its answer tokens
     pk, pt = plain["labels"][:, 1:] != IGNORE, plain["labels"][:, 1:]
     pce = -torch.log_softmax(plain_logits.float(), -1).gather(-1, pt.clamp(min=0)[..., None])[..., 0]
     pfirst = pk & (pk.cumsum(1) == 1)
-    want_plain = (pce * torch.where(pfirst, ce_first, 1.0))[pk].sum() / pk.sum()
+    pw = torch.tensor(row_w[::2])[:, None].expand_as(pfirst)  # the plain batch holds rows 0 and 2
+    want_plain = (pce * torch.where(pfirst, pw, 1.0))[pk].sum() / pk.sum()
     assert torch.allclose(got_plain, want_plain, atol=1e-5), (float(got_plain), float(want_plain))
 
 
@@ -368,3 +371,18 @@ def test_general_loss_kl_marks_only_the_general_training_rows_and_trains(tmp_pat
     general = {r["id"] for r in rows if r["kind"] == "general"}
     assert {r.id for r in seen["train"] if r.distill} == {r.id for r in seen["train"]} & general
     assert {r.id for r in seen["train"]} & general and not any(r.distill for r in seen["val"])
+
+
+def test_ce_first_kinds_weights_only_the_named_kinds_training_rows(tmp_path, monkeypatch):
+    folder, rows, path = _mixed(tmp_path, "general", "sensitive")
+    seen = {}
+    monkeypatch.setattr(sft_run, "_fit", lambda model, tr, va, *a: seen.update(train=tr, val=va) or T.Progress())
+    settings = SFTSettings(**{**FAST, "epochs": 1, "ce_first_weight": 4.0, "ce_first_kinds": "sensitive"})
+    train_sft(str(folder), tmp_path / "spy", settings, data=path)
+    sensitive = {r["id"] for r in rows if r["kind"] == "sensitive"}
+    assert {r.id for r in seen["train"] if r.ce_first == 4.0} == {r.id for r in seen["train"]} & sensitive
+    assert {r.id for r in seen["train"] if r.ce_first == 1.0} == {r.id for r in seen["train"]} - sensitive
+    assert {r.ce_first for r in seen["val"]} == {1.0}  # validation loss stays unweighted
+    typo = SFTSettings(**{**FAST, "ce_first_weight": 4.0, "ce_first_kinds": "sensitve"})
+    with pytest.raises(SteerError, match="no training pair of kind sensitve"):
+        train_sft(str(folder), tmp_path / "typo", typo, data=path)

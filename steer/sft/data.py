@@ -39,6 +39,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     distill: bool = False  # answer positions trained towards the base model's distribution (--general-loss kl)
+    ce_first: float = 1.0  # weight of the first answer position in the cross-entropy (--ce-first-weight)
 
 
 def load_pairs(path: Path | None = None) -> list[Pair]:

@@ -86,6 +86,9 @@ def train_sft(
     pairs = load_pairs(data)
     check_heldout(pairs)
     train_pairs, val_pairs = split_by_concept(pairs, settings.val_share, settings.seed)
+    missing = (settings.first_kinds() or set()) - {p.kind for p in train_pairs}
+    if missing:
+        raise SteerError(f"--ce-first-kinds: no training pair of kind {', '.join(sorted(missing))}")
     loaded = load_model(model)
     log(f"loaded {loaded.source}; {len(train_pairs)} training pairs, {len(val_pairs)} validation pairs")
     own = None
@@ -144,8 +147,11 @@ def _same_split(pairs: list[Pair], train: list[Pair], val: list[Pair]) -> tuple[
 
 def _encode(loaded: Loaded, pairs: list[Pair], settings: SFTSettings, training: bool = False) -> list:
     rows = [encode(loaded.tokenizer, p, settings.max_length) for p in pairs]
-    if training and settings.general_loss == "kl":  # training rows only: validation loss stays cross-entropy
-        rows = [replace(r, distill=p.kind == "general") for r, p in zip(rows, pairs, strict=True)]
+    if training:  # training rows only: the validation loss stays the plain cross-entropy
+        kinds = settings.first_kinds()
+        w = lambda p: settings.ce_first_weight if kinds is None or p.kind in kinds else 1.0  # noqa: E731
+        distill = lambda p: settings.general_loss == "kl" and p.kind == "general"  # noqa: E731
+        rows = [replace(r, distill=distill(p), ce_first=w(p)) for r, p in zip(rows, pairs, strict=True)]
     kept = [r for r in rows if any(x != IGNORE for x in r.labels[1:])]
     if len(kept) < len(rows):
         log(f"skipped {len(rows) - len(kept)} pairs whose prompt fills --max-length {settings.max_length}")
@@ -195,8 +201,7 @@ def _fit(model, train_rows, val_rows, pad_id: int, settings: SFTSettings, work: 
         if k == 0 or progress.step == start:  # one epoch's batches, drawn once (also on resume mid-epoch)
             batches = epoch_batches(lengths, settings.batch_size, settings.seed, epoch)
         rows = [train_rows[i] for i in batches[k]]
-        first = {"kl_first": settings.kl_first_weight, "ce_first": settings.ce_first_weight}
-        loss = answer_loss(model, batch(rows, pad_id), settings.bf16, **first)
+        loss = answer_loss(model, batch(rows, pad_id), settings.bf16, settings.kl_first_weight)
         if not torch.isfinite(loss):
             raise SteerError(f"training loss is {float(loss)} at step {progress.step}: lower --lr")
         loss.backward()

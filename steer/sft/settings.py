@@ -57,9 +57,16 @@ class SFTSettings:
     # meeting both (results/sft-baseline); this weighs the taught answers' first token instead
     ce_first_weight: float = option(
         1.0,
-        "weight of the first answer position in the cross-entropy of the pairs that teach an answer (sensitive, "
-        "refusal and borderline pairs; general ones too unless --general-loss kl), the other positions' being 1",
+        "weight of the first answer position in the cross-entropy of the pairs that teach an answer (those of "
+        "--ce-first-kinds; general pairs never under --general-loss kl), the other positions' being 1",
         minimum=0,
+    )
+    # configuration 11: the weight on every taught pair spread the refusal template to ordinary prompts
+    ce_first_kinds: str = option(
+        "all",
+        "pair kinds whose first answer position gets --ce-first-weight: all, or a comma-separated list of kinds "
+        "(sensitive, refusal, borderline, general)",
+        metavar="KINDS",
     )
     refusal_share: float = option(
         1.0,
@@ -68,6 +75,11 @@ class SFTSettings:
         minimum=0,
         maximum=1,
     )
+
+    def first_kinds(self) -> set[str] | None:
+        """ce_first_kinds as a set; None for all."""
+        kinds = {k.strip() for k in self.ce_first_kinds.split(",") if k.strip()}
+        return None if "all" in kinds else kinds
 
     def modules(self) -> list[str]:
         """target_modules as a list."""

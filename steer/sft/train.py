@@ -34,7 +34,8 @@ class Progress:
 
 
 def batch(rows: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded input_ids, attention_mask and labels [B, T] (padding labelled IGNORE)."""
+    """Right-padded input_ids, attention_mask and labels [B, T] (padding labelled IGNORE); distill [B] (bool) and
+    ce_first [B] (float32) when a row sets them."""
     width = max(len(r.input_ids) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -46,6 +47,8 @@ def batch(rows: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     if any(r.distill for r in rows):
         out["distill"] = torch.tensor([r.distill for r in rows])
+    if any(r.ce_first != 1.0 for r in rows):
+        out["ce_first"] = torch.tensor([r.ce_first for r in rows], dtype=torch.float32)
     return out
 
 
@@ -104,14 +107,13 @@ def load_state(work: Path, model, optimizer, scheduler) -> Progress | None:
     return Progress(**state["progress"])
 
 
-def answer_loss(
-    model, b: dict[str, torch.Tensor], bf16: bool = False, kl_first: float = 1.0, ce_first: float = 1.0
-) -> torch.Tensor:
+def answer_loss(model, b: dict[str, torch.Tensor], bf16: bool = False, kl_first: float = 1.0) -> torch.Tensor:
     """Mean loss over the answer tokens of batch b (labels != IGNORE), in float32: next-token cross-entropy, or on
     the rows b["distill"] marks (a peft model only), KL(base || model) of the whole next-token distribution, the
     base being the same model with its adapter off (no gradient); kl_first: the weight of each such row's first
-    answer position (the one that starts the answer) in that sum, the others' being 1; ce_first: the same for the
-    cross-entropy rows. Weighted terms are summed and divided by the unweighted count of answer tokens.
+    answer position (the one that starts the answer) in that sum, the others' being 1; b["ce_first"] [B] (when
+    present): the same, per row, for the cross-entropy rows. Weighted terms are summed and divided by the
+    unweighted count of answer tokens.
 
     The output head runs on the answer positions only ([N, D] -> [N, V]), not on every position of [B, T]: the
     logits over the vocabulary are the largest tensor of a step. bf16: matmuls under autocast (weights stay
@@ -121,23 +123,25 @@ def answer_loss(
     with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         if getattr(base.config, "final_logit_softcapping", None):  # the head is not a plain linear map
-            return model(**b).loss.float()
+            return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss.float()
         decoder, head = base.get_decoder(), base.get_output_embeddings()
         hidden = decoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0][:, :-1]
         targets = b["labels"][:, 1:]
         keep = targets != IGNORE
         first = (keep & (keep.cumsum(1) == 1)).float()  # [B, T]: 1 at each row's first answer position
-        weight = lambda mask, w: None if w == 1.0 else 1.0 + (w - 1.0) * first[mask]  # noqa: E731
+        rows_w = b.get("ce_first")
+        ce_w = None if rows_w is None else 1.0 + (rows_w[:, None] - 1.0) * first  # [B, T]
+        weight = lambda mask: None if ce_w is None else ce_w[mask]  # noqa: E731
         distill = b.get("distill")
         if distill is None or not bool(distill.any()):
-            return head_loss(head, hidden[keep], targets[keep], weight(keep, ce_first))
+            return head_loss(head, hidden[keep], targets[keep], weight(keep))
         rows = distill[:, None].expand_as(keep)
         with torch.no_grad(), model.disable_adapter():
             ref = decoder(input_ids=b["input_ids"][distill], attention_mask=b["attention_mask"][distill])[0][:, :-1]
         ce, kl = keep & ~rows, keep & rows
         total = 0.0
         if bool(ce.any()):
-            total = head_loss(head, hidden[ce], targets[ce], weight(ce, ce_first)) * int(ce.sum())
+            total = head_loss(head, hidden[ce], targets[ce], weight(ce)) * int(ce.sum())
         total = total + head_kl(head, hidden[kl], ref[keep[distill]], 1.0 + (kl_first - 1.0) * first[kl])
         return total / int(keep.sum())
 
