@@ -86,9 +86,7 @@ def train_sft(
     pairs = load_pairs(data)
     check_heldout(pairs)
     train_pairs, val_pairs = split_by_concept(pairs, settings.val_share, settings.seed)
-    missing = (settings.first_kinds() or set()) - {p.kind for p in train_pairs}
-    if missing:
-        raise SteerError(f"--ce-first-kinds: no training pair of kind {', '.join(sorted(missing))}")
+    _check_kinds(settings, train_pairs)
     loaded = load_model(model)
     log(f"loaded {loaded.source}; {len(train_pairs)} training pairs, {len(val_pairs)} validation pairs")
     own = None
@@ -137,6 +135,13 @@ def train_sft(
         _manifest(tmp, loaded, settings, data, result)
     log(f"saved {out} ({result.steps} steps, validation loss by epoch {result.val_loss})")
     return result
+
+
+def _check_kinds(settings: SFTSettings, train: list[Pair]) -> None:
+    """A kind named in --ce-first-kinds that no training pair has is a typo: fail before the model loads."""
+    missing = (settings.first_kinds() or set()) - {p.kind for p in train}
+    if missing:
+        raise SteerError(f"--ce-first-kinds: no training pair of kind {', '.join(sorted(missing))}")
 
 
 def _same_split(pairs: list[Pair], train: list[Pair], val: list[Pair]) -> tuple[list[Pair], list[Pair]]:
