@@ -386,3 +386,6 @@ def test_ce_first_kinds_weights_only_the_named_kinds_training_rows(tmp_path, mon
     typo = SFTSettings(**{**FAST, "ce_first_weight": 4.0, "ce_first_kinds": "sensitve"})
     with pytest.raises(SteerError, match="no training pair of kind sensitve"):
         train_sft(str(folder), tmp_path / "typo", typo, data=path)
+    with pytest.raises(SteerError, match="no kind named"):
+        train_sft(str(folder), tmp_path / "none", SFTSettings(**{**FAST, "ce_first_kinds": " , "}), data=path)
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "none").exists()

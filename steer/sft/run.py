@@ -138,8 +138,12 @@ def train_sft(
 
 
 def _check_kinds(settings: SFTSettings, train: list[Pair]) -> None:
-    """A kind named in --ce-first-kinds that no training pair has is a typo: fail before the model loads."""
-    missing = (settings.first_kinds() or set()) - {p.kind for p in train}
+    """A kind named in --ce-first-kinds that no training pair has is a typo (and naming none weighs nothing): fail
+    before the model loads."""
+    kinds = settings.first_kinds()
+    if kinds == set():
+        raise SteerError("--ce-first-kinds: no kind named (all, or a comma-separated list of kinds)")
+    missing = (kinds or set()) - {p.kind for p in train}
     if missing:
         raise SteerError(f"--ce-first-kinds: no training pair of kind {', '.join(sorted(missing))}")
 
