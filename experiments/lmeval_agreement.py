@@ -4,11 +4,12 @@
     python experiments/lmeval_agreement.py runs/mmlu-base --work runs/lmeval-base --out results/lmeval-agreement
 
 Reads the steer run's per-item records (items/mmlu.jsonl: id, predicted letter, letter log-probs) and its summary
-(model, shots, data folder), rebuilds the same questions (and dev shots) from the MMLU files, and scores them with
-lm-eval's own multiple-choice path over the in-memory model (steer.eval.lmeval: HFLM, lm-eval's chat templating,
-tokenisation, batching and padding). The lm-eval side runs in chunks of --chunk items, each saved under --work, so an
-interrupted run resumes. Reports per-item agreement, both accuracies, and the steer-side margin (top-1 minus top-2
-letter log-prob) of every item the two disagree on: near-ties flip with float rounding, real disagreements do not.
+(model, shots, dtype, data folder), rebuilds the same questions (and dev shots) from the MMLU files, and scores them
+with lm-eval's own multiple-choice path over the in-memory model (steer.eval.lmeval: HFLM, lm-eval's chat
+templating, tokenisation, batching and padding). The lm-eval side runs in chunks of --chunk items, each saved under
+--work, so an interrupted run resumes. Reports per-item agreement, both accuracies, and the steer-side margin (top-1
+minus top-2 letter log-prob) of every item the two disagree on: near-ties flip with float rounding, real
+disagreements do not.
 Targets (issue 21): agreement >= 99%, accuracies within 0.5 points.
 """
 
@@ -25,7 +26,7 @@ import torch
 
 from steer.eval.benchmarks import load_mmlu
 from steer.eval.lmeval import agreement, mmlu_task, run_lm_eval
-from steer.model.load import load_model
+from steer.model.load import COMPUTE_DTYPES, load_model
 
 
 def lm_eval_samples(model, tok, items, dev, shots, work: Path, chunk: int, batch_size: int) -> list[dict]:
@@ -71,7 +72,8 @@ def main() -> None:
     for it in load_mmlu(data, "dev"):
         dev.setdefault(it.group, []).append(it)
     start = time.perf_counter()
-    loaded = load_model(meta["models"]["model"])
+    dtype = meta.get("dtype", "float32")  # the steer run's forward-pass dtype, so both sides round alike
+    loaded = load_model(meta["models"]["model"], dtype=COMPUTE_DTYPES[dtype])
     samples = lm_eval_samples(loaded.model, loaded.tokenizer, items, dev, shots, args.work, args.chunk, args.batch_size)
     got = agreement(records, samples)
     ours = {r["id"]: r for r in records}
@@ -85,6 +87,7 @@ def main() -> None:
         "steer_command": meta["command"],
         "model": meta["models"]["model"],
         "shots": shots,
+        "dtype": dtype,
         "seed": meta["seed"],
         "lm_eval": lm_eval.__version__,
         "torch": torch.__version__,
