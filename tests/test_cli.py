@@ -265,6 +265,10 @@ def test_targeted_flags_reach_the_settings(capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["search", "--out", "x", "--target-sets", "harmful"])
     assert exit_.value.code == 2 and "target sets are 'sensitive' followed by" in capsys.readouterr().err
+    own = _targeted(build_parser().parse_args(["search", "--out", "x", "--own-direction", "critique"]))
+    assert own.own_direction == "critique" and default.own_direction == ""
+    assert main(["search", "--out", "x", "--own-direction", "sensitive"]) == 2
+    assert "--own-direction names target sets after 'sensitive'" in capsys.readouterr().err
 
 
 def test_without_flags_every_setting_is_its_dataclass_default_and_same_named_fields_stay_apart():

@@ -135,3 +135,22 @@ def test_kl_bounded_search_minimizes_the_target_and_its_front_is_non_dominated(t
     tight = run_search(model, tokenizer, inputs(), val, n_trials=6, seed=1, keep_floor=-100.0, kl_max=1e-12)
     assert all(r["violation"] == pytest.approx(r["kl_ucb"] - 1e-12) for r in trial_rows(tight))
     assert all(r["kl_ucb"] <= 1e-12 for r in pareto(tight))
+
+
+def test_extra_directions_join_every_basis_and_key_the_fingerprint():
+    from dataclasses import replace
+
+    from steer.locate.directions import remove_span
+    from steer.targeted.search import ValData, fingerprint
+
+    inp = inputs()
+    extra = torch.randn(1, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    got = edit_basis(replace(inp, extra=extra), EditParams(index=1.0, position=-1, k=2))
+    assert got.shape == (3, 64) and torch.allclose(got @ got.T, torch.eye(3, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(got[:2], edit_basis(inp, EditParams(index=1.0, position=-1, k=2)), atol=1e-12)
+    keep = inp.keep[1, -1, 0]
+    assert (got @ keep).abs().max() < 1e-10
+    resid = remove_span(extra[0], torch.cat([keep.reshape(1, -1), got[:2]]))
+    assert torch.allclose(got[2].abs(), (resid / resid.norm()).abs(), atol=1e-10)
+    val = ValData(["a"], ["b"], ["c"], torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), [0])
+    assert fingerprint(replace(inp, extra=extra), val) != fingerprint(inp, val)

@@ -194,3 +194,40 @@ def test_target_sets_add_the_critique_requests_of_the_same_split_only():
     for bad in ("critique", "sensitive,harmful", "sensitive,critique,critique", ""):
         with pytest.raises(SteerError, match="target sets are 'sensitive' followed by"):
             TargetedSettings(target_sets=bad)
+
+
+def test_own_direction_names_later_target_sets_once():
+    from steer.errors import SteerError
+
+    assert TargetedSettings().own_direction == "" and TargetedSettings(own_direction=" critique ").own_direction == (
+        "critique"
+    )
+    for sets, bad in (("sensitive,critique", "sensitive"), ("sensitive", "critique"), ("sensitive,critique", "x"),
+                      ("sensitive,critique", "critique,critique")):  # fmt: skip
+        with pytest.raises(SteerError, match="--own-direction names target sets after 'sensitive'"):
+            TargetedSettings(target_sets=sets, own_direction=bad)
+
+
+def test_own_direction_is_optimized_apart_and_removed_by_every_edit(tokenizer, monkeypatch, tmp_path):
+    from steer.prompts import load_prompts
+    from steer.targeted.contrasts import Contrasts
+
+    monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
+    model = make_model("qwen2")
+    s = TargetedSettings(n_val=4, optimize_steps=2, own_direction="critique")
+    prep = prepare(model, tokenizer, s)
+    c = prep.contrasts
+    own, main, harmful = c.extra, c.optimized.double(), c.harmful[:, -1].double()
+    assert own.shape == (1, model.config.hidden_size) and abs(float(own.norm()) - 1) < 1e-6
+    assert abs(float(own[0] @ main)) < 1e-6 and (harmful @ own[0]).abs().max() < 1e-5 * harmful.norm(dim=1).max()
+    info = prep.meta["optimize"]["own"]["critique"]
+    assert info["prompts"] == len(load_prompts("critique", "train")) and len(info["history"]) == 2
+    inputs = c.search_inputs(keep_safety=True, keep_layers="all")
+    for k in (1, 2):
+        basis = edit_basis(inputs, EditParams(index=1.0, position=-1, k=k))
+        assert basis.shape[0] == k + 1  # the searched directions, then the set's own
+        assert torch.linalg.matrix_rank(torch.cat([basis, own])) == k + 1  # the own direction lies in the basis
+    without = Contrasts(c.censorship, c.versus_harmless, c.harmful, c.harmless_mean, c.components, c.optimized)
+    assert edit_basis(without.search_inputs(), EditParams(index=1.0, position=-1)).shape[0] == 1
+    c.save(tmp_path / "c.safetensors", {})
+    assert torch.equal(Contrasts.load(tmp_path / "c.safetensors").extra, own)  # what a recorded edit rebuilds from

@@ -43,6 +43,8 @@ class Contrasts:
     optimized: torch.Tensor | None = None  # [d] steer.targeted.optimize's direction, when it ran
     # steer.targeted.readout's "<layer>.<component>" -> a [d_in], as baked
     readout: dict[str, torch.Tensor] | None = None
+    # [m, d] optimized directions of target sets trained on their own (--own-direction): every edit removes them too
+    extra: torch.Tensor | None = None
 
     def cosines(self, position: int = -1) -> dict[str, list[float]]:
         """Per-layer cosine similarities at one position (for the plot and the report)."""
@@ -60,7 +62,7 @@ class Contrasts:
 
     def save(self, path: Path, meta: dict) -> None:
         """Tensors as safetensors (what an edit is rebuilt from) and meta as a JSON sidecar."""
-        names = ("censorship", "versus_harmless", "harmful", "harmless_mean", "components", "optimized")
+        names = ("censorship", "versus_harmless", "harmful", "harmless_mean", "components", "optimized", "extra")
         tensors = {k: getattr(self, k).detach().contiguous() for k in names if getattr(self, k) is not None}
         tensors.update({f"readout.{k}": a.detach().contiguous() for k, a in (self.readout or {}).items()})
         save_file(tensors, str(path), metadata={"format": "steer-contrasts"})
@@ -78,6 +80,7 @@ class Contrasts:
             t["components"],
             t.get("optimized"),
             readout,
+            t.get("extra"),
         )
 
     def search_inputs(
@@ -107,7 +110,8 @@ class Contrasts:
                 keep = h.transpose(0, 1).unsqueeze(0).expand(h.shape[0], -1, -1, -1)  # [L, P, L, d]
             else:
                 raise ValueError(f"keep_layers must be 'same' or 'all', not {keep_layers!r}")
-        return SearchInputs(directions=dirs, components=self.components, keep=keep)
+        extra = None if self.extra is None else self.extra.double()
+        return SearchInputs(directions=dirs, components=self.components, keep=keep, extra=extra)
 
 
 @torch.inference_mode()

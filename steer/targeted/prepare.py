@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
+
 from steer.locate.directions import remove_span
 from steer.locate.scores import greedy_refused, refusal_score, refusal_tokens, split_by_score
-from steer.model.collect import batched_last_logits
+from steer.model.collect import batched_last_logits, residual_means
 from steer.prompts import Prompt, chat_texts, load_prompts, post_instruction_length, prompts_hash, seeded_sample
 from steer.targeted.contrasts import Contrasts, compute_contrasts
 from steer.targeted.optimize import Group, OptimizeSettings, optimize_direction
@@ -55,6 +57,8 @@ def prepare(model, tokenizer, s: TargetedSettings) -> Prepared:
     groups = {n: Group(texts(train[n]), lg[n]) for n in idx}
     if s.optimize_steps > 0:
         optimized = _optimize(model, tokenizer, contrasts, groups, ref, s)
+        if s.own_direction:
+            optimized["own"] = _own_directions(model, tokenizer, contrasts, groups, ref, s)
     val, data = _validation(model, tokenizer, s, ref)
     base_keep = float(refusal_score(data.base_keep, ref).mean())
     floor = s.keep_fraction * base_keep if base_keep > 0 else base_keep - 1.0
@@ -121,3 +125,30 @@ def _optimize(
         "settings": asdict(o),
         "history": history,
     }
+
+
+def _own_directions(
+    model, tokenizer, contrasts: Contrasts, groups: dict[str, Group], ref: list[int], s: TargetedSettings
+) -> dict:
+    """One optimized direction per set in s.own_direction, trained on all its train prompts from its own contrast
+    (mean minus the harmless mean, projected off it) at the main direction's layer, orthogonal to the harmful
+    directions, the main optimized direction and the sets' earlier directions; stored in contrasts.extra [m, d]."""
+    layer = round(0.6 * (contrasts.censorship.shape[0] - 1))
+    harmless = contrasts.harmless_mean[layer, -1]
+    found, meta = [], {}
+    for name in s.own_direction.split(","):
+        ps = load_prompts(name, "train")
+        texts = chat_texts(tokenizer, [p.text for p in ps])
+        group = Group(texts, batched_last_logits(model, tokenizer, texts, s.batch_size))
+        mean = residual_means(model, tokenizer, texts, 1, s.batch_size, desc=name)[layer, -1]
+        init = remove_span(mean - harmless, harmless)
+        span = [contrasts.harmful[:, -1]] if s.keep_safety else []
+        span = torch.cat([*span, contrasts.optimized.double().reshape(1, -1), *(d.reshape(1, -1) for d in found)])
+        o = OptimizeSettings(steps=s.optimize_steps, seed=s.seed)
+        direction, history = optimize_direction(
+            model, tokenizer, group, groups["harmful"], groups["harmless"], init, ref, span.double(), o
+        )
+        found.append(direction)
+        meta[name] = {"prompts": len(ps), "layer": layer, "history": history}
+    contrasts.extra = torch.stack(found)
+    return meta

@@ -72,16 +72,18 @@ class SearchInputs:
     directions: {"<contrast>/projected" or "<contrast>/plain": [L, P, d]} candidate directions;
     components: [L, P, K, d] principal components of per-prompt differences (or None: k = 1);
     keep: [L, P, m, d] vectors every edit direction is made orthogonal to (the harmful-refusal
-    direction, the harmless mean), or None.
+    direction, the harmless mean), or None;
+    extra: [m, d] directions every edit removes beside its own (--own-direction), or None.
     """
 
     directions: dict[str, torch.Tensor]
     components: torch.Tensor | None = None
     keep: torch.Tensor | None = None
+    extra: torch.Tensor | None = None
 
 
 def edit_basis(inputs: SearchInputs, p: EditParams) -> torch.Tensor:
-    """The k directions [k, d] (float64) an edit removes, orthogonal to `keep` where given."""
+    """The k directions [k, d] (float64) an edit removes, then `extra`'s, orthogonal to `keep` where given."""
     dirs = inputs.directions[f"{p.contrast}/{'projected' if p.projected else 'plain'}"]
     layer = int(round(p.index))
     vecs = [interpolate(dirs, p.index, p.position)]
@@ -89,6 +91,8 @@ def edit_basis(inputs: SearchInputs, p: EditParams) -> torch.Tensor:
         if inputs.components is None or inputs.components.shape[2] < p.k - 1:
             raise ValueError(f"k = {p.k} needs {p.k - 1} principal components per layer")
         vecs += list(inputs.components[layer, p.position, : p.k - 1].double())
+    if inputs.extra is not None:
+        vecs += list(inputs.extra.double())
     basis = torch.stack(vecs)
     if inputs.keep is not None:
         basis = remove_span(basis, inputs.keep[layer, p.position].expand(len(basis), *inputs.keep.shape[2:]))
@@ -121,6 +125,7 @@ def fingerprint(inputs: SearchInputs, val: ValData) -> str:
         *((k, inputs.directions[k]) for k in sorted(inputs.directions)),
         ("components", inputs.components),
         ("keep", inputs.keep),
+        *((("extra", inputs.extra),) if inputs.extra is not None else ()),
     ]
     for name, t in named:
         h.update(name.encode())

@@ -30,6 +30,20 @@ def _target_sets_flag(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def own_directions(text: str, sets: str) -> str:
+    """Comma-separated names among sets' later entries (not "sensitive"), normalised; "" for none (a SteerError
+    otherwise)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    allowed = sets.split(",")[1:]
+    bad = [n for n in names if n not in allowed]
+    if bad or len(set(names)) != len(names):
+        raise SteerError(
+            f"--own-direction names target sets after 'sensitive' in --target-sets ({', '.join(allowed) or 'none'}), "
+            f"each once: got {text!r}"
+        )
+    return ",".join(names)
+
+
 # Target scores below this count as done in a trial's target score: a plain mean rewarded pushing
 # answered prompts further (costing KL) as much as turning a refused one (the optimizer has its own margin).
 TARGET_FLOOR = -2.0
@@ -80,6 +94,15 @@ class TargetedSettings:
         "refusal score above 0 (score), or that or a refusal token as the most likely first token (greedy: what "
         "greedy decoding refuses)",
         choices=("score", "greedy"),
+    )
+    # the critique requests' refusal direction is nearly orthogonal to the factual questions' in the middle layers
+    # (results/critique-overlap), so the one optimized direction, trained mostly on factual questions, misses it
+    own_direction: str = option(
+        "",
+        "target sets (after 'sensitive') that get an optimized direction of their own, trained on all their train "
+        "prompts, orthogonal to the main one and to the harmful-refusal direction, and removed by every searched "
+        "edit beside it (e.g. critique); empty: none",
+        metavar="SETS",
     )
     batch_size: int = option(32, "prompts per forward pass or generation batch", minimum=1)
     max_new_tokens: int = option(48, "greedy tokens per confirmation answer", minimum=1, after_search=True)
@@ -134,6 +157,7 @@ class TargetedSettings:
 
     def __post_init__(self) -> None:
         self.target_sets = target_sets(self.target_sets)
+        self.own_direction = own_directions(self.own_direction, self.target_sets)
 
     def target_prompts(self, split: str) -> list[Prompt]:
         """The target sets' prompts of one split, in set order (what the edit should stop refusing)."""
