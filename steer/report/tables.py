@@ -389,13 +389,24 @@ def stage_times(seconds: dict[str, float], total: float) -> str:
 
 
 def optimize_summary(meta: dict | None) -> str:
-    """One line on steer.targeted.optimize's run (prepare meta "optimize"), or "" when it did not run."""
+    """One line on steer.targeted.optimize's run (prepare meta "optimize"), one more per --own-direction set, or ""
+    when it did not run."""
     if not meta or not meta.get("history"):
         return ""
-    first, last, init = meta["history"][0], meta["history"][-1], meta["init"]
+    line = f"Optimized direction: {_optimize_steps(meta['history'], 'sensitive')}"
+    line = line.replace(": ", f" from {meta['init']['contrast']} at layer {meta['init']['layer']}: ", 1)
+    for name, own in (meta.get("own") or {}).items():
+        line += (
+            f" Own direction for {name} ({own['prompts']} train prompts, from its contrast at layer {own['layer']}, "
+            f"trained alone): {_optimize_steps(own['history'], name)}"
+        )
+    return line
+
+
+def _optimize_steps(history: list[dict], target: str) -> str:
+    first, last = history[0], history[-1]
     return (
-        f"Optimized direction: {len(meta['history'])} steps from {init['contrast']} at layer {init['layer']}; "
-        f"on its train minibatches refusal score on sensitive prompts {first['target_score']:.2f} -> "
-        f"{last['target_score']:.2f}, on harmful prompts {first['keep_score']:.2f} -> {last['keep_score']:.2f} "
+        f"{len(history)} steps; on its train minibatches refusal score on {target} prompts {first['target_score']:.2f} "
+        f"-> {last['target_score']:.2f}, on harmful prompts {first['keep_score']:.2f} -> {last['keep_score']:.2f} "
         f"(base {last['keep_base']:.2f}), harmless KL {first['kl']:.3f} -> {last['kl']:.3f}."
     )
