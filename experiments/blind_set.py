@@ -18,6 +18,8 @@ import json
 import random
 from pathlib import Path
 
+from steer.jsonl import jsonl_lines
+
 SUITES = {"censorship": "sensitive", "controls": "controls"}
 
 
@@ -38,8 +40,9 @@ def answers(source: str) -> list[dict]:
         return [_row("sensitive", item) for item in report[side]["censorship"]["items"]]
     folder, rows = Path(source), []
     for suite, name in SUITES.items():
-        for line in (folder / "items" / f"{suite}.jsonl").read_text(encoding="utf-8").splitlines():
-            rows.append(_row(name, json.loads(line)))
+        for line in jsonl_lines((folder / "items" / f"{suite}.jsonl").read_text(encoding="utf-8")):
+            if line.strip():
+                rows.append(_row(name, json.loads(line)))
     return rows
 
 

@@ -26,6 +26,7 @@ import torch
 
 from steer.eval.benchmarks import load_mmlu
 from steer.eval.lmeval import agreement, mmlu_task, run_lm_eval
+from steer.jsonl import jsonl_lines
 from steer.model.load import COMPUTE_DTYPES, load_model
 
 
@@ -41,10 +42,10 @@ def lm_eval_samples(model, tok, items, dev, shots, work: Path, chunk: int, batch
             out = run_lm_eval(model, tok, [task], batch_size=batch_size)["samples"][task["task"]]
             rows = [{"doc": {"id": s["doc"]["id"], "gold": s["doc"]["gold"]}, "resps": s["resps"]} for s in out]
             tmp = done.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
             tmp.rename(done)
             print(f"chunk {n}: {len(rows)} items", file=sys.stderr, flush=True)
-        samples += [json.loads(line) for line in done.read_text().splitlines()]
+        samples += [json.loads(line) for line in jsonl_lines(done.read_text(encoding="utf-8")) if line.strip()]
     return samples
 
 
@@ -64,7 +65,8 @@ def main() -> None:
     args = parser.parse_args()
 
     meta = json.loads((args.steer_run / "summary.json").read_text())["meta"]
-    records = [json.loads(line) for line in (args.steer_run / "items" / "mmlu.jsonl").read_text().splitlines()]
+    text = (args.steer_run / "items" / "mmlu.jsonl").read_text(encoding="utf-8")
+    records = [json.loads(line) for line in jsonl_lines(text) if line.strip()]
     data, shots = Path(meta["data_dir"]), int(meta["shots"])
     by_id = {it.id: it for it in load_mmlu(data, "test")}
     items = [by_id[r["id"]] for r in records]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from steer.eval.stats import mcnemar_exact
 from steer.eval.suites import _pair_of
+from steer.jsonl import jsonl_lines
 
 SUITES = "slant,mirrored,speech"
 
@@ -38,7 +39,7 @@ def asymmetric(items: Path) -> list[dict]:
     """The mirrored pairs (sides paired as the mirrored suite pairs them) with one side refused and the other not:
     what was refused."""
     sides: dict[str, list[dict]] = {}
-    for r in map(json.loads, items.read_text(encoding="utf-8").splitlines()):
+    for r in map(json.loads, filter(str.strip, jsonl_lines(items.read_text(encoding="utf-8")))):
         sides.setdefault(_pair_of(r["id"]), []).append(r)
     out = []
     for pair, rows in sorted(sides.items()):

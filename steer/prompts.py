@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steer.errors import SteerError
+from steer.jsonl import jsonl_lines
 
 SHIPPED_DIR = Path(__file__).parent / "data" / "prompts"
 SHIPPED = ("sensitive", "controls", "harmless", "harmful", "critique")
@@ -77,7 +78,7 @@ def _read_file(path: Path, column: str | None) -> list[Prompt]:
 
 def _read_jsonl(path: Path) -> list[Prompt]:
     prompts = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
         try:

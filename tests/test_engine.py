@@ -118,3 +118,9 @@ def test_only_a_non_default_penalty_enters_the_cache_key():
         "stop": (),
     }  # the keys every committed cache was written with
     assert GenSpec(48, repetition_penalty=1.1).cache_key()["repetition_penalty"] == 1.1
+
+
+def test_cached_values_with_unicode_line_separators_are_read_back(tmp_path):
+    path = tmp_path / "c.jsonl"
+    ItemCache(path).put({"k": "Who\u0085wrote\u2028it?"})
+    assert ItemCache(path).data == {"k": "Who\u0085wrote\u2028it?"}  # not skipped as a cut line and recomputed

@@ -27,3 +27,14 @@ def test_problems_are_one_line_of_the_callers_error(tmp_path, text, message):
     with pytest.raises(OwnError, match=message) as err:
         read_jsonl(path, "answers file", OwnError)
     assert "\n" not in str(err.value)
+
+
+def test_strings_with_unicode_line_separators_stay_one_row(tmp_path):
+    import json
+
+    # MMLU holds a U+0085; json.dumps(ensure_ascii=False) writes it, U+2028, U+001C raw; str.splitlines splits there
+    texts = ["Who\u0085wrote it?", "a\u2028b\u2029c", "x\x1cy\x1dz\x1e", "CR\r\nLF"]
+    path = tmp_path / "u.jsonl"
+    path.write_text("".join(json.dumps({"t": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    assert [row["t"] for _, row in read_jsonl(path, "file")] == texts
+    assert [i for i, _ in read_jsonl(path, "file")] == [1, 2, 3, 4]

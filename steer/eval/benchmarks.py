@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steer.errors import SteerError
+from steer.jsonl import jsonl_lines
 from steer.prompts import Prompt
 
 
@@ -57,7 +58,7 @@ def load_mmlu(data_dir: Path, split: str = "test") -> list[Item]:
 
 def _jsonl(path: Path, what: str) -> list[dict]:
     rows = []
-    for i, line in enumerate(_need(path, what).read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(jsonl_lines(_need(path, what).read_text(encoding="utf-8")), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))

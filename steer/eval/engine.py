@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from steer.jsonl import jsonl_lines
 from steer.model.collect import encode_batches, input_device
 
 
@@ -43,7 +44,7 @@ class ItemCache:
     def __init__(self, path: Path | None):
         self.path, self.data = path, {}
         if path and path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            for line in jsonl_lines(path.read_text(encoding="utf-8")):
                 try:
                     row = json.loads(line)
                     self.data[row["key"]] = row["value"]

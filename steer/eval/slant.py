@@ -31,6 +31,7 @@ from steer.eval.engine import ItemCache, cached_map
 from steer.eval.engine import key as cache_key
 from steer.eval.knowledge import choice_logprobs
 from steer.eval.stats import mean, paired_bootstrap_ci
+from steer.jsonl import jsonl_lines
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "slant"
 
@@ -96,7 +97,7 @@ def load_statements(path: Path | None = None, lang: str | None = None) -> list[S
     if not path.is_file():
         raise SteerError(f"no such stance statements file: {path}")
     pairs, seen = [], set()
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
         try:
