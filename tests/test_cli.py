@@ -157,7 +157,7 @@ def test_search_writes_the_pareto_front(setup, monkeypatch, capsys):
     data = json.loads((out / "pareto.json").read_text())
     assert data["front"] and len(data["trials"]) == 3 and data["confirm"]["chosen"]["params"]["k"] in (1, 2)
     assert data["trials"][0]["params"]["contrast"] == "optimized" and len(data["prepare"]["optimize"]["history"]) == 2
-    assert "Optimized direction: 2 steps" in (out / "search.md").read_text()
+    assert "Optimized direction from censorship/projected at layer 1: 2 steps" in (out / "search.md").read_text()
     for name in ("pareto.png", "cosines.png", "contrasts.safetensors", "search.md"):
         assert (out / name).is_file(), name
     assert main(["search", str(setup / "model"), "--out", str(setup / "x"), "--keep-fraction", "2"]) == 2
@@ -266,7 +266,9 @@ def test_targeted_flags_reach_the_settings(capsys):
         build_parser().parse_args(["search", "--out", "x", "--target-sets", "harmful"])
     assert exit_.value.code == 2 and "target sets are 'sensitive' followed by" in capsys.readouterr().err
     own = _targeted(build_parser().parse_args(["search", "--out", "x", "--own-direction", "critique"]))
-    assert own.own_direction == "critique" and default.own_direction == ""
+    assert own.own_direction == "critique" == default.own_direction  # auto: every target set after 'sensitive'
+    none = _targeted(build_parser().parse_args(["search", "--out", "x", "--own-direction", "none"]))
+    assert none.own_direction == ""
     assert main(["search", "--out", "x", "--own-direction", "sensitive"]) == 2
     assert "--own-direction names target sets after 'sensitive'" in capsys.readouterr().err
 

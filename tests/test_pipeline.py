@@ -189,7 +189,7 @@ def test_targeted_abliterate_end_to_end_is_deterministic(tiny, monkeypatch):
     assert manifest["kernel"] in ("native", "blocked") and manifest["versions"]["torch"] == torch.__version__
     assert set(report["after"]) == {"censorship", "refusal", "kl"} and report["pareto"]
     md = (tiny / "t1" / "report.md").read_text()
-    assert "## Pareto front" in md and f"Optimized direction: {ts.optimize_steps} steps" in md
+    assert "## Pareto front" in md and "Optimized direction from " in md and f": {ts.optimize_steps} steps;" in md
     row = report["pareto"][0]  # the objective (target scores clamped at the floor) beside the plain mean
     assert row["target_score"] >= row["target_raw"]
     assert f"| {row['target_score']:.2f} | {row['target_raw']:.2f} | {row['target_high']:.1%} |" in md

@@ -199,9 +199,9 @@ def test_target_sets_add_the_critique_requests_of_the_same_split_only():
 def test_own_direction_names_later_target_sets_once():
     from steer.errors import SteerError
 
-    assert TargetedSettings().own_direction == "" and TargetedSettings(own_direction=" critique ").own_direction == (
-        "critique"
-    )
+    assert TargetedSettings().own_direction == "critique" == TargetedSettings(own_direction=" critique ").own_direction
+    assert TargetedSettings(target_sets="sensitive").own_direction == ""  # auto: no later set, no own direction
+    assert TargetedSettings(own_direction="none").own_direction == ""
     for sets, bad in (("sensitive,critique", "sensitive"), ("sensitive", "critique"), ("sensitive,critique", "x"),
                       ("sensitive,critique", "critique,critique")):  # fmt: skip
         with pytest.raises(SteerError, match="--own-direction names target sets after 'sensitive'"):
@@ -214,7 +214,7 @@ def test_own_direction_is_optimized_apart_and_removed_by_every_edit(tokenizer, m
 
     monkeypatch.setattr(scores, "find_refusal_tokens", lambda *a, **k: [70, 71])
     model = make_model("qwen2")
-    s = TargetedSettings(n_val=4, optimize_steps=2, own_direction="critique")
+    s = TargetedSettings(n_val=4, optimize_steps=2)  # own_direction auto: critique
     prep = prepare(model, tokenizer, s)
     c = prep.contrasts
     own, main, harmful = c.extra, c.optimized.double(), c.harmful[:, -1].double()

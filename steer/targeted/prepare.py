@@ -143,7 +143,8 @@ def _own_directions(
         mean = residual_means(model, tokenizer, texts, 1, s.batch_size, desc=name)[layer, -1]
         init = remove_span(mean - harmless, harmless)
         span = [contrasts.harmful[:, -1]] if s.keep_safety else []
-        span = torch.cat([*span, contrasts.optimized.double().reshape(1, -1), *(d.reshape(1, -1) for d in found)])
+        main = [] if contrasts.optimized is None else [contrasts.optimized.double().reshape(1, -1)]
+        span = torch.cat([*span, *main, *(d.reshape(1, -1) for d in found)])
         o = OptimizeSettings(steps=s.optimize_steps, seed=s.seed)
         direction, history = optimize_direction(
             model, tokenizer, group, groups["harmful"], groups["harmless"], init, ref, span.double(), o

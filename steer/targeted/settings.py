@@ -31,10 +31,12 @@ def _target_sets_flag(text: str) -> str:
 
 
 def own_directions(text: str, sets: str) -> str:
-    """Comma-separated names among sets' later entries (not "sensitive"), normalised; "" for none (a SteerError
-    otherwise)."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    """Comma-separated names among sets' later entries (not "sensitive"), normalised; "auto": every later entry;
+    "none" or "": none (a SteerError otherwise)."""
     allowed = sets.split(",")[1:]
+    if text.strip() in ("auto", "none"):
+        return ",".join(allowed) if text.strip() == "auto" else ""
+    names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in allowed]
     if bad or len(set(names)) != len(names):
         raise SteerError(
@@ -96,13 +98,14 @@ class TargetedSettings:
         choices=("score", "greedy"),
     )
     # the critique requests' refusal direction is nearly orthogonal to the factual questions' in the middle layers
-    # (results/critique-overlap), so the one optimized direction, trained mostly on factual questions, misses it
+    # (results/critique-overlap), so the one optimized direction, trained mostly on factual questions, misses it;
+    # auto met the rule written before its validation check (results/own-direction)
     own_direction: str = option(
-        "",
+        "auto",
         "target sets (after 'sensitive') that get an optimized direction of their own, trained on all their train "
         "prompts, orthogonal to the main one and to the harmful-refusal direction, and removed by every searched "
-        "edit beside it (e.g. critique); empty: none",
-        metavar="SETS",
+        "edit beside it: SETS, auto (every target set after 'sensitive': critique by default) or none",
+        metavar="SETS|auto|none",
     )
     batch_size: int = option(32, "prompts per forward pass or generation batch", minimum=1)
     max_new_tokens: int = option(48, "greedy tokens per confirmation answer", minimum=1, after_search=True)
