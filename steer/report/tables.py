@@ -393,8 +393,9 @@ def optimize_summary(meta: dict | None) -> str:
     when it did not run."""
     if not meta or not meta.get("history"):
         return ""
-    line = f"Optimized direction: {_optimize_steps(meta['history'], 'sensitive')}"
-    line = line.replace(": ", f" from {meta['init']['contrast']} at layer {meta['init']['layer']}: ", 1)
+    init = meta["init"]
+    line = f"Optimized direction from {init['contrast']} at layer {init['layer']}: "
+    line += _optimize_steps(meta["history"], "sensitive")
     for name, own in (meta.get("own") or {}).items():
         line += (
             f" Own direction for {name} ({own['prompts']} train prompts, from its contrast at layer {own['layer']}, "
