@@ -188,3 +188,43 @@ def test_moe_edit_covers_every_expert_and_equals_hooks(arch, tokenizer):
         hs = model(**ids, output_hidden_states=True).hidden_states
     for h in hs[:-1]:
         assert (h @ (r / r.norm())).abs().max() < 1e-4
+
+
+def _loose_tensor_bytes(model) -> int:
+    """Bytes of the live CPU tensors that share no storage with the model's parameters."""
+    import gc
+    import warnings
+
+    owned = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen, total = set(), 0
+    with warnings.catch_warnings():  # isinstance on torch's deprecated module attributes warns
+        warnings.simplefilter("ignore")
+        tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+    for obj in tensors:
+        if obj.device.type == "cpu":
+            ptr = obj.untyped_storage().data_ptr()
+            if ptr not in owned and ptr not in seen:
+                seen.add(ptr)
+                total += obj.untyped_storage().nbytes()
+    return total
+
+
+@pytest.mark.parametrize("arch,dtype", [("qwen2", torch.float32), ("gemma2", torch.bfloat16)])
+def test_in_weights_preview_restores_exactly_without_a_ram_copy(arch, dtype, tokenizer):
+    model = make_model(arch).to(dtype)
+    res = resolve(model)
+    written = sum(t.nbytes for layer in res.writers for w in layer for t in (w.weight,)) + res.embed.weight.nbytes
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    before = _loose_tensor_bytes(model)
+    with preview(model, Edit(direction, embed=0.5), in_weights=True):
+        assert not torch.equal(res.writers[1][0].weight, state[_name(model, res.writers[1][0].weight)])
+        held = _loose_tensor_bytes(model) - before
+        untied = res.embed.weight.nbytes if model.config.tie_word_embeddings else 0  # the edit unties the head
+        assert held <= untied + written // 4  # the originals wait on disk, not beside the weights
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert res.lm_head.weight is res.embed.weight or not model.config.tie_word_embeddings
+
+
+def _name(model, tensor) -> str:
+    return next(k for k, v in model.state_dict().items() if v.data_ptr() == tensor.data_ptr())
