@@ -7,8 +7,9 @@
 
 Each system is `steer compare BASE SYSTEM --suite SUITES --split test` (paired tests against the base on the same
 items; per-item caches make an interrupted run resume, and the base's answers are computed once); the table reads
-the comparison.json files. Cost per route comes from what the run recorded: steer's report.json (abliterate,
---keep-safety), sft.json (steer sft), or a JSON given with --cost (another tool's run: wall_time_s, peak_rss_gb).
+the comparison.json files; side_by_side.png plots the key rates and each route's wall time against English
+censorship. Cost per route comes from what the run recorded: steer's report.json (abliterate, --keep-safety),
+sft.json (steer sft), or a JSON given with --cost (another tool's run: wall_time_s, peak_rss_gb).
 Reads the test split: run it once, at the end of the issue, with every route chosen on validation data.
 """
 
@@ -117,6 +118,57 @@ def cost_table(costs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+PLOTTED = [
+    ("censorship", "censorship/en"),
+    ("censorship", "censorship/zh"),
+    ("censorship", "candour/en"),
+    ("censorship", "candour/zh"),
+    ("censorship", "fabrication/en"),
+    ("refusal", "refusal/harmful"),
+    ("xstest", "refusal/safe"),
+    ("mmlu", "accuracy"),
+    ("gsm8k", "accuracy"),
+    ("math500", "accuracy"),
+]
+
+
+def plot(comparisons: dict[str, dict], costs: dict[str, dict], path: Path) -> None:
+    """Left: the key rates per route with 95% CIs (base first); right: wall time against English censorship."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(comparisons.values()))
+    runs = [("base", first["base"])] + [(n, c["edited"]) for n, c in comparisons.items()]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 1]})
+    w = 0.8 / len(runs)
+    for k, (name, res) in enumerate(runs):
+        ms = [res.get(s, {}).get("metrics", {}).get(m) for s, m in PLOTTED]
+        xs = [i + k * w for i, m in enumerate(ms) if m]
+        vals = [m["value"] for m in ms if m]
+        cis = [m.get("ci") or [m["value"], m["value"]] for m in ms if m]
+        errs = [[max(0.0, v - c[0]) for v, c in zip(vals, cis)], [max(0.0, c[1] - v) for v, c in zip(vals, cis)]]
+        ax.bar(xs, vals, width=w, yerr=errs, label=name, capsize=2)
+    ax.set_xticks([i + w * (len(runs) - 1) / 2 for i in range(len(PLOTTED))],
+                  [f"{s}\n{m}" for s, m in PLOTTED], fontsize=7)  # fmt: skip
+    ax.set_ylabel("rate or accuracy (95% CI)")
+    ax.legend(fontsize=8)
+    for name, c in comparisons.items():
+        cen = c["edited"].get("censorship", {}).get("metrics", {}).get("censorship/en")
+        wall = costs.get(name, {}).get("wall_s")
+        if cen and wall:
+            bx.scatter(wall / 60, cen["value"])
+            bx.annotate(name, (wall / 60, cen["value"]), fontsize=8)
+    bx.set_xlim(left=0)
+    bx.set_ylim(bottom=0)
+    bx.set_xlabel("route's wall time on this machine (min)")
+    bx.set_ylabel("censorship EN after the route")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", default="embedded")
@@ -137,6 +189,7 @@ def main() -> None:
         costs[name] = cost(model, given.get(name))
     md = table(comparisons) + "\n\n" + cost_table(costs)
     (args.out / "table.md").write_text(md + "\n")
+    plot(comparisons, costs, args.out / "side_by_side.png")
     record = {"command": " ".join(sys.argv), "costs": costs,
               "systems": {n: c["meta"]["models"] for n, c in comparisons.items()}}  # fmt: skip
     (args.out / "side_by_side.json").write_text(json.dumps(record, indent=1) + "\n")
