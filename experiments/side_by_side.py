@@ -107,6 +107,33 @@ def table(comparisons: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+SLANT_ROWS = [
+    ("mirrored-pair refusal asymmetry", "asymmetry_refusal_{lang}"),
+    ("political speech complete", "speech_complete_{lang}"),
+]
+
+
+def slant_table(audit: dict, names: list[str]) -> str:
+    """The slant audit's rows (experiments/slant_audit.py's audit.json) for the routes it audited, base first."""
+    cols = [n for n in names if n in audit]
+    lines = ["| slant audit (no split) | base | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for label, key in SLANT_ROWS:
+        for lang in ("en", "zh"):
+            k = key.format(lang=lang)
+            base = f"{100 * audit[cols[0]][k]['base']:.1f}%" if cols else "-"
+            cells = [f"{100 * audit[n][k]['edited']:.1f}%" for n in cols]
+            lines.append(f"| {label} {lang.upper()} | {base} | " + " | ".join(cells) + " |")
+    flagged = [_flagged(audit[n]) for n in cols]
+    lines.append("| stance cells flagged against random edits | - | " + " | ".join(flagged) + " |")
+    return "\n".join(lines)
+
+
+def _flagged(system: dict) -> str:
+    if system.get("flagged") is None:
+        return f"no random-edit null ({system.get('null_reason') or 'not an edit'})"
+    return ", ".join(f"{c} {v:+.3f}" for c, v in system["flagged"].items()) or "none"
+
+
 def cost_table(costs: dict[str, dict]) -> str:
     cols = [("wall_s", "wall time (s)"), ("peak_rss_gb", "peak RSS (GB)"), ("pairs", "pairs written"),
             ("answer_tokens", "answer tokens"), ("trainable_params", "trainable parameters"),
@@ -177,6 +204,7 @@ def main() -> None:
     ap.add_argument("--suites", default=SUITES)
     ap.add_argument("--limits", default=LIMITS)
     ap.add_argument("--data-dir", type=Path)
+    ap.add_argument("--slant-audit", type=Path, help="audit.json of experiments/slant_audit.py over these routes")
     ap.add_argument("--split", default="test", choices=("val", "test"), help="val for smoke runs and choices")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -188,6 +216,8 @@ def main() -> None:
         comparisons[name] = compare(args.base, name, model, args)
         costs[name] = cost(model, given.get(name))
     md = table(comparisons) + "\n\n" + cost_table(costs)
+    if args.slant_audit:
+        md += "\n\n" + slant_table(json.loads(args.slant_audit.read_text()), list(comparisons))
     (args.out / "table.md").write_text(md + "\n")
     plot(comparisons, costs, args.out / "side_by_side.png")
     record = {"command": " ".join(sys.argv), "costs": costs,
