@@ -5,8 +5,8 @@
         --system sft=runs/sft --system sft+keep-safety=runs/sft-targeted \
         --cost heretic=results/candour-headline/heretic_run.json
 
-Each system is `steer compare BASE SYSTEM --suite SUITES --split test` (paired tests against the base on the same
-items; per-item caches make an interrupted run resume, and the base's answers are computed once); the table reads
+Each system is `steer compare BASE SYSTEM --suite SUITE --split test` per suite (paired tests against the base on the
+same items; per-item caches make an interrupted run resume, and the base's answers are computed once); the table reads
 the comparison.json files; side_by_side.png plots the key rates and each route's wall time against English
 censorship. Cost per route comes from what the run recorded: steer's report.json (abliterate, --keep-safety),
 sft.json (steer sft), or a JSON given with --cost (another tool's run: wall_time_s, peak_rss_gb).
@@ -42,14 +42,31 @@ PAIRED = {"mmlu": "mmlu/correct", "gsm8k": "gsm8k/correct", "math500": "math500/
 
 
 def compare(base: str, name: str, model: str, args) -> dict:
-    folder = args.out / name
-    if not (folder / "comparison.json").exists():
-        cmd = [sys.executable, "-m", "steer.cli.main", "compare", base, model, "--suite", args.suites,
-               "--split", args.split, "--limit", args.limits, "--out", str(folder)]  # fmt: skip
-        if args.data_dir:
-            cmd += ["--data-dir", str(args.data_dir)]
-        subprocess.run(cmd, check=True)
-    return json.loads((folder / "comparison.json").read_text())
+    """`steer compare` of one route, one suite per folder (NAME/SUITE), merged: a finished suite is never rerun, so
+    the side-by-side resumes suite by suite, on another machine too once the finished folders are committed."""
+    parts = []
+    for suite in args.suites.split(","):
+        folder = args.out / name / suite
+        if not (folder / "comparison.json").exists():
+            cmd = [sys.executable, "-m", "steer.cli.main", "compare", base, model, "--suite", suite,
+                   "--split", args.split, "--limit", args.limits, "--out", str(folder)]  # fmt: skip
+            if args.data_dir:
+                cmd += ["--data-dir", str(args.data_dir)]
+            subprocess.run(cmd, check=True)
+        parts.append(json.loads((folder / "comparison.json").read_text()))
+    return merge(parts)
+
+
+def merge(parts: list[dict]) -> dict:
+    """One comparison from per-suite ones: results and paired tests united, the first meta with every suite."""
+    meta = dict(parts[0]["meta"])
+    meta["suites"] = [s for p in parts for s in p["meta"]["suites"]]
+    meta["elapsed_s"] = sum(p["meta"].get("elapsed_s") or 0 for p in parts)
+    out = {"meta": meta, "base": {}, "edited": {}, "paired": {}}
+    for p in parts:
+        for key in ("base", "edited", "paired"):
+            out[key].update(p.get(key) or {})
+    return out
 
 
 def cost(model: str, given: str | None) -> dict:
