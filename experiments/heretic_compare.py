@@ -147,10 +147,16 @@ def main() -> None:
         help="rebuild table.md from the saved heretic run and results/archive/targeted-embedded-2026-11-22-7c5c9b4 "
         "(no heretic, no evaluation)",
     )
+    ap.add_argument(
+        "--run-only",
+        type=Path,
+        metavar="DIR",
+        help="run heretic only: its model and heretic_run.json under DIR, no evaluation (the side-by-side's route)",
+    )
     args = ap.parse_args()
     from steer.model.load import embedded_checkpoint
 
-    work, dest = ROOT / "runs" / "heretic", ROOT / "results" / "heretic-compare"
+    work, dest = args.run_only or ROOT / "runs" / "heretic", ROOT / "results" / "heretic-compare"
     work.mkdir(parents=True, exist_ok=True)
     if not args.table_only and not args.heretic_python:
         ap.error("--heretic-python is required unless --table-only")
@@ -160,6 +166,10 @@ def main() -> None:
         h_run = run_heretic(
             args.heretic_python, embedded_checkpoint(), write_prompts(work / "prompts"), work, args.trials, args.seed
         )
+        if args.run_only:
+            h_run["log_tail"] = (work / "heretic.log").read_text(errors="replace")[-3000:]
+            (work / "heretic_run.json").write_text(json.dumps(h_run, indent=2) + "\n")
+            return
         subprocess.run(
             [
                 "steer",
