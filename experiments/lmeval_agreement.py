@@ -55,6 +55,17 @@ def margin(record: dict) -> float:
     return top[0] - top[1]
 
 
+def scored(args, model: str, dtype: str, records: list[dict], items, dev, shots: int) -> tuple[list, list]:
+    """lm-eval's samples and the steer records they answer: every item, or with --partial the finished chunks only."""
+    if not args.partial:
+        loaded = load_model(model, dtype=COMPUTE_DTYPES[dtype])
+        work, chunk, batch = args.work, args.chunk, args.batch_size
+        return lm_eval_samples(loaded.model, loaded.tokenizer, items, dev, shots, work, chunk, batch), records
+    samples = [json.loads(x) for f in sorted(args.work.glob("chunk-*.jsonl")) for x in f.read_text().splitlines()]
+    done = {s["doc"]["id"] for s in samples}
+    return samples, [r for r in records if r["id"] in done]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("steer_run", type=Path, help="a `steer eval --suite mmlu` output folder")
@@ -62,6 +73,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/lmeval-agreement"))
     parser.add_argument("--chunk", type=int, default=285)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--partial", action="store_true", help="score the chunks already in --work; load no model")
     args = parser.parse_args()
 
     meta = json.loads((args.steer_run / "summary.json").read_text())["meta"]
@@ -75,13 +87,13 @@ def main() -> None:
         dev.setdefault(it.group, []).append(it)
     start = time.perf_counter()
     dtype = meta.get("dtype", "float32")  # the steer run's forward-pass dtype, so both sides round alike
-    loaded = load_model(meta["models"]["model"], dtype=COMPUTE_DTYPES[dtype])
-    samples = lm_eval_samples(loaded.model, loaded.tokenizer, items, dev, shots, args.work, args.chunk, args.batch_size)
+    samples, records = scored(args, meta["models"]["model"], dtype, records, items, dev, shots)
     got = agreement(records, samples)
     ours = {r["id"]: r for r in records}
     got["accuracy_gap_points"] = 100 * (got["steer_accuracy"] - got["lm_eval_accuracy"])
     got["disagreement_margins"] = {i: round(margin(ours[i]), 6) for i in got["disagreements"]}
-    got["targets_met"] = got["agreement"] >= 0.99 and abs(got["accuracy_gap_points"]) <= 0.5
+    met = got["agreement"] >= 0.99 and abs(got["accuracy_gap_points"]) <= 0.5
+    got["targets_met"] = None if args.partial else met  # the targets are for every item
     import lm_eval
 
     got["meta"] = {
@@ -98,7 +110,10 @@ def main() -> None:
         "elapsed_s_this_call": round(time.perf_counter() - start, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "agreement.json").write_text(json.dumps(got, indent=2) + "\n")
+    got["meta"]["partial"] = args.partial
+    (args.out / ("agreement-partial.json" if args.partial else "agreement.json")).write_text(
+        json.dumps(got, indent=2) + "\n"
+    )
     keys = ("items", "agreement", "steer_accuracy", "lm_eval_accuracy", "accuracy_gap_points", "targets_met")
     print(json.dumps({k: got[k] for k in keys}))
 
