@@ -3,7 +3,10 @@
     python experiments/side_by_side.py --data-dir ../shared/data --out results/side-by-side \
         --system plain=runs/plain --system keep-safety=runs/targeted --system heretic=runs/heretic/model \
         --system sft=runs/sft --system sft+keep-safety=runs/sft-targeted \
-        --cost heretic=results/candour-headline/heretic_run.json
+        --cost heretic=runs/heretic/heretic_run.json --slant-audit results/slant-audit/audit.json
+
+heretic's route: `python experiments/heretic_compare.py --heretic-python HERETIC_VENV/bin/python --trials 32
+--run-only runs/heretic` (the model in runs/heretic/model, its cost in runs/heretic/heretic_run.json).
 
 Each system is `steer compare BASE SYSTEM --suite SUITE --split test` per suite (paired tests against the base on the
 same items; per-item caches make an interrupted run resume, and the base's answers are computed once); the table reads
