@@ -52,7 +52,10 @@ def compare(base: str, name: str, model: str, args) -> dict:
         folder = args.out / name / suite
         if not (folder / "comparison.json").exists():
             cmd = [sys.executable, "-m", "steer.cli.main", "compare", base, model, "--suite", suite,
-                   "--split", args.split, "--limit", args.limits, "--out", str(folder)]  # fmt: skip
+                   "--split", args.split, "--out", str(folder)]  # fmt: skip
+            limits = [x for x in args.limits.split(",") if x.split("=")[0] in (suite, "*")]
+            if limits:  # steer refuses a --limit that names a suite it is not running
+                cmd += ["--limit", ",".join(limits)]
             if args.data_dir:
                 cmd += ["--data-dir", str(args.data_dir)]
             subprocess.run(cmd, check=True)
@@ -65,6 +68,7 @@ def merge(parts: list[dict]) -> dict:
     meta = dict(parts[0]["meta"])
     meta["suites"] = [s for p in parts for s in p["meta"]["suites"]]
     meta["elapsed_s"] = sum(p["meta"].get("elapsed_s") or 0 for p in parts)
+    meta["limits"] = {k: v for p in parts for k, v in (p["meta"].get("limits") or {}).items()}
     out = {"meta": meta, "base": {}, "edited": {}, "paired": {}}
     for p in parts:
         for key in ("base", "edited", "paired"):
