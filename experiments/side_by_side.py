@@ -3,7 +3,8 @@
     python experiments/side_by_side.py --data-dir ../shared/data --out results/side-by-side \
         --system plain=runs/plain --system keep-safety=runs/targeted --system heretic=runs/heretic/model \
         --system sft=runs/sft --system sft+keep-safety=runs/sft-targeted \
-        --cost heretic=runs/heretic/heretic_run.json --slant-audit results/slant-audit/audit.json
+        --cost heretic=runs/heretic/heretic_run.json --after sft+keep-safety=sft \
+        --slant-audit results/slant-audit/audit.json
 
 heretic's route: `python experiments/heretic_compare.py --heretic-python HERETIC_VENV/bin/python --trials 32
 --run-only runs/heretic` (the model in runs/heretic/model, its cost in runs/heretic/heretic_run.json).
@@ -97,6 +98,13 @@ def cost(model: str, given: str | None) -> dict:
         return {"wall_s": r.get("elapsed_s"), "peak_rss_gb": r.get("peak_rss_gb"), "pairs": 0,
                 "trainable_params": 0, **_flops(r.get("cost"))}  # fmt: skip
     return {}
+
+
+def chained(first: dict, then: dict) -> dict:
+    """A route built on another (SFT then --keep-safety): times, data and FLOPs add up, peak RSS is the larger."""
+    out = {k: (first.get(k) or 0) + (then.get(k) or 0) for k in set(first) | set(then) if k != "peak_rss_gb"}
+    out["peak_rss_gb"] = max(first.get("peak_rss_gb") or 0, then.get("peak_rss_gb") or 0)
+    return out
 
 
 def _flops(c: dict | None) -> dict:
@@ -212,7 +220,7 @@ def plot(comparisons: dict[str, dict], costs: dict[str, dict], path: Path) -> No
             bx.scatter(wall / 60, cen["value"])
             bx.annotate(name, (wall / 60, cen["value"]), fontsize=8)
     bx.set_xlim(left=0)
-    bx.set_ylim(bottom=0)
+    bx.set_ylim(0, 1.05)
     bx.set_xlabel("route's wall time on this machine (min)")
     bx.set_ylabel("censorship EN after the route")
     fig.tight_layout()
@@ -225,6 +233,7 @@ def main() -> None:
     ap.add_argument("--base", default="embedded")
     ap.add_argument("--system", action="append", required=True, help="NAME=MODEL (repeat)")
     ap.add_argument("--cost", action="append", default=[], help="NAME=JSON: the cost record of another tool's run")
+    ap.add_argument("--after", action="append", default=[], help="NAME=FIRST: NAME was built on route FIRST's model")
     ap.add_argument("--suites", default=SUITES)
     ap.add_argument("--limits", default=LIMITS)
     ap.add_argument("--data-dir", type=Path)
@@ -239,6 +248,8 @@ def main() -> None:
         name, _, model = spec.partition("=")
         comparisons[name] = compare(args.base, name, model, args)
         costs[name] = cost(model, given.get(name))
+    for name, first in (s.split("=", 1) for s in args.after):
+        costs[name] = chained(costs[first], costs[name])  # FIRST must come before NAME in --system
     md = table(comparisons) + "\n\n" + cost_table(costs)
     if args.slant_audit:
         md += "\n\n" + slant_table(json.loads(args.slant_audit.read_text()), list(comparisons))
