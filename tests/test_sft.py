@@ -37,7 +37,9 @@ PAIRS = [
         ]
     )
 ]
-FAST = dict(rank=4, alpha=8.0, epochs=3, lr=5e-3, batch_size=4, max_length=64, val_share=0.25, save_every=2)
+# the recipe of the first configuration (written general answers, cross-entropy, every refusal pair), tiny and fast
+FAST = dict(rank=4, alpha=8.0, epochs=3, lr=5e-3, batch_size=4, max_length=64, val_share=0.25, save_every=2,
+            general_answers="written", general_loss="ce", kl_first_weight=1.0, refusal_share=1.0)  # fmt: skip
 
 
 @pytest.fixture
