@@ -45,8 +45,12 @@ def lm_eval_samples(model, tok, items, dev, shots, work: Path, chunk: int, batch
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
             tmp.rename(done)
             print(f"chunk {n}: {len(rows)} items", file=sys.stderr, flush=True)
-        samples += [json.loads(line) for line in jsonl_lines(done.read_text(encoding="utf-8")) if line.strip()]
+        samples += read_chunk(done)
     return samples
+
+
+def read_chunk(path: Path) -> list[dict]:
+    return [json.loads(line) for line in jsonl_lines(path.read_text(encoding="utf-8")) if line.strip()]
 
 
 def margin(record: dict) -> float:
@@ -61,7 +65,7 @@ def scored(args, model: str, dtype: str, records: list[dict], items, dev, shots:
         loaded = load_model(model, dtype=COMPUTE_DTYPES[dtype])
         work, chunk, batch = args.work, args.chunk, args.batch_size
         return lm_eval_samples(loaded.model, loaded.tokenizer, items, dev, shots, work, chunk, batch), records
-    samples = [json.loads(x) for f in sorted(args.work.glob("chunk-*.jsonl")) for x in f.read_text().splitlines()]
+    samples = [s for f in sorted(args.work.glob("chunk-*.jsonl")) for s in read_chunk(f)]
     done = {s["doc"]["id"] for s in samples}
     return samples, [r for r in records if r["id"] in done]
 

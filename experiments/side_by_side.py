@@ -101,9 +101,12 @@ def cost(model: str, given: str | None) -> dict:
 
 
 def chained(first: dict, then: dict) -> dict:
-    """A route built on another (SFT then --keep-safety): times, data and FLOPs add up, peak RSS is the larger."""
-    out = {k: (first.get(k) or 0) + (then.get(k) or 0) for k in set(first) | set(then) if k != "peak_rss_gb"}
-    out["peak_rss_gb"] = max(first.get("peak_rss_gb") or 0, then.get("peak_rss_gb") or 0)
+    """A route built on another (SFT then --keep-safety): times, data and FLOPs add up, peak RSS is the larger; a figure
+    either run did not record stays unknown (None), not zero."""
+    out = {}
+    for k in set(first) | set(then):
+        a, b = first.get(k), then.get(k)
+        out[k] = None if a is None or b is None else max(a, b) if k == "peak_rss_gb" else a + b
     return out
 
 
