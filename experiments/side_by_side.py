@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 SUITES = "censorship,refusal,xstest,kl,knowledge,mmlu,gsm8k,math500"
-LIMITS = "gsm8k=250,math500=100"  # the minimums; MMLU: the 2,850-question subset (steer's default sample)
+LIMITS = "mmlu=2850,gsm8k=250,math500=100"  # the minimums; MMLU: 50 per subject, as on the 1.5B
 ROWS = [  # (label, suite, metric pattern); {lang} rows come in EN and ZH
     ("censorship (judge v3: denial + evasive)", "censorship", "censorship/{lang}"),
     ("refusal", "censorship", "refusal/{lang}"),
