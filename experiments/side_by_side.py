@@ -78,7 +78,8 @@ def merge(parts: list[dict]) -> dict:
 
 
 def cost(model: str, given: str | None) -> dict:
-    """Wall time, peak RSS, pairs/tokens written, trainable parameters and FLOPs as the route's run recorded them."""
+    """Wall time, peak RSS, pairs/tokens written, trainable parameters and FLOPs of making the route, as its run
+    recorded them."""
     if given:
         r = json.loads(Path(given).read_text())
         return {
@@ -94,10 +95,22 @@ def cost(model: str, given: str | None) -> dict:
         keep = ("wall_s", "peak_rss_gb", "train_pairs", "answer_tokens", "trainable_params")
         return {**{k.replace("train_pairs", "pairs"): r[k] for k in keep}, **_flops(r["cost"])}
     if (folder / "report.json").is_file():
-        r = json.loads((folder / "report.json").read_text())
-        return {"wall_s": r.get("elapsed_s"), "peak_rss_gb": r.get("peak_rss_gb"), "pairs": 0,
-                "trainable_params": 0, **_flops(r.get("cost"))}  # fmt: skip
+        return _edit_cost(json.loads((folder / "report.json").read_text()))
     return {}
+
+
+def _edit_cost(r: dict) -> dict:
+    """A `steer abliterate` run's cost without its own before/after evaluation (not part of making the edit; SFT's
+    record has none): wall time less the evaluate stage, peak RSS of the other stages (cumulative peaks per stage)."""
+    wall, seconds = r.get("elapsed_s"), r.get("seconds") or {}
+    stages = {k: v for k, v in (r.get("peak_rss_gb_by_stage") or {}).items() if k != "evaluate"}
+    return {
+        "wall_s": None if wall is None else wall - seconds.get("evaluate", 0.0),
+        "peak_rss_gb": max(stages.values()) if stages else r.get("peak_rss_gb"),
+        "pairs": 0,
+        "trainable_params": 0,
+        **_flops(r.get("cost")),
+    }
 
 
 def chained(first: dict, then: dict) -> dict:
