@@ -65,7 +65,7 @@ def count_tokens(model: torch.nn.Module, count: TokenCount | None = None) -> Ite
         logits = getattr(output, "logits", output)
         if isinstance(logits, torch.Tensor) and logits.requires_grad:  # a backward can follow: a training pass
             count.train += n
-            if getattr(module, "is_gradient_checkpointing", False) and module.training:
+            if _checkpointing(module) and module.training:
                 count.recompute += n
         else:
             count.forward += n
@@ -84,3 +84,10 @@ def count_tokens(model: torch.nn.Module, count: TokenCount | None = None) -> Ite
 def n_params(model: torch.nn.Module) -> int:
     """All parameters (frozen and trainable)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def _checkpointing(module) -> bool:
+    """Whether the model recomputes activations in its backward (transformers' new name first: the old one warns)."""
+    if hasattr(module, "is_activation_checkpointing"):
+        return bool(module.is_activation_checkpointing)
+    return bool(getattr(module, "is_gradient_checkpointing", False))

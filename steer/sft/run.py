@@ -183,7 +183,11 @@ def _lora(model, settings: SFTSettings):
     )  # fmt: skip
     peft_model = get_peft_model(model, config)
     if settings.gradient_checkpointing:
-        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(peft_model, "activation_checkpointing_enable", None)  # transformers >= 5.x; old name warns
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         peft_model.config.use_cache = False
     return peft_model
 
