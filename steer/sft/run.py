@@ -183,7 +183,7 @@ def _lora(model, settings: SFTSettings):
     )  # fmt: skip
     peft_model = get_peft_model(model, config)
     if settings.gradient_checkpointing:
-        enable = getattr(peft_model, "activation_checkpointing_enable", None)  # transformers >= 5.x; old name warns
+        enable = getattr(peft_model, "activation_checkpointing_enable", None)  # current name; the old one warns
         if enable is not None:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
