@@ -68,3 +68,26 @@ def test_knowledge_suite_reports_per_set_and_language(tokenizer, tmp_path):
         assert res["metrics"][f"knowledge/{g}"]["n"] == len(rows)
         assert res["metrics"][f"knowledge/{g}"]["value"] == sum(r["prefers_true"] for r in rows) / len(rows)
     assert res["paired"] == ["prefers_true"]
+
+
+def test_knowledge_suite_resumes_from_its_cache_with_the_uncached_scores(tokenizer, tmp_path):
+    model = make_model("qwen2")
+    config = EvalConfig(["knowledge"], None, {"knowledge": 2}, split="val", batch_size=2)
+    path = tmp_path / "c.jsonl"
+    first = run_suites(Ctx(model, tokenizer, fingerprint(model), ItemCache(path), config))["knowledge"]
+    pairs = [{k: v for k, v in it.items() if k not in ("logp_true", "logp_false", "margin", "prefers_true")}
+             for it in first["items"]]  # fmt: skip
+    by_group = {g: [p for p in pairs if p["group"] == g] for g in dict.fromkeys(p["group"] for p in pairs)}
+    plain = [it for rows in by_group.values() for it in knowledge_items(model, tokenizer, rows, batch_size=2)]
+    assert first["items"] == plain  # the cache changes no score: same batches as without it
+    lines = path.read_text().splitlines()
+    assert len(lines) == len(pairs) > 8
+    path.write_text("\n".join(lines[:8]) + "\n")  # a killed run keeps whole chunks: here the first (4 batches of 2)
+    calls = []
+    forward = model.forward
+    model.forward = lambda *a, **kw: calls.append(1) or forward(*a, **kw)
+    again = run_suites(Ctx(model, tokenizer, fingerprint(model), ItemCache(path), config))["knowledge"]
+    assert again["items"] == first["items"] and calls  # the rest recomputed, the same result
+    calls.clear()
+    run_suites(Ctx(model, tokenizer, fingerprint(model), ItemCache(path), config))
+    assert not calls  # every item cached now

@@ -13,6 +13,7 @@ import copy
 import torch
 
 from steer.eval.benchmarks import sample
+from steer.eval.engine import cached_map, key
 from steer.eval.keys import load_keys
 from steer.eval.stats import mean, rate
 from steer.model.collect import cache_kwarg, input_device, left_pad, prefix_cache
@@ -128,10 +129,25 @@ def suite_knowledge(ctx) -> dict:
         for lang in ("en", "zh"):
             prompts = sample(load_prompts(name, ctx.config.split, lang), ctx.config.limit("knowledge"), ctx.config.seed)
             group = f"{name}/{lang}"
-            rows = [r | {"group": group} for r in fact_pairs(prompts, keys)]
-            rows = knowledge_items(ctx.model, ctx.tokenizer, rows, ctx.config.batch_size)
+            rows = _cached_items(ctx, [r | {"group": group} for r in fact_pairs(prompts, keys)])
             if rows:
                 metrics[f"knowledge/{group}"] = rate([r["prefers_true"] for r in rows])
                 metrics[f"margin/{group}"] = mean([r["margin"] for r in rows], ctx.config.seed)
             items += rows
     return {"metrics": metrics, "items": items, "paired": ["prefers_true"]}
+
+
+def _cached_items(ctx, pairs: list[dict]) -> list[dict]:
+    """knowledge_items with the per-item cache, so an interrupted run resumes; chunks are whole batches in input
+    order, so a fresh run forms the same batches (and the same sums) as knowledge_items alone."""
+    bs = ctx.config.batch_size
+    keys = [key("knowledge", ctx.model_id, p["prompt"], p["true"], p["false"]) for p in pairs]
+    fields = ("logp_true", "logp_false")
+    compute = lambda idx: [  # noqa: E731
+        {f: r[f] for f in fields} for r in knowledge_items(ctx.model, ctx.tokenizer, [pairs[i] for i in idx], bs)
+    ]
+    scores = cached_map(ctx.cache, keys, compute, chunk=4 * bs, desc="knowledge" if pairs else None)
+    return [
+        {**p, **s, "margin": s["logp_true"] - s["logp_false"], "prefers_true": s["logp_true"] > s["logp_false"]}
+        for p, s in zip(pairs, scores)
+    ]
