@@ -16,7 +16,6 @@ written as float32 safetensors shards.
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import shutil
@@ -24,12 +23,13 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from steer.checkpoint.layout import Entry, Shard, TensorEdit, folder_shards, gguf_shards, n_layers_of, plan, ties, untie
 from steer.checkpoint.manifest import MANIFEST
 from steer.checkpoint.manifest import build as build_manifest
 from steer.checkpoint.rawio import (
@@ -39,61 +39,21 @@ from steer.checkpoint.rawio import (
     FileHasher,
     combine_hashes,
     header_bytes,
-    numel,
     pread_into,
     pwrite_all,
-    read_header,
 )
 from steer.checkpoint.save import atomic_dir, check_output, write_json
 from steer.edit.kernels import kernel_name, project
 from steer.edit.project import Profile, orthonormal_basis
 from steer.edit.rank1 import add_rank1
 from steer.errors import SteerError
-from steer.model.adapters import Adapter, adapter_for
-from steer.model.load import architecture, sha256_file, weight_files
+from steer.model.adapters import adapter_for
+from steer.model.load import architecture, sha256_file
 
 INDEX = "model.safetensors.index.json"
 GGUF_SHARD_BYTES = 5 << 30  # float32 output shards of a GGUF input
 # Weight files other than the safetensors being edited: not copied (they would hold unedited weights).
 _OTHER_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".npz")
-
-
-@dataclass(frozen=True)
-class TensorEdit:
-    """How one tensor is edited: project_out(matrix, basis, side, strength) for its matrix, or for
-    each expert's slice of a fused [E, ...] tensor; `norm` names the post-norm weight whose scale
-    gives the writer's basis (Gemma, see steer.edit.project.writer_basis); `readout` names the learned
-    readout vector added after the projection (steer.targeted.readout: W <- W + r a^T)."""
-
-    side: str
-    strength: float
-    norm: str | None = None
-    fused: bool = False
-    readout: str | None = None
-
-
-@dataclass
-class Entry:
-    """One tensor of an output shard and where its bytes come from."""
-
-    name: str
-    dtype: str  # safetensors dtype ("BF16")
-    shape: list[int]
-    nbytes: int
-    src: Path | None  # input file (None: it comes from a GGUF source's iterator)
-    offset: int  # absolute offset of its bytes in src
-    edit: TensorEdit | None = None
-    copy_of: str | None = None  # an untied lm_head: the original bytes of this tensor
-
-
-@dataclass
-class Shard:
-    """One output safetensors file: its name (the input shard's; for a GGUF input model.safetensors or
-    model-0000i-of-0000n.safetensors), its __metadata__, and its tensors in write order."""
-
-    file: str  # output (and input) file name
-    metadata: dict | None
-    entries: list[Entry] = field(default_factory=list)
 
 
 def edit_checkpoint(
@@ -133,11 +93,11 @@ def edit_checkpoint(
             if gguf:  # its config and tokenizer files first: the plan needs the config
                 adapter = adapter_for(source.architecture)
                 source.write_side_files(tmp)
-                shards = _gguf_shards(source.specs(), shard_bytes)
+                shards = gguf_shards(source.specs(), shard_bytes)
             config = json.loads((tmp if gguf else src).joinpath("config.json").read_text())
             vectors = readout[1] if readout else None
-            norms = plan(adapter, shards, _n_layers(config), basis.shape[0], profiles or {}, embed, src, vectors)
-            tied = _ties(config, tmp if gguf else src) and _untie(adapter, shards)
+            norms = plan(adapter, shards, n_layers_of(config), basis.shape[0], profiles or {}, embed, src, vectors)
+            tied = ties(config, tmp if gguf else src) and untie(adapter, shards)
             in_hashes = _in_background(lambda: {f.name: sha256_file(f) for f in in_files}) if hashes else None
             editor = _Editor(basis, adapter.norm_offset, preserve_norm, readout)
             out_hashes = _write_all(source, shards, tmp, editor, norms, hashes, src.name)
@@ -164,7 +124,7 @@ def _open(src: Path):
     if not src.is_dir():
         raise SteerError(f"no such model folder: {src}")
     adapter = adapter_for(architecture(src))  # an unsupported architecture fails before the shards are read
-    shards = _folder_shards(src)
+    shards = folder_shards(src)
     return None, adapter, shards, [src / s.file for s in shards]
 
 
@@ -192,163 +152,6 @@ def _in_background(fn) -> Future:
 
     threading.Thread(target=run, daemon=True).start()
     return future
-
-
-# ------------------------------------------------------------------------------------ layout
-
-
-def _folder_shards(src: Path) -> list[Shard]:
-    """The input's shards and tensors (headers validated: truncation, missing shards)."""
-    shards, seen = [], set()
-    for f in weight_files(src):
-        infos, metadata = read_header(f)
-        shard = Shard(f.name, metadata, [Entry(t.name, t.dtype, t.shape, t.nbytes, f, t.offset) for t in infos])
-        if dup := seen & {e.name for e in shard.entries}:
-            raise SteerError(f"tensor {sorted(dup)[0]} appears in two shards of {src}")
-        seen |= {e.name for e in shard.entries}
-        shards.append(shard)
-    return shards
-
-
-def _gguf_shards(specs: list[tuple[str, tuple[int, ...]]], shard_bytes: int) -> list[Shard]:
-    """float32 output shards of at most shard_bytes (a bigger tensor gets a shard of its own)."""
-    groups: list[list[Entry]] = [[]]
-    size = 0
-    for name, shape in specs:
-        n = 4 * numel(shape)
-        if groups[-1] and size + n > shard_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append(Entry(name, "F32", list(shape), n, None, 0))
-        size += n
-    if len(groups) == 1:
-        return [Shard("model.safetensors", {"format": "pt"}, groups[0])]
-    return [
-        Shard(f"model-{i:05d}-of-{len(groups):05d}.safetensors", {"format": "pt"}, g) for i, g in enumerate(groups, 1)
-    ]
-
-
-def _n_layers(config: dict) -> int:
-    for c in (config, config.get("text_config") or {}):
-        if isinstance(c.get("num_hidden_layers"), int):
-            return c["num_hidden_layers"]
-    raise SteerError("config.json has no num_hidden_layers")
-
-
-def _ties(config: dict, folder: Path) -> bool:
-    """Whether the model ties lm_head to the embedding (config, else the config class default)."""
-    for c in (config, config.get("text_config") or {}):
-        if "tie_word_embeddings" in c:
-            return bool(c["tie_word_embeddings"])
-    from transformers import AutoConfig
-
-    return bool(AutoConfig.from_pretrained(folder).get_text_config().tie_word_embeddings)
-
-
-def _untie(adapter: Adapter, shards: list[Shard]) -> bool:
-    """Give lm_head the embedding's original bytes (what edit._untie does in memory): replace its
-    entry, or add one to the embedding's shard (where save_pretrained's sorted order puts it)."""
-    emb_name, lm_name = f"{adapter.embed}.weight", f"{adapter.lm_head}.weight"
-    shard, emb = next((s, e) for s in shards for e in s.entries if e.name == emb_name)
-    lm = Entry(lm_name, emb.dtype, list(emb.shape), emb.nbytes, emb.src, emb.offset, copy_of=emb_name)
-    for s in shards:
-        for i, e in enumerate(s.entries):
-            if e.name == lm_name:
-                s.entries[i] = lm
-                return True
-    names = [e.name for e in shard.entries]
-    sorted_file = names == sorted(names) and all(e.dtype == emb.dtype for e in shard.entries)
-    shard.entries.insert(bisect.bisect(names, lm_name) if sorted_file else len(names), lm)
-    return True
-
-
-# -------------------------------------------------------------------------------------- plan
-
-
-def plan(
-    adapter: Adapter,
-    shards: list[Shard],
-    n_layers: int,
-    d_model: int,
-    profiles: dict[str, Profile],
-    embed: float,
-    src: Path,
-    readout: dict[str, torch.Tensor] | None = None,
-) -> set[str]:
-    """Set each entry's edit from the adapter table; return the post-norm weights they need.
-
-    The embedding [vocab, d_model] is edited on side "in" with strength `embed`; every writer
-    weight and bias with its component's profile strength at its layer; the writer weights named
-    in `readout` ("<layer>.<component>" -> a [d_in]) also get their readout vector.
-    """
-    readout = readout or {}
-    components = {w.component for w in adapter.writers}
-    if unknown := set(profiles) - components:
-        raise SteerError(f"no writer component {sorted(unknown)}; have {sorted(components)}")
-    per = {c: profiles.get(c, Profile()).weights(n_layers) for c in components}
-    entries = {e.name: e for s in shards for e in s.entries}
-    emb = entries.get(f"{adapter.embed}.weight")
-    if emb is None or len(emb.shape) != 2:
-        raise SteerError(f"{src} has no embedding {adapter.embed}.weight [vocab, d_model]")
-    if emb.shape[1] != d_model:
-        raise SteerError(f"the directions have hidden size {d_model}, model has {emb.shape[1]} ({src})")
-    emb.edit = _checked(emb, TensorEdit("in", embed))
-    found: dict[int, set] = {i: set() for i in range(n_layers)}
-    for e in entries.values():
-        hit = adapter.writer_of(e.name)
-        if hit is None:
-            continue
-        layer, w, role = hit
-        if layer >= n_layers:
-            raise SteerError(f"{e.name}: layer {layer} but config.json has num_hidden_layers {n_layers}")
-        _check_shape(e, w, role, d_model)
-        norm = f"{adapter.layers}.{layer}.{w.post_norm}.weight" if w.post_norm else None
-        side = "out" if role == "bias" else w.side
-        key = f"{layer}.{w.component}" if role == "weight" and f"{layer}.{w.component}" in readout else None
-        if key and (norm or len(e.shape) != 2 or w.d_model_axis != 0):
-            raise SteerError(
-                f"{e.name}: a learned readout needs a plain [d_model, d_in] writer "
-                "added straight to the residual stream"
-            )
-        if key and list(readout[key].shape) != e.shape[1:]:
-            raise SteerError(
-                f"the readout vector for {key} has shape {list(readout[key].shape)}; {e.name} has {e.shape}"
-            )
-        e.edit = _checked(e, TensorEdit(side, per[w.component][layer], norm, fused=len(e.shape) == 3, readout=key))
-        found[layer].add(w)
-    _check_coverage(adapter, found)
-    used = {e.edit.readout for e in entries.values() if e.edit and e.edit.readout}
-    if missing := sorted(set(readout) - used):
-        raise SteerError(f"the readout has a vector for writer {missing[0]}, which {src} does not have")
-    norms = {e.edit.norm for e in entries.values() if e.edit and e.edit.norm}
-    if missing := sorted(norms - set(entries)):
-        raise SteerError(f"{src} has no post-norm weight {missing[0]} (needed to edit its writer)")
-    return norms
-
-
-def _checked(e: Entry, edit: TensorEdit) -> TensorEdit:
-    if e.dtype not in TORCH_DTYPES:
-        raise SteerError(f"cannot edit {e.name}: dtype {e.dtype} (only {', '.join(TORCH_DTYPES)}; de-quantize first)")
-    return edit
-
-
-def _check_shape(e: Entry, w, role: str, d: int) -> None:
-    """Bias [d] ([E, d] fused); weight 2-D with d on the writer's d_model axis ([E, ...] fused)."""
-    fused = w.fused and len(e.shape) == 3
-    matrix = e.shape[1:] if fused else e.shape
-    ok = matrix == [d] if role == "bias" else (len(matrix) == 2 and matrix[w.d_model_axis] == d)
-    if not ok or (len(e.shape) == 3 and not w.fused):
-        raise SteerError(f"{e.name} has shape {e.shape}; expected hidden size {d} on its residual-stream axis")
-
-
-def _check_coverage(adapter: Adapter, found: dict[int, set]) -> None:
-    components = {w.component for w in adapter.writers}
-    for layer, writers in found.items():
-        missing = [w for w in adapter.writers if not w.optional and w not in writers]
-        missing_components = components - {w.component for w in writers}
-        if missing or missing_components:
-            what = missing[0].module if missing else f"{sorted(missing_components)[0]} writer"
-            raise SteerError(f"layer {layer} has no {what} weight in the checkpoint (adapter table out of date?)")
 
 
 # ------------------------------------------------------------------------------------- write
