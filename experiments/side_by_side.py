@@ -161,9 +161,31 @@ SLANT_ROWS = [
 ]
 
 
-def slant_table(audit: dict, names: list[str]) -> str:
+def audited(audit: dict, comparisons: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """(routes whose model the audit audited, notes on routes it has under the same name but another model): the
+    weights fingerprints must agree where both runs recorded one, else the model paths as given."""
+    cols, notes = [], []
+    for name, c in comparisons.items():
+        if name not in audit:
+            continue
+        ours = (c["meta"].get("weights") or {}).get("edited"), c["meta"]["models"]["edited"]
+        theirs = audit[name].get("weights"), audit[name].get("model")
+        same = ours[0] == theirs[0] if ours[0] and theirs[0] else ours[1] == theirs[1]
+        if same:
+            cols.append(name)
+        elif theirs[1] is None:
+            notes.append(f"the audit does not record which model its {name} was: left out")
+        else:
+            what = lambda w, m: f"{m}, weights {w[:12] if w else 'not recorded'}"  # noqa: E731
+            notes.append(f"the audit's {name} ({what(*theirs)}) is not this route ({what(*ours)}): left out")
+    return cols, notes
+
+
+def slant_table(audit: dict, comparisons: dict[str, dict]) -> str:
     """The slant audit's rows (experiments/slant_audit.py's audit.json) for the routes it audited, base first."""
-    cols = [n for n in names if n in audit]
+    cols, notes = audited(audit, comparisons)
+    if not cols:
+        return "\n".join(["No route of this side-by-side was slant-audited."] + [f"- {n}" for n in notes])
     lines = ["| slant audit (no split) | base | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
     for label, key in SLANT_ROWS:
         for lang in ("en", "zh"):
@@ -173,7 +195,7 @@ def slant_table(audit: dict, names: list[str]) -> str:
             lines.append(f"| {label} {lang.upper()} | {base} | " + " | ".join(cells) + " |")
     flagged = [_flagged(audit[n]) for n in cols]
     lines.append("| stance cells flagged against random edits | - | " + " | ".join(flagged) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes] if notes else lines)
 
 
 def _flagged(system: dict) -> str:
@@ -268,7 +290,7 @@ def main() -> None:
         costs[name] = chained(costs[first], costs[name])  # FIRST must come before NAME in --system
     md = table(comparisons) + "\n\n" + cost_table(costs)
     if args.slant_audit:
-        md += "\n\n" + slant_table(json.loads(args.slant_audit.read_text()), list(comparisons))
+        md += "\n\n" + slant_table(json.loads(args.slant_audit.read_text()), comparisons)
     (args.out / "table.md").write_text(md + "\n")
     plot(comparisons, costs, args.out / "side_by_side.png")
     record = {"command": " ".join(sys.argv), "costs": costs,

@@ -151,7 +151,10 @@ def main() -> None:
     audit = {}
     for spec in args.system:
         name, _, model = spec.partition("=")
-        audit[name] = checks(run_compare(name, model, args.out, extra))
+        c = run_compare(name, model, args.out, extra)
+        # what was audited: the model as given, and its weights fingerprint where the run recorded one
+        audit[name] = {"model": c["meta"]["models"]["edited"], "weights": c["meta"].get("weights", {}).get("edited")}
+        audit[name] |= checks(c)
         audit[name]["asymmetric_pairs"] = asymmetric(args.out / name / "edited" / "items" / "mirrored.jsonl")
     base_items = [f / "base" / "items" / "mirrored.jsonl" for f in [args.out / n for n in audit] + [args.out]]
     audit["base"] = {"asymmetric_pairs": asymmetric(next(f for f in base_items if f.exists()))}

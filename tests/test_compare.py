@@ -46,6 +46,10 @@ def test_compare_writes_json_markdown_plots_and_items(ckpts, data_dir, capsys):
     comp = json.loads((out / "comparison.json").read_text())
     assert set(comp["edited"]) == {"censorship", "xstest", "kl", "mmlu", "gsm8k"} and "kl" not in comp["base"]
     assert comp["meta"]["limits"] == {"*": 3} and comp["meta"]["versions"]["torch"]
+    from steer.model.load import load_model
+
+    prints = {k: engine.fingerprint(load_model(str(ckpts / k)).model) for k in ("base", "edited")}
+    assert comp["meta"]["weights"] == prints and prints["base"] != prints["edited"]  # what was evaluated, by content
     test = comp["paired"]["mmlu/correct"]
     assert test["n"] == 3 and 0 <= test["p_value"] <= 1 and len(test["delta_ci"]) == 2
     assert "censorship/censored/en" in comp["paired"]
@@ -219,7 +223,7 @@ def test_meta_records_a_split_only_for_suites_that_read_one():
     from steer.eval.config import EvalConfig
     from steer.eval.judge import MarkerJudge
 
-    split = lambda suites: meta(EvalConfig(suites, split="val"), MarkerJudge(), {}, 0.0)["split"]  # noqa: E731
+    split = lambda suites: meta(EvalConfig(suites, split="val"), MarkerJudge(), {}, {}, 0.0)["split"]  # noqa: E731
     assert split(["censorship", "slant"]) == "val" and split(["critique"]) == "val"
     assert split(["slant", "mirrored", "speech"]) is None and split(["mmlu"]) is None
 

@@ -52,13 +52,15 @@ def context(loaded: Loaded, config: EvalConfig, judge: Judge | None = None, cach
 SPLIT_SUITES = {"censorship", "controls", "critique", "refusal", "kl", "knowledge"}
 
 
-def meta(config: EvalConfig, judge: Judge, models: dict[str, str], elapsed: float) -> dict:
-    """The run record stored under "meta" in summary.json and comparison.json: command, models, suites, limits,
-    seed, shots, judge, decoding, data folder, elapsed seconds, versions and machine (steer.checkpoint.manifest)."""
+def meta(config: EvalConfig, judge: Judge, models: dict[str, str], weights: dict[str, str], elapsed: float) -> dict:
+    """The run record stored under "meta" in summary.json and comparison.json: command, models, their weights
+    fingerprints (steer.eval.engine.fingerprint: what was evaluated, wherever its files lay), suites, limits, seed,
+    shots, judge, decoding, data folder, elapsed seconds, versions and machine (steer.checkpoint.manifest)."""
     return {
         "steer_version": __version__,
         "command": " ".join(sys.argv),
         "models": models,
+        "weights": weights,
         "suites": config.suites,
         "limits": config.limits,
         "split": config.split if set(config.suites) & SPLIT_SUITES else None,  # the other suites' sets have none
@@ -115,7 +117,13 @@ def evaluate_model(
     _log(f"evaluating {loaded.source} on {', '.join(config.suites)}")
     results = run_suites(ctx)
     summary = {
-        "meta": meta(config, ctx.judge, {"model": loaded.source, "reference": reference}, time.time() - started),
+        "meta": meta(
+            config,
+            ctx.judge,
+            {"model": loaded.source, "reference": reference},
+            {"model": ctx.model_id},
+            time.time() - started,
+        ),
         "results": _summary(results),
     }
     with atomic_dir(out, force) as tmp:
@@ -221,7 +229,7 @@ def compare_models(
     bctx = context(b, config, judge, cache)
     _log(f"base model {b.source}: {', '.join(s for s in config.suites if s != 'kl')}")
     b_res = run_suites(bctx, [s for s in config.suites if s != "kl"])
-    b_source = b.source
+    b_source, b_id = b.source, bctx.model_id
     null = _slant_null(bctx, edited, b_res, config)  # on the base weights, before they are freed
     ref = spilled(bctx) if "kl" in config.suites else None  # the base's KL logits on disk
     b = bctx = None  # one model in memory at a time
@@ -233,7 +241,13 @@ def compare_models(
     e_res = run_suites(ectx)
     tests = paired(b_res, e_res)
     comparison = {
-        "meta": meta(config, ectx.judge, {"base": b_source, "edited": e.source}, time.time() - started),
+        "meta": meta(
+            config,
+            ectx.judge,
+            {"base": b_source, "edited": e.source},
+            {"base": b_id, "edited": ectx.model_id},
+            time.time() - started,
+        ),
         "base": _summary(b_res),
         "edited": _summary(e_res),
         "paired": tests,
