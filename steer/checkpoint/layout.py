@@ -91,6 +91,7 @@ def gguf_shards(specs: list[tuple[str, tuple[int, ...]]], shard_bytes: int) -> l
 
 
 def n_layers_of(config: dict) -> int:
+    """num_hidden_layers of a config.json (or of its text_config, for multimodal checkpoints)."""
     for c in (config, config.get("text_config") or {}):
         if isinstance(c.get("num_hidden_layers"), int):
             return c["num_hidden_layers"]
