@@ -4,7 +4,7 @@
         --system plain=runs/plain --system keep-safety=runs/targeted --system heretic=runs/heretic/model \
         --system sft=runs/sft --system sft+keep-safety=runs/sft-targeted \
         --cost heretic=runs/heretic/heretic_run.json --after sft+keep-safety=sft \
-        --slant-audit results/slant-audit/audit.json
+        --slant-audit results/side-by-side/slant-audit/audit.json
 
 heretic's route: `python experiments/heretic_compare.py --heretic-python HERETIC_VENV/bin/python --trials 32
 --run-only runs/heretic` (the model in runs/heretic/model, its cost in runs/heretic/heretic_run.json).
