@@ -99,12 +99,17 @@ def _read_prompts(model, batch: dict[str, torch.Tensor]):
 def knowledge_items(model, tokenizer, pairs: list[dict], batch_size: int = 16) -> list[dict]:
     """`pairs`: dicts with prompt, true, false (plus any ids to keep); adds logp_true, logp_false, margin,
     prefers_true."""
-    scores = choice_logprobs(model, tokenizer, [p["prompt"] for p in pairs], [[p["true"], p["false"]] for p in pairs],
-                             batch_size)  # fmt: skip
-    return [
-        {**p, "logp_true": t, "logp_false": f, "margin": t - f, "prefers_true": t > f}
-        for p, (t, f) in zip(pairs, scores)
-    ]
+    return [_item(p, t, f) for p, (t, f) in zip(pairs, _scores(model, tokenizer, pairs, batch_size))]
+
+
+def _scores(model, tokenizer, pairs: list[dict], batch_size: int) -> list[list[float]]:
+    """[log p(true), log p(false)] per pair (choice_logprobs, each prompt read once)."""
+    prompts, choices = [p["prompt"] for p in pairs], [[p["true"], p["false"]] for p in pairs]
+    return choice_logprobs(model, tokenizer, prompts, choices, batch_size)
+
+
+def _item(pair: dict, t: float, f: float) -> dict:
+    return {**pair, "logp_true": t, "logp_false": f, "margin": t - f, "prefers_true": t > f}
 
 
 def fact_pairs(prompts, keys) -> list[dict]:
@@ -142,12 +147,8 @@ def _cached_items(ctx, pairs: list[dict]) -> list[dict]:
     order, so a fresh run forms the same batches (and the same sums) as knowledge_items alone."""
     bs = ctx.config.batch_size
     keys = [key("knowledge", ctx.model_id, p["prompt"], p["true"], p["false"]) for p in pairs]
-    fields = ("logp_true", "logp_false")
     compute = lambda idx: [  # noqa: E731
-        {f: r[f] for f in fields} for r in knowledge_items(ctx.model, ctx.tokenizer, [pairs[i] for i in idx], bs)
+        {"logp_true": t, "logp_false": f} for t, f in _scores(ctx.model, ctx.tokenizer, [pairs[i] for i in idx], bs)
     ]
     scores = cached_map(ctx.cache, keys, compute, chunk=4 * bs, desc="knowledge" if pairs else None)
-    return [
-        {**p, **s, "margin": s["logp_true"] - s["logp_false"], "prefers_true": s["logp_true"] > s["logp_false"]}
-        for p, s in zip(pairs, scores)
-    ]
+    return [_item(p, s["logp_true"], s["logp_false"]) for p, s in zip(pairs, scores)]
